@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0
+/* BPF side of pyusdt: CPython gc/import/audit markers -> paired events in one ring buffer. */
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/usdt.bpf.h>
+#include "pyusdt.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader before load(). */
+const volatile __u64 wakeup_bytes = 256 * 1024; /* wake user space once this much is pending */
+const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
+
+/* Referenced so that the skeleton generator emits the layouts for the Rust decoder. */
+struct gc_event _gc_event = {};
+struct import_event _import_event = {};
+struct audit_event _audit_event = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Processes followed by `pyusdt run`: the command and every descendant. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} traced SEC(".maps");
+
+struct gc_start {
+	__u64 ts;
+	__s32 generation;
+	__u32 _pad;
+};
+
+/* LRU: a thread killed mid-collection must not leak its entry forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* tid */
+	__type(value, struct gc_start);
+} gc_starts SEC(".maps");
+
+struct import_stack {
+	__u32 depth;
+	__u32 _pad;
+	__u64 ts[IMPORT_STACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* tid */
+	__type(value, struct import_stack);
+} import_stacks SEC(".maps");
+
+/* Scratch space: an import_stack is too large for the 512-byte BPF stack to zero-init. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct import_stack);
+} import_stack_zero SEC(".maps");
+
+/* Minimal CO-RE view of the kernel's task_struct: relocated against the running kernel. */
+struct task_struct {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline bool wanted(__u32 tgid)
+{
+	return !filter_tgid || bpf_map_lookup_elem(&traced, &tgid);
+}
+
+/* Batched wakeups: a wakeup per event made traced programs 4x slower. User space
+ * also drains on a timer, so a quiet stream is still delivered promptly. */
+static __always_inline void submit(void *e)
+{
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, pending >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 marker,
+					__u64 start, __u64 end)
+{
+	h->start_ns = start;
+	h->end_ns = end;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->marker = marker;
+	h->import_depth = 0;
+	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &h->tid);
+	if (st)
+		h->import_depth = st->depth > 255 ? 255 : st->depth;
+}
+
+SEC("usdt")
+int BPF_USDT(gc_start, int generation)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct gc_start s = { .ts = bpf_ktime_get_ns(), .generation = generation };
+	if (bpf_map_update_elem(&gc_starts, &tid, &s, BPF_NOEXIST) != 0) {
+		/* A start is pending: its done was never seen. Replace it, count it. */
+		count(STAT_UNPAIRED_START);
+		bpf_map_update_elem(&gc_starts, &tid, &s, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(gc_done, long collected)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	__u64 start = 0;
+	__s32 generation = -1;
+	struct gc_start *s = bpf_map_lookup_elem(&gc_starts, &tid);
+	if (s) {
+		start = s->ts;
+		generation = s->generation;
+		bpf_map_delete_elem(&gc_starts, &tid);
+	}
+	struct gc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_GC);
+		return 0;
+	}
+	fill_header(&e->h, id, MARKER_GC, start, now);
+	e->collected = collected;
+	e->generation = generation;
+	e->_pad = 0;
+	submit(e);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(import_start, const char *module)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
+	if (!st) {
+		__u32 zero = 0;
+		struct import_stack *z = bpf_map_lookup_elem(&import_stack_zero, &zero);
+		if (!z)
+			return 0;
+		bpf_map_update_elem(&import_stacks, &tid, z, BPF_ANY);
+		st = bpf_map_lookup_elem(&import_stacks, &tid);
+		if (!st)
+			return 0;
+	}
+	__u32 d = st->depth;
+	if (d < IMPORT_STACK_DEPTH)
+		st->ts[d] = bpf_ktime_get_ns();
+	else
+		count(STAT_IMPORT_TOO_DEEP);
+	st->depth = d + 1;
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(import_done, const char *module, int found)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	__u64 start = 0;
+	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
+	if (st && st->depth > 0) {
+		__u32 d = st->depth - 1;
+		if (d < IMPORT_STACK_DEPTH)
+			start = st->ts[d];
+		st->depth = d;
+	}
+	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_IMPORT);
+		return 0;
+	}
+	/* Header after the pop: import_depth is the depth of the enclosing imports. */
+	fill_header(&e->h, id, MARKER_IMPORT, start, now);
+	e->found = found;
+	e->_pad = 0;
+	if (bpf_probe_read_user_str(e->module, sizeof(e->module), module) < 0)
+		e->module[0] = '\0';
+	submit(e);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(audit, const char *event, void *args)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	struct audit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_AUDIT);
+		return 0;
+	}
+	fill_header(&e->h, id, MARKER_AUDIT, now, now);
+	/* The argument tuple's ob_size (x86-64 GIL builds: offset 16). */
+	if (bpf_probe_read_user(&e->nargs, sizeof(e->nargs), (char *)args + 16) < 0)
+		e->nargs = -1;
+	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
+		e->name[0] = '\0';
+	submit(e);
+	return 0;
+}
+
+/* pyusdt run: a traced process's children are traced from their first instruction. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (!filter_tgid)
+		return 0;
+	__u32 ptgid = parent->tgid;
+	if (!bpf_map_lookup_elem(&traced, &ptgid))
+		return 0;
+	__u32 ctgid = child->tgid;
+	__u8 one = 1;
+	bpf_map_update_elem(&traced, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+/* Per-thread pairing state must not outlive the thread (tids are reused). */
+SEC("tracepoint/sched/sched_process_exit")
+int forget_exited(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	__u32 tgid = id >> 32;
+	bpf_map_delete_elem(&gc_starts, &tid);
+	bpf_map_delete_elem(&import_stacks, &tid);
+	if (filter_tgid && tid == tgid)
+		bpf_map_delete_elem(&traced, &tgid);
+	return 0;
+}

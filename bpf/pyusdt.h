@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Event layout shared by pyusdt.bpf.c and the Rust decoder (single source of truth). */
+#ifndef __PYUSDT_H
+#define __PYUSDT_H
+
+/* Bounded copies of strings read from the traced process. */
+#define MODULE_LEN 128
+#define AUDIT_NAME_LEN 64
+/* Nested imports tracked per thread; deeper ones are counted, not paired. */
+#define IMPORT_STACK_DEPTH 32
+
+enum marker {
+	MARKER_GC = 0,
+	MARKER_IMPORT = 1,
+	MARKER_AUDIT = 2,
+	MARKER_COUNT = 3,
+};
+
+/* Indexes of the per-CPU `stats` array, read by user space. */
+enum stat {
+	STAT_DROP_GC = 0,         /* ring buffer full: GC event lost */
+	STAT_DROP_IMPORT = 1,     /* ring buffer full: import event lost */
+	STAT_DROP_AUDIT = 2,      /* ring buffer full: audit event lost */
+	STAT_UNPAIRED_START = 3,  /* a start overwritten before its done (lost done) */
+	STAT_IMPORT_TOO_DEEP = 4, /* import nesting beyond IMPORT_STACK_DEPTH */
+	STAT_COUNT = 5,
+};
+
+/* Common head of every event. `start_ns` is 0 when the done half arrived without
+ * its start (probes attached mid-collection): the event has no duration. */
+struct event_header {
+	__u64 start_ns; /* bpf_ktime_get_ns() at the start marker (CLOCK_MONOTONIC) */
+	__u64 end_ns;   /* bpf_ktime_get_ns() at the done marker (or the audit marker) */
+	__u32 pid;      /* tgid as the host sees it */
+	__u32 tid;
+	__u8 marker;    /* enum marker */
+	__u8 import_depth; /* imports in progress on this thread when the event ended */
+	__u8 _pad[6];
+};
+
+struct gc_event {
+	struct event_header h;
+	__s64 collected; /* gc__done: collected + uncollectable objects */
+	__s32 generation; /* from gc__start; -1 when the start was not seen */
+	__u32 _pad;
+};
+
+struct import_event {
+	struct event_header h;
+	__s32 found; /* import__find__load__done's second argument: 0 when the import raised */
+	__u32 _pad;
+	char module[MODULE_LEN];
+};
+
+struct audit_event {
+	struct event_header h;
+	__s64 nargs; /* size of the argument tuple */
+	char name[AUDIT_NAME_LEN];
+};
+
+#endif /* __PYUSDT_H */

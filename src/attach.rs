@@ -1,0 +1,286 @@
+//! Loads the BPF programs, attaches them to interpreter files and drains the ring buffer.
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
+
+use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
+use crate::discover::{Binary, PROVIDER};
+use crate::probes::{Probe, ProbeSet};
+
+/// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
+/// since the BPF side only wakes user space once `wakeup_bytes` are pending.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What can go wrong loading or attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The kernel refused to load the BPF object.
+    #[error("loading the BPF programs failed: {0}")]
+    Load(#[source] libbpf_rs::Error),
+    /// A marker could not be attached in a file.
+    #[error("attaching {marker} in {path} failed: {source}")]
+    Attach {
+        marker: &'static str,
+        path: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    /// Reading or writing a BPF map failed.
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    /// The ring buffer could not be set up or polled.
+    #[error("ring buffer: {0}")]
+    RingBuffer(String),
+}
+
+/// Loader settings (set in the BPF object before it is loaded).
+#[derive(Debug, Clone)]
+pub struct TracerOptions {
+    pub probes: ProbeSet,
+    /// Ring buffer size in bytes: a power of two, a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// Only trace processes added with `trace_process` and their descendants.
+    pub follow_processes: bool,
+}
+
+/// Counters kept by the BPF side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Events lost because the ring buffer was full, per marker (gc, import, audit).
+    pub dropped: [u64; 3],
+    /// gc__start seen twice on a thread without gc__done between (a lost done).
+    pub unpaired_starts: u64,
+    /// Imports nested deeper than the BPF stack: reported without a duration.
+    pub imports_too_deep: u64,
+}
+
+/// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
+/// releases the semaphores it had set.
+pub struct Tracer<'obj> {
+    skel: PyusdtSkel<'obj>,
+    options: TracerOptions,
+    links: Vec<Link>,
+    _process_links: Vec<Link>,
+}
+
+impl<'obj> Tracer<'obj> {
+    /// Opens, configures and loads the BPF object. `storage` outlives the tracer.
+    pub fn load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        options: TracerOptions,
+    ) -> Result<Self, AttachError> {
+        let mut open = PyusdtSkelBuilder::default()
+            .open(storage)
+            .map_err(AttachError::Load)?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| AttachError::RingBuffer("BPF object without .rodata".into()))?;
+        // Wake user space at a quarter of the buffer, and never later than 256 KiB pending.
+        rodata.wakeup_bytes = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
+        rodata.filter_tgid = options.follow_processes;
+        open.maps
+            .events
+            .set_max_entries(options.ring_buffer_bytes)
+            .map_err(|source| AttachError::Map {
+                map: "events",
+                source,
+            })?;
+        open.progs.follow_fork.set_autoload(options.follow_processes);
+        let skel = open.load().map_err(AttachError::Load)?;
+        let mut process_links = Vec::new();
+        let exit_link = skel
+            .progs
+            .forget_exited
+            .attach()
+            .map_err(AttachError::Load)?;
+        process_links.push(exit_link);
+        if options.follow_processes {
+            process_links.push(skel.progs.follow_fork.attach().map_err(AttachError::Load)?);
+        }
+        Ok(Tracer {
+            skel,
+            options,
+            links: Vec::new(),
+            _process_links: process_links,
+        })
+    }
+
+    /// Attaches every selected probe to `binary` for all processes mapping it (pid -1): the
+    /// kernel sets the markers' semaphores in running processes and in those started later.
+    /// Returns the markers attached; those the file lacks are skipped.
+    pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
+        let mut attached = Vec::new();
+        let mut new_links = Vec::new();
+        for probe in self.options.probes.iter() {
+            for (marker, prog) in self.programs(probe) {
+                if !binary.has_marker(marker) {
+                    continue;
+                }
+                let link = prog
+                    .attach_usdt(-1, &binary.path, PROVIDER, marker)
+                    .map_err(|source| AttachError::Attach {
+                        marker,
+                        path: binary.path.clone(),
+                        source,
+                    })?;
+                new_links.push(link);
+                attached.push(marker);
+            }
+        }
+        // All or nothing per file: a half-attached gc (start without done) would mislead.
+        self.links.extend(new_links);
+        Ok(attached)
+    }
+
+    fn programs(&self, probe: Probe) -> Vec<(&'static str, &libbpf_rs::ProgramMut<'obj>)> {
+        let p = &self.skel.progs;
+        match probe {
+            Probe::Gc => vec![("gc__start", &p.gc_start), ("gc__done", &p.gc_done)],
+            Probe::Import => vec![
+                ("import__find__load__start", &p.import_start),
+                ("import__find__load__done", &p.import_done),
+            ],
+            Probe::Audit => vec![("audit", &p.audit)],
+        }
+    }
+
+    /// Follows `pid` and, through the fork tracepoint, every process it starts afterwards.
+    pub fn trace_process(&self, pid: u32) -> Result<(), AttachError> {
+        self.skel
+            .maps
+            .traced
+            .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+            .map_err(|source| AttachError::Map {
+                map: "traced",
+                source,
+            })
+    }
+
+    /// Sums the per-CPU counters of the BPF side.
+    pub fn stats(&self) -> Result<KernelStats, AttachError> {
+        let mut sums = [0u64; bpf::STAT_COUNT as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            let per_cpu = self
+                .skel
+                .maps
+                .stats
+                .lookup_percpu(&key, MapFlags::ANY)
+                .map_err(|source| AttachError::Map {
+                    map: "stats",
+                    source,
+                })?
+                .unwrap_or_default();
+            *sum = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+        Ok(KernelStats {
+            dropped: [
+                sums[bpf::STAT_DROP_GC as usize],
+                sums[bpf::STAT_DROP_IMPORT as usize],
+                sums[bpf::STAT_DROP_AUDIT as usize],
+            ],
+            unpaired_starts: sums[bpf::STAT_UNPAIRED_START as usize],
+            imports_too_deep: sums[bpf::STAT_IMPORT_TOO_DEEP as usize],
+        })
+    }
+
+    /// Delivers every record to `on_record` until `keep_going` says stop, then drains what is
+    /// left. `keep_going` is asked at least every `DRAIN_INTERVAL`.
+    pub fn run(
+        &self,
+        on_record: impl FnMut(&[u8]),
+        mut keep_going: impl FnMut() -> bool,
+    ) -> Result<(), AttachError> {
+        let mut on_record = on_record;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.events, move |data| {
+                on_record(data);
+                0
+            })
+            .map_err(|e| AttachError::RingBuffer(e.to_string()))?;
+        let ring = builder
+            .build()
+            .map_err(|e| AttachError::RingBuffer(e.to_string()))?;
+        let check = |ret: i32| -> Result<(), AttachError> {
+            // EINTR: a signal arrived (SIGINT/SIGTERM/SIGCHLD); the loop condition decides.
+            if ret < 0 && ret != -libc::EINTR {
+                return Err(AttachError::RingBuffer(
+                    std::io::Error::from_raw_os_error(-ret).to_string(),
+                ));
+            }
+            Ok(())
+        };
+        while keep_going() {
+            check(ring.poll_raw(DRAIN_INTERVAL))?;
+            // Without a wakeup poll returns empty-handed: records below the threshold wait here.
+            check(ring.consume_raw())?;
+        }
+        check(ring.consume_raw())
+    }
+
+    pub fn attached_links(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// Parses a ring buffer size such as `4M`, `256K` or `65536`, checked the way the kernel wants it.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1024u64),
+        Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
+        Some((i, 'G' | 'g')) => (&s[..i], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 4M, 256K, 65536)"))?;
+    let bytes = n.saturating_mul(mult);
+    let page = page_size();
+    if bytes < page || !bytes.is_power_of_two() || bytes > (1 << 30) {
+        return Err(format!(
+            "ring buffer size must be a power of two between {page} bytes (the page size) and 1G, got {bytes}"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("8192"), Ok(8192));
+        assert!(parse_ring_size("3M").is_err());
+        assert!(parse_ring_size("1").is_err());
+        assert!(parse_ring_size("lots").is_err());
+        assert!(parse_ring_size("4G").is_err());
+    }
+}

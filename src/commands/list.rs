@@ -1,0 +1,209 @@
+//! `pyusdt list`: the markers of a file or process, as `readelf -n` / `dtrace -l` users expect,
+//! plus what can actually fire on that CPython version.
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::ListArgs;
+use crate::discover::process;
+use crate::discover::stapsdt::ObjectKind;
+use crate::discover::{Binary, NO_MARKERS_HINT};
+use crate::exit::{CliError, CliResult, Exit};
+
+#[derive(Serialize)]
+struct FileReport<'a> {
+    path: &'a std::path::Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    kind: ObjectKind,
+    cpython_version: Option<String>,
+    stapsdt_base: Option<u64>,
+    markers: Vec<MarkerReport<'a>>,
+    /// CPython markers this file lacks, with why (e.g. 3.12+ has no function markers).
+    absent: Vec<AbsentMarker>,
+}
+
+#[derive(Serialize)]
+struct AbsentMarker {
+    name: &'static str,
+    note: String,
+}
+
+#[derive(Serialize)]
+struct MarkerReport<'a> {
+    #[serde(flatten)]
+    marker: &'a crate::discover::Marker,
+    /// `fires`, `line-mode-only`, `unverified`, `unknown-version`; absent for other providers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+pub fn run(args: &ListArgs) -> CliResult<i32> {
+    let (files, pid) = match (&args.path, args.pid) {
+        (Some(path), _) => (vec![path.clone()], None),
+        (None, Some(pid)) => (process::files_of(pid)?.files, Some(pid)),
+        (None, None) => unreachable!("clap requires a path or --pid"),
+    };
+    let binaries = open_all(&files, pid)?;
+    let reports: Vec<FileReport<'_>> = binaries.iter().map(|b| report(b, pid)).collect();
+
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "files": reports }))
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        write_tables(&mut out, &reports)
+    };
+    // A closed pipe (`| head`) is not an error worth a message.
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(CliError::new(Exit::Failure, format!("writing the listing: {e}")));
+        }
+    }
+
+    if binaries.iter().any(Binary::has_python_markers) {
+        return Ok(0);
+    }
+    let what = match pid {
+        Some(pid) => format!("PID {pid} uses no interpreter file with CPython markers"),
+        None => format!("{} has no CPython markers", files[0].display()),
+    };
+    Err(CliError::new(Exit::NoMarkers, format!("{what}. {NO_MARKERS_HINT}")))
+}
+
+/// Opens the files of a listing; for a PID, a process must look like Python at least by name.
+fn open_all(files: &[PathBuf], pid: Option<i32>) -> CliResult<Vec<Binary>> {
+    let mut binaries = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        match Binary::open(path) {
+            Ok(b) => binaries.push(b),
+            // For a PID only the executable must open: libraries are best effort.
+            Err(e) if pid.is_none() || i == 0 => return Err(e.into()),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if let Some(pid) = pid {
+        let looks_python = binaries.iter().any(|b| {
+            b.has_python_markers()
+                || b.version.is_some()
+                || b.path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(process::is_python_name)
+        });
+        if !looks_python {
+            let exe = files[0].display().to_string();
+            return Err(process::ProcessError::NotPython { pid, exe }.into());
+        }
+    }
+    Ok(binaries)
+}
+
+fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
+    FileReport {
+        path: &b.path,
+        pid,
+        kind: b.notes.kind,
+        cpython_version: b.version.map(|v| v.to_string()),
+        stapsdt_base: b.notes.stapsdt_base,
+        markers: b
+            .notes
+            .markers
+            .iter()
+            .map(|m| {
+                let python = m.provider == crate::discover::PROVIDER;
+                let firing = b.firing(&m.name);
+                MarkerReport {
+                    marker: m,
+                    status: python.then(|| firing.status()),
+                    note: python.then(|| firing.explain(&m.name, b.version)),
+                }
+            })
+            .collect(),
+        absent: if b.has_python_markers() {
+            CPYTHON_MARKERS
+                .into_iter()
+                .filter(|name| !b.has_marker(name))
+                .map(|name| AbsentMarker {
+                    name,
+                    note: b.firing(name).explain(name, b.version),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The markers of CPython's `Include/pydtrace.d` that have call sites in some release.
+const CPYTHON_MARKERS: [&str; 8] = [
+    "function__entry",
+    "function__return",
+    "line",
+    "gc__start",
+    "gc__done",
+    "import__find__load__start",
+    "import__find__load__done",
+    "audit",
+];
+
+fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Result<()> {
+    for (i, r) in reports.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let version = r
+            .cpython_version
+            .as_deref()
+            .map_or_else(|| "CPython version unknown".to_string(), |v| format!("CPython {v}"));
+        let kind = match r.kind {
+            ObjectKind::Executable => "executable",
+            ObjectKind::PieExecutable => "PIE executable",
+            ObjectKind::SharedLibrary => "shared library",
+            ObjectKind::Other => "ELF object",
+        };
+        writeln!(
+            out,
+            "{}: {kind}, {version}, {} USDT markers",
+            r.path.display(),
+            r.markers.len()
+        )?;
+        if r.markers.is_empty() {
+            writeln!(out, "  no USDT markers")?;
+            continue;
+        }
+        writeln!(
+            out,
+            "  {:<8} {:<26} {:<18} {:<18} {:<15} ARGUMENTS",
+            "PROVIDER", "MARKER", "ADDRESS", "SEMAPHORE", "FIRES"
+        )?;
+        for m in &r.markers {
+            let sema = m
+                .marker
+                .semaphore
+                .map_or_else(|| "-".to_string(), |s| format!("{s:#018x}"));
+            writeln!(
+                out,
+                "  {:<8} {:<26} {:#018x} {:<18} {:<15} {}",
+                m.marker.provider,
+                m.marker.name,
+                m.marker.address,
+                sema,
+                m.status.unwrap_or("-"),
+                m.marker.args
+            )?;
+        }
+        // Explain every python marker that does not simply fire, and the ones this version lacks.
+        for m in r.markers.iter().filter(|m| m.status.is_some_and(|s| s != "fires")) {
+            writeln!(out, "  note: {}: {}", m.marker.name, m.note.as_deref().unwrap_or(""))?;
+        }
+        for a in &r.absent {
+            writeln!(out, "  note: {}: {}", a.name, a.note)?;
+        }
+    }
+    Ok(())
+}

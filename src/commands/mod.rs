@@ -1,0 +1,5 @@
+//! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
+pub mod agent;
+pub mod list;
+pub mod run;
+pub mod session;

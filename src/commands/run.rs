@@ -1,0 +1,176 @@
+//! `pyusdt run -- CMD`: trace a command and its descendants from their first instruction.
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::cli::RunArgs;
+use crate::commands::session::{Session, Terminal};
+use crate::discover::interpreters::{discover, Scan};
+use crate::discover::{process, Binary, NO_MARKERS_HINT};
+use crate::exit::{CliError, CliResult, Exit};
+
+pub fn run(args: &RunArgs) -> CliResult<i32> {
+    let program = &args.command[0];
+    let resolved = resolve_program(program).ok_or_else(|| {
+        CliError::new(
+            Exit::CommandNotFound,
+            format!("command not found: {}", program.to_string_lossy()),
+        )
+    })?;
+
+    let mut explicit = args.trace.pythons.clone();
+    if let Some(interpreter) = command_interpreter(&resolved) {
+        explicit.push(interpreter);
+    }
+    let scan = Scan {
+        processes: false,
+        locations: !args.trace.no_discover,
+    };
+    let found = discover(&explicit, scan);
+    for e in &found.errors {
+        tracing::warn!("{e}: what it runs will not be traced");
+    }
+    for b in &found.without_markers {
+        if explicit.iter().any(|p| p == &b.path) {
+            tracing::warn!(
+                "{} has no CPython markers: what it runs is not traced. {NO_MARKERS_HINT}",
+                b.path.display()
+            );
+        }
+    }
+    if found.with_markers.is_empty() {
+        return Err(CliError::new(
+            Exit::NoMarkers,
+            format!("no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
+        ));
+    }
+
+    // Registered before the command starts: Ctrl-C reaches the command through the terminal,
+    // and pyusdt must outlive it to drain its last events and print the summary, so SIGINT is
+    // only recorded. SIGTERM is forwarded to the command.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let terminated = Arc::new(AtomicBool::new(false));
+    register(libc::SIGINT, &interrupted)?;
+    register(libc::SIGTERM, &terminated)?;
+
+    let mut storage = MaybeUninit::uninit();
+    let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr)?;
+    if session.attach_all(&found.with_markers) == 0 {
+        return Err(CliError::new(
+            Exit::Failure,
+            "could not attach to any interpreter file (see the warnings above)",
+        ));
+    }
+    // The command is a child of this process: following our own PID makes the fork tracepoint
+    // add it to the traced set before it runs a single instruction of its own.
+    session.tracer.trace_process(std::process::id())?;
+
+    let mut child = Command::new(&resolved)
+        .arg0(program)
+        .args(&args.command[1..])
+        .spawn()
+        .map_err(|e| {
+            let exit = match e.kind() {
+                std::io::ErrorKind::NotFound => Exit::CommandNotFound,
+                _ => Exit::CommandNotExecutable,
+            };
+            CliError::new(exit, format!("cannot start {}: {e}", resolved.display()))
+        })?;
+    let child_pid = child.id() as libc::pid_t;
+
+    let mut status: Option<ExitStatus> = None;
+    let mut forwarded = false;
+    let mut wait_error = None;
+    session.trace(|| {
+        if terminated.load(Ordering::Relaxed) && !forwarded {
+            // SAFETY: kill has no memory-safety preconditions; child_pid is our unreaped child.
+            unsafe { libc::kill(child_pid, libc::SIGTERM) };
+            forwarded = true;
+        }
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                status = Some(s);
+                false
+            }
+            Ok(None) => true,
+            Err(e) => {
+                wait_error = Some(e);
+                false
+            }
+        }
+    })?;
+    session.finish()?;
+    if let Some(e) = wait_error {
+        return Err(CliError::new(Exit::Failure, format!("waiting for the command: {e}")));
+    }
+    Ok(status.map_or(1, exit_code))
+}
+
+fn register(signal: libc::c_int, flag: &Arc<AtomicBool>) -> CliResult<()> {
+    signal_hook::flag::register(signal, Arc::clone(flag))
+        .map(|_| ())
+        .map_err(|e| CliError::new(Exit::Failure, format!("installing a signal handler: {e}")))
+}
+
+/// As shells report it: the exit code, or 128 + the signal that killed the command.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// `python3` → the first executable `python3` on PATH; paths with a slash are taken as given.
+fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 || program.to_string_lossy().contains('/') {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(p))
+        .find(|c| is_executable(c))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The interpreter a command runs, when it looks like Python: the file itself when it is named
+/// like one (a pyenv shim included, so that its lack of markers is reported), else the program
+/// of its `#!` line (through `env`), else the file when it carries CPython markers (embedders).
+fn command_interpreter(resolved: &Path) -> Option<PathBuf> {
+    let name = resolved.file_name()?.to_str()?;
+    if process::is_python_name(name) {
+        return Some(resolved.to_path_buf());
+    }
+    let head = read_head(resolved)?;
+    if !head.starts_with(b"#!") {
+        let embeds = Binary::open(resolved).is_ok_and(|b| b.has_python_markers());
+        return embeds.then(|| resolved.to_path_buf());
+    }
+    let line = head[2..].split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let interpreter = if Path::new(first).file_name()? == "env" {
+        let prog = words.find(|w| !w.starts_with('-'))?;
+        resolve_program(OsStr::new(prog))?
+    } else {
+        PathBuf::from(first)
+    };
+    process::is_python_name(interpreter.file_name()?.to_str()?).then_some(interpreter)
+}
+
+fn read_head(p: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0; 256];
+    let n = std::fs::File::open(p).ok()?.read(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}

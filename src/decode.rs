@@ -1,0 +1,200 @@
+//! Decodes ring-buffer records (layouts of bpf/pyusdt.h) into borrowed, typed events.
+use std::borrow::Cow;
+
+use crate::bpf::{self, audit_event, event_header, gc_event, import_event};
+
+/// What every event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// CLOCK_MONOTONIC ns at the start marker; `None` when only the done half was seen.
+    pub start_ns: Option<u64>,
+    /// CLOCK_MONOTONIC ns at the done marker (audit: at the marker).
+    pub end_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Imports in progress on the thread when the event ended (nesting for spans).
+    pub import_depth: u8,
+}
+
+impl Header {
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.start_ns.map(|s| self.end_ns.saturating_sub(s))
+    }
+}
+
+/// One decoded event; strings borrow from the ring buffer when they are valid UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    Gc {
+        header: Header,
+        /// `None` when gc__start was not seen (attached mid-collection).
+        generation: Option<i32>,
+        /// gc__done's argument: collected + uncollectable objects.
+        collected: i64,
+    },
+    Import {
+        header: Header,
+        module: Cow<'a, str>,
+        found: bool,
+    },
+    Audit {
+        header: Header,
+        name: Cow<'a, str>,
+        /// Length of the audit argument tuple, `None` when it could not be read.
+        nargs: Option<i64>,
+    },
+}
+
+impl Event<'_> {
+    pub fn header(&self) -> &Header {
+        match self {
+            Event::Gc { header, .. } | Event::Import { header, .. } | Event::Audit { header, .. } => {
+                header
+            }
+        }
+    }
+}
+
+/// A record that does not match any layout: a bug or a version skew between BPF and Rust.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than its layout.
+    #[error("truncated record of {len} bytes for marker {marker}")]
+    Truncated { marker: u8, len: usize },
+    /// The record is not aligned for its layout (libbpf's ring buffer aligns to 8 bytes).
+    #[error("misaligned record for marker {0}")]
+    Misaligned(u8),
+    /// The marker byte is none of bpf/pyusdt.h's `enum marker`.
+    #[error("unknown marker {0}")]
+    UnknownMarker(u8),
+}
+
+pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let raw: &event_header = read(data, u8::MAX)?;
+    let header = Header {
+        start_ns: (raw.start_ns != 0).then_some(raw.start_ns),
+        end_ns: raw.end_ns,
+        pid: raw.pid,
+        tid: raw.tid,
+        import_depth: raw.import_depth,
+    };
+    match raw.marker {
+        bpf::MARKER_GC => {
+            let e: &gc_event = read(data, raw.marker)?;
+            Ok(Event::Gc {
+                header,
+                generation: (e.generation >= 0).then_some(e.generation),
+                collected: e.collected,
+            })
+        }
+        bpf::MARKER_IMPORT => {
+            let e: &import_event = read(data, raw.marker)?;
+            Ok(Event::Import {
+                header,
+                module: c_string(&e.module),
+                found: e.found != 0,
+            })
+        }
+        bpf::MARKER_AUDIT => {
+            let e: &audit_event = read(data, raw.marker)?;
+            Ok(Event::Audit {
+                header,
+                name: c_string(&e.name),
+                nargs: (e.nargs >= 0).then_some(e.nargs),
+            })
+        }
+        other => Err(DecodeError::UnknownMarker(other)),
+    }
+}
+
+fn read<T: plain::Plain>(data: &[u8], marker: u8) -> Result<&T, DecodeError> {
+    plain::from_bytes(data).map_err(|e| match e {
+        plain::Error::BadAlignment => DecodeError::Misaligned(marker),
+        plain::Error::TooShort => DecodeError::Truncated {
+            marker,
+            len: data.len(),
+        },
+    })
+}
+
+/// A bounded, NUL-terminated string copied by `bpf_probe_read_user_str`: untrusted bytes,
+/// decoded lossily (never fails, never reads past the array).
+fn c_string(raw: &[i8]) -> Cow<'_, str> {
+    // SAFETY: i8 and u8 have the same size and alignment; the slice covers the same memory.
+    let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len()) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value for a test fixture.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn header(marker: u8) -> event_header {
+        event_header {
+            start_ns: 100,
+            end_ns: 350,
+            pid: 7,
+            tid: 8,
+            marker,
+            import_depth: 1,
+            _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn decodes_import_with_invalid_utf8_and_no_nul() {
+        let mut e = import_event {
+            h: header(bpf::MARKER_IMPORT),
+            found: 0,
+            ..Default::default()
+        };
+        for (i, b) in e.module.iter_mut().enumerate() {
+            *b = if i == 3 { -1 } else { b'a' as i8 };
+        }
+        let data = bytes_of(&e);
+        let Event::Import { header, module, found } = decode(&data).unwrap() else {
+            panic!("not an import")
+        };
+        assert!(!found);
+        assert_eq!(header.duration_ns(), Some(250));
+        assert_eq!(module.chars().count(), 128);
+        assert!(module.contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn gc_without_start_has_no_duration_or_generation() {
+        let mut h = header(bpf::MARKER_GC);
+        h.start_ns = 0;
+        let e = gc_event {
+            h,
+            collected: 5,
+            generation: -1,
+            _pad: 0,
+        };
+        let ev = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(ev.header().duration_ns(), None);
+        assert!(matches!(ev, Event::Gc { generation: None, collected: 5, .. }));
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let e = gc_event {
+            h: header(bpf::MARKER_GC),
+            ..Default::default()
+        };
+        let data = bytes_of(&e);
+        for len in 0..data.len() {
+            assert!(decode(&data[..len]).is_err());
+        }
+        let mut h = header(9);
+        h.marker = 9;
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(9)));
+    }
+}

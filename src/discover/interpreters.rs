@@ -1,0 +1,113 @@
+//! Finds the marker-bearing interpreter files of a host: given paths, running processes and
+//! the usual install locations, each file once by (device, inode).
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::process::{self, is_python_name};
+use super::{Binary, DiscoverError};
+
+/// Where distributions install CPython executables and libpython.
+const USUAL_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/usr/local/bin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
+/// What discovery found.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// Files with CPython markers, deduplicated.
+    pub with_markers: Vec<Binary>,
+    /// CPython files without markers (worth a warning: nothing they run is traced).
+    pub without_markers: Vec<Binary>,
+    /// Explicitly given paths that could not be read.
+    pub errors: Vec<DiscoverError>,
+}
+
+impl Discovered {
+    fn add(&mut self, seen: &mut HashSet<(u64, u64)>, binary: Binary) {
+        if !seen.insert(binary.id) {
+            return;
+        }
+        if binary.has_python_markers() {
+            self.with_markers.push(binary);
+        } else if binary.version.is_some() {
+            self.without_markers.push(binary);
+        }
+    }
+}
+
+/// Where to look besides the paths given explicitly.
+#[derive(Debug, Clone, Copy)]
+pub struct Scan {
+    /// Executables and libpython mappings of running processes.
+    pub processes: bool,
+    /// The usual install locations (/usr/bin, /usr/lib/<arch>-linux-gnu, …).
+    pub locations: bool,
+}
+
+/// Collects interpreter files: `explicit` paths (errors reported), then what `scan` selects.
+pub fn discover(explicit: &[PathBuf], scan: Scan) -> Discovered {
+    let mut found = Discovered::default();
+    let mut seen = HashSet::new();
+    for path in explicit {
+        match Binary::open(path) {
+            Ok(b) => found.add(&mut seen, b),
+            Err(e) => found.errors.push(e),
+        }
+    }
+    let running = if scan.processes { running_candidates() } else { Vec::new() };
+    let usual = if scan.locations { usual_candidates() } else { Vec::new() };
+    for path in running.into_iter().chain(usual) {
+        // Candidates are best effort: a process may exit, a file may be unreadable.
+        if let Ok(b) = Binary::open(&path) {
+            found.add(&mut seen, b);
+        }
+    }
+    found
+}
+
+/// Executables and libpython files of every running process, as host paths.
+fn running_candidates() -> Vec<PathBuf> {
+    let own = std::process::id() as i32;
+    process::all_pids()
+        .into_iter()
+        .filter(|&pid| pid != own)
+        .filter_map(|pid| process::files_of(pid).ok())
+        .flat_map(|p| p.files)
+        .collect()
+}
+
+/// Files named like CPython interpreters in the usual directories (and their multiarch subdirs).
+fn usual_candidates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = USUAL_DIRS.iter().map(PathBuf::from).collect();
+    for base in ["/usr/lib", "/lib"] {
+        dirs.extend(multiarch_dirs(Path::new(base)));
+    }
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| is_python_name(n) && (!n.starts_with("libpython") || n.contains(".so")))
+        })
+        .collect()
+}
+
+/// `/usr/lib/x86_64-linux-gnu` and its siblings.
+fn multiarch_dirs(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(base)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && p.to_string_lossy().ends_with("-linux-gnu"))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,110 @@
+//! From a PID to the interpreter files it runs: `/proc/PID/maps`, opened through `/proc/PID/root`.
+use std::path::{Path, PathBuf};
+
+use procfs::process::{MMapPath, Process};
+use procfs::ProcError;
+
+/// Why a PID could not be inspected.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No process has this PID (or it exited meanwhile).
+    #[error("no process with PID {0}")]
+    NoSuchProcess(i32),
+    /// /proc/PID/maps or /proc/PID/root is not readable by this user.
+    #[error("cannot read /proc/{0}/maps: permission denied (run as root, or with CAP_SYS_PTRACE)")]
+    PermissionDenied(i32),
+    /// The process maps neither a python executable nor libpython.
+    #[error("PID {pid} ({exe}) is not a Python process: it maps no python executable or libpython")]
+    NotPython { pid: i32, exe: String },
+    /// Anything else /proc reported.
+    #[error("cannot inspect PID {pid}: {reason}")]
+    Other { pid: i32, reason: String },
+}
+
+fn proc_error(pid: i32, e: ProcError) -> ProcessError {
+    match e {
+        ProcError::NotFound(_) => ProcessError::NoSuchProcess(pid),
+        ProcError::PermissionDenied(_) => ProcessError::PermissionDenied(pid),
+        other => ProcessError::Other {
+            pid,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The files of a process that may carry CPython markers, as host paths.
+#[derive(Debug, Clone)]
+pub struct ProcessFiles {
+    pub pid: i32,
+    /// The executable, as the process sees it (inside its mount namespace).
+    pub exe: PathBuf,
+    /// Host-visible paths (`/proc/PID/root/…`): the executable first, then mapped libpython files.
+    pub files: Vec<PathBuf>,
+}
+
+/// Whether a file name is a CPython interpreter or libpython.
+pub fn is_python_name(name: &str) -> bool {
+    name.starts_with("libpython")
+        || name
+            .strip_prefix("python")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit()))
+            && !name.ends_with("-config")
+}
+
+/// Path of `inner` (a path inside the process's mount namespace) as the host can open it.
+pub fn host_path(pid: i32, inner: &Path) -> PathBuf {
+    let rel = inner.strip_prefix("/").unwrap_or(inner);
+    PathBuf::from(format!("/proc/{pid}/root")).join(rel)
+}
+
+/// The executable and libpython mappings of `pid`.
+pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
+    let process = Process::new(pid).map_err(|e| proc_error(pid, e))?;
+    let exe = process.exe().map_err(|e| proc_error(pid, e))?;
+    let maps = process.maps().map_err(|e| proc_error(pid, e))?;
+    let mut files = vec![host_path(pid, &exe)];
+    for map in maps {
+        let MMapPath::Path(path) = map.pathname else {
+            continue;
+        };
+        let is_libpython = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libpython"));
+        let host = host_path(pid, &path);
+        if is_libpython && !files.contains(&host) {
+            files.push(host);
+        }
+    }
+    Ok(ProcessFiles { pid, exe, files })
+}
+
+/// Every PID on the host (a racy snapshot: processes come and go).
+pub fn all_pids() -> Vec<i32> {
+    procfs::process::all_processes()
+        .map(|it| it.filter_map(|p| p.ok()).map(|p| p.pid()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_names() {
+        for yes in ["python3", "python3.11", "python", "libpython3.11.so.1.0", "python3.13t"] {
+            assert!(is_python_name(yes), "{yes}");
+        }
+        for no in ["python3.11-config", "pythonista", "bash", "ipython"] {
+            assert!(!is_python_name(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn host_paths_go_through_proc_root() {
+        assert_eq!(
+            host_path(42, Path::new("/usr/bin/python3.11")),
+            PathBuf::from("/proc/42/root/usr/bin/python3.11")
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! Where decoded events go without a collector: a live console stream, JSON lines, a summary.
+pub mod clock;
+pub mod console;
+pub mod jsonl;
+pub mod summary;
+pub mod text;
+
+use crate::decode::Event;
+
+/// Every sink an event is handed to, in order. One thread owns it: no locks on the hot path.
+pub struct Sinks {
+    pub console: Option<console::Console>,
+    pub jsonl: Option<jsonl::JsonLines>,
+    pub summary: summary::Summary,
+}
+
+impl Sinks {
+    pub fn handle(&mut self, event: &Event<'_>) {
+        self.summary.record(event);
+        if let Some(c) = &mut self.console {
+            c.write(event);
+        }
+        if let Some(j) = &mut self.jsonl {
+            j.write(event);
+        }
+    }
+
+    /// Pushes buffered output out; JSON write errors are kept and reported by `finish`.
+    pub fn flush(&mut self) {
+        if let Some(c) = &mut self.console {
+            let _ = c.flush();
+        }
+        if let Some(j) = &mut self.jsonl {
+            j.flush_quietly();
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Per-process aggregates for the closing summary: GC pauses per generation, imports, audit
+//! events by name, events received and lost.
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::text::{count, duration, safe};
+use crate::attach::KernelStats;
+use crate::decode::Event;
+
+/// How many slowest imports the summary names.
+const SLOWEST_IMPORTS: usize = 5;
+/// Pauses are recorded from 1 ns to 1 hour with 3 significant digits (bounded memory).
+const MAX_NS: u64 = 3_600_000_000_000;
+
+#[derive(Default)]
+pub struct Summary {
+    processes: BTreeMap<u32, ProcessSummary>,
+}
+
+struct ProcessSummary {
+    command: String,
+    first_ns: u64,
+    last_ns: u64,
+    /// Keyed by generation; `-1`: the start was not seen.
+    gc: BTreeMap<i32, GcStats>,
+    imports: u64,
+    imports_not_found: u64,
+    import_total_ns: u64,
+    slowest: Vec<(u64, String)>,
+    audit: HashMap<Box<str>, u64>,
+    audit_total: u64,
+}
+
+struct GcStats {
+    pauses: Histogram<u64>,
+    collections: u64,
+    collected: i64,
+}
+
+impl ProcessSummary {
+    fn new(pid: u32, ts: u64) -> ProcessSummary {
+        ProcessSummary {
+            command: command_of(pid),
+            first_ns: ts,
+            last_ns: ts,
+            gc: BTreeMap::new(),
+            imports: 0,
+            imports_not_found: 0,
+            import_total_ns: 0,
+            slowest: Vec::new(),
+            audit: HashMap::new(),
+            audit_total: 0,
+        }
+    }
+}
+
+/// The command line of a process, read once when its first event arrives (it may exit soon).
+fn command_of(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    let mut s = words.join(" ");
+    if s.chars().count() > 80 {
+        s = s.chars().take(77).collect::<String>() + "...";
+    }
+    if s.is_empty() {
+        s = "(exited)".into();
+    }
+    safe(&s).into_owned()
+}
+
+impl Summary {
+    pub fn record(&mut self, event: &Event<'_>) {
+        let h = event.header();
+        let p = self
+            .processes
+            .entry(h.pid)
+            .or_insert_with(|| ProcessSummary::new(h.pid, h.end_ns));
+        p.first_ns = p.first_ns.min(h.start_ns.unwrap_or(h.end_ns));
+        p.last_ns = p.last_ns.max(h.end_ns);
+        match event {
+            Event::Gc {
+                generation,
+                collected,
+                ..
+            } => {
+                let g = p.gc.entry(generation.unwrap_or(-1)).or_insert_with(|| GcStats {
+                    pauses: Histogram::new_with_bounds(1, MAX_NS, 3)
+                        .expect("static histogram bounds are valid"),
+                    collections: 0,
+                    collected: 0,
+                });
+                g.collections += 1;
+                g.collected += collected;
+                if let Some(d) = h.duration_ns() {
+                    g.pauses.saturating_record(d.max(1));
+                }
+            }
+            Event::Import { module, found, .. } => {
+                p.imports += 1;
+                p.imports_not_found += u64::from(!found);
+                if let Some(d) = h.duration_ns() {
+                    // Nested imports run inside their parent's time: count top-level ones only.
+                    if h.import_depth == 0 {
+                        p.import_total_ns += d;
+                    }
+                    let slower_than_kept = p.slowest.len() < SLOWEST_IMPORTS
+                        || p.slowest.last().is_some_and(|(min, _)| d > *min);
+                    if slower_than_kept {
+                        p.slowest.push((d, module.to_string()));
+                        p.slowest.sort_by(|a, b| b.0.cmp(&a.0));
+                        p.slowest.truncate(SLOWEST_IMPORTS);
+                    }
+                }
+            }
+            Event::Audit { name, .. } => {
+                p.audit_total += 1;
+                match p.audit.get_mut(name.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        p.audit.insert(name.as_ref().into(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of events recorded per marker (gc, import, audit).
+    pub fn received(&self) -> [u64; 3] {
+        let mut r = [0; 3];
+        for p in self.processes.values() {
+            r[0] += p.gc.values().map(|g| g.collections).sum::<u64>();
+            r[1] += p.imports;
+            r[2] += p.audit_total;
+        }
+        r
+    }
+
+    /// The human-readable summary.
+    pub fn render(&self, stats: &KernelStats, elapsed_s: f64) -> String {
+        let received = self.received();
+        let total: u64 = received.iter().sum();
+        let dropped: u64 = stats.dropped.iter().sum();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "pyusdt: traced {elapsed_s:.1} s: {} events received ({} gc, {} import, {} audit), {} dropped{}",
+            count(total),
+            count(received[0]),
+            count(received[1]),
+            count(received[2]),
+            count(dropped),
+            if dropped > 0 {
+                format!(
+                    " (ring buffer full: {} gc, {} import, {} audit; raise --ring-buffer-size)",
+                    stats.dropped[0], stats.dropped[1], stats.dropped[2]
+                )
+            } else {
+                String::new()
+            }
+        );
+        if stats.unpaired_starts > 0 || stats.imports_too_deep > 0 {
+            let _ = writeln!(
+                out,
+                "  pairing: {} gc starts without done discarded, {} imports nested too deep to time",
+                stats.unpaired_starts, stats.imports_too_deep
+            );
+        }
+        for (pid, p) in &self.processes {
+            let span_s = (p.last_ns.saturating_sub(p.first_ns)) as f64 / 1e9;
+            let _ = writeln!(out, "PID {pid} ({}): events over {span_s:.2} s", p.command);
+            for (gen, g) in &p.gc {
+                let label = if *gen < 0 { "gen ?".to_string() } else { format!("gen {gen}") };
+                let pauses = if g.pauses.is_empty() {
+                    "pause unknown (start not seen)".to_string()
+                } else {
+                    format!(
+                        "pause p50 {}, p99 {}, max {}",
+                        duration(g.pauses.value_at_quantile(0.5)),
+                        duration(g.pauses.value_at_quantile(0.99)),
+                        duration(g.pauses.max())
+                    )
+                };
+                let _ = writeln!(
+                    out,
+                    "  gc      {label}: {} collections, {pauses}, {} objects collected",
+                    count(g.collections),
+                    count(g.collected.max(0) as u64)
+                );
+            }
+            if p.imports > 0 {
+                let slowest: Vec<String> = p
+                    .slowest
+                    .iter()
+                    .map(|(d, m)| format!("{} {}", safe(m), duration(*d)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  import  {} modules ({} not found), {} in top-level imports; slowest: {}",
+                    count(p.imports),
+                    count(p.imports_not_found),
+                    duration(p.import_total_ns),
+                    slowest.join(", ")
+                );
+            }
+            if p.audit_total > 0 {
+                let mut by_name: Vec<(&str, u64)> =
+                    p.audit.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+                by_name.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                let top: Vec<String> = by_name
+                    .iter()
+                    .take(8)
+                    .map(|(n, c)| format!("{} {}", safe(n), count(*c)))
+                    .collect();
+                let rate = if span_s > 0.0 {
+                    format!("{}/s", count((p.audit_total as f64 / span_s) as u64))
+                } else {
+                    "-".into()
+                };
+                let more = by_name.len().saturating_sub(8);
+                let _ = writeln!(
+                    out,
+                    "  audit   {} events ({rate}): {}{}",
+                    count(p.audit_total),
+                    top.join(", "),
+                    if more > 0 { format!(", {more} more names") } else { String::new() }
+                );
+            }
+        }
+        if self.processes.is_empty() {
+            let _ = writeln!(out, "  no events: no traced process used an attached interpreter");
+        }
+        out
+    }
+
+    /// The machine-readable summary (closing record of `--output`).
+    pub fn to_record(&self, stats: &KernelStats) -> SummaryRecord {
+        let received = self.received();
+        SummaryRecord {
+            kind: "summary",
+            received: MarkerCounts::from(received),
+            dropped: MarkerCounts::from(stats.dropped),
+            unpaired_gc_starts: stats.unpaired_starts,
+            imports_too_deep: stats.imports_too_deep,
+            processes: self
+                .processes
+                .iter()
+                .map(|(pid, p)| ProcessRecord {
+                    pid: *pid,
+                    command: p.command.clone(),
+                    gc_collections: p.gc.values().map(|g| g.collections).sum(),
+                    imports: p.imports,
+                    imports_not_found: p.imports_not_found,
+                    audit_events: p.audit_total,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MarkerCounts {
+    pub gc: u64,
+    pub import: u64,
+    pub audit: u64,
+}
+
+impl From<[u64; 3]> for MarkerCounts {
+    fn from(c: [u64; 3]) -> Self {
+        MarkerCounts {
+            gc: c[0],
+            import: c[1],
+            audit: c[2],
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SummaryRecord {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    received: MarkerCounts,
+    dropped: MarkerCounts,
+    unpaired_gc_starts: u64,
+    imports_too_deep: u64,
+    processes: Vec<ProcessRecord>,
+}
+
+#[derive(Serialize)]
+struct ProcessRecord {
+    pid: u32,
+    command: String,
+    gc_collections: u64,
+    imports: u64,
+    imports_not_found: u64,
+    audit_events: u64,
+}

@@ -1,0 +1,59 @@
+//! Formatting helpers for humans: durations, counts, and untrusted strings made terminal-safe.
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// `45.2 µs`, `1.20 ms`, `2.500 s`.
+pub fn duration(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
+}
+
+/// `180,002`.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Strings from traced processes are untrusted: control characters (escape sequences that
+/// could rewrite a terminal) are shown as `\x1b`-style escapes.
+pub fn safe(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(duration(450), "450 ns");
+        assert_eq!(duration(45_200), "45.2 µs");
+        assert_eq!(duration(1_200_000), "1.20 ms");
+        assert_eq!(count(180002), "180,002");
+        assert_eq!(count(12), "12");
+        assert_eq!(safe("ok"), "ok");
+        assert_eq!(safe("a\x1b[2Jb\n"), "a\\x1b[2Jb\\x0a");
+    }
+}
