@@ -1,0 +1,97 @@
+//! Helpers shared by the end-to-end tests: the binary under test, the privileged-test gate,
+//! processes that never outlive a test, and JSON-lines output.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Debian's CPython, built --with-dtrace (pyenv's `python3.11` on PATH has no markers).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3.11";
+pub const SYSTEM_LIBPYTHON: &str = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0";
+
+pub fn pyusdt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pyusdt"));
+    c.env("PYUSDT_LOG", "info");
+    c
+}
+
+pub fn workload(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(name)
+}
+
+/// Whether tests needing root, BPF and Debian's python3.11 can run here. Outside CI they skip
+/// with the reason; with CI=true they fail, since a skipped test proves nothing.
+pub fn require_bpf(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let missing = if !root {
+        Some("not running as root")
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel without BTF")
+    } else if !Path::new(SYSTEM_PYTHON).exists() {
+        Some("Debian's /usr/bin/python3.11 is not installed (scripts/setup.sh installs it)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test} needs root, BPF and {SYSTEM_PYTHON}: {why} (CI=true: not skipping)")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// A child process ended by its PID when the guard drops (never by name).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends `signal` to a child and waits at most `limit` for it to exit.
+pub fn stop(child: &mut Child, signal: i32, limit: Duration) -> std::process::ExitStatus {
+    // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process {} ignored signal {signal}", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The closing summary record of a JSON-lines output.
+pub fn summary(records: &[Value]) -> &Value {
+    let last = records.last().expect("empty output");
+    assert_eq!(last["type"], "summary", "last record is not the summary");
+    last
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
