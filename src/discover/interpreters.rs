@@ -97,6 +97,8 @@ fn usual_candidates() -> Vec<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| is_python_name(n) && (!n.starts_with("libpython") || n.contains(".so")))
         })
+        // Report the real file (libpython3.11.so.1.0), not the symlink met first.
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
         .collect()
 }
 
