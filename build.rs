@@ -18,7 +18,9 @@ fn main() {
             .source(&src)
             .clang_args(["-I", "bpf", "-I", &multiarch, "-Wall", "-O2"])
             .build_and_generate(out.join(format!("{prog}.skel.rs")))
-            .unwrap_or_else(|e| panic!("building {src} failed (is clang installed? run scripts/setup.sh): {e:#}"));
+            .unwrap_or_else(|e| {
+                panic!("building {src} failed (is clang installed? run scripts/setup.sh): {e:#}")
+            });
         println!("cargo:rerun-if-changed={src}");
         println!("cargo:rerun-if-changed=bpf/{prog}.h");
     }

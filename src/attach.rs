@@ -3,7 +3,7 @@ use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
@@ -94,7 +94,9 @@ impl<'obj> Tracer<'obj> {
                 map: "events",
                 source,
             })?;
-        open.progs.follow_fork.set_autoload(options.follow_processes);
+        open.progs
+            .follow_fork
+            .set_autoload(options.follow_processes);
         let skel = open.load().map_err(AttachError::Load)?;
         let mut process_links = Vec::new();
         let exit_link = skel
@@ -230,10 +232,6 @@ impl<'obj> Tracer<'obj> {
             check(ring.consume_raw())?;
         }
         check(ring.consume_raw())
-    }
-
-    pub fn attached_links(&self) -> usize {
-        self.links.len()
     }
 }
 

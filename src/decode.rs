@@ -48,9 +48,9 @@ pub enum Event<'a> {
 impl Event<'_> {
     pub fn header(&self) -> &Header {
         match self {
-            Event::Gc { header, .. } | Event::Import { header, .. } | Event::Audit { header, .. } => {
-                header
-            }
+            Event::Gc { header, .. }
+            | Event::Import { header, .. }
+            | Event::Audit { header, .. } => header,
         }
     }
 }
@@ -132,8 +132,10 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain #[repr(C)] value for a test fixture.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn header(marker: u8) -> event_header {
@@ -159,7 +161,12 @@ mod tests {
             *b = if i == 3 { -1 } else { b'a' as i8 };
         }
         let data = bytes_of(&e);
-        let Event::Import { header, module, found } = decode(&data).unwrap() else {
+        let Event::Import {
+            header,
+            module,
+            found,
+        } = decode(&data).unwrap()
+        else {
             panic!("not an import")
         };
         assert!(!found);
@@ -178,9 +185,17 @@ mod tests {
             generation: -1,
             _pad: 0,
         };
-        let ev = decode(&bytes_of(&e)).unwrap();
+        let data = bytes_of(&e);
+        let ev = decode(&data).unwrap();
         assert_eq!(ev.header().duration_ns(), None);
-        assert!(matches!(ev, Event::Gc { generation: None, collected: 5, .. }));
+        assert!(matches!(
+            ev,
+            Event::Gc {
+                generation: None,
+                collected: 5,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl From<crate::discover::DiscoverError> for CliError {
     fn from(e: crate::discover::DiscoverError) -> Self {
         use crate::discover::DiscoverError as D;
         let exit = match &e {
-            D::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Exit::NotFound,
+            D::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Exit::NotFound
+            }
             D::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Exit::Privileges
             }
@@ -81,7 +83,8 @@ impl From<crate::discover::process::ProcessError> for CliError {
 impl From<crate::attach::AttachError> for CliError {
     fn from(e: crate::attach::AttachError) -> Self {
         use crate::attach::AttachError as A;
-        let permission = |err: &libbpf_rs::Error| err.kind() == libbpf_rs::ErrorKind::PermissionDenied;
+        let permission =
+            |err: &libbpf_rs::Error| err.kind() == libbpf_rs::ErrorKind::PermissionDenied;
         match &e {
             A::Load(err) | A::Attach { source: err, .. } if permission(err) => CliError::new(
                 Exit::Privileges,

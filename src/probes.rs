@@ -40,10 +40,6 @@ impl ProbeSet {
     pub fn iter(&self) -> impl Iterator<Item = Probe> + '_ {
         self.0.iter().copied()
     }
-
-    pub fn contains(&self, p: Probe) -> bool {
-        self.0.contains(&p)
-    }
 }
 
 impl Default for ProbeSet {
@@ -70,7 +66,9 @@ impl FromStr for ProbeSet {
                 .into_iter()
                 .find(|p| p.name() == part)
                 .ok_or_else(|| {
-                    format!("unknown probe `{part}`: choose from gc, import, audit (comma-separated)")
+                    format!(
+                        "unknown probe `{part}`: choose from gc, import, audit (comma-separated)"
+                    )
                 })?;
             if !set.contains(&probe) {
                 set.push(probe);
@@ -90,9 +88,15 @@ mod tests {
 
     #[test]
     fn parses_lists() {
-        assert_eq!("audit,gc".parse::<ProbeSet>().unwrap().to_string(), "gc,audit");
+        assert_eq!(
+            "audit,gc".parse::<ProbeSet>().unwrap().to_string(),
+            "gc,audit"
+        );
         assert_eq!("gc, gc".parse::<ProbeSet>().unwrap().to_string(), "gc");
-        assert!("gc,functions".parse::<ProbeSet>().unwrap_err().contains("unknown probe `functions`"));
+        assert!("gc,functions"
+            .parse::<ProbeSet>()
+            .unwrap_err()
+            .contains("unknown probe `functions`"));
         assert!("".parse::<ProbeSet>().is_err());
         assert_eq!(ProbeSet::default().to_string(), "gc,import");
     }

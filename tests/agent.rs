@@ -50,7 +50,14 @@ fn agent_traces_processes_started_later_with_the_right_pids() {
                 try:\n    __import__(f'pyusdt_probe_{os.getpid()}')\nexcept ImportError:\n    pass\n\
                 gc.collect()\ntime.sleep(0.3)\n";
     let kids: Vec<Reaped> = (0..2)
-        .map(|_| Reaped(Command::new(SYSTEM_PYTHON).args(["-c", code]).spawn().unwrap()))
+        .map(|_| {
+            Reaped(
+                Command::new(SYSTEM_PYTHON)
+                    .args(["-c", code])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
         .collect();
     let pids: Vec<u32> = kids.iter().map(|k| k.0.id()).collect();
     for mut k in kids {
@@ -65,21 +72,37 @@ fn agent_traces_processes_started_later_with_the_right_pids() {
         let probes: Vec<_> = records
             .iter()
             .filter(|r| r["type"] == "import")
-            .filter(|r| r["module"].as_str().is_some_and(|m| m.starts_with("pyusdt_probe_")))
+            .filter(|r| {
+                r["module"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("pyusdt_probe_"))
+            })
             .filter(|r| r["module"] == format!("pyusdt_probe_{pid}"))
             .collect();
         assert_eq!(probes.len(), 1, "probe import of {pid}");
-        assert_eq!(probes[0]["pid"], pid, "import attributed to the wrong process");
+        assert_eq!(
+            probes[0]["pid"], pid,
+            "import attributed to the wrong process"
+        );
         assert_eq!(probes[0]["found"], false);
         assert!(
-            records.iter().any(|r| r["type"] == "gc" && r["pid"] == pid && r["generation"] == 2),
+            records
+                .iter()
+                .any(|r| r["type"] == "gc" && r["pid"] == pid && r["generation"] == 2),
             "gc.collect() of {pid} not traced"
         );
     }
     // No probe import carries another process's PID.
-    for r in records.iter().filter(|r| r["module"].as_str().is_some_and(|m| m.starts_with("pyusdt_probe_"))) {
+    for r in records.iter().filter(|r| {
+        r["module"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("pyusdt_probe_"))
+    }) {
         assert_eq!(r["module"], format!("pyusdt_probe_{}", r["pid"]));
     }
     let s = summary(&records);
-    assert_eq!(s["dropped"], serde_json::json!({"gc": 0, "import": 0, "audit": 0}));
+    assert_eq!(
+        s["dropped"],
+        serde_json::json!({"gc": 0, "import": 0, "audit": 0})
+    );
 }

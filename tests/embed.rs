@@ -20,7 +20,10 @@ fn embedded_interpreter_is_traced_through_libpython() {
     );
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("embed");
-    let flags = Command::new(PYTHON_CONFIG).args(["--embed", "--cflags", "--ldflags"]).output().unwrap();
+    let flags = Command::new(PYTHON_CONFIG)
+        .args(["--embed", "--cflags", "--ldflags"])
+        .output()
+        .unwrap();
     assert!(flags.status.success());
     let flags = String::from_utf8(flags.stdout).unwrap();
     let cc = Command::new("cc")
@@ -46,16 +49,29 @@ fn embedded_interpreter_is_traced_through_libpython() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("libpython3.11.so.1.0"), "libpython not attached: {stderr}");
+    assert!(
+        stderr.contains("libpython3.11.so.1.0"),
+        "libpython not attached: {stderr}"
+    );
 
     let records = read_jsonl(&out_path);
     let probe = records
         .iter()
-        .find(|r| r["type"] == "import" && r["module"].as_str().is_some_and(|m| m.starts_with("pyusdt_embedded_")))
+        .find(|r| {
+            r["type"] == "import"
+                && r["module"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("pyusdt_embedded_"))
+        })
         .expect("the embedded interpreter's import was not traced");
     assert_eq!(probe["module"], format!("pyusdt_embedded_{}", probe["pid"]));
     assert_eq!(probe["found"], false);
     let pid = &probe["pid"];
-    assert!(records.iter().any(|r| r["type"] == "import" && r["pid"] == *pid && r["module"] == "json" && r["found"] == true));
-    assert!(records.iter().any(|r| r["type"] == "gc" && r["pid"] == *pid && r["generation"] == 2));
+    assert!(records.iter().any(|r| r["type"] == "import"
+        && r["pid"] == *pid
+        && r["module"] == "json"
+        && r["found"] == true));
+    assert!(records
+        .iter()
+        .any(|r| r["type"] == "gc" && r["pid"] == *pid && r["generation"] == 2));
 }

@@ -22,10 +22,18 @@ fn readelf_notes(path: &str) -> Vec<(String, u64, u64, u64, String)> {
         if !line.ends_with("Provider: python") {
             continue;
         }
-        let name = lines.next().unwrap().strip_prefix("Name: ").unwrap().to_string();
+        let name = lines
+            .next()
+            .unwrap()
+            .strip_prefix("Name: ")
+            .unwrap()
+            .to_string();
         // Location: 0x..., Base: 0x..., Semaphore: 0x...
         let loc_line = lines.next().unwrap();
-        let fields: Vec<&str> = loc_line.split(',').map(|f| f.split(": ").nth(1).unwrap()).collect();
+        let fields: Vec<&str> = loc_line
+            .split(',')
+            .map(|f| f.split(": ").nth(1).unwrap())
+            .collect();
         let args = lines
             .next_if(|l| l.starts_with("Arguments:"))
             .map(|l| l.trim_start_matches("Arguments:").trim().to_string())
@@ -62,7 +70,11 @@ fn pyusdt_notes(path: &str) -> Vec<(String, u64, u64, u64, String)> {
 fn list_matches_readelf_on_debian_python_and_libpython() {
     for path in [SYSTEM_PYTHON, SYSTEM_LIBPYTHON] {
         if !Path::new(path).exists() {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{path} missing in CI");
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "{path} missing in CI"
+            );
             eprintln!("SKIPPED for {path}: not installed (scripts/setup.sh installs it)");
             continue;
         }
@@ -81,10 +93,16 @@ fn list_says_what_can_fire_on_3_11() {
     let out = pyusdt().args(["list", SYSTEM_PYTHON]).output().unwrap();
     let (stdout, _) = text(&out);
     assert!(stdout.contains("CPython 3.11.2"), "{stdout}");
-    let entry = stdout.lines().find(|l| l.contains("function__entry ")).unwrap();
+    let entry = stdout
+        .lines()
+        .find(|l| l.contains("function__entry "))
+        .unwrap();
     assert!(entry.contains("line-mode-only"), "{entry}");
     assert!(stdout.contains("gh-98894"));
-    let ret = stdout.lines().find(|l| l.contains("function__return ")).unwrap();
+    let ret = stdout
+        .lines()
+        .find(|l| l.contains("function__return "))
+        .unwrap();
     assert!(ret.contains(" fires "), "{ret}");
 }
 
@@ -107,7 +125,10 @@ fn list_pid_finds_the_interpreter_through_proc_root() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let out = pyusdt().args(["list", "--json", "--pid", &pid]).output().unwrap();
+    let out = pyusdt()
+        .args(["list", "--json", "--pid", &pid])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out).1);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let file = &v["files"][0];
@@ -128,7 +149,10 @@ fn list_on_3_12_and_later_says_function_markers_are_gone() {
     let out = pyusdt().args(["list"]).arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
     let (_, stderr) = text(&out);
-    assert!(stderr.contains("pyenv") && stderr.contains("--with-dtrace"), "{stderr}");
+    assert!(
+        stderr.contains("pyenv") && stderr.contains("--with-dtrace"),
+        "{stderr}"
+    );
 }
 
 pub fn pyenv_python(minor: &str) -> Option<std::path::PathBuf> {
@@ -136,7 +160,11 @@ pub fn pyenv_python(minor: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir(Path::new(&root).join("versions"))
         .ok()?
         .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{minor}.")))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{minor}."))
+        })
         .map(|e| e.path().join("bin").join(format!("python{minor}")))
         .filter(|p| p.exists())
 }

@@ -31,9 +31,13 @@ fn run_matches_the_workloads_ground_truth() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "pyusdt run failed: {stderr}");
-    assert!(stderr.contains("events received"), "no summary on stderr: {stderr}");
+    assert!(
+        stderr.contains("events received"),
+        "no summary on stderr: {stderr}"
+    );
 
-    let truth: Value = serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
+    let truth: Value =
+        serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
     let records = read_jsonl(&out_path);
     let pid = truth["pid"].as_u64().unwrap();
     let main_tid = truth["main_tid"].as_u64().unwrap();
@@ -57,22 +61,37 @@ fn run_matches_the_workloads_ground_truth() {
     // GC: same collections, same generation and count, in order, per thread.
     let mut traced_gc: BTreeMap<u64, Vec<(i64, i64)>> = BTreeMap::new();
     for r in events(&records, "gc", pid).iter().filter(in_window) {
-        assert!(r["duration_ns"].as_u64().is_some(), "gc without duration: {r}");
+        assert!(
+            r["duration_ns"].as_u64().is_some(),
+            "gc without duration: {r}"
+        );
         traced_gc
             .entry(r["tid"].as_u64().unwrap())
             .or_default()
-            .push((r["generation"].as_i64().unwrap(), r["collected"].as_i64().unwrap()));
+            .push((
+                r["generation"].as_i64().unwrap(),
+                r["collected"].as_i64().unwrap(),
+            ));
     }
     let mut truth_gc: BTreeMap<u64, Vec<(i64, i64)>> = BTreeMap::new();
     for g in truth["gc"].as_array().unwrap() {
         truth_gc
             .entry(g["tid"].as_u64().unwrap())
             .or_default()
-            .push((g["generation"].as_i64().unwrap(), g["collected"].as_i64().unwrap()));
+            .push((
+                g["generation"].as_i64().unwrap(),
+                g["collected"].as_i64().unwrap(),
+            ));
     }
     assert_eq!(truth_gc.len(), 2, "the workload collects on two threads");
-    assert!(truth_gc.values().flatten().any(|&(_, c)| c > 0), "no garbage collected");
-    assert_eq!(traced_gc, truth_gc, "GC per thread differs from gc.callbacks");
+    assert!(
+        truth_gc.values().flatten().any(|&(_, c)| c > 0),
+        "no garbage collected"
+    );
+    assert_eq!(
+        traced_gc, truth_gc,
+        "GC per thread differs from gc.callbacks"
+    );
 
     // Audit: same names, same order, per thread.
     let mut traced_audit: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -90,11 +109,17 @@ fn run_matches_the_workloads_ground_truth() {
             .push(a["name"].as_str().unwrap().to_string());
     }
     assert!(truth_audit[&main_tid].iter().any(|n| n == "open"));
-    assert_eq!(traced_audit, truth_audit, "audit events differ from sys.addaudithook's");
+    assert_eq!(
+        traced_audit, truth_audit,
+        "audit events differ from sys.addaudithook's"
+    );
 
     // Imports: every attempted import is traced on its thread with the right found flag;
     // dotted names bring their parents; every traced found module ended up in sys.modules.
-    let imports: Vec<_> = events(&records, "import", pid).into_iter().filter(|r| in_window(&r)).collect();
+    let imports: Vec<_> = events(&records, "import", pid)
+        .into_iter()
+        .filter(|r| in_window(&r))
+        .collect();
     for t in truth["imports"].as_array().unwrap() {
         let hit = imports
             .iter()
@@ -104,30 +129,59 @@ fn run_matches_the_workloads_ground_truth() {
         assert!(hit["duration_ns"].as_u64().is_some());
     }
     for parent in ["xml", "xml.dom"] {
-        assert!(imports.iter().any(|r| r["module"] == parent), "parent {parent} not traced");
+        assert!(
+            imports.iter().any(|r| r["module"] == parent),
+            "parent {parent} not traced"
+        );
     }
-    let loaded: Vec<&str> = truth["modules_loaded"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let loaded: Vec<&str> = truth["modules_loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     for r in &imports {
         let m = r["module"].as_str().unwrap();
-        assert_eq!(r["found"].as_bool().unwrap(), loaded.contains(&m), "found flag of {m}");
+        assert_eq!(
+            r["found"].as_bool().unwrap(),
+            loaded.contains(&m),
+            "found flag of {m}"
+        );
     }
-    assert!(imports.iter().any(|r| r["found"] == false), "no not-found import traced");
+    assert!(
+        imports.iter().any(|r| r["found"] == false),
+        "no not-found import traced"
+    );
 
     // Start-up: probes were live before the first Python instruction (site is imported then).
-    let first_import_ns = events(&records, "import", pid).iter().map(|r| r["end_ns"].as_u64().unwrap()).min().unwrap();
+    let first_import_ns = events(&records, "import", pid)
+        .iter()
+        .map(|r| r["end_ns"].as_u64().unwrap())
+        .min()
+        .unwrap();
     assert!(first_import_ns < begin);
     assert!(
-        events(&records, "import", pid).iter().any(|r| r["module"] == "site"),
+        events(&records, "import", pid)
+            .iter()
+            .any(|r| r["module"] == "site"),
         "start-up import of site was missed"
     );
 
     // The Python child the workload started was followed from its start.
     let child = truth["child_pid"].as_u64().unwrap();
-    assert!(!events(&records, "gc", child).is_empty(), "child's gc.collect() not traced");
-    assert!(events(&records, "import", child).iter().any(|r| r["module"] == "site"));
+    assert!(
+        !events(&records, "gc", child).is_empty(),
+        "child's gc.collect() not traced"
+    );
+    assert!(events(&records, "import", child)
+        .iter()
+        .any(|r| r["module"] == "site"));
 
     // Nothing lost.
     let s = summary(&records);
-    assert_eq!(s["dropped"], serde_json::json!({"gc": 0, "import": 0, "audit": 0}));
+    assert_eq!(
+        s["dropped"],
+        serde_json::json!({"gc": 0, "import": 0, "audit": 0})
+    );
     assert_eq!(s["unpaired_gc_starts"], 0);
 }

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::AgentArgs;
-use crate::commands::session::{Session, Terminal};
+use crate::commands::session::{interpreters_to_trace, Session, Terminal};
 use crate::discover::interpreters::{discover, Scan};
-use crate::discover::NO_MARKERS_HINT;
 use crate::exit::{CliError, CliResult, Exit};
 
 pub fn run(args: &AgentArgs) -> CliResult<i32> {
@@ -22,24 +21,7 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         processes: !t.no_discover,
         locations: !t.no_discover,
     };
-    let found = discover(&t.pythons, scan);
-    // An explicitly named file that cannot be read is a mistake to fix, not to skip.
-    if let Some(e) = found.errors.into_iter().next() {
-        return Err(e.into());
-    }
-    for b in &found.without_markers {
-        tracing::warn!(
-            "{} (CPython {}) has no markers: processes using it are not traced",
-            b.path.display(),
-            b.version.map_or_else(|| "?".into(), |v| v.to_string())
-        );
-    }
-    if found.with_markers.is_empty() {
-        return Err(CliError::new(
-            Exit::NoMarkers,
-            format!("found no interpreter with CPython markers on this host. {NO_MARKERS_HINT}"),
-        ));
-    }
+    let binaries = interpreters_to_trace(&t.pythons, None, scan)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [libc::SIGINT, libc::SIGTERM] {
@@ -50,7 +32,7 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
 
     let mut storage = MaybeUninit::uninit();
     let mut session = Session::start(&mut storage, t, false, Terminal::Stdout)?;
-    if session.attach_all(&found.with_markers) == 0 {
+    if session.attach_all(&binaries) == 0 {
         return Err(CliError::new(
             Exit::Failure,
             "could not attach to any interpreter file (see the warnings above)",
@@ -66,7 +48,9 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
     let rescan = (args.rescan_interval > 0).then(|| Duration::from_secs(args.rescan_interval));
     loop {
         let next_rescan = rescan.map(|d| Instant::now() + d);
-        session.trace(|| !stop.load(Ordering::Relaxed) && next_rescan.is_none_or(|t| Instant::now() < t))?;
+        session.trace(|| {
+            !stop.load(Ordering::Relaxed) && next_rescan.is_none_or(|t| Instant::now() < t)
+        })?;
         if stop.load(Ordering::Relaxed) {
             break;
         }

@@ -61,7 +61,10 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
     // A closed pipe (`| head`) is not an error worth a message.
     if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(CliError::new(Exit::Failure, format!("writing the listing: {e}")));
+            return Err(CliError::new(
+                Exit::Failure,
+                format!("writing the listing: {e}"),
+            ));
         }
     }
 
@@ -72,7 +75,10 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
         Some(pid) => format!("PID {pid} uses no interpreter file with CPython markers"),
         None => format!("{} has no CPython markers", files[0].display()),
     };
-    Err(CliError::new(Exit::NoMarkers, format!("{what}. {NO_MARKERS_HINT}")))
+    Err(CliError::new(
+        Exit::NoMarkers,
+        format!("{what}. {NO_MARKERS_HINT}"),
+    ))
 }
 
 /// Opens the files of a listing; for a PID, a process must look like Python at least by name.
@@ -156,10 +162,10 @@ fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Re
         if i > 0 {
             writeln!(out)?;
         }
-        let version = r
-            .cpython_version
-            .as_deref()
-            .map_or_else(|| "CPython version unknown".to_string(), |v| format!("CPython {v}"));
+        let version = r.cpython_version.as_deref().map_or_else(
+            || "CPython version unknown".to_string(),
+            |v| format!("CPython {v}"),
+        );
         let kind = match r.kind {
             ObjectKind::Executable => "executable",
             ObjectKind::PieExecutable => "PIE executable",
@@ -198,8 +204,17 @@ fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Re
             )?;
         }
         // Explain every python marker that does not simply fire, and the ones this version lacks.
-        for m in r.markers.iter().filter(|m| m.status.is_some_and(|s| s != "fires")) {
-            writeln!(out, "  note: {}: {}", m.marker.name, m.note.as_deref().unwrap_or(""))?;
+        for m in r
+            .markers
+            .iter()
+            .filter(|m| m.status.is_some_and(|s| s != "fires"))
+        {
+            writeln!(
+                out,
+                "  note: {}: {}",
+                m.marker.name,
+                m.note.as_deref().unwrap_or("")
+            )?;
         }
         for a in &r.absent {
             writeln!(out, "  note: {}: {}", a.name, a.note)?;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::cli::RunArgs;
-use crate::commands::session::{Session, Terminal};
-use crate::discover::interpreters::{discover, Scan};
+use crate::commands::session::{interpreters_to_trace, Session, Terminal};
+use crate::discover::interpreters::Scan;
 use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 
@@ -22,32 +22,27 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         )
     })?;
 
-    let mut explicit = args.trace.pythons.clone();
+    // Say now, not after a silent run, when the command's Python cannot be traced.
+    let mut implied = None;
     if let Some(interpreter) = command_interpreter(&resolved) {
-        explicit.push(interpreter);
+        let name = program.to_string_lossy();
+        match Binary::open(&interpreter) {
+            Ok(b) if b.has_python_markers() => implied = Some(interpreter),
+            Ok(b) => tracing::warn!(
+                "`{name}` runs {}{}, which has no CPython markers: it will not be traced. {NO_MARKERS_HINT}",
+                b.path.display(),
+                b.version.map_or_else(String::new, |v| format!(" (CPython {v})")),
+            ),
+            Err(e) => tracing::warn!("`{name}`: {e}; it will not be traced"),
+        }
     }
+    // The usual locations cover the Pythons the command may start; scanning every process of
+    // the host is the agent's job.
     let scan = Scan {
         processes: false,
         locations: !args.trace.no_discover,
     };
-    let found = discover(&explicit, scan);
-    for e in &found.errors {
-        tracing::warn!("{e}: what it runs will not be traced");
-    }
-    for b in &found.without_markers {
-        if explicit.iter().any(|p| p == &b.path) {
-            tracing::warn!(
-                "{} has no CPython markers: what it runs is not traced. {NO_MARKERS_HINT}",
-                b.path.display()
-            );
-        }
-    }
-    if found.with_markers.is_empty() {
-        return Err(CliError::new(
-            Exit::NoMarkers,
-            format!("no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
-        ));
-    }
+    let binaries = interpreters_to_trace(&args.trace.pythons, implied, scan)?;
 
     // Registered before the command starts: Ctrl-C reaches the command through the terminal,
     // and pyusdt must outlive it to drain its last events and print the summary, so SIGINT is
@@ -59,7 +54,7 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
 
     let mut storage = MaybeUninit::uninit();
     let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr)?;
-    if session.attach_all(&found.with_markers) == 0 {
+    if session.attach_all(&binaries) == 0 {
         return Err(CliError::new(
             Exit::Failure,
             "could not attach to any interpreter file (see the warnings above)",
@@ -105,7 +100,10 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     })?;
     session.finish()?;
     if let Some(e) = wait_error {
-        return Err(CliError::new(Exit::Failure, format!("waiting for the command: {e}")));
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("waiting for the command: {e}"),
+        ));
     }
     Ok(status.map_or(1, exit_code))
 }

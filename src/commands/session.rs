@@ -11,7 +11,8 @@ use libbpf_rs::OpenObject;
 use crate::attach::{Tracer, TracerOptions};
 use crate::cli::TraceArgs;
 use crate::decode;
-use crate::discover::Binary;
+use crate::discover::interpreters::{discover, Scan};
+use crate::discover::{Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::report::clock::Clock;
 use crate::report::console::Console;
@@ -34,6 +35,45 @@ impl Terminal {
             Terminal::Stderr => Box::new(std::io::BufWriter::new(std::io::stderr())),
         }
     }
+}
+
+/// The files to attach to: `user_paths` (from --python; unreadable or marker-less ones are
+/// errors), `implied` (e.g. the interpreter of `run`'s command, already checked), and what
+/// `scan` finds. Marker-less CPythons found by the scan are worth a warning.
+pub fn interpreters_to_trace(
+    user_paths: &[std::path::PathBuf],
+    implied: Option<std::path::PathBuf>,
+    scan: Scan,
+) -> CliResult<Vec<Binary>> {
+    let mut explicit = user_paths.to_vec();
+    explicit.extend(implied);
+    let found = discover(&explicit, scan);
+    if let Some(e) = found.errors.into_iter().next() {
+        return Err(e.into());
+    }
+    for b in &found.without_markers {
+        if user_paths.contains(&b.path) {
+            return Err(CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "--python {} has no CPython markers. {NO_MARKERS_HINT}",
+                    b.path.display()
+                ),
+            ));
+        }
+        tracing::warn!(
+            "{} (CPython {}) has no markers: processes using it are not traced",
+            b.path.display(),
+            b.version.map_or_else(|| "?".into(), |v| v.to_string())
+        );
+    }
+    if found.with_markers.is_empty() {
+        return Err(CliError::new(
+            Exit::NoMarkers,
+            format!("found no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
+        ));
+    }
+    Ok(found.with_markers)
 }
 
 /// How often the console stream and JSON lines are flushed.
@@ -101,11 +141,20 @@ impl<'obj> Session<'obj> {
             }
             match self.tracer.attach(b) {
                 Ok(markers) if markers.is_empty() => {
-                    tracing::warn!("{}: none of the selected markers is in this file", b.path.display())
+                    tracing::warn!(
+                        "{}: none of the selected markers is in this file",
+                        b.path.display()
+                    )
                 }
                 Ok(markers) => {
-                    let version = b.version.map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
-                    tracing::info!("attached {} ({version}): {}", b.path.display(), markers.join(", "));
+                    let version = b
+                        .version
+                        .map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
+                    tracing::info!(
+                        "attached {} ({version}): {}",
+                        b.path.display(),
+                        markers.join(", ")
+                    );
                     self.attached_ids.insert(b.id);
                     n += 1;
                 }
@@ -156,13 +205,17 @@ impl<'obj> Session<'obj> {
         self.sinks.flush();
         let mut text = self.sinks.summary.render(&stats, elapsed);
         if self.undecodable > 0 {
-            text.push_str(&format!("  {} undecodable records (a bug: please report)\n", self.undecodable));
+            text.push_str(&format!(
+                "  {} undecodable records (a bug: please report)\n",
+                self.undecodable
+            ));
         }
         let mut out = self.terminal.writer();
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         if let Some(j) = &mut self.sinks.jsonl {
             j.put(&self.sinks.summary.to_record(&stats));
-            j.finish().map_err(|e| CliError::new(Exit::Failure, format!("writing --output: {e}")))?;
+            j.finish()
+                .map_err(|e| CliError::new(Exit::Failure, format!("writing --output: {e}")))?;
         }
         Ok(())
     }

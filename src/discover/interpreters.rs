@@ -28,13 +28,14 @@ pub struct Discovered {
 }
 
 impl Discovered {
-    fn add(&mut self, seen: &mut HashSet<(u64, u64)>, binary: Binary) {
+    /// `explicit`: named by the user, so reported even when it does not look like CPython.
+    fn add(&mut self, seen: &mut HashSet<(u64, u64)>, binary: Binary, explicit: bool) {
         if !seen.insert(binary.id) {
             return;
         }
         if binary.has_python_markers() {
             self.with_markers.push(binary);
-        } else if binary.version.is_some() {
+        } else if explicit || binary.version.is_some() {
             self.without_markers.push(binary);
         }
     }
@@ -55,16 +56,24 @@ pub fn discover(explicit: &[PathBuf], scan: Scan) -> Discovered {
     let mut seen = HashSet::new();
     for path in explicit {
         match Binary::open(path) {
-            Ok(b) => found.add(&mut seen, b),
+            Ok(b) => found.add(&mut seen, b, true),
             Err(e) => found.errors.push(e),
         }
     }
-    let running = if scan.processes { running_candidates() } else { Vec::new() };
-    let usual = if scan.locations { usual_candidates() } else { Vec::new() };
+    let running = if scan.processes {
+        running_candidates()
+    } else {
+        Vec::new()
+    };
+    let usual = if scan.locations {
+        usual_candidates()
+    } else {
+        Vec::new()
+    };
     for path in running.into_iter().chain(usual) {
         // Candidates are best effort: a process may exit, a file may be unreadable.
         if let Ok(b) = Binary::open(&path) {
-            found.add(&mut seen, b);
+            found.add(&mut seen, b, false);
         }
     }
     found
@@ -93,9 +102,9 @@ fn usual_candidates() -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| is_python_name(n) && (!n.starts_with("libpython") || n.contains(".so")))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                is_python_name(n) && (!n.starts_with("libpython") || n.contains(".so"))
+            })
         })
         // Report the real file (libpython3.11.so.1.0), not the symlink met first.
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p))

@@ -99,7 +99,8 @@ impl Binary {
 }
 
 /// Builds that ship without markers, and what to do about it: said wherever a file lacks them.
-pub const NO_MARKERS_HINT: &str = "CPython carries USDT markers only when built with --with-dtrace: \
+pub const NO_MARKERS_HINT: &str =
+    "CPython carries USDT markers only when built with --with-dtrace: \
 Debian/Ubuntu system python3, Fedora/RHEL/UBI have them; Docker Hub python:* images, pyenv, uv \
 (python-build-standalone), conda-forge and manylinux builds do not. Use the distribution's \
 python3 (e.g. /usr/bin/python3.11) or rebuild with ./configure --with-dtrace.";

@@ -14,7 +14,9 @@ pub enum ProcessError {
     #[error("cannot read /proc/{0}/maps: permission denied (run as root, or with CAP_SYS_PTRACE)")]
     PermissionDenied(i32),
     /// The process maps neither a python executable nor libpython.
-    #[error("PID {pid} ({exe}) is not a Python process: it maps no python executable or libpython")]
+    #[error(
+        "PID {pid} ({exe}) is not a Python process: it maps no python executable or libpython"
+    )]
     NotPython { pid: i32, exe: String },
     /// Anything else /proc reported.
     #[error("cannot inspect PID {pid}: {reason}")]
@@ -35,9 +37,6 @@ fn proc_error(pid: i32, e: ProcError) -> ProcessError {
 /// The files of a process that may carry CPython markers, as host paths.
 #[derive(Debug, Clone)]
 pub struct ProcessFiles {
-    pub pid: i32,
-    /// The executable, as the process sees it (inside its mount namespace).
-    pub exe: PathBuf,
     /// Host-visible paths (`/proc/PID/root/…`): the executable first, then mapped libpython files.
     pub files: Vec<PathBuf>,
 }
@@ -76,7 +75,7 @@ pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
             files.push(host);
         }
     }
-    Ok(ProcessFiles { pid, exe, files })
+    Ok(ProcessFiles { files })
 }
 
 /// Every PID on the host (a racy snapshot: processes come and go).
@@ -92,7 +91,13 @@ mod tests {
 
     #[test]
     fn python_names() {
-        for yes in ["python3", "python3.11", "python", "libpython3.11.so.1.0", "python3.13t"] {
+        for yes in [
+            "python3",
+            "python3.11",
+            "python",
+            "libpython3.11.so.1.0",
+            "python3.13t",
+        ] {
             assert!(is_python_name(yes), "{yes}");
         }
         for no in ["python3.11-config", "pythonista", "bash", "ipython"] {

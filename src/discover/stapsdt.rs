@@ -118,7 +118,13 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<SdtNote
         let Some(mut notes) = section.notes(endian, data).map_err(malformed)? else {
             continue;
         };
-        read_notes::<Elf>(&mut notes, endian, header.is_type_64(), stapsdt_base, &mut markers)?;
+        read_notes::<Elf>(
+            &mut notes,
+            endian,
+            header.is_type_64(),
+            stapsdt_base,
+            &mut markers,
+        )?;
     }
     for m in &mut markers {
         m.file_offset = file_offset(m.address);
@@ -228,7 +234,10 @@ mod tests {
     fn decodes_a_note_descriptor() {
         let d = desc(0x1000, 0x2000, 0x3000, &["python", "gc__start", "-4@%ebx"]);
         let m = parse_desc(&d, Endianness::Little, true, Some(0x2000)).unwrap();
-        assert_eq!((m.provider.as_str(), m.name.as_str()), ("python", "gc__start"));
+        assert_eq!(
+            (m.provider.as_str(), m.name.as_str()),
+            ("python", "gc__start")
+        );
         assert_eq!((m.address, m.semaphore), (0x1000, Some(0x3000)));
         assert_eq!(m.args, "-4@%ebx");
     }
@@ -244,7 +253,12 @@ mod tests {
     #[test]
     fn no_semaphore_is_none() {
         let d = desc(0x1000, 0x2000, 0, &["python", "x", ""]);
-        assert_eq!(parse_desc(&d, Endianness::Little, true, None).unwrap().semaphore, None);
+        assert_eq!(
+            parse_desc(&d, Endianness::Little, true, None)
+                .unwrap()
+                .semaphore,
+            None
+        );
     }
 
     #[test]
@@ -259,7 +273,10 @@ mod tests {
 
     #[test]
     fn garbage_is_not_elf() {
-        assert_eq!(read(b"#!/bin/sh\necho hi\n").unwrap_err(), ParseError::NotElf);
+        assert_eq!(
+            read(b"#!/bin/sh\necho hi\n").unwrap_err(),
+            ParseError::NotElf
+        );
         assert!(read(b"\x7fELF\x02\x01\x01").is_err());
     }
 }

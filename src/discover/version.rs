@@ -44,10 +44,6 @@ pub enum Firing {
 }
 
 impl Firing {
-    pub fn can_fire(self) -> bool {
-        matches!(self, Firing::Fires | Firing::UnknownVersion | Firing::Unverified)
-    }
-
     /// Short machine-readable status.
     pub fn status(self) -> &'static str {
         match self {
@@ -61,7 +57,10 @@ impl Firing {
 
     /// What a user needs to know about this status.
     pub fn explain(self, marker: &str, version: Option<CPythonVersion>) -> String {
-        let v = version.map_or_else(|| "this interpreter".to_string(), |v| format!("CPython {v}"));
+        let v = version.map_or_else(
+            || "this interpreter".to_string(),
+            |v| format!("CPython {v}"),
+        );
         match self {
             Firing::Fires => "fires".into(),
             Firing::OnlyWhenLineEnabled => format!(
@@ -106,7 +105,8 @@ pub fn firing(marker: &str, version: Option<CPythonVersion>, present: bool) -> F
     if v.major != 3 || v.minor > NEWEST_KNOWN_MINOR {
         return Firing::Unverified;
     }
-    let same_minor = |a: CPythonVersion, b: CPythonVersion| (a.major, a.minor) == (b.major, b.minor);
+    let same_minor =
+        |a: CPythonVersion, b: CPythonVersion| (a.major, a.minor) == (b.major, b.minor);
     match marker {
         "function__entry" if same_minor(v, V3_11) => Firing::OnlyWhenLineEnabled,
         // A 3.12–3.14 file with such a note would be a patched build: do not vouch for it.
@@ -120,12 +120,15 @@ pub fn firing(marker: &str, version: Option<CPythonVersion>, present: bool) -> F
 /// The file name gives major.minor (`python3.11`, `libpython3.11.so.1.0`); the `PY_VERSION`
 /// string in read-only data gives the micro release and covers files named otherwise.
 pub fn detect(path: &Path, data: &[u8], notes: &SdtNotes) -> Option<CPythonVersion> {
-    let from_name = path
+    // `python3` is usually a symlink to `python3.X`: the real name carries the version.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let from_name = real
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(version_from_file_name);
     // Only CPython files are worth scanning: named like one, or carrying python markers.
-    let looks_like_python = from_name.is_some() || notes.markers.iter().any(|m| m.provider == "python");
+    let looks_like_python =
+        from_name.is_some() || notes.markers.iter().any(|m| m.provider == "python");
     if !looks_like_python {
         return None;
     }
@@ -176,9 +179,11 @@ fn parse_py_version(s: &str) -> Option<CPythonVersion> {
     let suffix = &tail[micro_digits.len()..];
     let suffix_ok = suffix.is_empty()
         || suffix == "+"
-        || ["a", "b", "rc"]
-            .iter()
-            .any(|p| suffix.strip_prefix(p).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit() || c == '+')));
+        || ["a", "b", "rc"].iter().any(|p| {
+            suffix
+                .strip_prefix(p)
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit() || c == '+'))
+        });
     (major == 3 && minor < 100 && !micro_digits.is_empty() && suffix_ok).then(|| CPythonVersion {
         major,
         minor,
@@ -201,8 +206,10 @@ mod tests {
     #[test]
     fn version_table() {
         assert_eq!(firing("function__entry", v(10), true), Firing::Fires);
-        assert_eq!(firing("function__entry", v(11), true), Firing::OnlyWhenLineEnabled);
-        assert!(!firing("function__entry", v(11), true).can_fire());
+        assert_eq!(
+            firing("function__entry", v(11), true),
+            Firing::OnlyWhenLineEnabled
+        );
         assert_eq!(firing("function__return", v(11), true), Firing::Fires);
         assert_eq!(firing("line", v(13), false), Firing::NotInBinary);
         assert_eq!(firing("line", v(13), true), Firing::Unverified);
@@ -213,8 +220,14 @@ mod tests {
 
     #[test]
     fn names_and_strings() {
-        assert_eq!(version_from_file_name("libpython3.11.so.1.0").map(|v| v.minor), Some(11));
-        assert_eq!(version_from_file_name("python3.13t").map(|v| v.minor), Some(13));
+        assert_eq!(
+            version_from_file_name("libpython3.11.so.1.0").map(|v| v.minor),
+            Some(11)
+        );
+        assert_eq!(
+            version_from_file_name("python3.13t").map(|v| v.minor),
+            Some(13)
+        );
         assert_eq!(version_from_file_name("python3"), None);
         assert_eq!(version_from_file_name("bash"), None);
         assert_eq!(parse_py_version("3.11.2").and_then(|v| v.micro), Some(2));

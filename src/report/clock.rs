@@ -22,7 +22,10 @@ impl Clock {
 
     /// Nanoseconds since the Unix epoch, as OTLP and JSON consumers want them.
     pub fn unix_nanos(&self, mono_ns: u64) -> u64 {
-        let wall = self.wall_start.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let wall = self
+            .wall_start
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
         let wall_ns = wall.as_nanos() as u64;
         wall_ns.wrapping_add(mono_ns.wrapping_sub(self.mono_start_ns))
     }

@@ -90,12 +90,14 @@ impl Summary {
                 collected,
                 ..
             } => {
-                let g = p.gc.entry(generation.unwrap_or(-1)).or_insert_with(|| GcStats {
-                    pauses: Histogram::new_with_bounds(1, MAX_NS, 3)
-                        .expect("static histogram bounds are valid"),
-                    collections: 0,
-                    collected: 0,
-                });
+                let g =
+                    p.gc.entry(generation.unwrap_or(-1))
+                        .or_insert_with(|| GcStats {
+                            pauses: Histogram::new_with_bounds(1, MAX_NS, 3)
+                                .expect("static histogram bounds are valid"),
+                            collections: 0,
+                            collected: 0,
+                        });
                 g.collections += 1;
                 g.collected += collected;
                 if let Some(d) = h.duration_ns() {
@@ -114,7 +116,7 @@ impl Summary {
                         || p.slowest.last().is_some_and(|(min, _)| d > *min);
                     if slower_than_kept {
                         p.slowest.push((d, module.to_string()));
-                        p.slowest.sort_by(|a, b| b.0.cmp(&a.0));
+                        p.slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
                         p.slowest.truncate(SLOWEST_IMPORTS);
                     }
                 }
@@ -176,7 +178,11 @@ impl Summary {
             let span_s = (p.last_ns.saturating_sub(p.first_ns)) as f64 / 1e9;
             let _ = writeln!(out, "PID {pid} ({}): events over {span_s:.2} s", p.command);
             for (gen, g) in &p.gc {
-                let label = if *gen < 0 { "gen ?".to_string() } else { format!("gen {gen}") };
+                let label = if *gen < 0 {
+                    "gen ?".to_string()
+                } else {
+                    format!("gen {gen}")
+                };
                 let pauses = if g.pauses.is_empty() {
                     "pause unknown (start not seen)".to_string()
                 } else {
@@ -229,12 +235,19 @@ impl Summary {
                     "  audit   {} events ({rate}): {}{}",
                     count(p.audit_total),
                     top.join(", "),
-                    if more > 0 { format!(", {more} more names") } else { String::new() }
+                    if more > 0 {
+                        format!(", {more} more names")
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
         if self.processes.is_empty() {
-            let _ = writeln!(out, "  no events: no traced process used an attached interpreter");
+            let _ = writeln!(
+                out,
+                "  no events: no traced process used an attached interpreter"
+            );
         }
         out
     }

@@ -19,7 +19,9 @@ pub fn pyusdt() -> Command {
 }
 
 pub fn workload(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(name)
 }
 
 /// Whether tests needing root, BPF and Debian's python3.11 can run here. Outside CI they skip
@@ -69,7 +71,11 @@ pub fn stop(child: &mut Child, signal: i32, limit: Duration) -> std::process::Ex
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "process {} ignored signal {signal}", child.id());
+        assert!(
+            Instant::now() < deadline,
+            "process {} ignored signal {signal}",
+            child.id()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
