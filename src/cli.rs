@@ -52,9 +52,9 @@ pub struct TraceArgs {
     /// Markers to trace, comma-separated: gc, import, audit.
     ///
     /// gc and import cost nothing measurable. audit is opt-in: enabling it makes the interpreter
-    /// build an argument tuple and take a uprobe trap (about 0.5 µs) for every audit event, and
-    /// ordinary code raises many (id() raises builtins.id: copy.deepcopy/dataclasses.asdict-heavy
-    /// code ran 25 % slower with 180,000 audit events in 0.35 s). The summary reports the audit
+    /// build an argument tuple and take a uprobe trap for every audit event, and ordinary code
+    /// raises many: id() raises builtins.id, so copy.deepcopy/dataclasses.asdict-heavy code can
+    /// run tens of percent slower (bench/overhead.py measures it). The summary reports the audit
     /// event rate per process.
     #[arg(long, default_value = "gc,import", value_parser = clap::value_parser!(ProbeSet))]
     pub probes: ProbeSet,

@@ -76,6 +76,8 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
             CliError::new(exit, format!("cannot start {}: {e}", resolved.display()))
         })?;
     let child_pid = child.id() as libc::pid_t;
+    let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
+    session.name_process(child.id(), &words.join(" "));
 
     let mut status: Option<ExitStatus> = None;
     let mut forwarded = false;

@@ -164,6 +164,11 @@ impl<'obj> Session<'obj> {
         n
     }
 
+    /// Names a process in the summary before its first event (see `Summary::name_process`).
+    pub fn name_process(&mut self, pid: u32, command: &str) {
+        self.sinks.summary.name_process(pid, command);
+    }
+
     pub fn attached_files(&self) -> usize {
         self.attached_ids.len()
     }

@@ -41,9 +41,13 @@ struct GcStats {
 }
 
 impl ProcessSummary {
-    fn new(pid: u32, ts: u64) -> ProcessSummary {
+    fn has_events(&self) -> bool {
+        !self.gc.is_empty() || self.imports > 0 || self.audit_total > 0
+    }
+
+    fn new(command: String, ts: u64) -> ProcessSummary {
         ProcessSummary {
-            command: command_of(pid),
+            command,
             first_ns: ts,
             last_ns: ts,
             gc: BTreeMap::new(),
@@ -76,12 +80,19 @@ fn command_of(pid: u32) -> String {
 }
 
 impl Summary {
+    /// Names a process before its events arrive (a short-lived command may be gone by then).
+    pub fn name_process(&mut self, pid: u32, command: &str) {
+        let mut p = ProcessSummary::new(safe(command).into_owned(), u64::MAX);
+        p.last_ns = 0;
+        self.processes.insert(pid, p);
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
         let h = event.header();
         let p = self
             .processes
             .entry(h.pid)
-            .or_insert_with(|| ProcessSummary::new(h.pid, h.end_ns));
+            .or_insert_with(|| ProcessSummary::new(command_of(h.pid), h.end_ns));
         p.first_ns = p.first_ns.min(h.start_ns.unwrap_or(h.end_ns));
         p.last_ns = p.last_ns.max(h.end_ns);
         match event {
@@ -174,7 +185,7 @@ impl Summary {
                 stats.unpaired_starts, stats.imports_too_deep
             );
         }
-        for (pid, p) in &self.processes {
+        for (pid, p) in self.processes.iter().filter(|(_, p)| p.has_events()) {
             let span_s = (p.last_ns.saturating_sub(p.first_ns)) as f64 / 1e9;
             let _ = writeln!(out, "PID {pid} ({}): events over {span_s:.2} s", p.command);
             for (gen, g) in &p.gc {
@@ -243,7 +254,7 @@ impl Summary {
                 );
             }
         }
-        if self.processes.is_empty() {
+        if !self.processes.values().any(ProcessSummary::has_events) {
             let _ = writeln!(
                 out,
                 "  no events: no traced process used an attached interpreter"
@@ -264,6 +275,7 @@ impl Summary {
             processes: self
                 .processes
                 .iter()
+                .filter(|(_, p)| p.has_events())
                 .map(|(pid, p)| ProcessRecord {
                     pid: *pid,
                     command: p.command.clone(),

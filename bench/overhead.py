@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Cost of pyusdt's probes to the traced program, measured side by side.
+
+Runs bench/mixed_workload.py untraced and under `pyusdt run` with each probe set, interleaved
+(so machine noise hits all configurations alike), and prints the median of the workload's own
+elapsed time and its ratio to the untraced median. Needs root and a release build.
+
+    python3 bench/overhead.py [--runs 7]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+PYTHON = "/usr/bin/python3.11"
+WORKLOAD = os.path.join(ROOT, "bench", "mixed_workload.py")
+
+CONFIGS = [
+    ("untraced", []),
+    ("pyusdt --probes gc,import", [PYUSDT, "run", "--quiet", "--probes", "gc,import", "--"]),
+    ("pyusdt --probes gc,import,audit", [PYUSDT, "run", "--quiet", "--probes", "gc,import,audit", "--"]),
+]
+# The floor any USDT tracer pays for the audit marker: the interpreter builds each event's
+# argument tuple and takes a uprobe trap. bpftrace's in-kernel count() is the reference.
+BPFTRACE = "/usr/bin/bpftrace"
+if os.path.exists(BPFTRACE):
+    CONFIGS.append((
+        "bpftrace count() on audit",
+        [BPFTRACE, "-q", "-e", f"usdt:{PYTHON}:python:audit {{ @c = count(); }}", "-c"],
+    ))
+
+
+def once(prefix):
+    command = [PYTHON, WORKLOAD]
+    if prefix and prefix[-1] == "-c":  # bpftrace takes the command as one string
+        command = [" ".join(command)]
+    out = subprocess.run(prefix + command, capture_output=True, text=True, check=True)
+    # The workload's line is the first (bpftrace prints its map after it).
+    seconds = out.stdout.split()[0]
+    return float(seconds)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    if not os.path.exists(PYUSDT):
+        sys.exit("build first: cargo build --release")
+    audit = subprocess.run([PYTHON, WORKLOAD, "--count-audit"], capture_output=True, text=True, check=True)
+    print(f"workload raises {int(audit.stdout.split()[1]):,} audit events per run (sys.addaudithook count)")
+    times = {name: [] for name, _ in CONFIGS}
+    for _ in range(args.runs):
+        for name, prefix in CONFIGS:
+            times[name].append(once(prefix))
+    base = statistics.median(times["untraced"])
+    print(f"{'configuration':<34} {'median s':>9} {'ratio':>7}   ({args.runs} interleaved runs)")
+    for name, _ in CONFIGS:
+        m = statistics.median(times[name])
+        print(f"{name:<34} {m:>9.4f} {m / base:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up what is missing on a Debian 12 machine (as root), builds pyusdt and runs it on the
+# bundled example. `--deps-only` stops after installing packages (used by scripts/test.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build: clang (BPF, CO-RE), libelf/zlib/pkg-config/make (vendored libbpf), gcc (cc crate).
+# Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
+# (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv).
+PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
+          python3.11 libpython3.11 python3.11-dev binutils util-linux)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run this script as root)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: Debian packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: no Rust toolchain: install Rust >= 1.85 (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+
+[ "${1:-}" = "--deps-only" ] && exit 0
+
+cargo build --release --locked
+echo
+echo "setup: tracing the bundled example (examples/app.py) with gc, import and audit markers:"
+echo "+ target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py"
+exec target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py
