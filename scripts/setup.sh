@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Build: clang (BPF, CO-RE), libelf/zlib/pkg-config/make (vendored libbpf), gcc (cc crate).
 # Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
-# (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv).
-PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev
+# (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv, unshare),
+# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers).
+PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev
           python3.11 libpython3.11 python3.11-dev binutils util-linux)
 
 missing=()

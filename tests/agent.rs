@@ -3,11 +3,87 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+
+/// Starts `pyusdt agent ARGS` and returns it with a channel of its stderr lines.
+fn start_agent(args: &[&str]) -> (Reaped, mpsc::Receiver<String>) {
+    let mut agent = Reaped(
+        pyusdt()
+            .arg("agent")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = agent.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (agent, rx)
+}
+
+/// Waits until the agent logs a line containing `needle`.
+fn wait_for(log: &mpsc::Receiver<String>, needle: &str) {
+    let mut seen = Vec::new();
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("agent never logged {needle:?}: {seen:#?}"));
+        if line.contains(needle) {
+            return;
+        }
+        seen.push(line);
+    }
+}
+
+/// A Python process in its own mount namespace, running a copy of python3.11 that only exists
+/// there (a tmpfs mounted over `dir`): like a container's interpreter, invisible to the host
+/// except through /proc/PID/root. It waits for `go` to exist, then imports a module named after
+/// its PID and collects.
+fn namespaced_python(dir: &Path, go: &Path) -> Child {
+    let code = format!(
+        "import os, gc, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.02)\n\
+         try:\n    __import__(f'pyusdt_ns_{{os.getpid()}}')\nexcept ImportError:\n    pass\n\
+         gc.collect()\n",
+        go = go.to_str().unwrap()
+    );
+    let script = format!(
+        "mount -t tmpfs none {d} && cp {SYSTEM_PYTHON} {d}/python3.11 && exec {d}/python3.11 -c \"$0\"",
+        d = dir.display()
+    );
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            &code,
+        ])
+        .spawn()
+        .unwrap()
+}
+
+fn wait_exe(pid: u32, suffix: &str) {
+    for _ in 0..500 {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with(suffix)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("process {pid} never ran {suffix}");
+}
 
 #[test]
 fn agent_traces_processes_started_later_with_the_right_pids() {
@@ -16,34 +92,10 @@ fn agent_traces_processes_started_later_with_the_right_pids() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("agent.jsonl");
-    let mut agent = Reaped(
-        pyusdt()
-            .args(["agent", "--quiet", "--rescan-interval", "1", "--output"])
-            .arg(&out_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Wait for "tracing …" on stderr: probes are attached from then on.
-    let stderr = agent.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("agent never said it was tracing: {log:#?}"));
-        let ready = line.contains("tracing ");
-        log.push(line);
-        if ready {
-            break;
-        }
-    }
+    let out = out_path.to_str().unwrap();
+    let (mut agent, log) = start_agent(&["--quiet", "--output", out]);
+    // Probes are attached once the agent says it is tracing.
+    wait_for(&log, "tracing ");
 
     // Two processes at once, each importing a module named after its own PID.
     let code = "import os, gc, time\n\
@@ -105,4 +157,70 @@ fn agent_traces_processes_started_later_with_the_right_pids() {
         s["dropped"],
         serde_json::json!({"gc": 0, "import": 0, "audit": 0})
     );
+}
+
+#[test]
+fn agent_traces_running_processes_and_new_files_in_other_mount_namespaces() {
+    if !require_bpf("agent_traces_running_processes_and_new_files_in_other_mount_namespaces") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (before_dir, after_dir) = (dir.path().join("before"), dir.path().join("after"));
+    std::fs::create_dir(&before_dir).unwrap();
+    std::fs::create_dir(&after_dir).unwrap();
+    let go = dir.path().join("go");
+    let out_path = dir.path().join("agent.jsonl");
+
+    // Started before the agent, from a file the host cannot see by its path.
+    let before = Reaped(namespaced_python(&before_dir, &go));
+    wait_exe(before.0.id(), "python3.11");
+    assert!(
+        !before_dir.join("python3.11").exists(),
+        "the copy must be invisible to the host"
+    );
+    let listed = pyusdt()
+        .args(["list", "--pid", &before.0.id().to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&listed);
+    assert!(listed.status.success(), "{stderr}");
+    let inner = format!(
+        "/proc/{}/root{}/python3.11",
+        before.0.id(),
+        before_dir.display()
+    );
+    assert!(
+        stdout.starts_with(&inner),
+        "list --pid did not go through /proc/PID/root: {stdout}"
+    );
+
+    let out = out_path.to_str().unwrap();
+    let (mut agent, log) = start_agent(&["--quiet", "--rescan-interval", "1", "--output", out]);
+    wait_for(&log, "tracing ");
+
+    // Started after: a new file, found by the rescan.
+    let after = Reaped(namespaced_python(&after_dir, &go));
+    wait_exe(after.0.id(), "python3.11");
+    wait_for(&log, "now tracing");
+
+    std::fs::write(&go, b"").unwrap();
+    let pids = [before.0.id(), after.0.id()];
+    for mut p in [before, after] {
+        assert!(p.0.wait().unwrap().success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
+
+    let records = read_jsonl(&out_path);
+    for pid in pids {
+        let hit = records
+            .iter()
+            .find(|r| r["type"] == "import" && r["module"] == format!("pyusdt_ns_{pid}"))
+            .unwrap_or_else(|| panic!("import of namespaced process {pid} not traced"));
+        assert_eq!(hit["pid"], pid);
+        assert!(records
+            .iter()
+            .any(|r| r["type"] == "gc" && r["pid"] == pid && r["generation"] == 2));
+    }
 }

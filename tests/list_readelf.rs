@@ -168,3 +168,49 @@ pub fn pyenv_python(minor: &str) -> Option<std::path::PathBuf> {
         .map(|e| e.path().join("bin").join(format!("python{minor}")))
         .filter(|p| p.exists())
 }
+
+#[test]
+fn list_matches_readelf_on_a_pie_with_semaphores() {
+    let sdt_h = Path::new("/usr/include/x86_64-linux-gnu/sys/sdt.h");
+    if !sdt_h.exists() && !Path::new("/usr/include/sys/sdt.h").exists() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "systemtap-sdt-dev missing in CI"
+        );
+        eprintln!("SKIPPED: <sys/sdt.h> missing (scripts/setup.sh installs systemtap-sdt-dev)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("sdt_pie");
+    let cc = Command::new("cc")
+        .args(["-O2", "-fPIE", "-pie"])
+        .arg(workload("sdt_pie.c"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", text(&cc).1);
+    let path = exe.to_str().unwrap();
+    let expected = readelf_notes(path);
+    assert_eq!(expected.len(), 2);
+    assert_eq!(pyusdt_notes(path), expected);
+
+    let out = pyusdt().args(["list", "--json", path]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = &v["files"][0];
+    assert_eq!(file["kind"], "pie-executable");
+    assert_eq!(file["cpython_version"], Value::Null);
+    let markers = file["markers"].as_array().unwrap();
+    let gc = markers.iter().find(|m| m["name"] == "gc__start").unwrap();
+    assert!(gc["semaphore"].as_u64().is_some() && gc["semaphore_offset"].as_u64().is_some());
+    assert_eq!(
+        gc["status"], "unknown-version",
+        "never claim a marker fires on an unknown build"
+    );
+    let audit = markers.iter().find(|m| m["name"] == "audit").unwrap();
+    assert_ne!(
+        audit["semaphore"], gc["semaphore"],
+        "each marker has its own semaphore"
+    );
+}
