@@ -63,11 +63,16 @@ pub struct KernelStats {
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
 /// releases the semaphores it had set.
+///
+/// Field order matters: fields drop in declaration order, and USDT links refer to the object's
+/// USDT manager, so every link must be destroyed before the skeleton (a use-after-free
+/// otherwise: the agent crashed on exit once links to files of vanished mount namespaces were
+/// detached after the object).
 pub struct Tracer<'obj> {
-    skel: PyusdtSkel<'obj>,
-    options: TracerOptions,
     links: Vec<Link>,
     _process_links: Vec<Link>,
+    options: TracerOptions,
+    skel: PyusdtSkel<'obj>,
 }
 
 impl<'obj> Tracer<'obj> {
@@ -109,10 +114,10 @@ impl<'obj> Tracer<'obj> {
             process_links.push(skel.progs.follow_fork.attach().map_err(AttachError::Load)?);
         }
         Ok(Tracer {
-            skel,
-            options,
             links: Vec::new(),
             _process_links: process_links,
+            options,
+            skel,
         })
     }
 

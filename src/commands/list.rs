@@ -44,8 +44,8 @@ struct MarkerReport<'a> {
 pub fn run(args: &ListArgs) -> CliResult<i32> {
     let (files, pid) = match (&args.path, args.pid) {
         (Some(path), _) => (vec![path.clone()], None),
-        (None, Some(pid)) => (process::files_of(pid)?.files, Some(pid)),
-        (None, None) => unreachable!("clap requires a path or --pid"),
+        (None, Some(pid)) => (process::files_of(pid)?.via_proc_root(), Some(pid)),
+        (None, None) => return Err(CliError::new(Exit::Usage, "give a PATH or --pid PID")),
     };
     let binaries = open_all(&files, pid)?;
     let reports: Vec<FileReport<'_>> = binaries.iter().map(|b| report(b, pid)).collect();

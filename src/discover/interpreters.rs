@@ -86,7 +86,7 @@ fn running_candidates() -> Vec<PathBuf> {
         .into_iter()
         .filter(|&pid| pid != own)
         .filter_map(|pid| process::files_of(pid).ok())
-        .flat_map(|p| p.files)
+        .flat_map(|p| p.stable())
         .collect()
 }
 

@@ -34,11 +34,27 @@ fn proc_error(pid: i32, e: ProcError) -> ProcessError {
     }
 }
 
-/// The files of a process that may carry CPython markers, as host paths.
+/// The files of a process that may carry CPython markers.
 #[derive(Debug, Clone)]
 pub struct ProcessFiles {
-    /// Host-visible paths (`/proc/PID/root/…`): the executable first, then mapped libpython files.
-    pub files: Vec<PathBuf>,
+    pid: i32,
+    /// Paths inside the process's mount namespace: the executable, then libpython mappings.
+    inner: Vec<PathBuf>,
+}
+
+impl ProcessFiles {
+    /// As `/proc/PID/root/…` paths: always the process's own files, whatever its namespace.
+    pub fn via_proc_root(&self) -> Vec<PathBuf> {
+        self.inner.iter().map(|p| host_path(self.pid, p)).collect()
+    }
+
+    /// As plain paths where the host sees the same files there, else through /proc/PID/root.
+    pub fn stable(&self) -> Vec<PathBuf> {
+        self.inner
+            .iter()
+            .map(|p| stable_path(self.pid, p))
+            .collect()
+    }
 }
 
 /// Whether a file name is a CPython interpreter or libpython.
@@ -56,12 +72,24 @@ pub fn host_path(pid: i32, inner: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(rel)
 }
 
+/// The plain path when the host sees the very same file there (same device and inode), else
+/// the `/proc/PID/root` path: plain paths stay valid after the process exits and read better.
+fn stable_path(pid: i32, inner: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let via_root = host_path(pid, inner);
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id(&via_root), id(inner)) {
+        (Some(a), Some(b)) if a == b => inner.to_path_buf(),
+        _ => via_root,
+    }
+}
+
 /// The executable and libpython mappings of `pid`.
 pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
     let process = Process::new(pid).map_err(|e| proc_error(pid, e))?;
     let exe = process.exe().map_err(|e| proc_error(pid, e))?;
     let maps = process.maps().map_err(|e| proc_error(pid, e))?;
-    let mut files = vec![host_path(pid, &exe)];
+    let mut inner = vec![exe];
     for map in maps {
         let MMapPath::Path(path) = map.pathname else {
             continue;
@@ -70,12 +98,11 @@ pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("libpython"));
-        let host = host_path(pid, &path);
-        if is_libpython && !files.contains(&host) {
-            files.push(host);
+        if is_libpython && !inner.contains(&path) {
+            inner.push(path);
         }
     }
-    Ok(ProcessFiles { files })
+    Ok(ProcessFiles { pid, inner })
 }
 
 /// Every PID on the host (a racy snapshot: processes come and go).
