@@ -16,10 +16,21 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 wakeup_bytes = 256 * 1024; /* wake user space once this much is pending */
 const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
 
-/* Referenced so that the skeleton generator emits the layouts for the Rust decoder. */
+/* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
+ * Processes it forks are traced; comparing in its own namespace keeps this right when
+ * pyusdt runs in a container without the host's PID namespace. */
+__u64 runner_ns_dev = 0;
+__u64 runner_ns_ino = 0;
+__u32 runner_ns_tgid = 0;
+/* Host tgid of the runner's first child (the command), for naming it in the summary. */
+__u32 runner_first_child = 0;
+
+/* Referenced so that the skeleton generator emits these types for the Rust decoder. */
 struct gc_event _gc_event = {};
 struct import_event _import_event = {};
 struct audit_event _audit_event = {};
+enum marker _marker = MARKER_GC;
+enum stat _stat = STAT_DROP_GC;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -102,18 +113,23 @@ static __always_inline void submit(void *e)
 	bpf_ringbuf_submit(e, pending >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* `import_depth`: imports in progress on the thread (0 when the caller knows there are none). */
 static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 marker,
-					__u64 start, __u64 end)
+					__u64 start, __u64 end, __u32 import_depth)
 {
 	h->start_ns = start;
 	h->end_ns = end;
 	h->pid = id >> 32;
 	h->tid = (__u32)id;
 	h->marker = marker;
-	h->import_depth = 0;
-	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &h->tid);
-	if (st)
-		h->import_depth = st->depth > 255 ? 255 : st->depth;
+	h->import_depth = import_depth > 255 ? 255 : import_depth;
+	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
+}
+
+static __always_inline __u32 imports_in_progress(__u32 tid)
+{
+	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
+	return st ? st->depth : 0;
 }
 
 SEC("usdt")
@@ -124,11 +140,10 @@ int BPF_USDT(gc_start, int generation)
 		return 0;
 	__u32 tid = (__u32)id;
 	struct gc_start s = { .ts = bpf_ktime_get_ns(), .generation = generation };
-	if (bpf_map_update_elem(&gc_starts, &tid, &s, BPF_NOEXIST) != 0) {
-		/* A start is pending: its done was never seen. Replace it, count it. */
+	/* A start still pending means its done was never seen: replace it, count it. */
+	if (bpf_map_lookup_elem(&gc_starts, &tid))
 		count(STAT_UNPAIRED_START);
-		bpf_map_update_elem(&gc_starts, &tid, &s, BPF_ANY);
-	}
+	bpf_map_update_elem(&gc_starts, &tid, &s, BPF_ANY);
 	return 0;
 }
 
@@ -153,7 +168,7 @@ int BPF_USDT(gc_done, long collected)
 		count(STAT_DROP_GC);
 		return 0;
 	}
-	fill_header(&e->h, id, MARKER_GC, start, now);
+	fill_header(&e->h, id, MARKER_GC, start, now, imports_in_progress(tid));
 	e->collected = collected;
 	e->generation = generation;
 	e->_pad = 0;
@@ -197,20 +212,21 @@ int BPF_USDT(import_done, const char *module, int found)
 		return 0;
 	__u32 tid = (__u32)id;
 	__u64 start = 0;
+	__u32 depth = 0;
 	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
 	if (st && st->depth > 0) {
-		__u32 d = st->depth - 1;
-		if (d < IMPORT_STACK_DEPTH)
-			start = st->ts[d];
-		st->depth = d;
+		depth = st->depth - 1;
+		if (depth < IMPORT_STACK_DEPTH)
+			start = st->ts[depth];
+		st->depth = depth;
 	}
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_IMPORT);
 		return 0;
 	}
-	/* Header after the pop: import_depth is the depth of the enclosing imports. */
-	fill_header(&e->h, id, MARKER_IMPORT, start, now);
+	/* After the pop: import_depth counts the enclosing imports. */
+	fill_header(&e->h, id, MARKER_IMPORT, start, now, depth);
 	e->found = found;
 	e->_pad = 0;
 	if (bpf_probe_read_user_str(e->module, sizeof(e->module), module) < 0)
@@ -231,9 +247,13 @@ int BPF_USDT(audit, const char *event, void *args)
 		count(STAT_DROP_AUDIT);
 		return 0;
 	}
-	fill_header(&e->h, id, MARKER_AUDIT, now, now);
-	/* The argument tuple's ob_size (x86-64 GIL builds: offset 16). */
-	if (bpf_probe_read_user(&e->nargs, sizeof(e->nargs), (char *)args + 16) < 0)
+	fill_header(&e->h, id, MARKER_AUDIT, now, now, imports_in_progress((__u32)id));
+	/* The argument tuple's ob_size: its offset comes with the attachment (the cookie), set
+	 * by user space per interpreter build; 0 where the layout is not known. */
+	__u64 ob_size_offset = bpf_usdt_cookie(ctx);
+	e->nargs = -1;
+	if (ob_size_offset && bpf_probe_read_user(&e->nargs, sizeof(e->nargs),
+						  (char *)args + ob_size_offset) < 0)
 		e->nargs = -1;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
 		e->name[0] = '\0';
@@ -242,17 +262,34 @@ int BPF_USDT(audit, const char *event, void *args)
 }
 
 /* pyusdt run: a traced process's children are traced from their first instruction. */
+/* Loaded only for `pyusdt run` (autoload off otherwise). Runs in the parent's context. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
 {
-	if (!filter_tgid)
-		return 0;
 	__u32 ptgid = parent->tgid;
-	if (!bpf_map_lookup_elem(&traced, &ptgid))
-		return 0;
+	bool follow = bpf_map_lookup_elem(&traced, &ptgid) != NULL;
 	__u32 ctgid = child->tgid;
+	if (!follow && runner_ns_ino) {
+		struct bpf_pidns_info ns = {};
+		follow = bpf_get_ns_current_pid_tgid(runner_ns_dev, runner_ns_ino, &ns, sizeof(ns)) == 0 &&
+			 ns.tgid == runner_ns_tgid;
+		if (follow && !runner_first_child)
+			runner_first_child = ctgid;
+	}
+	if (!follow)
+		return 0;
 	__u8 one = 1;
 	bpf_map_update_elem(&traced, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+/* A new program image starts with no import or collection in progress. */
+SEC("tracepoint/sched/sched_process_exec")
+int forget_exec(void *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&gc_starts, &tid);
+	bpf_map_delete_elem(&import_stacks, &tid);
 	return 0;
 }
 

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts};
 
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
 use crate::discover::{Binary, PROVIDER};
-use crate::probes::{Probe, ProbeSet};
+use crate::probes::ProbeSet;
 
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
 /// since the BPF side only wakes user space once `wakeup_bytes` are pending.
@@ -35,6 +35,9 @@ pub enum AttachError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// The BPF object lacks something the loader expects (a build problem).
+    #[error("BPF object: {0}")]
+    Object(String),
     /// The ring buffer could not be set up or polled.
     #[error("ring buffer: {0}")]
     RingBuffer(String),
@@ -88,7 +91,7 @@ impl<'obj> Tracer<'obj> {
             .maps
             .rodata_data
             .as_deref_mut()
-            .ok_or_else(|| AttachError::RingBuffer("BPF object without .rodata".into()))?;
+            .ok_or_else(|| AttachError::Object("BPF object without .rodata".into()))?;
         // Wake user space at a quarter of the buffer, and never later than 256 KiB pending.
         rodata.wakeup_bytes = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
         rodata.filter_tgid = options.follow_processes;
@@ -103,13 +106,13 @@ impl<'obj> Tracer<'obj> {
             .follow_fork
             .set_autoload(options.follow_processes);
         let skel = open.load().map_err(AttachError::Load)?;
-        let mut process_links = Vec::new();
-        let exit_link = skel
-            .progs
-            .forget_exited
-            .attach()
-            .map_err(AttachError::Load)?;
-        process_links.push(exit_link);
+        let mut process_links = vec![
+            skel.progs
+                .forget_exited
+                .attach()
+                .map_err(AttachError::Load)?,
+            skel.progs.forget_exec.attach().map_err(AttachError::Load)?,
+        ];
         if options.follow_processes {
             process_links.push(skel.progs.follow_fork.attach().map_err(AttachError::Load)?);
         }
@@ -127,13 +130,19 @@ impl<'obj> Tracer<'obj> {
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
+        // The audit program reads the argument tuple's ob_size at this offset (0: unknown).
+        let opts = || UsdtOpts {
+            cookie: ob_size_offset(binary),
+            ..Default::default()
+        };
         for probe in self.options.probes.iter() {
-            for (marker, prog) in self.programs(probe) {
+            for &marker in probe.markers() {
                 if !binary.has_marker(marker) {
                     continue;
                 }
-                let link = prog
-                    .attach_usdt(-1, &binary.path, PROVIDER, marker)
+                let link = self
+                    .program(marker)
+                    .attach_usdt_with_opts(-1, &binary.path, PROVIDER, marker, opts())
                     .map_err(|source| AttachError::Attach {
                         marker,
                         path: binary.path.clone(),
@@ -148,28 +157,43 @@ impl<'obj> Tracer<'obj> {
         Ok(attached)
     }
 
-    fn programs(&self, probe: Probe) -> Vec<(&'static str, &libbpf_rs::ProgramMut<'obj>)> {
+    /// The host PID of the first process started after `follow_children_of_self` (the command
+    /// of `pyusdt run`), as the events report it even when pyusdt runs in its own PID namespace.
+    pub fn first_child_host_pid(&self) -> Option<u32> {
+        let pid = self.skel.maps.bss_data.as_deref()?.runner_first_child;
+        (pid != 0).then_some(pid)
+    }
+
+    /// The BPF program handling `marker` (one of `Probe::markers`).
+    fn program(&self, marker: &str) -> &libbpf_rs::ProgramMut<'obj> {
         let p = &self.skel.progs;
-        match probe {
-            Probe::Gc => vec![("gc__start", &p.gc_start), ("gc__done", &p.gc_done)],
-            Probe::Import => vec![
-                ("import__find__load__start", &p.import_start),
-                ("import__find__load__done", &p.import_done),
-            ],
-            Probe::Audit => vec![("audit", &p.audit)],
+        match marker {
+            "gc__start" => &p.gc_start,
+            "gc__done" => &p.gc_done,
+            "import__find__load__start" => &p.import_start,
+            "import__find__load__done" => &p.import_done,
+            _ => &p.audit,
         }
     }
 
-    /// Follows `pid` and, through the fork tracepoint, every process it starts afterwards.
-    pub fn trace_process(&self, pid: u32) -> Result<(), AttachError> {
-        self.skel
+    /// Traces every process this process starts from now on, and their descendants (the fork
+    /// tracepoint). This process is recognised by its PID in its own PID namespace, which is
+    /// right whether or not pyusdt shares the host's PID namespace.
+    pub fn follow_children_of_self(&mut self) -> Result<(), AttachError> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::metadata("/proc/self/ns/pid").map_err(|e| {
+            AttachError::Object(format!("cannot identify this process's PID namespace: {e}"))
+        })?;
+        let bss = self
+            .skel
             .maps
-            .traced
-            .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-            .map_err(|source| AttachError::Map {
-                map: "traced",
-                source,
-            })
+            .bss_data
+            .as_deref_mut()
+            .ok_or_else(|| AttachError::Object("BPF object without .bss".into()))?;
+        bss.runner_ns_dev = ns.dev();
+        bss.runner_ns_ino = ns.ino();
+        bss.runner_ns_tgid = std::process::id();
+        Ok(())
     }
 
     /// Sums the per-CPU counters of the BPF side.
@@ -237,6 +261,25 @@ impl<'obj> Tracer<'obj> {
             check(ring.consume_raw())?;
         }
         check(ring.consume_raw())
+    }
+}
+
+/// Where a CPython build keeps a tuple's `ob_size`: offset 16 on 64-bit GIL builds (after
+/// `ob_refcnt` and `ob_type`). Free-threaded builds (`python3.13t`, `libpython3.13t.so`) have a
+/// larger object header that is not decoded: their audit argument count stays unknown.
+fn ob_size_offset(binary: &Binary) -> u64 {
+    let name = binary
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let version_and_rest = name.trim_start_matches("lib").trim_start_matches("python");
+    let abi_flag = version_and_rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let free_threaded = abi_flag.starts_with('t');
+    if cfg!(target_pointer_width = "64") && !free_threaded {
+        16
+    } else {
+        0
     }
 }
 

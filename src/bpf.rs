@@ -21,15 +21,18 @@ unsafe impl plain::Plain for types::import_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::audit_event {}
 
-/// `enum marker` of bpf/pyusdt.h.
-pub const MARKER_GC: u8 = 0;
-pub const MARKER_IMPORT: u8 = 1;
-pub const MARKER_AUDIT: u8 = 2;
+// `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
+use types::{marker, stat};
 
-/// `enum stat` of bpf/pyusdt.h: indexes of the per-CPU `stats` map.
-pub const STAT_DROP_GC: u32 = 0;
-pub const STAT_DROP_IMPORT: u32 = 1;
-pub const STAT_DROP_AUDIT: u32 = 2;
-pub const STAT_UNPAIRED_START: u32 = 3;
-pub const STAT_IMPORT_TOO_DEEP: u32 = 4;
-pub const STAT_COUNT: u32 = 5;
+/// The `marker` byte of an event header.
+pub const MARKER_GC: u8 = marker::MARKER_GC.0 as u8;
+pub const MARKER_IMPORT: u8 = marker::MARKER_IMPORT.0 as u8;
+pub const MARKER_AUDIT: u8 = marker::MARKER_AUDIT.0 as u8;
+
+/// Indexes of the per-CPU `stats` map.
+pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;
+pub const STAT_DROP_IMPORT: u32 = stat::STAT_DROP_IMPORT.0;
+pub const STAT_DROP_AUDIT: u32 = stat::STAT_DROP_AUDIT.0;
+pub const STAT_UNPAIRED_START: u32 = stat::STAT_UNPAIRED_START.0;
+pub const STAT_IMPORT_TOO_DEEP: u32 = stat::STAT_IMPORT_TOO_DEEP.0;
+pub const STAT_COUNT: u32 = stat::STAT_COUNT.0;

@@ -206,7 +206,10 @@ mod tests {
         };
         let data = bytes_of(&e);
         for len in 0..data.len() {
-            assert!(decode(&data[..len]).is_err());
+            assert!(matches!(
+                decode(&data[..len]),
+                Err(DecodeError::Truncated { .. })
+            ));
         }
         let mut h = header(9);
         h.marker = 9;

@@ -14,7 +14,7 @@ pub enum Exit {
     NoMarkers = 4,
     /// Not root / missing capabilities.
     Privileges = 5,
-    /// The kernel lacks what pyusdt needs (BTF, uprobes, BPF ring buffer).
+    /// The kernel lacks what pyusdt needs (BTF, uprobes).
     Kernel = 6,
     /// `run`: the command could not be started (as shells do).
     CommandNotExecutable = 126,

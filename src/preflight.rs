@@ -21,8 +21,9 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-/// Which of the capabilities tracing needs are missing, by name.
-pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
+/// Which of the capabilities tracing needs are missing, by name. `other_processes`: whether
+/// other processes' /proc/PID/maps and /proc/PID/root must be read (agent discovery).
+pub fn missing_capabilities(caps: u64, other_processes: bool) -> Vec<&'static str> {
     let has = |bit: u32| caps & (1 << bit) != 0;
     let admin = has(CAP_SYS_ADMIN);
     let mut missing = Vec::new();
@@ -32,15 +33,15 @@ pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
     if !has(CAP_PERFMON) && !admin {
         missing.push("CAP_PERFMON (attach uprobes)");
     }
-    if !has(CAP_SYS_PTRACE) && !has(CAP_DAC_READ_SEARCH) && !admin {
+    if other_processes && !has(CAP_SYS_PTRACE) && !has(CAP_DAC_READ_SEARCH) && !admin {
         missing.push("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH (read other processes' /proc/PID/maps and /proc/PID/root)");
     }
     missing
 }
 
 /// Everything `run` and `agent` need before loading BPF.
-pub fn check_tracing() -> CliResult<()> {
-    let missing = missing_capabilities(effective_caps());
+pub fn check_tracing(other_processes: bool) -> CliResult<()> {
+    let missing = missing_capabilities(effective_caps(), other_processes);
     if !missing.is_empty() {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
@@ -82,10 +83,11 @@ mod tests {
 
     #[test]
     fn capability_sets() {
-        assert_eq!(missing_capabilities(1 << CAP_SYS_ADMIN).len(), 0);
+        assert_eq!(missing_capabilities(1 << CAP_SYS_ADMIN, true).len(), 0);
         let minimal = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_DAC_READ_SEARCH);
-        assert_eq!(missing_capabilities(minimal).len(), 0);
-        assert_eq!(missing_capabilities(0).len(), 3);
-        assert!(missing_capabilities(1 << CAP_BPF)[0].starts_with("CAP_PERFMON"));
+        assert_eq!(missing_capabilities(minimal, true).len(), 0);
+        assert_eq!(missing_capabilities(0, true).len(), 3);
+        assert_eq!(missing_capabilities(0, false).len(), 2);
+        assert!(missing_capabilities(1 << CAP_BPF, true)[0].starts_with("CAP_PERFMON"));
     }
 }

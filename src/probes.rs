@@ -17,6 +17,15 @@ pub enum Probe {
 impl Probe {
     pub const ALL: [Probe; 3] = [Probe::Gc, Probe::Import, Probe::Audit];
 
+    /// The USDT markers of this group, as named in CPython's `Include/pydtrace.d`.
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            Probe::Gc => &["gc__start", "gc__done"],
+            Probe::Import => &["import__find__load__start", "import__find__load__done"],
+            Probe::Audit => &["audit"],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Probe::Gc => "gc",

@@ -1,12 +1,14 @@
 //! `pyusdt agent`: trace every Python process of the host, running now or started later.
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cli::AgentArgs;
-use crate::commands::session::{interpreters_to_trace, Session, Terminal};
-use crate::discover::interpreters::{discover, Scan};
+use crate::commands::session::{
+    interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
+};
+use crate::discover::interpreters::Scan;
 use crate::exit::{CliError, CliResult, Exit};
 
 pub fn run(args: &AgentArgs) -> CliResult<i32> {
@@ -21,45 +23,50 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         processes: !t.no_discover,
         locations: !t.no_discover,
     };
-    let binaries = interpreters_to_trace(&t.pythons, None, scan)?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| {
-            CliError::new(Exit::Failure, format!("installing a signal handler: {e}"))
-        })?;
+    // Without discovery there is nothing new to find: no rescan.
+    let rescan = (args.rescan_interval > 0 && !t.no_discover)
+        .then(|| Duration::from_secs(args.rescan_interval));
+    let mut examined = HashSet::new();
+    let binaries = interpreters_to_trace(&t.pythons, None, scan, &mut examined)?;
+    // A node's interpreters may all arrive later (containers): wait for them, unless nothing
+    // would ever look.
+    if binaries.is_empty() && rescan.is_none() {
+        return Err(no_interpreter_error());
     }
+
+    let interrupted = signal_flag(libc::SIGINT)?;
+    let terminated = signal_flag(libc::SIGTERM)?;
+    let stop = || interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed);
 
     let mut storage = MaybeUninit::uninit();
     let mut session = Session::start(&mut storage, t, false, Terminal::Stdout)?;
-    if session.attach_all(&binaries) == 0 {
-        return Err(CliError::new(
-            Exit::Failure,
-            "could not attach to any interpreter file (see the warnings above)",
-        ));
+    session.attach_all(&binaries);
+    if session.attached_files() == 0 {
+        tracing::warn!(
+            "no interpreter with CPython markers attached yet; looking again every {} s",
+            args.rescan_interval
+        );
     }
     tracing::info!(
-        "tracing {} ({}) in {} interpreter files; stop with Ctrl-C or SIGTERM",
+        "tracing {} in {} interpreter files (every process using them, now and later); \
+         stop with Ctrl-C or SIGTERM",
         t.probes,
-        "pid -1: every process using them, now and later",
         session.attached_files()
     );
 
-    let rescan = (args.rescan_interval > 0).then(|| Duration::from_secs(args.rescan_interval));
     loop {
         let next_rescan = rescan.map(|d| Instant::now() + d);
-        session.trace(|| {
-            !stop.load(Ordering::Relaxed) && next_rescan.is_none_or(|t| Instant::now() < t)
-        })?;
-        if stop.load(Ordering::Relaxed) {
+        session.trace(|| !stop() && next_rescan.is_none_or(|t| Instant::now() < t))?;
+        if stop() {
             break;
         }
-        // Interpreters that appeared since (new installs, new containers).
-        let found = discover(&[], scan);
-        let added = session.attach_all(&found.with_markers);
-        if added > 0 {
+        // Interpreter files that appeared since (new installs, new containers); files seen
+        // before are skipped with a stat.
+        let found = interpreters_to_trace(&[], None, scan, &mut examined)?;
+        if session.attach_all(&found) > 0 {
             tracing::info!("now tracing {} interpreter files", session.attached_files());
         }
+        session.retire_exited_processes();
     }
     tracing::info!("stopping: detaching and flushing");
     session.finish()?;

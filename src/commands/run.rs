@@ -1,14 +1,16 @@
 //! `pyusdt run -- CMD`: trace a command and its descendants from their first instruction.
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::mem::MaybeUninit;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use crate::cli::RunArgs;
-use crate::commands::session::{interpreters_to_trace, Session, Terminal};
+use crate::commands::session::{
+    interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
+};
 use crate::discover::interpreters::Scan;
 use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
@@ -42,15 +44,18 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         processes: false,
         locations: !args.trace.no_discover,
     };
-    let binaries = interpreters_to_trace(&args.trace.pythons, implied, scan)?;
+    let binaries = interpreters_to_trace(&args.trace.pythons, implied, scan, &mut HashSet::new())?;
+    if binaries.is_empty() {
+        return Err(no_interpreter_error());
+    }
 
-    // Registered before the command starts: Ctrl-C reaches the command through the terminal,
-    // and pyusdt must outlive it to drain its last events and print the summary, so SIGINT is
-    // only recorded. SIGTERM is forwarded to the command.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let terminated = Arc::new(AtomicBool::new(false));
-    register(libc::SIGINT, &interrupted)?;
-    register(libc::SIGTERM, &terminated)?;
+    // Registered before the command starts: pyusdt must outlive the command to drain its last
+    // events and print the summary. Signals are passed on instead (see `forward`).
+    let interrupted = signal_flag(libc::SIGINT)?;
+    let terminated = signal_flag(libc::SIGTERM)?;
+    // Ctrl-C on a terminal reaches the whole foreground process group, the command included:
+    // passing SIGINT on as well would deliver it twice.
+    let terminal_delivers_sigint = in_terminal_foreground();
 
     let mut storage = MaybeUninit::uninit();
     let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr)?;
@@ -60,9 +65,9 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
             "could not attach to any interpreter file (see the warnings above)",
         ));
     }
-    // The command is a child of this process: following our own PID makes the fork tracepoint
-    // add it to the traced set before it runs a single instruction of its own.
-    session.tracer.trace_process(std::process::id())?;
+    // The command is a child of this process: the fork tracepoint adds it to the traced set
+    // before it runs a single instruction of its own.
+    session.tracer.follow_children_of_self()?;
 
     let mut child = Command::new(&resolved)
         .arg0(program)
@@ -77,16 +82,20 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         })?;
     let child_pid = child.id() as libc::pid_t;
     let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
-    session.name_process(child.id(), &words.join(" "));
+    // Events carry host PIDs; in a container the child's PID here differs.
+    let host_pid = session.tracer.first_child_host_pid().unwrap_or(child.id());
+    session.name_process(host_pid, &words.join(" "));
 
     let mut status: Option<ExitStatus> = None;
-    let mut forwarded = false;
     let mut wait_error = None;
     session.trace(|| {
-        if terminated.load(Ordering::Relaxed) && !forwarded {
-            // SAFETY: kill has no memory-safety preconditions; child_pid is our unreaped child.
-            unsafe { libc::kill(child_pid, libc::SIGTERM) };
-            forwarded = true;
+        // Each signal is passed on as often as it arrives: a command that ignores the first
+        // SIGTERM gets the second.
+        forward(&terminated, libc::SIGTERM, child_pid);
+        if !terminal_delivers_sigint {
+            forward(&interrupted, libc::SIGINT, child_pid);
+        } else {
+            interrupted.store(false, Ordering::Relaxed);
         }
         match child.try_wait() {
             Ok(Some(s)) => {
@@ -110,10 +119,19 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     Ok(status.map_or(1, exit_code))
 }
 
-fn register(signal: libc::c_int, flag: &Arc<AtomicBool>) -> CliResult<()> {
-    signal_hook::flag::register(signal, Arc::clone(flag))
-        .map(|_| ())
-        .map_err(|e| CliError::new(Exit::Failure, format!("installing a signal handler: {e}")))
+/// Sends `signal` to the command when `flag` was raised since the last look.
+fn forward(flag: &AtomicBool, signal: libc::c_int, child: libc::pid_t) {
+    if flag.swap(false, Ordering::Relaxed) {
+        // SAFETY: kill has no memory-safety preconditions; `child` is our unreaped child.
+        unsafe { libc::kill(child, signal) };
+    }
+}
+
+/// Whether this process is in the foreground process group of its controlling terminal.
+fn in_terminal_foreground() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp only read process state; an fd without a terminal gives -1.
+    let (fg, own) = unsafe { (libc::tcgetpgrp(libc::STDIN_FILENO), libc::getpgrp()) };
+    fg != -1 && fg == own
 }
 
 /// As shells report it: the exit code, or 128 + the signal that killed the command.

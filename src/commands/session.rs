@@ -4,6 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libbpf_rs::OpenObject;
@@ -39,15 +41,17 @@ impl Terminal {
 
 /// The files to attach to: `user_paths` (from --python; unreadable or marker-less ones are
 /// errors), `implied` (e.g. the interpreter of `run`'s command, already checked), and what
-/// `scan` finds. Marker-less CPythons found by the scan are worth a warning.
+/// `scan` finds. Marker-less CPythons found by the scan are worth a warning. May be empty.
+/// `examined`: see `discover`.
 pub fn interpreters_to_trace(
     user_paths: &[std::path::PathBuf],
     implied: Option<std::path::PathBuf>,
     scan: Scan,
+    examined: &mut HashSet<(u64, u64)>,
 ) -> CliResult<Vec<Binary>> {
     let mut explicit = user_paths.to_vec();
     explicit.extend(implied);
-    let found = discover(&explicit, scan);
+    let found = discover(&explicit, scan, examined);
     if let Some(e) = found.errors.into_iter().next() {
         return Err(e.into());
     }
@@ -67,13 +71,23 @@ pub fn interpreters_to_trace(
             b.version.map_or_else(|| "?".into(), |v| v.to_string())
         );
     }
-    if found.with_markers.is_empty() {
-        return Err(CliError::new(
-            Exit::NoMarkers,
-            format!("found no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
-        ));
-    }
     Ok(found.with_markers)
+}
+
+/// The error for "nothing to attach to".
+pub fn no_interpreter_error() -> CliError {
+    CliError::new(
+        Exit::NoMarkers,
+        format!("found no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
+    )
+}
+
+/// A flag raised by `signal`: the event loop looks at it between polls.
+pub fn signal_flag(signal: libc::c_int) -> CliResult<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal, Arc::clone(&flag))
+        .map_err(|e| CliError::new(Exit::Failure, format!("installing a signal handler: {e}")))?;
+    Ok(flag)
 }
 
 /// How often the console stream and JSON lines are flushed.
@@ -97,7 +111,8 @@ impl<'obj> Session<'obj> {
         follow_processes: bool,
         terminal: Terminal,
     ) -> CliResult<Session<'obj>> {
-        crate::preflight::check_tracing()?;
+        // Only the agent reads other processes' /proc entries; `run` follows its own children.
+        crate::preflight::check_tracing(!follow_processes)?;
         let tracer = Tracer::load(
             storage,
             TracerOptions {
@@ -167,6 +182,11 @@ impl<'obj> Session<'obj> {
     /// Names a process in the summary before its first event (see `Summary::name_process`).
     pub fn name_process(&mut self, pid: u32, command: &str) {
         self.sinks.summary.name_process(pid, command);
+    }
+
+    /// See `Summary::retire_exited`.
+    pub fn retire_exited_processes(&mut self) {
+        self.sinks.summary.retire_exited();
     }
 
     pub fn attached_files(&self) -> usize {

@@ -51,12 +51,19 @@ pub struct Scan {
 }
 
 /// Collects interpreter files: `explicit` paths (errors reported), then what `scan` selects.
-pub fn discover(explicit: &[PathBuf], scan: Scan) -> Discovered {
+/// `examined` holds the (device, inode) of files looked at before: they are skipped with a
+/// `stat`, and every file examined now is added, so that a periodic rescan costs little and
+/// does not report the same file twice.
+pub fn discover(
+    explicit: &[PathBuf],
+    scan: Scan,
+    examined: &mut HashSet<(u64, u64)>,
+) -> Discovered {
     let mut found = Discovered::default();
-    let mut seen = HashSet::new();
+    let seen = examined;
     for path in explicit {
         match Binary::open(path) {
-            Ok(b) => found.add(&mut seen, b, true),
+            Ok(b) => found.add(seen, b, true),
             Err(e) => found.errors.push(e),
         }
     }
@@ -71,12 +78,20 @@ pub fn discover(explicit: &[PathBuf], scan: Scan) -> Discovered {
         Vec::new()
     };
     for path in running.into_iter().chain(usual) {
+        if file_id(&path).is_some_and(|id| seen.contains(&id)) {
+            continue;
+        }
         // Candidates are best effort: a process may exit, a file may be unreadable.
         if let Ok(b) = Binary::open(&path) {
-            found.add(&mut seen, b, false);
+            found.add(seen, b, false);
         }
     }
     found
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Executables and libpython files of every running process, as host paths.

@@ -4,14 +4,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     mono_start_ns: u64,
-    wall_start: SystemTime,
+    /// Wall-clock ns since the Unix epoch at `mono_start_ns`.
+    wall_start_ns: u64,
 }
 
 impl Clock {
     pub fn now() -> Clock {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
         Clock {
             mono_start_ns: monotonic_ns(),
-            wall_start: SystemTime::now(),
+            wall_start_ns: wall.as_nanos() as u64,
         }
     }
 
@@ -22,12 +26,8 @@ impl Clock {
 
     /// Nanoseconds since the Unix epoch, as OTLP and JSON consumers want them.
     pub fn unix_nanos(&self, mono_ns: u64) -> u64 {
-        let wall = self
-            .wall_start
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        let wall_ns = wall.as_nanos() as u64;
-        wall_ns.wrapping_add(mono_ns.wrapping_sub(self.mono_start_ns))
+        self.wall_start_ns
+            .wrapping_add(mono_ns.wrapping_sub(self.mono_start_ns))
     }
 }
 

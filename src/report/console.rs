@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::clock::Clock;
-use super::text::{duration, safe};
+use super::text::{safe, Duration};
 use crate::decode::Event;
 
 pub struct Console {
@@ -27,47 +27,51 @@ impl Console {
         c
     }
 
+    /// One line per event; formatted straight into the buffered writer (no allocation).
     pub fn write(&mut self, event: &Event<'_>) {
         let h = event.header();
         let t = self.clock.relative_secs(h.end_ns);
-        let took = |d: Option<u64>| d.map_or_else(|| "start not seen".to_string(), duration);
+        let took = Duration(h.duration_ns());
         match event {
             Event::Gc {
                 generation,
                 collected,
                 ..
-            } => {
-                let gen = generation.map_or_else(|| "?".to_string(), |g| g.to_string());
-                self.line(format_args!(
-                    "{t:>9.4} {:>7} {:>7} {:<6} gen {gen}: {collected} collected, {}",
-                    h.pid,
-                    h.tid,
-                    "gc",
-                    took(h.duration_ns())
-                ))
-            }
+            } => match generation {
+                Some(g) => self.line(format_args!(
+                    "{t:>9.4} {:>7} {:>7} gc     gen {g}: {collected} collected, {took}",
+                    h.pid, h.tid
+                )),
+                None => self.line(format_args!(
+                    "{t:>9.4} {:>7} {:>7} gc     gen ?: {collected} collected, {took}",
+                    h.pid, h.tid
+                )),
+            },
             Event::Import { module, found, .. } => {
                 let not_found = if *found { "" } else { " NOT FOUND" };
+                let indent = 2 * usize::from(h.import_depth);
                 self.line(format_args!(
-                    "{t:>9.4} {:>7} {:>7} {:<6} {}{}{not_found}, {}",
+                    "{t:>9.4} {:>7} {:>7} import {:indent$}{}{not_found}, {took}",
                     h.pid,
                     h.tid,
-                    "import",
-                    "  ".repeat(h.import_depth as usize),
-                    safe(module),
-                    took(h.duration_ns())
+                    "",
+                    safe(module)
                 ))
             }
-            Event::Audit { name, nargs, .. } => {
-                let args = nargs.map_or_else(String::new, |n| format!(" ({n} args)"));
-                self.line(format_args!(
-                    "{t:>9.4} {:>7} {:>7} {:<6} {}{args}",
+            Event::Audit { name, nargs, .. } => match nargs {
+                Some(n) => self.line(format_args!(
+                    "{t:>9.4} {:>7} {:>7} audit  {} ({n} args)",
                     h.pid,
                     h.tid,
-                    "audit",
                     safe(name)
-                ))
-            }
+                )),
+                None => self.line(format_args!(
+                    "{t:>9.4} {:>7} {:>7} audit  {}",
+                    h.pid,
+                    h.tid,
+                    safe(name)
+                )),
+            },
         }
     }
 

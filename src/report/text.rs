@@ -1,14 +1,24 @@
 //! Formatting helpers for humans: durations, counts, and untrusted strings made terminal-safe.
 use std::borrow::Cow;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 
 /// `45.2 µs`, `1.20 ms`, `2.500 s`.
 pub fn duration(ns: u64) -> String {
-    match ns {
-        0..=999 => format!("{ns} ns"),
-        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2} ms", ns as f64 / 1e6),
-        _ => format!("{:.3} s", ns as f64 / 1e9),
+    Duration(Some(ns)).to_string()
+}
+
+/// A duration in ns, formatted without allocating (`None`: the start was not seen).
+pub struct Duration(pub Option<u64>);
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("start not seen"),
+            Some(ns @ 0..=999) => write!(f, "{ns} ns"),
+            Some(ns @ 1_000..=999_999) => write!(f, "{:.1} µs", ns as f64 / 1e3),
+            Some(ns @ 1_000_000..=999_999_999) => write!(f, "{:.2} ms", ns as f64 / 1e6),
+            Some(ns) => write!(f, "{:.3} s", ns as f64 / 1e9),
+        }
     }
 }
 

@@ -80,6 +80,23 @@ pub fn stop(child: &mut Child, signal: i32, limit: Duration) -> std::process::Ex
     }
 }
 
+/// Compiles one C file with the system compiler (gcc from scripts/setup.sh).
+pub fn compile(source: &Path, out: &Path, flags: &[&str]) {
+    let cc = Command::new("cc")
+        .args(flags)
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("cc");
+    assert!(
+        cc.status.success(),
+        "cc {}: {}",
+        source.display(),
+        text(&cc).1
+    );
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -72,7 +72,7 @@ def main():
     gc.enable()
 
     try_import("json")
-    try_import("xml.dom.minidom")  # dotted: parents xml and xml.dom fire too
+    try_import("xml.dom.minidom")  # dotted: its parents are imported from inside its import
     try_import("pyusdt_truth_missing_module")
     make_cycles(20000)
     for generation in (0, 1, 2):
