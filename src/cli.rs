@@ -69,9 +69,42 @@ pub struct TraceArgs {
     /// Also write every event as JSON lines to FILE, ending with a summary record.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Do not print the live event stream (the summary is still printed).
+    /// Do not print the live event stream (the summary is still printed). The stream is only
+    /// printed with the console exporter.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Where telemetry goes: `otlp` (to a collector), `console` (the event stream and summary
+    /// only) or `file` (OTLP/JSON lines, see --otlp-file). Default: otlp when an endpoint is
+    /// configured (--otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or a per-signal variant,
+    /// --config), else console.
+    #[arg(long, value_parser = ["otlp", "console", "file"])]
+    pub exporter: Option<String>,
+    /// OTLP endpoint, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (HTTP);
+    /// overrides OTEL_EXPORTER_OTLP_ENDPOINT. https:// uses TLS.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf (default, as the OTLP specification says);
+    /// overrides OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// File for --exporter file: one OTLP/JSON Export…ServiceRequest per line.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_file: Option<PathBuf>,
+    /// TOML file with export settings not covered by flags and OTEL_* variables (see
+    /// deploy/pyusdt.toml). Flags win over the environment, which wins over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Audit event names exported as log records: comma-separated globs (default `*`). All
+    /// audit events are counted in cpython.audit.events regardless.
+    #[arg(long, value_name = "GLOBS")]
+    pub audit_logs: Option<String>,
+    /// Add process.command_line to each process's resource (off: command lines can carry
+    /// secrets).
+    #[arg(long)]
+    pub resource_command_line: bool,
+    /// At exit, how long to keep retrying exports that have not been delivered, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub flush_timeout: u64,
     /// Size of the BPF ring buffer (power of two, e.g. 256K, 4M). Events that do not fit are
     /// dropped and counted, never lost silently.
     #[arg(long, default_value = "4M", value_parser = parse_ring_size, value_name = "SIZE")]

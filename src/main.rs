@@ -9,6 +9,8 @@ mod commands;
 mod decode;
 mod discover;
 mod exit;
+mod export;
+mod model;
 mod preflight;
 mod probes;
 mod report;

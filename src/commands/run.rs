@@ -14,6 +14,7 @@ use crate::commands::session::{
 use crate::discover::interpreters::Scan;
 use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
+use crate::model::resource::ProcessFacts;
 
 pub fn run(args: &RunArgs) -> CliResult<i32> {
     let program = &args.command[0];
@@ -44,6 +45,7 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         processes: false,
         locations: !args.trace.no_discover,
     };
+    let implied_path = implied.clone();
     let binaries = interpreters_to_trace(&args.trace.pythons, implied, scan, &mut HashSet::new())?;
     if binaries.is_empty() {
         return Err(no_interpreter_error());
@@ -82,9 +84,23 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         })?;
     let child_pid = child.id() as libc::pid_t;
     let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
-    // Events carry host PIDs; in a container the child's PID here differs.
+    // Events carry host PIDs; in a container the child's PID here differs. The child inherits
+    // this environment (OTEL_SERVICE_NAME …) and runs the resolved program.
     let host_pid = session.tracer.first_child_host_pid().unwrap_or(child.id());
-    session.name_process(host_pid, &words.join(" "));
+    let mut facts = ProcessFacts {
+        pid: host_pid,
+        executable_path: Some(
+            implied_path
+                .unwrap_or(resolved)
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        command_line: Some(words.join(" ")),
+        ..Default::default()
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    facts.set_environment(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    session.describe_process(facts);
 
     let mut status: Option<ExitStatus> = None;
     let mut wait_error = None;

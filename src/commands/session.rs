@@ -1,9 +1,10 @@
 //! A tracing session shared by `run` and `agent`: pre-flight, attach, drain events into the
 //! sinks, and the closing summary.
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +17,13 @@ use crate::decode;
 use crate::discover::interpreters::{discover, Scan};
 use crate::discover::{Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
+use crate::export::config::{ExportConfig, ExportFlags, ExporterKind};
+use crate::model::resource::ProcessFacts;
 use crate::report::clock::Clock;
 use crate::report::console::Console;
 use crate::report::jsonl::JsonLines;
-use crate::report::summary::Summary;
+use crate::report::otlp::{OtlpSink, OwnStats};
+use crate::report::summary::{ExportSummary, Summary};
 use crate::report::Sinks;
 
 /// Where the human-readable stream and summary go.
@@ -99,6 +103,10 @@ pub struct Session<'obj> {
     terminal: Terminal,
     started: Instant,
     attached_ids: HashSet<(u64, u64)>,
+    /// CPython version per attached file, for `process.runtime.version`.
+    versions: Rc<RefCell<HashMap<(u64, u64), String>>>,
+    attach_failures: u64,
+    flush_timeout: Duration,
     /// Records that failed to decode (a BPF/Rust layout mismatch): counted, reported.
     undecodable: u64,
 }
@@ -122,6 +130,26 @@ impl<'obj> Session<'obj> {
             },
         )?;
         let clock = Clock::now();
+        let flags = ExportFlags {
+            exporter: args.exporter.clone(),
+            otlp_endpoint: args.otlp_endpoint.clone(),
+            otlp_protocol: args.otlp_protocol.clone(),
+            otlp_file: args.otlp_file.clone(),
+            config: args.config.clone(),
+            audit_log_events: args.audit_logs.clone(),
+            resource_command_line: args.resource_command_line,
+        };
+        let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
+            .map_err(|e| CliError::new(Exit::Usage, e))?;
+        let console_only = export.exporter == ExporterKind::Console;
+        let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();
+        let lookup = Rc::clone(&versions);
+        let otlp = OtlpSink::new(
+            export,
+            clock,
+            Box::new(move |pid| runtime_version(pid, &lookup.borrow())),
+        )
+        .map_err(|e| CliError::new(Exit::Failure, e))?;
         let jsonl = match &args.output {
             Some(path) => Some(JsonLines::create(path, clock).map_err(|e| {
                 CliError::new(
@@ -134,13 +162,18 @@ impl<'obj> Session<'obj> {
         Ok(Session {
             tracer,
             sinks: Sinks {
-                console: (!args.quiet).then(|| Console::new(terminal.writer(), clock)),
+                console: (console_only && !args.quiet)
+                    .then(|| Console::new(terminal.writer(), clock)),
                 jsonl,
+                otlp,
                 summary: Summary::default(),
             },
             terminal,
             started: Instant::now(),
             attached_ids: HashSet::new(),
+            versions,
+            attach_failures: 0,
+            flush_timeout: Duration::from_secs(args.flush_timeout),
             undecodable: 0,
         })
     }
@@ -171,17 +204,36 @@ impl<'obj> Session<'obj> {
                         markers.join(", ")
                     );
                     self.attached_ids.insert(b.id);
+                    if let Some(v) = b.version {
+                        self.versions.borrow_mut().insert(b.id, v.to_string());
+                    }
                     n += 1;
                 }
-                Err(e) => tracing::warn!("{e}"),
+                Err(e) => {
+                    self.attach_failures += 1;
+                    tracing::warn!("{e}")
+                }
             }
         }
         n
     }
 
-    /// Names a process in the summary before its first event (see `Summary::name_process`).
-    pub fn name_process(&mut self, pid: u32, command: &str) {
-        self.sinks.summary.name_process(pid, command);
+    /// Describes a process before its first event (`run`'s command, which may be gone before
+    /// /proc can be read): its name in the summary and its OTLP resource.
+    pub fn describe_process(&mut self, mut facts: ProcessFacts) {
+        if let Some(c) = &facts.command_line {
+            self.sinks.summary.name_process(facts.pid, c);
+        }
+        if facts.runtime_version.is_none() {
+            facts.runtime_version = facts
+                .executable_path
+                .as_deref()
+                .and_then(|p| file_id(std::path::Path::new(p)))
+                .and_then(|id| self.versions.borrow().get(&id).cloned());
+        }
+        if let Some(o) = &mut self.sinks.otlp {
+            o.seed_process(facts);
+        }
     }
 
     /// See `Summary::retire_exited`.
@@ -194,25 +246,39 @@ impl<'obj> Session<'obj> {
     }
 
     /// Delivers events until `keep_going` returns false, then drains what is pending.
-    /// Output is flushed every `FLUSH_INTERVAL`, not per event.
+    /// Output is flushed every `FLUSH_INTERVAL`, not per event; telemetry is shipped when due.
     pub fn trace(&mut self, mut keep_going: impl FnMut() -> bool) -> CliResult<()> {
         let sinks = RefCell::new(&mut self.sinks);
         let undecodable = Cell::new(self.undecodable);
         let mut flushed_at = Instant::now();
-        self.tracer.run(
+        let tracer = &self.tracer;
+        let attach_failures = self.attach_failures;
+        let own = |summary: &Summary| OwnStats {
+            received: summary.received(),
+            dropped: tracer.stats().map(|s| s.dropped).unwrap_or_default(),
+            attach_failures,
+        };
+        tracer.run(
             |data| match decode::decode(data) {
                 Ok(event) => sinks.borrow_mut().handle(&event),
                 Err(e) => {
                     undecodable.set(undecodable.get() + 1);
                     if undecodable.get() == 1 {
-                        tracing::error!("undecodable ring buffer record: {e} (counted; further ones not logged)");
+                        tracing::error!(
+                            "undecodable ring buffer record: {e} (counted; further ones not logged)"
+                        );
                     }
                 }
             },
             || {
+                let mut s = sinks.borrow_mut();
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
-                    sinks.borrow_mut().flush();
+                    s.flush();
                     flushed_at = Instant::now();
+                }
+                let Sinks { otlp, summary, .. } = &mut **s;
+                if let Some(o) = otlp {
+                    o.tick(&|| own(summary));
                 }
                 keep_going()
             },
@@ -228,7 +294,16 @@ impl<'obj> Session<'obj> {
         let stats = self.tracer.stats()?;
         let elapsed = self.started.elapsed().as_secs_f64();
         self.sinks.flush();
-        let mut text = self.sinks.summary.render(&stats, elapsed);
+        let own = OwnStats {
+            received: self.sinks.summary.received(),
+            dropped: stats.dropped,
+            attach_failures: self.attach_failures,
+        };
+        let export = self.sinks.otlp.take().map(|o| {
+            let (counts, orphaned) = o.finish(&own, self.flush_timeout);
+            ExportSummary { counts, orphaned }
+        });
+        let mut text = self.sinks.summary.render(&stats, elapsed, export.as_ref());
         if self.undecodable > 0 {
             text.push_str(&format!(
                 "  {} undecodable records (a bug: please report)\n",
@@ -238,10 +313,28 @@ impl<'obj> Session<'obj> {
         let mut out = self.terminal.writer();
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         if let Some(j) = &mut self.sinks.jsonl {
-            j.put(&self.sinks.summary.to_record(&stats));
+            j.put(&self.sinks.summary.to_record(&stats, export.as_ref()));
             j.finish()
                 .map_err(|e| CliError::new(Exit::Failure, format!("writing --output: {e}")))?;
         }
         Ok(())
     }
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The CPython version of the attached file a process maps, from /proc/PID/maps (device and
+/// inode of each mapping).
+fn runtime_version(pid: u32, versions: &HashMap<(u64, u64), String>) -> Option<String> {
+    let maps = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .maps()
+        .ok()?;
+    maps.iter().find_map(|m| {
+        let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
+        versions.get(&(dev, m.inode)).cloned()
+    })
 }

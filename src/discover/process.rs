@@ -105,6 +105,13 @@ pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
     Ok(ProcessFiles { pid, inner })
 }
 
+/// Whether a process exists (signal 0 checks without sending anything).
+pub fn is_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 performs only the existence and permission checks.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Every PID on the host (a racy snapshot: processes come and go).
 pub fn all_pids() -> Vec<i32> {
     procfs::process::all_processes()

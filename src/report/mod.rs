@@ -2,6 +2,7 @@
 pub mod clock;
 pub mod console;
 pub mod jsonl;
+pub mod otlp;
 pub mod summary;
 pub mod text;
 
@@ -11,6 +12,7 @@ use crate::decode::Event;
 pub struct Sinks {
     pub console: Option<console::Console>,
     pub jsonl: Option<jsonl::JsonLines>,
+    pub otlp: Option<otlp::OtlpSink>,
     pub summary: summary::Summary,
 }
 
@@ -22,6 +24,9 @@ impl Sinks {
         }
         if let Some(j) = &mut self.jsonl {
             j.write(event);
+        }
+        if let Some(o) = &mut self.otlp {
+            o.record(event);
         }
     }
 

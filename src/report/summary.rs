@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::text::{count, duration, safe};
 use crate::attach::KernelStats;
 use crate::decode::Event;
+use crate::export::ExportCounts;
 
 /// How many slowest imports the summary names.
 const SLOWEST_IMPORTS: usize = 5;
@@ -73,13 +74,6 @@ impl ProcessSummary {
             audit_total: 0,
         }
     }
-}
-
-/// Whether a process exists (signal 0 checks without sending anything).
-fn is_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 performs only the existence and permission checks.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The command line of a process, read once when its first event arrives (it may exit soon).
@@ -183,7 +177,7 @@ impl Summary {
             .processes
             .keys()
             .copied()
-            .filter(|&pid| !is_alive(pid))
+            .filter(|&pid| !crate::discover::process::is_alive(pid))
             .collect();
         for pid in gone {
             if let Some(p) = self.processes.remove(&pid) {
@@ -196,7 +190,12 @@ impl Summary {
     }
 
     /// The human-readable summary.
-    pub fn render(&self, stats: &KernelStats, elapsed_s: f64) -> String {
+    pub fn render(
+        &self,
+        stats: &KernelStats,
+        elapsed_s: f64,
+        export: Option<&ExportSummary>,
+    ) -> String {
         let received = self.received();
         let total: u64 = received.iter().sum();
         let dropped: u64 = stats.dropped.iter().sum();
@@ -294,6 +293,20 @@ impl Summary {
                 );
             }
         }
+        if let Some(e) = export {
+            let c = &e.counts;
+            let _ = writeln!(
+                out,
+                "  OpenTelemetry: exported {} spans, {} metric points, {} log records; failed {}, dropped {} (queue full){}{}",
+                count(c.exported[0]),
+                count(c.exported[1]),
+                count(c.exported[2]),
+                count(c.failed.iter().sum()),
+                count(c.dropped.iter().sum()),
+                if e.orphaned > 0 { format!("; {} span subtrees without their parent", e.orphaned) } else { String::new() },
+                c.last_error.as_ref().map_or_else(String::new, |m| format!("; last error: {m}")),
+            );
+        }
         if self.retired_processes > 0 {
             let _ = writeln!(
                 out,
@@ -311,10 +324,11 @@ impl Summary {
     }
 
     /// The machine-readable summary (closing record of `--output`).
-    pub fn to_record(&self, stats: &KernelStats) -> SummaryRecord {
+    pub fn to_record(&self, stats: &KernelStats, export: Option<&ExportSummary>) -> SummaryRecord {
         let received = self.received();
         SummaryRecord {
             kind: "summary",
+            export: export.map(|e| e.counts.clone()),
             received: MarkerCounts::from(received),
             dropped: MarkerCounts::from(stats.dropped),
             unpaired_gc_starts: stats.unpaired_starts,
@@ -357,6 +371,8 @@ impl From<[u64; 3]> for MarkerCounts {
 pub struct SummaryRecord {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    export: Option<ExportCounts>,
     received: MarkerCounts,
     dropped: MarkerCounts,
     unpaired_gc_starts: u64,
@@ -372,4 +388,11 @@ struct ProcessRecord {
     imports: u64,
     imports_not_found: u64,
     audit_events: u64,
+}
+
+/// What the OpenTelemetry export did, for the summary.
+pub struct ExportSummary {
+    pub counts: ExportCounts,
+    /// Span subtrees released without their parent.
+    pub orphaned: u64,
 }

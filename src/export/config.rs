@@ -1,0 +1,492 @@
+//! Export configuration: command-line flags, then the standard `OTEL_*` environment, then the
+//! config file (`--config`), then defaults — the first that sets a value wins.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::metrics::Temporality;
+
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub const OTEL_EXPORTER_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+pub const OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: &str =
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+pub const OTEL_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+
+/// The three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    fn env_infix(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+            Signal::Logs => "LOGS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Where and how one signal is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalConfig {
+    pub protocol: Protocol,
+    /// Full URL: for HTTP including `/v1/<signal>`, for gRPC the server's address.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExporterKind {
+    /// OTLP to a collector.
+    Otlp(Vec<(Signal, SignalConfig)>),
+    /// No OpenTelemetry export: the console stream and summary only.
+    Console,
+    /// OTLP/JSON lines, one Export…ServiceRequest per line (the Collector's file exporter format).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConfig {
+    pub exporter: ExporterKind,
+    pub temporality: Temporality,
+    pub metric_interval: Duration,
+    pub schedule_delay: Duration,
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+    /// Globs of audit event names exported as log records.
+    pub audit_log_events: String,
+    pub resource_command_line: bool,
+}
+
+/// What the command line says (None: not given).
+#[derive(Debug, Clone, Default)]
+pub struct ExportFlags {
+    pub exporter: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub otlp_file: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub audit_log_events: Option<String>,
+    pub resource_command_line: bool,
+}
+
+/// The config file (`--config`, TOML). Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub exporter: Option<String>,
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub otlp: FileOtlp,
+    #[serde(default)]
+    pub metrics: FileMetrics,
+    #[serde(default)]
+    pub batch: FileBatch,
+    #[serde(default)]
+    pub audit: FileAudit,
+    #[serde(default)]
+    pub resource: FileResource,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtlp {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeout_ms: Option<u64>,
+    pub compression: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    pub interval_ms: Option<u64>,
+    pub temporality: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBatch {
+    pub schedule_delay_ms: Option<u64>,
+    pub max_queue_size: Option<usize>,
+    pub max_export_batch_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    pub log_events: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileResource {
+    pub command_line: Option<bool>,
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+}
+
+impl ExportConfig {
+    /// Resolves the configuration. `env` looks up environment variables (std::env::var in
+    /// production, a map in tests).
+    pub fn resolve(
+        flags: &ExportFlags,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ExportConfig, String> {
+        let file = match &flags.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let ms = |name: &str, v: Option<String>| -> Result<Option<Duration>, String> {
+            v.map(|s| {
+                s.trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| format!("{name}={s}: expected milliseconds"))
+            })
+            .transpose()
+        };
+        let count = |name: &str, v: Option<String>| -> Result<Option<usize>, String> {
+            v.map(|s| {
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("{name}={s}: expected a positive integer"))
+            })
+            .transpose()
+        };
+
+        let any_endpoint = flags.otlp_endpoint.is_some()
+            || env(OTEL_EXPORTER_OTLP_ENDPOINT).is_some()
+            || Signal::ALL
+                .iter()
+                .any(|s| env(&format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", s.env_infix())).is_some())
+            || file.otlp.endpoint.is_some();
+        let kind = flags
+            .exporter
+            .clone()
+            .or(file.exporter.clone())
+            .unwrap_or_else(|| if any_endpoint { "otlp" } else { "console" }.into());
+        let exporter = match kind.as_str() {
+            "console" => ExporterKind::Console,
+            "file" => ExporterKind::File(
+                flags
+                    .otlp_file
+                    .clone()
+                    .or(file.file.clone())
+                    .ok_or("--exporter file needs --otlp-file PATH (or `file` in --config)")?,
+            ),
+            "otlp" => ExporterKind::Otlp(
+                Signal::ALL
+                    .iter()
+                    .map(|&s| Ok((s, signal_config(s, flags, &file, &env)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => {
+                return Err(format!(
+                    "unknown exporter `{other}`: choose otlp, console or file"
+                ))
+            }
+        };
+
+        let temporality = match env(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE)
+            .or(file.metrics.temporality.clone())
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("cumulative") => Temporality::Cumulative,
+            // lowmemory: delta for counters and histograms, which is all pyusdt exports.
+            Some("delta") | Some("lowmemory") => Temporality::Delta,
+            Some(other) => {
+                return Err(format!(
+                    "{OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={other}: expected cumulative, delta or lowmemory"
+                ))
+            }
+        };
+        let audit_log_events = flags
+            .audit_log_events
+            .clone()
+            .or(file.audit.log_events.as_ref().map(|v| v.join(",")))
+            .unwrap_or_else(|| "*".into());
+        crate::model::logs::AuditFilter::parse(&audit_log_events)?;
+        Ok(ExportConfig {
+            exporter,
+            temporality,
+            metric_interval: ms(
+                OTEL_METRIC_EXPORT_INTERVAL,
+                env(OTEL_METRIC_EXPORT_INTERVAL),
+            )?
+            .or(file.metrics.interval_ms.map(Duration::from_millis))
+            .unwrap_or(Duration::from_secs(60)),
+            schedule_delay: ms(OTEL_BSP_SCHEDULE_DELAY, env(OTEL_BSP_SCHEDULE_DELAY))?
+                .or(file.batch.schedule_delay_ms.map(Duration::from_millis))
+                .unwrap_or(Duration::from_secs(5)),
+            max_queue_size: count(OTEL_BSP_MAX_QUEUE_SIZE, env(OTEL_BSP_MAX_QUEUE_SIZE))?
+                .or(file.batch.max_queue_size)
+                .unwrap_or(2048),
+            max_export_batch_size: count(
+                OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+                env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+            )?
+            .or(file.batch.max_export_batch_size)
+            .unwrap_or(512),
+            audit_log_events,
+            resource_command_line: flags.resource_command_line
+                || file.resource.command_line.unwrap_or(false),
+        })
+    }
+}
+
+fn signal_config(
+    signal: Signal,
+    flags: &ExportFlags,
+    file: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SignalConfig, String> {
+    let per = |suffix: &str| {
+        env(&format!(
+            "OTEL_EXPORTER_OTLP_{}_{suffix}",
+            signal.env_infix()
+        ))
+    };
+    let protocol_name = flags
+        .otlp_protocol
+        .clone()
+        .or_else(|| per("PROTOCOL"))
+        .or_else(|| env(OTEL_EXPORTER_OTLP_PROTOCOL))
+        .or(file.otlp.protocol.clone())
+        .unwrap_or_else(|| "http/protobuf".into());
+    let protocol = match protocol_name.trim() {
+        "grpc" => Protocol::Grpc,
+        "http/protobuf" => Protocol::HttpProtobuf,
+        "http/json" => {
+            return Err(
+                "OTLP protocol http/json is not supported: use http/protobuf or grpc".into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "unknown OTLP protocol `{other}`: use grpc or http/protobuf"
+            ))
+        }
+    };
+    // A signal-specific endpoint is used as given; the general one gets /v1/<signal> for HTTP.
+    let url = match (per("ENDPOINT"), protocol) {
+        (Some(url), _) if flags.otlp_endpoint.is_none() => url,
+        _ => {
+            let base = flags
+                .otlp_endpoint
+                .clone()
+                .or_else(|| env(OTEL_EXPORTER_OTLP_ENDPOINT))
+                .or(file.otlp.endpoint.clone())
+                .unwrap_or_else(|| match protocol {
+                    Protocol::Grpc => "http://localhost:4317".into(),
+                    Protocol::HttpProtobuf => "http://localhost:4318".into(),
+                });
+            match protocol {
+                Protocol::Grpc => base,
+                Protocol::HttpProtobuf => {
+                    format!("{}/v1/{}", base.trim_end_matches('/'), signal.name())
+                }
+            }
+        }
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "OTLP endpoint `{url}` must start with http:// or https://"
+        ));
+    }
+    let mut headers: Vec<(String, String)> = file
+        .otlp
+        .headers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for list in [env(OTEL_EXPORTER_OTLP_HEADERS), per("HEADERS")]
+        .into_iter()
+        .flatten()
+    {
+        for (k, v) in crate::model::resource::parse_resource_attributes(&list) {
+            headers.retain(|(hk, _)| !hk.eq_ignore_ascii_case(&k));
+            headers.push((k.to_ascii_lowercase(), v));
+        }
+    }
+    let timeout_ms = match per("TIMEOUT").or_else(|| env(OTEL_EXPORTER_OTLP_TIMEOUT)) {
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("OTLP timeout `{s}`: expected milliseconds"))?,
+        None => file.otlp.timeout_ms.unwrap_or(10_000),
+    };
+    let gzip = match per("COMPRESSION")
+        .or_else(|| env(OTEL_EXPORTER_OTLP_COMPRESSION))
+        .or(file.otlp.compression.clone())
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("none") => false,
+        Some("gzip") => true,
+        Some(other) => return Err(format!("OTLP compression `{other}`: use gzip or none")),
+    };
+    Ok(SignalConfig {
+        protocol,
+        url,
+        headers,
+        timeout: Duration::from_millis(timeout_ms.max(1)),
+        gzip,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(flags: ExportFlags, vars: &[(&str, &str)]) -> Result<ExportConfig, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ExportConfig::resolve(&flags, &move |k| map.get(k).cloned())
+    }
+
+    fn otlp(c: &ExportConfig, s: Signal) -> SignalConfig {
+        match &c.exporter {
+            ExporterKind::Otlp(v) => v.iter().find(|(x, _)| *x == s).unwrap().1.clone(),
+            other => panic!("not otlp: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn console_without_endpoint() {
+        assert_eq!(
+            resolve(ExportFlags::default(), &[]).unwrap().exporter,
+            ExporterKind::Console
+        );
+    }
+
+    #[test]
+    fn standard_environment() {
+        let c = resolve(
+            ExportFlags::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    "http://logs:9999/custom",
+                ),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,X-Tenant=t1"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=t2"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+            ],
+        )
+        .unwrap();
+        let t = otlp(&c, Signal::Traces);
+        assert_eq!(t.url, "http://collector:4318/v1/traces");
+        assert_eq!(t.protocol, Protocol::HttpProtobuf);
+        assert!(t.gzip);
+        assert_eq!(t.timeout, Duration::from_millis(2500));
+        assert!(t.headers.contains(&("api-key".into(), "a b".into())));
+        assert_eq!(otlp(&c, Signal::Logs).url, "http://logs:9999/custom");
+        assert!(otlp(&c, Signal::Metrics)
+            .headers
+            .contains(&("x-tenant".into(), "t2".into())));
+        assert_eq!(c.temporality, Temporality::Delta);
+    }
+
+    #[test]
+    fn grpc_endpoint_is_used_as_is_and_flags_win() {
+        let flags = ExportFlags {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            otlp_protocol: Some("grpc".into()),
+            ..Default::default()
+        };
+        let c = resolve(
+            flags,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:1")],
+        )
+        .unwrap();
+        assert_eq!(otlp(&c, Signal::Metrics).url, "http://127.0.0.1:4317");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = resolve(
+            ExportFlags::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+        );
+        assert!(e.unwrap_err().contains("must start with http://"));
+        let e = resolve(
+            ExportFlags::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:1"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ],
+        );
+        assert!(e.unwrap_err().contains("unknown OTLP protocol `thrift`"));
+        let e = resolve(
+            ExportFlags {
+                exporter: Some("file".into()),
+                ..Default::default()
+            },
+            &[],
+        );
+        assert!(e.unwrap_err().contains("--otlp-file"));
+        let e = resolve(
+            ExportFlags::default(),
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")],
+        );
+        assert!(e.unwrap_err().contains("expected milliseconds"));
+    }
+
+    #[test]
+    fn config_file_unknown_keys_are_errors() {
+        let err = toml::from_str::<FileConfig>("[otlp]\nendpont = \"http://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("endpont"), "{err}");
+        let ok: FileConfig = toml::from_str(
+            "exporter = \"otlp\"\n[otlp]\nendpoint = \"http://x:4317\"\nprotocol = \"grpc\"\n[audit]\nlog_events = [\"open\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.audit.log_events.unwrap(), vec!["open"]);
+    }
+}

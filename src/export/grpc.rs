@@ -1,0 +1,148 @@
+//! OTLP/gRPC through tonic: one lazily connected channel per signal endpoint, gzip when asked,
+//! TLS for https endpoints, headers as metadata.
+use std::str::FromStr;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+use super::config::{Signal, SignalConfig};
+use super::{Payload, SendError};
+
+struct Target {
+    channel: Channel,
+    config: SignalConfig,
+}
+
+pub struct GrpcTransport {
+    traces: Target,
+    metrics: Target,
+    logs: Target,
+}
+
+impl GrpcTransport {
+    /// Must run inside a tokio runtime (the channels connect in background tasks).
+    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<GrpcTransport, String> {
+        let target = |s: Signal| -> Result<Target, String> {
+            let config = signals
+                .iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| format!("no configuration for {}", s.name()))?;
+            let mut endpoint = Endpoint::from_str(&config.url)
+                .map_err(|e| format!("bad OTLP endpoint {}: {e}", config.url))?
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout);
+            if config.url.starts_with("https://") {
+                endpoint = endpoint
+                    .tls_config(ClientTlsConfig::new().with_native_roots())
+                    .map_err(|e| format!("TLS for {}: {e}", config.url))?;
+            }
+            for (k, v) in &config.headers {
+                MetadataKey::<tonic::metadata::Ascii>::from_bytes(k.as_bytes()).map_err(|_| {
+                    format!("OTLP header name `{k}` is not a valid gRPC metadata key")
+                })?;
+                MetadataValue::try_from(v.as_str())
+                    .map_err(|_| format!("OTLP header `{k}` has a value gRPC cannot carry"))?;
+            }
+            Ok(Target {
+                channel: endpoint.connect_lazy(),
+                config,
+            })
+        };
+        Ok(GrpcTransport {
+            traces: target(Signal::Traces)?,
+            metrics: target(Signal::Metrics)?,
+            logs: target(Signal::Logs)?,
+        })
+    }
+
+    pub async fn send(&mut self, payload: &Payload) -> Result<u64, SendError> {
+        match payload {
+            Payload::Traces(r) => {
+                let t = &self.traces;
+                let mut c = TraceServiceClient::new(t.channel.clone());
+                if t.config.gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                let resp = c
+                    .export(request(r.clone(), &t.config))
+                    .await
+                    .map_err(status_error)?;
+                Ok(resp
+                    .into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.rejected_spans.max(0) as u64))
+            }
+            Payload::Metrics(r) => {
+                let t = &self.metrics;
+                let mut c = MetricsServiceClient::new(t.channel.clone());
+                if t.config.gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                let resp = c
+                    .export(request(r.clone(), &t.config))
+                    .await
+                    .map_err(status_error)?;
+                Ok(resp
+                    .into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.rejected_data_points.max(0) as u64))
+            }
+            Payload::Logs(r) => {
+                let t = &self.logs;
+                let mut c = LogsServiceClient::new(t.channel.clone());
+                if t.config.gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                let resp = c
+                    .export(request(r.clone(), &t.config))
+                    .await
+                    .map_err(status_error)?;
+                Ok(resp
+                    .into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.rejected_log_records.max(0) as u64))
+            }
+        }
+    }
+}
+
+fn request<T>(message: T, config: &SignalConfig) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(config.timeout);
+    let md: &mut MetadataMap = req.metadata_mut();
+    for (k, v) in &config.headers {
+        // Validated in `new`.
+        if let (Ok(key), Ok(value)) = (
+            MetadataKey::from_bytes(k.as_bytes()),
+            MetadataValue::try_from(v.as_str()),
+        ) {
+            md.insert(key, value);
+        }
+    }
+    req
+}
+
+/// The OTLP specification's retryable gRPC codes.
+fn status_error(status: tonic::Status) -> SendError {
+    let retryable = matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss
+    );
+    SendError {
+        retryable,
+        message: format!("gRPC {:?}: {}", status.code(), status.message()),
+        retry_after: None,
+    }
+}

@@ -1,0 +1,107 @@
+//! OTLP/HTTP with protobuf bodies through reqwest (rustls with the ring provider), gzip when
+//! asked; 429, 502, 503 and 504 are retried, honouring Retry-After.
+use std::io::Write;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+
+use super::config::{Signal, SignalConfig};
+use super::{Payload, SendError};
+
+pub struct HttpTransport {
+    client: reqwest::Client,
+    signals: Vec<(Signal, SignalConfig)>,
+}
+
+impl HttpTransport {
+    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<HttpTransport, String> {
+        // reqwest is built without a default crypto provider: use ring, as tonic does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(HttpTransport {
+            client,
+            signals: signals.to_vec(),
+        })
+    }
+
+    pub async fn send(&mut self, payload: &Payload) -> Result<u64, SendError> {
+        let signal = payload.signal();
+        let Some((_, config)) = self.signals.iter().find(|(s, _)| *s == signal) else {
+            return Err(fatal(format!("no endpoint for {}", signal.name())));
+        };
+        let body = match payload {
+            Payload::Traces(r) => r.encode_to_vec(),
+            Payload::Metrics(r) => r.encode_to_vec(),
+            Payload::Logs(r) => r.encode_to_vec(),
+        };
+        let mut req = self
+            .client
+            .post(&config.url)
+            .timeout(config.timeout)
+            .header("content-type", "application/x-protobuf");
+        let body = if config.gzip {
+            req = req.header("content-encoding", "gzip");
+            gzip(&body).map_err(|e| fatal(format!("gzip: {e}")))?
+        } else {
+            body
+        };
+        for (k, v) in &config.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.body(body).send().await.map_err(|e| SendError {
+            // Connection refused, reset, timed out: the collector may come back.
+            retryable: true,
+            message: format!("POST {}: {e}", config.url),
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp.bytes().await.unwrap_or_default();
+        if status.is_success() {
+            let rejected = match signal {
+                Signal::Traces => ExportTraceServiceResponse::decode(bytes.as_ref())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_spans),
+                Signal::Metrics => ExportMetricsServiceResponse::decode(bytes.as_ref())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_data_points),
+                Signal::Logs => ExportLogsServiceResponse::decode(bytes.as_ref())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_log_records),
+            };
+            return Ok(rejected.max(0) as u64);
+        }
+        Err(SendError {
+            retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            message: format!("POST {}: HTTP {status}", config.url),
+            retry_after,
+        })
+    }
+}
+
+fn fatal(message: String) -> SendError {
+    SendError {
+        retryable: false,
+        message,
+        retry_after: None,
+    }
+}
+
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data)?;
+    enc.finish()
+}

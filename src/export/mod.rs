@@ -1,0 +1,301 @@
+//! Shipping OTLP requests: a bounded queue to one exporter thread, which sends each batch over
+//! gRPC or HTTP (or writes OTLP/JSON lines) and retries with backoff on transient failures.
+//! Every item is accounted for: exported, rejected/failed, or dropped because the queue was full.
+pub mod config;
+mod file;
+mod grpc;
+mod http;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use config::{ExporterKind, Signal};
+
+/// Batches waiting for the exporter thread; beyond this, new batches are dropped and counted.
+const QUEUE_BATCHES: usize = 64;
+/// Retry budget of one batch while running.
+const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(60);
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub enum Payload {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Payload {
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Traces(_) => Signal::Traces,
+            Payload::Metrics(_) => Signal::Metrics,
+            Payload::Logs(_) => Signal::Logs,
+        }
+    }
+}
+
+/// One request and the number of items (spans, data points, log records) it carries.
+pub struct Batch {
+    pub payload: Payload,
+    pub items: u64,
+}
+
+/// Why a send failed.
+#[derive(Debug)]
+pub struct SendError {
+    /// UNAVAILABLE, 429, 503 …: worth another try.
+    pub retryable: bool,
+    pub message: String,
+    /// A delay the server asked for (Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+/// Per-signal counters of what happened to exported items.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    exported: [AtomicU64; 3],
+    failed: [AtomicU64; 3],
+    dropped: [AtomicU64; 3],
+    retries: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of `ExportStats` at one moment.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExportCounts {
+    /// Accepted by the receiver, per signal (traces, metrics, logs).
+    pub exported: [u64; 3],
+    /// Rejected by the receiver or given up after retries.
+    pub failed: [u64; 3],
+    /// Never sent: the queue to the exporter was full.
+    pub dropped: [u64; 3],
+    pub retries: u64,
+    pub last_error: Option<String>,
+}
+
+fn index(s: Signal) -> usize {
+    match s {
+        Signal::Traces => 0,
+        Signal::Metrics => 1,
+        Signal::Logs => 2,
+    }
+}
+
+impl ExportStats {
+    pub fn counts(&self) -> ExportCounts {
+        let load = |a: &[AtomicU64; 3]| a.each_ref().map(|v| v.load(Ordering::Relaxed));
+        ExportCounts {
+            exported: load(&self.exported),
+            failed: load(&self.failed),
+            dropped: load(&self.dropped),
+            retries: self.retries.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    fn add(field: &[AtomicU64; 3], s: Signal, n: u64) {
+        field[index(s)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn error(&self, message: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(message);
+        }
+    }
+}
+
+/// Where batches go.
+enum Transport {
+    Grpc(Box<grpc::GrpcTransport>),
+    Http(http::HttpTransport),
+    File(file::FileTransport),
+}
+
+impl Transport {
+    /// Sends one batch once; `Ok(rejected)` is the number of items the receiver refused.
+    async fn send(&mut self, payload: &Payload) -> Result<u64, SendError> {
+        match self {
+            Transport::Grpc(t) => t.send(payload).await,
+            Transport::Http(t) => t.send(payload).await,
+            Transport::File(t) => t.send(payload),
+        }
+    }
+}
+
+/// The handle of the exporter thread.
+pub struct Exporter {
+    tx: Option<SyncSender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ExportStats>,
+    /// Set at shutdown: after it, retries stop at `shutdown_deadline`.
+    stopping: Arc<AtomicBool>,
+    shutdown_deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Exporter {
+    /// Starts the exporter thread; `None` for the console exporter (nothing to ship).
+    pub fn start(kind: &ExporterKind) -> Result<Option<Exporter>, String> {
+        let stats = Arc::new(ExportStats::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let shutdown_deadline = Arc::new(Mutex::new(None));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the exporter's runtime: {e}"))?;
+        let transport = match kind {
+            ExporterKind::Console => return Ok(None),
+            ExporterKind::File(path) => Transport::File(file::FileTransport::create(path)?),
+            ExporterKind::Otlp(signals) => {
+                let protocol = signals[0].1.protocol;
+                if signals.iter().any(|(_, c)| c.protocol != protocol) {
+                    return Err(
+                        "mixing grpc and http/protobuf between signals is not supported".into(),
+                    );
+                }
+                match protocol {
+                    config::Protocol::Grpc => {
+                        let _guard = runtime.enter();
+                        Transport::Grpc(Box::new(grpc::GrpcTransport::new(signals)?))
+                    }
+                    config::Protocol::HttpProtobuf => {
+                        Transport::Http(http::HttpTransport::new(signals)?)
+                    }
+                }
+            }
+        };
+        let (tx, rx) = sync_channel(QUEUE_BATCHES);
+        let worker = Worker {
+            rx,
+            transport,
+            stats: Arc::clone(&stats),
+            stopping: Arc::clone(&stopping),
+            shutdown_deadline: Arc::clone(&shutdown_deadline),
+        };
+        let thread = std::thread::Builder::new()
+            .name("pyusdt-export".into())
+            .spawn(move || worker.run(runtime))
+            .map_err(|e| format!("starting the exporter thread: {e}"))?;
+        Ok(Some(Exporter {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+            stopping,
+            shutdown_deadline,
+        }))
+    }
+
+    /// Queues a batch without blocking the event loop; a full queue drops it (counted).
+    pub fn submit(&self, batch: Batch) {
+        let Some(tx) = &self.tx else { return };
+        let signal = batch.payload.signal();
+        let items = batch.items;
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                ExportStats::add(&self.stats.dropped, signal, items)
+            }
+        }
+    }
+
+    pub fn counts(&self) -> ExportCounts {
+        self.stats.counts()
+    }
+
+    /// Sends what is queued, retrying for at most `grace`, then stops the thread.
+    pub fn shutdown(mut self, grace: Duration) -> ExportCounts {
+        if let Ok(mut d) = self.shutdown_deadline.lock() {
+            *d = Some(Instant::now() + grace);
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stats.counts()
+    }
+}
+
+struct Worker {
+    rx: Receiver<Batch>,
+    transport: Transport,
+    stats: Arc<ExportStats>,
+    stopping: Arc<AtomicBool>,
+    shutdown_deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Worker {
+    fn run(mut self, runtime: tokio::runtime::Runtime) {
+        while let Ok(batch) = self.rx.recv() {
+            runtime.block_on(self.deliver(batch));
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+            && self
+                .shutdown_deadline
+                .lock()
+                .ok()
+                .and_then(|d| *d)
+                .is_some_and(|d| Instant::now() >= d)
+    }
+
+    async fn deliver(&mut self, batch: Batch) {
+        let signal = batch.payload.signal();
+        let started = Instant::now();
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            if self.past_deadline() {
+                ExportStats::add(&self.stats.failed, signal, batch.items);
+                self.stats.error(format!(
+                    "{}: shutdown deadline reached before delivery",
+                    signal.name()
+                ));
+                return;
+            }
+            match self.transport.send(&batch.payload).await {
+                Ok(rejected) => {
+                    let rejected = rejected.min(batch.items);
+                    ExportStats::add(&self.stats.exported, signal, batch.items - rejected);
+                    if rejected > 0 {
+                        ExportStats::add(&self.stats.failed, signal, rejected);
+                        self.stats.error(format!(
+                            "{}: receiver rejected {rejected} items",
+                            signal.name()
+                        ));
+                    }
+                    return;
+                }
+                Err(e) if e.retryable && started.elapsed() < MAX_RETRY_ELAPSED => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("{} export failed, retrying: {}", signal.name(), e.message);
+                    let wait = e.retry_after.unwrap_or(backoff).min(MAX_BACKOFF);
+                    self.sleep_unless_past_deadline(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    ExportStats::add(&self.stats.failed, signal, batch.items);
+                    tracing::warn!("{} export failed: {}", signal.name(), e.message);
+                    self.stats
+                        .error(format!("{}: {}", signal.name(), e.message));
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn sleep_unless_past_deadline(&self, wait: Duration) {
+        let step = Duration::from_millis(50);
+        let end = Instant::now() + wait;
+        while Instant::now() < end && !self.past_deadline() {
+            tokio::time::sleep(step.min(end - Instant::now())).await;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Audit events as OpenTelemetry log records (event name `cpython.audit`).
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
+
+use super::attrs;
+use crate::decode::Event;
+use crate::report::clock::Clock;
+
+/// Which audit event names become log records (all are counted in metrics regardless).
+pub struct AuditFilter {
+    globs: GlobSet,
+}
+
+impl AuditFilter {
+    /// Comma-separated globs such as `open,subprocess.*,socket.*`.
+    pub fn parse(list: &str) -> Result<AuditFilter, String> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let glob = Glob::new(pattern)
+                .map_err(|e| format!("bad audit event pattern `{pattern}`: {e}"))?;
+            builder.add(glob);
+        }
+        let globs = builder
+            .build()
+            .map_err(|e| format!("bad audit event patterns `{list}`: {e}"))?;
+        Ok(AuditFilter { globs })
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.globs.is_match(name)
+    }
+}
+
+pub struct LogBuffer {
+    clock: Clock,
+    filter: AuditFilter,
+    max_queue: usize,
+    ready: Vec<(u32, LogRecord)>,
+    /// Records not kept because the queue was full (exporter behind).
+    pub dropped: u64,
+}
+
+impl LogBuffer {
+    pub fn new(clock: Clock, filter: AuditFilter, max_queue: usize) -> LogBuffer {
+        LogBuffer {
+            clock,
+            filter,
+            max_queue,
+            ready: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn record(&mut self, event: &Event<'_>) {
+        let Event::Audit { header, name, .. } = event else {
+            return;
+        };
+        if !self.filter.matches(name) {
+            return;
+        }
+        if self.ready.len() >= self.max_queue {
+            self.dropped += 1;
+            return;
+        }
+        let time = self.clock.unix_nanos(header.end_ns);
+        let record = LogRecord {
+            time_unix_nano: time,
+            observed_time_unix_nano: time,
+            severity_number: SeverityNumber::Info as i32,
+            severity_text: "INFO".into(),
+            event_name: "cpython.audit".into(),
+            body: Some(attrs::any_string(name.as_ref())),
+            attributes: vec![
+                attrs::string(attrs::AUDIT_EVENT, name.as_ref()),
+                attrs::int(attrs::THREAD_ID, i64::from(header.tid)),
+            ],
+            ..Default::default()
+        };
+        self.ready.push((header.pid, record));
+    }
+
+    pub fn take_ready(&mut self) -> Vec<(u32, LogRecord)> {
+        std::mem::take(&mut self.ready)
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let f = AuditFilter::parse("open, subprocess.*").unwrap();
+        assert!(f.matches("open") && f.matches("subprocess.Popen"));
+        assert!(!f.matches("builtins.id") && !f.matches("os.open"));
+        assert!(AuditFilter::parse("*").unwrap().matches("anything.at.all"));
+        assert!(AuditFilter::parse("[").is_err());
+    }
+}

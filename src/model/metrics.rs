@@ -1,0 +1,329 @@
+//! Metrics aggregated in user space per process, exported per interval:
+//! `cpython.gc.collections`, `cpython.gc.collected_objects`, `cpython.gc.duration`,
+//! `cpython.import.duration`, `cpython.audit.events`, and pyusdt's own counters.
+use std::collections::{BTreeMap, HashMap};
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, number_data_point::Value, AggregationTemporality, Gauge, Histogram,
+    HistogramDataPoint, Metric, NumberDataPoint, Sum,
+};
+
+use super::attrs;
+use crate::decode::Event;
+
+/// Bucket bounds in seconds for pauses and import times: 10 µs to 10 s.
+pub const DURATION_BOUNDS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    Cumulative,
+    Delta,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Hist {
+    counts: [u64; DURATION_BOUNDS.len() + 1],
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Hist {
+    fn record(&mut self, seconds: f64) {
+        let i = DURATION_BOUNDS.partition_point(|&b| b < seconds);
+        self.counts[i] += 1;
+        if self.count == 0 || seconds < self.min {
+            self.min = seconds;
+        }
+        if self.count == 0 || seconds > self.max {
+            self.max = seconds;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn point(&self, attributes: Vec<KeyValue>, start: u64, now: u64) -> HistogramDataPoint {
+        HistogramDataPoint {
+            attributes,
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            count: self.count,
+            sum: Some(self.sum),
+            bucket_counts: self.counts.to_vec(),
+            explicit_bounds: DURATION_BOUNDS.to_vec(),
+            min: (self.count > 0).then_some(self.min),
+            max: (self.count > 0).then_some(self.max),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProcessMetrics {
+    /// Start of the current aggregation (first event, or the last delta export).
+    start_ns: u64,
+    gc_collections: BTreeMap<i64, u64>,
+    gc_collected: BTreeMap<i64, i64>,
+    gc_duration: BTreeMap<i64, Hist>,
+    import_duration: BTreeMap<bool, Hist>,
+    audit_events: BTreeMap<String, u64>,
+    /// Something changed since the last export (delta: nothing to send otherwise).
+    dirty: bool,
+}
+
+/// Per-process aggregates, turned into OTLP metrics on `collect`.
+pub struct MetricsAggregator {
+    temporality: Temporality,
+    processes: HashMap<u32, ProcessMetrics>,
+}
+
+impl MetricsAggregator {
+    pub fn new(temporality: Temporality) -> MetricsAggregator {
+        MetricsAggregator {
+            temporality,
+            processes: HashMap::new(),
+        }
+    }
+
+    /// `now_unix_ns`: the event's end in wall-clock time.
+    pub fn record(&mut self, event: &Event<'_>, now_unix_ns: u64) {
+        let h = event.header();
+        let p = self
+            .processes
+            .entry(h.pid)
+            .or_insert_with(|| ProcessMetrics {
+                start_ns: now_unix_ns,
+                ..Default::default()
+            });
+        p.dirty = true;
+        match event {
+            Event::Gc {
+                generation,
+                collected,
+                ..
+            } => {
+                // A collection whose start was not seen has no generation: -1 keeps it counted.
+                let g = generation.map_or(-1, i64::from);
+                *p.gc_collections.entry(g).or_default() += 1;
+                *p.gc_collected.entry(g).or_default() += collected;
+                if let Some(ns) = h.duration_ns() {
+                    p.gc_duration.entry(g).or_default().record(ns as f64 / 1e9);
+                }
+            }
+            Event::Import { found, .. } => {
+                if let Some(ns) = h.duration_ns() {
+                    p.import_duration
+                        .entry(*found)
+                        .or_default()
+                        .record(ns as f64 / 1e9);
+                }
+            }
+            Event::Audit { name, .. } => match p.audit_events.get_mut(name.as_ref()) {
+                Some(n) => *n += 1,
+                None => {
+                    p.audit_events.insert(name.to_string(), 1);
+                }
+            },
+        }
+    }
+
+    /// The metrics of every process with something to report, by PID. Delta temporality
+    /// resets the aggregates.
+    pub fn collect(&mut self, now: u64) -> Vec<(u32, Vec<Metric>)> {
+        let temporality = self.temporality;
+        let mut out = Vec::new();
+        for (pid, p) in &mut self.processes {
+            if temporality == Temporality::Delta && !p.dirty {
+                continue;
+            }
+            out.push((*pid, process_metrics(p, temporality, now)));
+            p.dirty = false;
+            if temporality == Temporality::Delta {
+                *p = ProcessMetrics {
+                    start_ns: now,
+                    ..Default::default()
+                };
+            }
+        }
+        out.sort_by_key(|(pid, _)| *pid);
+        out
+    }
+
+    /// Drops a process that exited, after its last values were collected.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+}
+
+fn temporality_code(t: Temporality) -> i32 {
+    match t {
+        Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
+        Temporality::Delta => AggregationTemporality::Delta as i32,
+    }
+}
+
+fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> {
+    let gen = |g: i64| vec![attrs::int(attrs::GC_GENERATION, g)];
+    let mut metrics = Vec::new();
+    if !p.gc_collections.is_empty() {
+        metrics.push(counter(
+            "cpython.gc.collections",
+            "Garbage collections (gc__start/gc__done pairs and lone gc__done).",
+            "{collection}",
+            t,
+            p.gc_collections
+                .iter()
+                .map(|(g, n)| int_point(gen(*g), *n as i64, p.start_ns, now))
+                .collect(),
+        ));
+        metrics.push(counter(
+            "cpython.gc.collected_objects",
+            "Objects freed by collections: gc__done reports collected + uncollectable.",
+            "{object}",
+            t,
+            p.gc_collected
+                .iter()
+                .map(|(g, n)| int_point(gen(*g), *n, p.start_ns, now))
+                .collect(),
+        ));
+    }
+    if !p.gc_duration.is_empty() {
+        metrics.push(histogram(
+            "cpython.gc.duration",
+            "Duration of garbage collections: the pause of the collecting thread.",
+            t,
+            p.gc_duration
+                .iter()
+                .map(|(g, h)| h.point(gen(*g), p.start_ns, now))
+                .collect(),
+        ));
+    }
+    if !p.import_duration.is_empty() {
+        metrics.push(histogram(
+            "cpython.import.duration",
+            "Duration of module imports through the C import path.",
+            t,
+            p.import_duration
+                .iter()
+                .map(|(found, h)| {
+                    h.point(
+                        vec![attrs::boolean(attrs::IMPORT_FOUND, *found)],
+                        p.start_ns,
+                        now,
+                    )
+                })
+                .collect(),
+        ));
+    }
+    if !p.audit_events.is_empty() {
+        metrics.push(counter(
+            "cpython.audit.events",
+            "Audit events raised (sys.audit and the interpreter's own).",
+            "{event}",
+            t,
+            p.audit_events
+                .iter()
+                .map(|(name, n)| {
+                    int_point(
+                        vec![attrs::string(attrs::AUDIT_EVENT, name.clone())],
+                        *n as i64,
+                        p.start_ns,
+                        now,
+                    )
+                })
+                .collect(),
+        ));
+    }
+    metrics
+}
+
+pub fn int_point(attributes: Vec<KeyValue>, value: i64, start: u64, now: u64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(Value::AsInt(value)),
+        ..Default::default()
+    }
+}
+
+pub fn counter(
+    name: &str,
+    description: &str,
+    unit: &str,
+    t: Temporality,
+    data_points: Vec<NumberDataPoint>,
+) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(Data::Sum(Sum {
+            data_points,
+            aggregation_temporality: temporality_code(t),
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn gauge(
+    name: &str,
+    description: &str,
+    unit: &str,
+    data_points: Vec<NumberDataPoint>,
+) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(Data::Gauge(Gauge { data_points })),
+        ..Default::default()
+    }
+}
+
+fn histogram(
+    name: &str,
+    description: &str,
+    t: Temporality,
+    data_points: Vec<HistogramDataPoint>,
+) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: "s".into(),
+        data: Some(Data::Histogram(Histogram {
+            data_points,
+            aggregation_temporality: temporality_code(t),
+        })),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        let mut h = Hist::default();
+        for s in [0.000_005, 0.000_01, 0.000_011, 20.0] {
+            h.record(s);
+        }
+        // upper bounds are inclusive: 10 µs falls in the first bucket
+        assert_eq!(h.counts[0], 2);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[DURATION_BOUNDS.len()], 1);
+        assert_eq!(h.count, 4);
+        assert_eq!(h.max, 20.0);
+    }
+}

@@ -1,0 +1,20 @@
+//! The telemetry model: decoded events → OpenTelemetry spans, metrics and log records, under
+//! one OTLP resource per traced process (built as OTLP messages, as the Collector does, since
+//! the SDK's one-resource-per-provider does not fit an agent that speaks for many processes).
+pub mod attrs;
+pub mod ids;
+pub mod logs;
+pub mod metrics;
+pub mod resource;
+pub mod spans;
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+
+/// The instrumentation scope of everything pyusdt reports.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "pyusdt".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,287 @@
+//! One OTLP resource per traced process: `service.name` from the process's own
+//! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (read from /proc/PID/environ), process and
+//! runtime attributes, and the host.
+use std::collections::HashMap;
+use std::path::Path;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use super::attrs;
+
+/// What pyusdt knows of a process when it first sees one of its events.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    /// Environment variables of the process that matter here.
+    pub service_name: Option<String>,
+    pub resource_attributes: Option<String>,
+    pub executable_path: Option<String>,
+    pub command_line: Option<String>,
+    /// CPython version of the interpreter file it runs, when known.
+    pub runtime_version: Option<String>,
+}
+
+impl ProcessFacts {
+    /// Reads /proc/PID (environ, exe, cmdline). A process that already exited yields only its PID.
+    pub fn read(pid: u32) -> ProcessFacts {
+        let mut facts = ProcessFacts {
+            pid,
+            ..Default::default()
+        };
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            facts.set_environment(environ.split(|&b| b == 0).filter_map(|kv| {
+                let kv = std::str::from_utf8(kv).ok()?;
+                kv.split_once('=')
+            }));
+        }
+        facts.executable_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        facts.command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        facts
+    }
+
+    pub fn set_environment<'a>(&mut self, vars: impl Iterator<Item = (&'a str, &'a str)>) {
+        for (k, v) in vars {
+            match k {
+                "OTEL_SERVICE_NAME" if !v.is_empty() => self.service_name = Some(v.into()),
+                "OTEL_RESOURCE_ATTRIBUTES" if !v.is_empty() => {
+                    self.resource_attributes = Some(v.into())
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Builds the resource of a process. `with_command_line`: `process.command_line` is opt-in
+/// (command lines can carry secrets).
+pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> Resource {
+    let mut attributes: Vec<KeyValue> = Vec::new();
+    // OTEL_RESOURCE_ATTRIBUTES first: explicit attributes below override its duplicates.
+    let mut from_env: Vec<(String, String)> = facts
+        .resource_attributes
+        .as_deref()
+        .map(parse_resource_attributes)
+        .unwrap_or_default();
+    let exe_name = facts
+        .executable_path
+        .as_deref()
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let service_name = facts
+        .service_name
+        .clone()
+        .or_else(|| {
+            from_env
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| match &exe_name {
+            Some(n) => format!("unknown_service:{n}"),
+            None => "unknown_service".into(),
+        });
+    from_env.retain(|(k, _)| k != "service.name");
+    attributes.push(attrs::string("service.name", service_name));
+    attributes.push(attrs::int("process.pid", i64::from(facts.pid)));
+    if let Some(path) = &facts.executable_path {
+        attributes.push(attrs::string("process.executable.path", path.clone()));
+    }
+    if let Some(name) = exe_name {
+        attributes.push(attrs::string("process.executable.name", name));
+    }
+    attributes.push(attrs::string("process.runtime.name", "cpython"));
+    if let Some(v) = &facts.runtime_version {
+        attributes.push(attrs::string("process.runtime.version", v.clone()));
+    }
+    if !host_name.is_empty() {
+        attributes.push(attrs::string("host.name", host_name));
+    }
+    if with_command_line {
+        if let Some(c) = &facts.command_line {
+            attributes.push(attrs::string("process.command_line", c.clone()));
+        }
+    }
+    let explicit: Vec<String> = attributes.iter().map(|kv| kv.key.clone()).collect();
+    for (k, v) in from_env {
+        if !explicit.contains(&k) {
+            attributes.push(attrs::string(&k, v));
+        }
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// The resource pyusdt reports its own telemetry under.
+pub fn own(host_name: &str) -> Resource {
+    let mut attributes = vec![
+        attrs::string("service.name", "pyusdt"),
+        attrs::string("service.version", env!("CARGO_PKG_VERSION")),
+        attrs::int("process.pid", i64::from(std::process::id())),
+    ];
+    if !host_name.is_empty() {
+        attributes.push(attrs::string("host.name", host_name));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// `key1=value1,key2=value2` with percent-encoded values (the OTEL_RESOURCE_ATTRIBUTES format).
+/// Malformed entries are skipped, as the specification asks.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This host's name, as `host.name` wants it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Resources of the processes seen so far, read once per process.
+pub struct Resources {
+    by_pid: HashMap<u32, Resource>,
+    host_name: String,
+    with_command_line: bool,
+    /// Finds the CPython version of a process (from the interpreter files it maps).
+    runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+}
+
+impl Resources {
+    pub fn new(
+        with_command_line: bool,
+        runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+    ) -> Resources {
+        Resources {
+            by_pid: HashMap::new(),
+            host_name: host_name(),
+            with_command_line,
+            runtime_version,
+        }
+    }
+
+    /// Records what is known of a process before its first event (`run`'s command).
+    pub fn seed(&mut self, facts: ProcessFacts) {
+        let r = build(&facts, &self.host_name, self.with_command_line);
+        self.by_pid.insert(facts.pid, r);
+    }
+
+    pub fn get(&mut self, pid: u32) -> &Resource {
+        let Resources {
+            by_pid,
+            host_name,
+            with_command_line,
+            runtime_version,
+        } = self;
+        by_pid.entry(pid).or_insert_with(|| {
+            let mut facts = ProcessFacts::read(pid);
+            facts.runtime_version = runtime_version(pid);
+            build(&facts, host_name, *with_command_line)
+        })
+    }
+
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// Forgets a process that exited (its PID may be reused).
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
+        r.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+            match kv.value.as_ref()?.value.as_ref()? {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
+                    Some(s.as_str())
+                }
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let mut f = ProcessFacts {
+            pid: 7,
+            executable_path: Some("/usr/bin/python3.11".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&build(&f, "h", false), "service.name"),
+            Some("unknown_service:python3.11")
+        );
+        f.resource_attributes =
+            Some("service.name=from-attrs,deployment.environment=prod%20eu".into());
+        let r = build(&f, "h", false);
+        assert_eq!(get(&r, "service.name"), Some("from-attrs"));
+        assert_eq!(get(&r, "deployment.environment"), Some("prod eu"));
+        f.service_name = Some("checkout".into());
+        let r = build(&f, "h", false);
+        assert_eq!(get(&r, "service.name"), Some("checkout"));
+        assert_eq!(
+            r.attributes
+                .iter()
+                .filter(|kv| kv.key == "service.name")
+                .count(),
+            1
+        );
+        assert_eq!(get(&r, "process.command_line"), None);
+    }
+
+    #[test]
+    fn resource_attribute_parsing_skips_malformed() {
+        let v = parse_resource_attributes("a=1,broken,=x, b = 2%2C3 ,c=%zz");
+        assert_eq!(
+            v,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2,3".into()),
+                ("c".into(), "%zz".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! GC and import spans with parent/child per thread.
+//!
+//! Events arrive when they end, children before their parents, each with the number of
+//! imports in progress on its thread (`import_depth`). An event at depth d > 0 belongs to the
+//! import that will end at depth d − 1 on the same thread, so completed subtrees wait in
+//! `pending[d − 1]` until that import ends; a subtree whose root ends at depth 0 gets its trace
+//! ID and is ready to export. Subtrees whose parent can no longer come (its end was lost, the
+//! thread exited mid-import) are released as roots and counted as orphans.
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span, Status};
+
+use super::attrs;
+use super::ids::IdGenerator;
+use crate::decode::Event;
+use crate::report::clock::Clock;
+
+/// A completed span and its descendants, the subtree root first.
+type Subtree = Vec<Span>;
+
+#[derive(Default)]
+struct ThreadState {
+    /// `pending[level]`: subtrees waiting for the import that ends at depth `level`.
+    pending: Vec<Vec<Subtree>>,
+    /// When this thread last produced a span (CLOCK_MONOTONIC ns).
+    last_ns: u64,
+}
+
+impl ThreadState {
+    fn pending_len(&self) -> usize {
+        self.pending.iter().flatten().map(Vec::len).sum()
+    }
+
+    /// The subtrees waiting at `level` or deeper, taken out.
+    fn take_from(&mut self, level: usize) -> Vec<Vec<Subtree>> {
+        if level >= self.pending.len() {
+            return Vec::new();
+        }
+        self.pending.drain(level..).collect()
+    }
+}
+
+pub struct SpanAssembler {
+    ids: IdGenerator,
+    clock: Clock,
+    threads: HashMap<(u32, u32), ThreadState>,
+    /// Spans ready for export, with the PID whose resource they belong under.
+    ready: Vec<(u32, Span)>,
+    /// Subtrees released without their parent (lost end, exited thread, pairing bound).
+    pub orphaned: u64,
+    /// Events without a span: their start was not seen, so they have no duration.
+    pub without_start: u64,
+}
+
+/// A thread holding more waiting spans than this releases them (bounded memory).
+const MAX_PENDING_PER_THREAD: usize = 4096;
+
+impl SpanAssembler {
+    pub fn new(clock: Clock) -> SpanAssembler {
+        SpanAssembler {
+            ids: IdGenerator::new(),
+            clock,
+            threads: HashMap::new(),
+            ready: Vec::new(),
+            orphaned: 0,
+            without_start: 0,
+        }
+    }
+
+    /// Takes a GC or import event (audit events have no span).
+    pub fn record(&mut self, event: &Event<'_>) {
+        if matches!(event, Event::Audit { .. }) {
+            return;
+        }
+        let h = *event.header();
+        let depth = usize::from(h.import_depth);
+        let is_import = matches!(event, Event::Import { .. });
+        let state = self.threads.entry((h.pid, h.tid)).or_default();
+        state.last_ns = h.end_ns;
+        // An import ending at `depth` is the parent of what waits at `depth`; whatever waits
+        // deeper had a parent in between that never ended.
+        let mut waiting = if is_import {
+            state.take_from(depth)
+        } else {
+            Vec::new()
+        };
+        let children = if waiting.is_empty() {
+            Vec::new()
+        } else {
+            waiting.remove(0)
+        };
+        let orphans: Vec<Subtree> = waiting.into_iter().flatten().collect();
+        self.release(h.pid, orphans, true);
+
+        let Some(span) = self.span_of(event) else {
+            self.without_start += 1;
+            self.release(h.pid, children, true);
+            return;
+        };
+        let mut subtree = Vec::with_capacity(1 + children.iter().map(Vec::len).sum::<usize>());
+        let parent_id = span.span_id.clone();
+        subtree.push(span);
+        for mut child in children {
+            child[0].parent_span_id = parent_id.clone();
+            subtree.append(&mut child);
+        }
+        if depth == 0 {
+            self.release(h.pid, vec![subtree], false);
+            return;
+        }
+        let state = self.threads.entry((h.pid, h.tid)).or_default();
+        let level = depth - 1;
+        if state.pending.len() <= level {
+            state.pending.resize_with(level + 1, Vec::new);
+        }
+        state.pending[level].push(subtree);
+        if state.pending_len() > MAX_PENDING_PER_THREAD {
+            let all = state.take_from(0).into_iter().flatten().collect();
+            self.release(h.pid, all, true);
+        }
+    }
+
+    /// Gives each subtree a trace ID and makes it ready; `orphans` are counted as such.
+    fn release(&mut self, pid: u32, subtrees: Vec<Subtree>, orphans: bool) {
+        for subtree in subtrees {
+            if orphans {
+                self.orphaned += 1;
+            }
+            let trace_id = self.ids.trace_id();
+            for mut span in subtree {
+                span.trace_id = trace_id.clone();
+                self.ready.push((pid, span));
+            }
+        }
+    }
+
+    /// Releases subtrees of threads idle for longer than `idle_ns` (their parent's end was
+    /// lost or the process is gone), or of every thread when `idle_ns` is 0 (shutdown).
+    pub fn release_stale(&mut self, now_ns: u64, idle_ns: u64) {
+        let stale: Vec<(u32, u32)> = self
+            .threads
+            .iter()
+            .filter(|(_, s)| idle_ns == 0 || now_ns.saturating_sub(s.last_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(mut state) = self.threads.remove(&key) {
+                let all = state.take_from(0).into_iter().flatten().collect();
+                self.release(key.0, all, true);
+            }
+        }
+    }
+
+    /// Spans ready for export (drained).
+    pub fn take_ready(&mut self) -> Vec<(u32, Span)> {
+        std::mem::take(&mut self.ready)
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn span_of(&self, event: &Event<'_>) -> Option<Span> {
+        let h = event.header();
+        let start = h.start_ns?;
+        let mut span = Span {
+            span_id: self.ids.span_id(),
+            kind: SpanKind::Internal as i32,
+            start_time_unix_nano: self.clock.unix_nanos(start),
+            end_time_unix_nano: self.clock.unix_nanos(h.end_ns),
+            ..Default::default()
+        };
+        match event {
+            Event::Gc {
+                generation,
+                collected,
+                ..
+            } => {
+                span.name = "gc.collect".into();
+                span.attributes = vec![
+                    attrs::int(attrs::GC_GENERATION, i64::from((*generation)?)),
+                    attrs::int(attrs::GC_COLLECTED_OBJECTS, *collected),
+                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
+                ];
+            }
+            Event::Import { module, found, .. } => {
+                span.name = format!("import {module}");
+                span.attributes = vec![
+                    attrs::string(attrs::IMPORT_MODULE, module.as_ref()),
+                    attrs::boolean(attrs::IMPORT_FOUND, *found),
+                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
+                ];
+                if !found {
+                    span.status = Some(Status {
+                        code: StatusCode::Error as i32,
+                        message: "module not found (the import raised)".into(),
+                    });
+                }
+            }
+            Event::Audit { .. } => return None,
+        }
+        Some(span)
+    }
+}

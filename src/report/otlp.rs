@@ -1,0 +1,317 @@
+//! The OpenTelemetry sink: events → spans, metrics and log records (src/model), batched per
+//! the OTel batch settings and handed to the exporter thread (src/export).
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+use super::clock::Clock;
+use crate::decode::Event;
+use crate::export::config::{ExportConfig, ExporterKind};
+use crate::export::{Batch, ExportCounts, Exporter, Payload};
+use crate::model::logs::{AuditFilter, LogBuffer};
+use crate::model::metrics::{counter, gauge, int_point, MetricsAggregator, Temporality};
+use crate::model::resource::{self, ProcessFacts, Resources};
+use crate::model::spans::SpanAssembler;
+use crate::model::{attrs, scope};
+
+/// A thread whose spans wait this long for their parent's end releases them as roots.
+const STALE_PARENT: Duration = Duration::from_secs(30);
+
+/// pyusdt's own state, reported as its self-telemetry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnStats {
+    /// Events received per marker (gc, import, audit).
+    pub received: [u64; 3],
+    /// Events lost in the kernel (ring buffer full) per marker.
+    pub dropped: [u64; 3],
+    /// Files that could not be attached.
+    pub attach_failures: u64,
+}
+
+pub struct OtlpSink {
+    clock: Clock,
+    config: ExportConfig,
+    resources: Resources,
+    spans: SpanAssembler,
+    metrics: MetricsAggregator,
+    logs: LogBuffer,
+    exporter: Exporter,
+    last_batch: Instant,
+    last_metrics: Instant,
+    started_unix_ns: u64,
+}
+
+impl OtlpSink {
+    /// `None` for the console exporter. `runtime_version` tells the CPython version a process runs.
+    pub fn new(
+        config: ExportConfig,
+        clock: Clock,
+        runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+    ) -> Result<Option<OtlpSink>, String> {
+        if config.exporter == ExporterKind::Console {
+            return Ok(None);
+        }
+        let Some(exporter) = Exporter::start(&config.exporter)? else {
+            return Ok(None);
+        };
+        let filter = AuditFilter::parse(&config.audit_log_events)?;
+        Ok(Some(OtlpSink {
+            clock,
+            resources: Resources::new(config.resource_command_line, runtime_version),
+            spans: SpanAssembler::new(clock),
+            metrics: MetricsAggregator::new(config.temporality),
+            logs: LogBuffer::new(clock, filter, config.max_queue_size),
+            exporter,
+            last_batch: Instant::now(),
+            last_metrics: Instant::now(),
+            started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+            config,
+        }))
+    }
+
+    /// What is known of a process before its first event (`run`'s command).
+    pub fn seed_process(&mut self, facts: ProcessFacts) {
+        self.resources.seed(facts);
+    }
+
+    pub fn record(&mut self, event: &Event<'_>) {
+        self.spans.record(event);
+        self.metrics
+            .record(event, self.clock.unix_nanos(event.header().end_ns));
+        self.logs.record(event);
+        // Bounded memory: a full queue is shipped now rather than grown.
+        if self.spans.ready_len() >= self.config.max_queue_size
+            || self.logs.ready_len() >= self.config.max_queue_size
+        {
+            self.ship_spans_and_logs();
+        }
+    }
+
+    /// Called between ring-buffer polls: ships batches and metrics when due.
+    pub fn tick(&mut self, own: &dyn Fn() -> OwnStats) {
+        let full = self.config.max_export_batch_size;
+        if self.last_batch.elapsed() >= self.config.schedule_delay
+            || self.spans.ready_len() >= full
+            || self.logs.ready_len() >= full
+        {
+            self.spans
+                .release_stale(super::clock::monotonic_ns(), STALE_PARENT.as_nanos() as u64);
+            self.ship_spans_and_logs();
+        }
+        if self.last_metrics.elapsed() >= self.config.metric_interval {
+            self.ship_metrics(&own());
+        }
+    }
+
+    /// Ships everything (spans still waiting for a parent become roots) and stops the
+    /// exporter after at most `grace` of retries.
+    pub fn finish(mut self, own: &OwnStats, grace: Duration) -> (ExportCounts, u64) {
+        self.spans.release_stale(0, 0);
+        self.ship_spans_and_logs();
+        self.ship_metrics(own);
+        let orphaned = self.spans.orphaned;
+        (self.exporter.shutdown(grace), orphaned)
+    }
+
+    fn ship_spans_and_logs(&mut self) {
+        self.last_batch = Instant::now();
+        let batch = self.config.max_export_batch_size;
+        let spans = self.spans.take_ready();
+        for chunk in spans.chunks(batch) {
+            let request = ExportTraceServiceRequest {
+                resource_spans: by_pid(chunk)
+                    .into_iter()
+                    .map(|(pid, spans)| ResourceSpans {
+                        resource: Some(self.resources.get(pid).clone()),
+                        scope_spans: vec![ScopeSpans {
+                            scope: Some(scope()),
+                            spans,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            self.exporter.submit(Batch {
+                payload: Payload::Traces(request),
+                items: chunk.len() as u64,
+            });
+        }
+        let logs = self.logs.take_ready();
+        for chunk in logs.chunks(batch) {
+            let request = ExportLogsServiceRequest {
+                resource_logs: by_pid::<LogRecord>(chunk)
+                    .into_iter()
+                    .map(|(pid, log_records)| ResourceLogs {
+                        resource: Some(self.resources.get(pid).clone()),
+                        scope_logs: vec![ScopeLogs {
+                            scope: Some(scope()),
+                            log_records,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            self.exporter.submit(Batch {
+                payload: Payload::Logs(request),
+                items: chunk.len() as u64,
+            });
+        }
+    }
+
+    fn ship_metrics(&mut self, own: &OwnStats) {
+        self.last_metrics = Instant::now();
+        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let mut resource_metrics = Vec::new();
+        let mut points = 0u64;
+        let per_process = self.metrics.collect(now);
+        for (pid, metrics) in per_process {
+            points += count_points(&metrics);
+            resource_metrics.push(ResourceMetrics {
+                resource: Some(self.resources.get(pid).clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let own_metrics = self.own_metrics(own, now);
+        points += count_points(&own_metrics);
+        resource_metrics.push(ResourceMetrics {
+            resource: Some(resource::own(self.resources.host_name())),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: own_metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        self.exporter.submit(Batch {
+            payload: Payload::Metrics(ExportMetricsServiceRequest { resource_metrics }),
+            items: points,
+        });
+        // Processes gone since: their last values are in this export; forget them.
+        for pid in self.metrics.pids() {
+            if !crate::discover::process::is_alive(pid) {
+                self.metrics.forget(pid);
+                self.resources.forget(pid);
+            }
+        }
+    }
+
+    /// Cumulative counters of pyusdt itself, under its own resource.
+    fn own_metrics(&self, own: &OwnStats, now: u64) -> Vec<Metric> {
+        let start = self.started_unix_ns;
+        let c = Temporality::Cumulative;
+        let markers = ["gc", "import", "audit"];
+        let by_marker = |values: [u64; 3]| -> Vec<_> {
+            markers
+                .iter()
+                .zip(values)
+                .map(|(m, v)| {
+                    int_point(
+                        vec![attrs::string("cpython.marker", *m)],
+                        v as i64,
+                        start,
+                        now,
+                    )
+                })
+                .collect()
+        };
+        let counts = self.exporter.counts();
+        let mut export_points = Vec::new();
+        for (i, signal) in ["traces", "metrics", "logs"].iter().enumerate() {
+            for (outcome, v) in [
+                ("exported", counts.exported[i]),
+                ("failed", counts.failed[i]),
+                ("dropped", counts.dropped[i]),
+            ] {
+                let a: Vec<KeyValue> = vec![
+                    attrs::string("otel.signal", *signal),
+                    attrs::string("outcome", outcome),
+                ];
+                export_points.push(int_point(a, v as i64, start, now));
+            }
+        }
+        vec![
+            counter(
+                "pyusdt.events.received",
+                "Events read from the ring buffer.",
+                "{event}",
+                c,
+                by_marker(own.received),
+            ),
+            counter(
+                "pyusdt.events.dropped",
+                "Events lost in the kernel because the ring buffer was full.",
+                "{event}",
+                c,
+                by_marker(own.dropped),
+            ),
+            counter(
+                "pyusdt.export.items",
+                "Spans, metric points and log records by outcome.",
+                "{item}",
+                c,
+                export_points,
+            ),
+            counter(
+                "pyusdt.attach.failures",
+                "Interpreter files that could not be attached.",
+                "{file}",
+                c,
+                vec![int_point(vec![], own.attach_failures as i64, start, now)],
+            ),
+            counter(
+                "pyusdt.spans.orphaned",
+                "Span subtrees exported without their parent (its end was lost).",
+                "{span}",
+                c,
+                vec![int_point(vec![], self.spans.orphaned as i64, start, now)],
+            ),
+            gauge(
+                "pyusdt.processes.traced",
+                "Processes with metrics in this export.",
+                "{process}",
+                vec![int_point(
+                    vec![],
+                    self.metrics.pids().len() as i64,
+                    start,
+                    now,
+                )],
+            ),
+        ]
+    }
+}
+
+/// Groups items by PID, keeping their order within a process.
+fn by_pid<T: Clone>(items: &[(u32, T)]) -> BTreeMap<u32, Vec<T>> {
+    let mut map: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+    for (pid, item) in items {
+        map.entry(*pid).or_default().push(item.clone());
+    }
+    map
+}
+
+fn count_points(metrics: &[Metric]) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    metrics
+        .iter()
+        .map(|m| match &m.data {
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            _ => 0,
+        } as u64)
+        .sum()
+}
