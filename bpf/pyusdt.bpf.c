@@ -29,6 +29,7 @@ __u32 runner_first_child = 0;
 struct gc_event _gc_event = {};
 struct import_event _import_event = {};
 struct audit_event _audit_event = {};
+struct process_event _process_event = {};
 enum marker _marker = MARKER_GC;
 enum stat _stat = STAT_DROP_GC;
 
@@ -87,10 +88,28 @@ struct {
 	__type(value, struct import_stack);
 } import_stack_zero SEC(".maps");
 
-/* Minimal CO-RE view of the kernel's task_struct: relocated against the running kernel. */
+/* Processes that have sent an event. The first event of a process wakes user space at once,
+ * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
+ * exists: a short-lived process could otherwise be gone before a batched wakeup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} seen_tgids SEC(".maps");
+
+/* Minimal CO-RE views of kernel types: relocated against the running kernel's BTF. */
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+	unsigned long env_start;
+	unsigned long env_end;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
+	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
 
 static __always_inline void count(__u32 stat)
@@ -132,6 +151,44 @@ static __always_inline __u32 imports_in_progress(__u32 tid)
 	return st ? st->depth : 0;
 }
 
+/* Copies `len` bytes (capped) of user memory; returns the bytes copied, 0 on failure. */
+static __always_inline __u32 copy_user(char *dst, __u32 cap, unsigned long start,
+				       unsigned long end)
+{
+	if (end <= start)
+		return 0;
+	__u64 len = end - start;
+	if (len > cap)
+		len = cap;
+	/* The mask keeps the verifier's bound (cap is a power of two). */
+	len &= (cap - 1) | cap;
+	if (len == 0 || bpf_probe_read_user(dst, len, (void *)start) < 0)
+		return 0;
+	return len;
+}
+
+/* At a process's first event: describe it and wake user space at once. */
+static __always_inline void note_process(__u64 id, __u64 now)
+{
+	__u32 tgid = id >> 32;
+	if (bpf_map_lookup_elem(&seen_tgids, &tgid))
+		return;
+	__u8 one = 1;
+	bpf_map_update_elem(&seen_tgids, &tgid, &one, BPF_ANY);
+	struct process_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return; /* user space falls back to /proc/PID */
+	fill_header(&e->h, id, MARKER_PROCESS, now, now, 0);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	e->args_len = copy_user(e->args, ARGS_LEN, BPF_CORE_READ(mm, arg_start),
+				BPF_CORE_READ(mm, arg_end));
+	e->env_len = copy_user(e->env, ENV_LEN, BPF_CORE_READ(mm, env_start),
+			       BPF_CORE_READ(mm, env_end));
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 SEC("usdt")
 int BPF_USDT(gc_start, int generation)
 {
@@ -163,6 +220,7 @@ int BPF_USDT(gc_done, long collected)
 		generation = s->generation;
 		bpf_map_delete_elem(&gc_starts, &tid);
 	}
+	note_process(id, now);
 	struct gc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_GC);
@@ -220,6 +278,7 @@ int BPF_USDT(import_done, const char *module, int found)
 			start = st->ts[depth];
 		st->depth = depth;
 	}
+	note_process(id, now);
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_IMPORT);
@@ -242,6 +301,7 @@ int BPF_USDT(audit, const char *event, void *args)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
+	note_process(id, now);
 	struct audit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_AUDIT);
@@ -302,7 +362,10 @@ int forget_exited(void *ctx)
 	__u32 tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
 	bpf_map_delete_elem(&import_stacks, &tid);
-	if (filter_tgid && tid == tgid)
-		bpf_map_delete_elem(&traced, &tgid);
+	if (tid == tgid) {
+		bpf_map_delete_elem(&seen_tgids, &tgid);
+		if (filter_tgid)
+			bpf_map_delete_elem(&traced, &tgid);
+	}
 	return 0;
 }

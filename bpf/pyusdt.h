@@ -9,11 +9,17 @@
 /* Nested imports tracked per thread; deeper ones are counted, not paired. */
 #define IMPORT_STACK_DEPTH 32
 
+/* Bounded copies of a process's command line and environment (its first event only). */
+#define ARGS_LEN 1024
+#define ENV_LEN 16384
+
 enum marker {
 	MARKER_GC = 0,
 	MARKER_IMPORT = 1,
 	MARKER_AUDIT = 2,
 	MARKER_COUNT = 3,
+	/* Not a CPython marker: the description of a process, sent before its first event. */
+	MARKER_PROCESS = 4,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -56,6 +62,17 @@ struct audit_event {
 	struct event_header h;
 	__s64 nargs; /* size of the argument tuple */
 	char name[AUDIT_NAME_LEN];
+};
+
+/* Read from the process's own memory at its first event, so that a process that exits
+ * before user space gets to /proc/PID is still described (service name, command line). */
+struct process_event {
+	struct event_header h;
+	__u32 args_len; /* bytes of `args` filled (NUL-separated argv), 0 when unreadable */
+	__u32 env_len;  /* bytes of `env` filled (NUL-separated KEY=VALUE), 0 when unreadable */
+	char comm[16];
+	char args[ARGS_LEN];
+	char env[ENV_LEN];
 };
 
 #endif /* __PYUSDT_H */

@@ -1,7 +1,7 @@
 //! Decodes ring-buffer records (layouts of bpf/pyusdt.h) into borrowed, typed events.
 use std::borrow::Cow;
 
-use crate::bpf::{self, audit_event, event_header, gc_event, import_event};
+use crate::bpf::{self, audit_event, event_header, gc_event, import_event, process_event};
 
 /// What every event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,44 @@ pub enum Event<'a> {
     },
 }
 
+/// Sent before a process's first event: its description, read from its own memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord<'a> {
+    pub pid: u32,
+    pub comm: Cow<'a, str>,
+    /// NUL-separated argv (empty when it could not be read).
+    pub args: &'a [u8],
+    /// NUL-separated `KEY=VALUE` environment (empty when it could not be read).
+    pub env: &'a [u8],
+}
+
+impl ProcessRecord<'_> {
+    /// The command line, arguments joined by spaces.
+    pub fn command_line(&self) -> Option<String> {
+        let words: Vec<_> = self
+            .args
+            .split(|&b| b == 0)
+            .filter(|w| !w.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect();
+        (!words.is_empty()).then(|| words.join(" "))
+    }
+
+    /// `KEY=VALUE` pairs of the environment.
+    pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+    }
+}
+
+/// A ring-buffer record: a marker's event, or a process description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Event(Event<'a>),
+    Process(ProcessRecord<'a>),
+}
+
 impl Event<'_> {
     pub fn header(&self) -> &Header {
         match self {
@@ -69,7 +107,7 @@ pub enum DecodeError {
     UnknownMarker(u8),
 }
 
-pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
+pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
     let raw: &event_header = read(data, u8::MAX)?;
     let header = Header {
         start_ns: (raw.start_ns != 0).then_some(raw.start_ns),
@@ -81,27 +119,38 @@ pub fn decode(data: &[u8]) -> Result<Event<'_>, DecodeError> {
     match raw.marker {
         bpf::MARKER_GC => {
             let e: &gc_event = read(data, raw.marker)?;
-            Ok(Event::Gc {
+            Ok(Record::Event(Event::Gc {
                 header,
                 generation: (e.generation >= 0).then_some(e.generation),
                 collected: e.collected,
-            })
+            }))
         }
         bpf::MARKER_IMPORT => {
             let e: &import_event = read(data, raw.marker)?;
-            Ok(Event::Import {
+            Ok(Record::Event(Event::Import {
                 header,
                 module: c_string(&e.module),
                 found: e.found != 0,
-            })
+            }))
         }
         bpf::MARKER_AUDIT => {
             let e: &audit_event = read(data, raw.marker)?;
-            Ok(Event::Audit {
+            Ok(Record::Event(Event::Audit {
                 header,
                 name: c_string(&e.name),
                 nargs: (e.nargs >= 0).then_some(e.nargs),
-            })
+            }))
+        }
+        bpf::MARKER_PROCESS => {
+            let e: &process_event = read(data, raw.marker)?;
+            let args = bytes(&e.args);
+            let env = bytes(&e.env);
+            Ok(Record::Process(ProcessRecord {
+                pid: header.pid,
+                comm: c_string(&e.comm),
+                args: &args[..(e.args_len as usize).min(args.len())],
+                env: &env[..(e.env_len as usize).min(env.len())],
+            }))
         }
         other => Err(DecodeError::UnknownMarker(other)),
     }
@@ -120,10 +169,15 @@ fn read<T: plain::Plain>(data: &[u8], marker: u8) -> Result<&T, DecodeError> {
 /// A bounded, NUL-terminated string copied by `bpf_probe_read_user_str`: untrusted bytes,
 /// decoded lossily (never fails, never reads past the array).
 fn c_string(raw: &[i8]) -> Cow<'_, str> {
-    // SAFETY: i8 and u8 have the same size and alignment; the slice covers the same memory.
-    let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len()) };
+    let bytes = bytes(raw);
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end])
+}
+
+/// A C `char` array as bytes.
+fn bytes(raw: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment; the slice covers the same memory.
+    unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), raw.len()) }
 }
 
 #[cfg(test)]
@@ -161,11 +215,11 @@ mod tests {
             *b = if i == 3 { -1 } else { b'a' as i8 };
         }
         let data = bytes_of(&e);
-        let Event::Import {
+        let Record::Event(Event::Import {
             header,
             module,
             found,
-        } = decode(&data).unwrap()
+        }) = decode(&data).unwrap()
         else {
             panic!("not an import")
         };
@@ -186,7 +240,9 @@ mod tests {
             _pad: 0,
         };
         let data = bytes_of(&e);
-        let ev = decode(&data).unwrap();
+        let Record::Event(ev) = decode(&data).unwrap() else {
+            panic!("not an event")
+        };
         assert_eq!(ev.header().duration_ns(), None);
         assert!(matches!(
             ev,
@@ -196,6 +252,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn process_record_gives_command_line_and_environment() {
+        let mut e = process_event {
+            h: header(bpf::MARKER_PROCESS),
+            ..Default::default()
+        };
+        let args = b"python3\0app.py\0";
+        let env = b"HOME=/root\0OTEL_SERVICE_NAME=shop\0";
+        for (d, s) in e.args.iter_mut().zip(args) {
+            *d = *s as i8;
+        }
+        for (d, s) in e.env.iter_mut().zip(env) {
+            *d = *s as i8;
+        }
+        e.args_len = args.len() as u32;
+        e.env_len = env.len() as u32;
+        let data = bytes_of(&e);
+        let Record::Process(p) = decode(&data).unwrap() else {
+            panic!("not a process record")
+        };
+        assert_eq!(p.command_line().as_deref(), Some("python3 app.py"));
+        let vars: Vec<_> = p.environment().collect();
+        assert_eq!(vars, vec![("HOME", "/root"), ("OTEL_SERVICE_NAME", "shop")]);
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl<'obj> Session<'obj> {
         };
         tracer.run(
             |data| match decode::decode(data) {
-                Ok(event) => sinks.borrow_mut().handle(&event),
+                Ok(record) => sinks.borrow_mut().handle(&record),
                 Err(e) => {
                     undecodable.set(undecodable.get() + 1);
                     if undecodable.get() == 1 {

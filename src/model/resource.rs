@@ -17,6 +17,8 @@ pub struct ProcessFacts {
     pub service_name: Option<String>,
     pub resource_attributes: Option<String>,
     pub executable_path: Option<String>,
+    /// When the path is unknown (the process exited): the kernel's `comm` of the process.
+    pub executable_name: Option<String>,
     pub command_line: Option<String>,
     /// CPython version of the interpreter file it runs, when known.
     pub runtime_version: Option<String>,
@@ -75,7 +77,8 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
         .executable_path
         .as_deref()
         .and_then(|p| Path::new(p).file_name())
-        .map(|n| n.to_string_lossy().into_owned());
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| facts.executable_name.clone());
     let service_name = facts
         .service_name
         .clone()
@@ -202,6 +205,18 @@ impl Resources {
     pub fn seed(&mut self, facts: ProcessFacts) {
         let r = build(&facts, &self.host_name, self.with_command_line);
         self.by_pid.insert(facts.pid, r);
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
+    /// As `seed`, looking up the runtime version when the facts lack it.
+    pub fn seed_with_version(&mut self, mut facts: ProcessFacts) {
+        if facts.runtime_version.is_none() {
+            facts.runtime_version = (self.runtime_version)(facts.pid);
+        }
+        self.seed(facts);
     }
 
     pub fn get(&mut self, pid: u32) -> &Resource {

@@ -6,7 +6,7 @@ pub mod otlp;
 pub mod summary;
 pub mod text;
 
-use crate::decode::Event;
+use crate::decode::{Event, ProcessRecord, Record};
 
 /// Every sink an event is handed to, in order. One thread owns it: no locks on the hot path.
 pub struct Sinks {
@@ -17,7 +17,24 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    pub fn handle(&mut self, event: &Event<'_>) {
+    pub fn handle(&mut self, record: &Record<'_>) {
+        match record {
+            Record::Event(e) => self.event(e),
+            Record::Process(p) => self.process(p),
+        }
+    }
+
+    /// A process's description, before its first event.
+    fn process(&mut self, p: &ProcessRecord<'_>) {
+        if let Some(c) = p.command_line() {
+            self.summary.name_process(p.pid, &c);
+        }
+        if let Some(o) = &mut self.otlp {
+            o.describe_process(p);
+        }
+    }
+
+    fn event(&mut self, event: &Event<'_>) {
         self.summary.record(event);
         if let Some(c) = &mut self.console {
             c.write(event);

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetr
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::clock::Clock;
-use crate::decode::Event;
+use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
@@ -81,7 +81,31 @@ impl OtlpSink {
         self.resources.seed(facts);
     }
 
+    /// A process described by the BPF side at its first event (read from its own memory, so
+    /// right even when it has exited since). A resource already known is kept.
+    pub fn describe_process(&mut self, record: &ProcessRecord<'_>) {
+        if self.resources.contains(record.pid) {
+            return;
+        }
+        let mut facts = ProcessFacts::read(record.pid);
+        if !record.env.is_empty() {
+            facts.service_name = None;
+            facts.resource_attributes = None;
+            facts.set_environment(record.environment());
+        }
+        if facts.command_line.is_none() {
+            facts.command_line = record.command_line();
+        }
+        if facts.executable_path.is_none() {
+            facts.executable_name = Some(record.comm.to_string());
+        }
+        self.resources.seed_with_version(facts);
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
+        // Read the process's resource now, while it most likely still exists (its first event
+        // wakes user space at once): short-lived processes are gone by export time.
+        self.resources.get(event.header().pid);
         self.spans.record(event);
         self.metrics
             .record(event, self.clock.unix_nanos(event.header().end_ns));

@@ -95,11 +95,14 @@ fn command_of(pid: u32) -> String {
 }
 
 impl Summary {
-    /// Names a process before its events arrive (a short-lived command may be gone by then).
+    /// Names a process before its events arrive (a short-lived command may be gone by then);
+    /// the first name given wins.
     pub fn name_process(&mut self, pid: u32, command: &str) {
-        let mut p = ProcessSummary::new(safe(command).into_owned(), u64::MAX);
-        p.last_ns = 0;
-        self.processes.insert(pid, p);
+        self.processes.entry(pid).or_insert_with(|| {
+            let mut p = ProcessSummary::new(safe(command).into_owned(), u64::MAX);
+            p.last_ns = 0;
+            p
+        });
     }
 
     pub fn record(&mut self, event: &Event<'_>) {

@@ -2,6 +2,8 @@
 //! processes that never outlive a test, and JSON-lines output.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};

@@ -8,8 +8,10 @@ every collection seen by gc.callbacks (generation, collected + uncollectable), e
 event seen by sys.addaudithook, and the imports it attempts (module, found).
 """
 import gc
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 truth = {"gc": [], "audit": [], "imports": [], "child_pid": None}
@@ -63,6 +65,12 @@ def worker():
 def main():
     global recording
     out = sys.argv[1]
+    # A module whose import runs a collection: the GC happens inside the import.
+    moddir = tempfile.mkdtemp()
+    with open(os.path.join(moddir, "pyusdt_gc_in_import.py"), "w") as f:
+        f.write("import gc\ngc.collect()\n")
+    sys.path.insert(0, moddir)
+
     gc.callbacks.append(on_gc)
     sys.addaudithook(on_audit)
 
@@ -74,6 +82,7 @@ def main():
     try_import("json")
     try_import("xml.dom.minidom")  # dotted: its parents are imported from inside its import
     try_import("pyusdt_truth_missing_module")
+    try_import("pyusdt_gc_in_import")
     make_cycles(20000)
     for generation in (0, 1, 2):
         make_cycles(500)
@@ -84,9 +93,11 @@ def main():
     with open(__file__, "rb") as f:  # an `open` audit event
         f.read(10)
     # A Python child: pyusdt run must follow it from its first instruction.
+    # Its own service name: OTLP resources come from each process's environment.
     child = subprocess.run(
         [sys.executable, "-c", "import os, gc; gc.collect(); print(os.getpid())"],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "OTEL_SERVICE_NAME": "pyusdt-truth-child"},
     )
     truth["child_pid"] = int(child.stdout.strip())
 
@@ -96,7 +107,7 @@ def main():
     gc.enable()
     gc.callbacks.remove(on_gc)
 
-    truth["pid"] = __import__("os").getpid()
+    truth["pid"] = os.getpid()
     truth["main_tid"] = threading.get_native_id()
     truth["modules_loaded"] = sorted(sys.modules)
     import json  # loaded inside the window by try_import("json")
