@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
 # (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv, unshare),
 # systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers).
+# python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
+# file exporter's OTLP/JSON (tests/otlp_delivery.rs).
 PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev
-          python3.11 libpython3.11 python3.11-dev binutils util-linux)
+          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -30,6 +32,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no Rust toolchain: install Rust >= 1.85 (https://rustup.rs) and re-run" >&2
   exit 1
+fi
+
+# Pinned so that the test checks against a known protobuf JSON mapping.
+VENV=target/otlp-venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import opentelemetry.proto" 2>/dev/null; then
+  echo "setup: creating $VENV (opentelemetry-proto, protobuf from PyPI)"
+  /usr/bin/python3.11 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "opentelemetry-proto==1.45.2" "protobuf==7.36.2"
 fi
 
 [ "${1:-}" = "--deps-only" ] && exit 0

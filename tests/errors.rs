@@ -127,6 +127,26 @@ fn bad_command_lines() {
     assert_error(&out, 2, &["power of two"]);
     let out = pyusdt().args(["agent", "--no-discover"]).output().unwrap();
     assert_error(&out, 2, &["--no-discover needs at least one --python"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pyusdt.toml");
+    std::fs::write(&cfg, "[otlp]\nendpont = \"http://127.0.0.1:4317\"\n").unwrap();
+    let out = pyusdt()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_error(&out, 2, &["unknown field `endpont`", "pyusdt.toml"]);
+    let out = pyusdt()
+        .args(["run", "--otlp-endpoint", "collector:4317", "--", "true"])
+        .output()
+        .unwrap();
+    assert_error(&out, 2, &["must start with http:// or https://"]);
+    let out = pyusdt()
+        .args(["run", "--audit-logs", "open,[", "--", "true"])
+        .output()
+        .unwrap();
+    assert_error(&out, 2, &["bad audit event pattern `[`"]);
     let out = pyusdt().args(["list"]).output().unwrap();
     assert_error(&out, 2, &["PATH"]);
     let out = pyusdt()

@@ -119,17 +119,6 @@ impl<'obj> Session<'obj> {
         follow_processes: bool,
         terminal: Terminal,
     ) -> CliResult<Session<'obj>> {
-        // Only the agent reads other processes' /proc entries; `run` follows its own children.
-        crate::preflight::check_tracing(!follow_processes)?;
-        let tracer = Tracer::load(
-            storage,
-            TracerOptions {
-                probes: args.probes.clone(),
-                ring_buffer_bytes: args.ring_buffer_size,
-                follow_processes,
-            },
-        )?;
-        let clock = Clock::now();
         let flags = ExportFlags {
             exporter: args.exporter.clone(),
             otlp_endpoint: args.otlp_endpoint.clone(),
@@ -141,6 +130,17 @@ impl<'obj> Session<'obj> {
         };
         let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
             .map_err(|e| CliError::new(Exit::Usage, e))?;
+        // Only the agent reads other processes' /proc entries; `run` follows its own children.
+        crate::preflight::check_tracing(!follow_processes)?;
+        let tracer = Tracer::load(
+            storage,
+            TracerOptions {
+                probes: args.probes.clone(),
+                ring_buffer_bytes: args.ring_buffer_size,
+                follow_processes,
+            },
+        )?;
+        let clock = Clock::now();
         let console_only = export.exporter == ExporterKind::Console;
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();
         let lookup = Rc::clone(&versions);

@@ -251,13 +251,19 @@ impl Worker {
         let signal = batch.payload.signal();
         let started = Instant::now();
         let mut backoff = INITIAL_BACKOFF;
+        let mut last_failure: Option<String> = None;
         loop {
             if self.past_deadline() {
                 ExportStats::add(&self.stats.failed, signal, batch.items);
-                self.stats.error(format!(
-                    "{}: shutdown deadline reached before delivery",
-                    signal.name()
-                ));
+                // Keep the receiver's answer as the error to report, when there was one.
+                if let Some(cause) = last_failure {
+                    self.stats.error(format!("{}: {cause}", signal.name()));
+                } else if self.stats.counts().last_error.is_none() {
+                    self.stats.error(format!(
+                        "{}: not delivered by the flush deadline",
+                        signal.name()
+                    ));
+                }
                 return;
             }
             match self.transport.send(&batch.payload).await {
@@ -276,6 +282,9 @@ impl Worker {
                 Err(e) if e.retryable && started.elapsed() < MAX_RETRY_ELAPSED => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{} export failed, retrying: {}", signal.name(), e.message);
+                    self.stats
+                        .error(format!("{}: {}", signal.name(), e.message));
+                    last_failure = Some(e.message);
                     let wait = e.retry_after.unwrap_or(backoff).min(MAX_BACKOFF);
                     self.sleep_unless_past_deadline(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

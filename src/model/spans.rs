@@ -202,3 +202,91 @@ impl SpanAssembler {
         Some(span)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::decode::Header;
+
+    fn header(tid: u32, start: u64, end: u64, depth: u8) -> Header {
+        Header {
+            start_ns: Some(start),
+            end_ns: end,
+            pid: 1,
+            tid,
+            import_depth: depth,
+        }
+    }
+
+    fn import(tid: u32, m: &'static str, start: u64, end: u64, depth: u8) -> Event<'static> {
+        Event::Import {
+            header: header(tid, start, end, depth),
+            module: Cow::Borrowed(m),
+            found: true,
+        }
+    }
+
+    fn gc(tid: u32, start: u64, end: u64, depth: u8) -> Event<'static> {
+        Event::Gc {
+            header: header(tid, start, end, depth),
+            generation: Some(0),
+            collected: 1,
+        }
+    }
+
+    fn by_name(spans: &[(u32, Span)], name: &str) -> Span {
+        spans
+            .iter()
+            .find(|(_, s)| s.name == name)
+            .unwrap()
+            .1
+            .clone()
+    }
+
+    #[test]
+    fn children_end_first_and_find_their_parents() {
+        let mut a = SpanAssembler::new(Clock::now());
+        // Thread 1: import a { import b { gc } ; gc }, and thread 2 interleaved.
+        a.record(&gc(1, 30, 31, 2));
+        a.record(&import(2, "other", 10, 40, 0));
+        a.record(&import(1, "b", 20, 35, 1));
+        a.record(&gc(1, 36, 37, 1));
+        assert_eq!(a.ready_len(), 1, "only thread 2's root is complete");
+        a.record(&import(1, "a", 10, 50, 0));
+        let spans = a.take_ready();
+        assert_eq!(spans.len(), 5);
+        let (sa, sb) = (by_name(&spans, "import a"), by_name(&spans, "import b"));
+        assert!(sa.parent_span_id.is_empty());
+        assert_eq!(sb.parent_span_id, sa.span_id);
+        let gcs: Vec<_> = spans
+            .iter()
+            .filter(|(_, s)| s.name == "gc.collect")
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(gcs.len(), 2);
+        assert!(gcs.iter().any(|g| g.parent_span_id == sb.span_id));
+        assert!(gcs.iter().any(|g| g.parent_span_id == sa.span_id));
+        assert!(spans
+            .iter()
+            .filter(|(_, s)| s.name != "import other")
+            .all(|(_, s)| s.trace_id == sa.trace_id));
+        assert_ne!(by_name(&spans, "import other").trace_id, sa.trace_id);
+        assert_eq!(a.orphaned, 0);
+    }
+
+    #[test]
+    fn lost_parents_release_orphans() {
+        let mut a = SpanAssembler::new(Clock::now());
+        a.record(&gc(1, 1, 2, 3)); // waits for a depth-2 import that never ends
+        a.record(&import(1, "top", 0, 10, 0)); // ends at depth 0: the gc lost its parents
+        let spans = a.take_ready();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(a.orphaned, 1);
+        a.record(&gc(1, 11, 12, 1));
+        a.release_stale(0, 0);
+        assert_eq!(a.take_ready().len(), 1);
+        assert_eq!(a.orphaned, 2);
+    }
+}
