@@ -480,6 +480,24 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_and_resolves() {
+        let file: FileConfig = toml::from_str(include_str!("../../deploy/pyusdt.toml")).unwrap();
+        assert_eq!(file.otlp.protocol.as_deref(), Some("grpc"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/pyusdt.toml");
+        let flags = ExportFlags {
+            config: Some(path.into()),
+            ..Default::default()
+        };
+        let c = resolve(flags, &[]).unwrap();
+        let t = otlp(&c, Signal::Traces);
+        assert_eq!(
+            (t.protocol, t.url.as_str(), t.gzip),
+            (Protocol::Grpc, "http://127.0.0.1:4317", true)
+        );
+        assert!(c.audit_log_events.contains("subprocess.Popen"));
+    }
+
+    #[test]
     fn config_file_unknown_keys_are_errors() {
         let err = toml::from_str::<FileConfig>("[otlp]\nendpont = \"http://x\"\n").unwrap_err();
         assert!(err.to_string().contains("endpont"), "{err}");
