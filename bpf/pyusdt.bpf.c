@@ -15,6 +15,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by the loader before load(). */
 const volatile __u64 wakeup_bytes = 256 * 1024; /* wake user space once this much is pending */
 const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
+const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -30,6 +31,7 @@ struct gc_event _gc_event = {};
 struct import_event _import_event = {};
 struct audit_event _audit_event = {};
 struct process_event _process_event = {};
+struct audit_args_event _audit_args_event = {};
 enum marker _marker = MARKER_GC;
 enum stat _stat = STAT_DROP_GC;
 
@@ -294,6 +296,35 @@ int BPF_USDT(import_done, const char *module, int found)
 	return 0;
 }
 
+/* Copies the first AUDIT_ARGS items of the argument tuple: type name and raw memory. */
+static __always_inline void copy_audit_args(struct audit_args_event *e, void *args,
+					    __u64 ob_size_offset, __s64 nargs)
+{
+	/* ob_item follows ob_size in a tuple. */
+	char *items = (char *)args + ob_size_offset + 8;
+#pragma unroll
+	for (int i = 0; i < AUDIT_ARGS; i++) {
+		struct audit_arg *a = &e->args[i];
+		a->ok = 0;
+		a->_pad = 0;
+		if (i >= nargs)
+			continue;
+		char *item = 0, *type = 0, *tp_name = 0;
+		if (bpf_probe_read_user(&item, sizeof(item), items + 8 * i) < 0 || !item)
+			continue;
+		if (bpf_probe_read_user(&type, sizeof(type), item + 8) < 0 || !type)
+			continue;
+		/* tp_name follows the type object's PyVarObject head. */
+		if (bpf_probe_read_user(&tp_name, sizeof(tp_name), type + 24) < 0 || !tp_name)
+			continue;
+		if (bpf_probe_read_user_str(a->type, sizeof(a->type), tp_name) < 0)
+			continue;
+		if (bpf_probe_read_user(a->raw, sizeof(a->raw), item + 16) < 0)
+			continue;
+		a->ok = 1;
+	}
+}
+
 SEC("usdt")
 int BPF_USDT(audit, const char *event, void *args)
 {
@@ -302,26 +333,40 @@ int BPF_USDT(audit, const char *event, void *args)
 	if (!wanted(id >> 32))
 		return 0;
 	note_process(id, now);
-	struct audit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(STAT_DROP_AUDIT);
-		return 0;
-	}
-	fill_header(&e->h, id, MARKER_AUDIT, now, now, imports_in_progress((__u32)id));
 	/* The argument tuple's ob_size: its offset comes with the attachment (the cookie), set
 	 * by user space per interpreter build; 0 where the layout is not known. */
-	__u64 ob_size_offset = bpf_usdt_cookie(ctx);
-	e->nargs = -1;
-	if (ob_size_offset && bpf_probe_read_user(&e->nargs, sizeof(e->nargs),
-						  (char *)args + ob_size_offset) < 0)
-		e->nargs = -1;
+	__u64 layout = bpf_usdt_cookie(ctx);
+	__u64 ob_size_offset = layout & 0xff;
+	__s64 nargs = -1;
+	if (ob_size_offset &&
+	    bpf_probe_read_user(&nargs, sizeof(nargs), (char *)args + ob_size_offset) < 0)
+		nargs = -1;
+	struct audit_event *e;
+	if (audit_args && ob_size_offset) {
+		struct audit_args_event *ae = bpf_ringbuf_reserve(&events, sizeof(*ae), 0);
+		if (!ae) {
+			count(STAT_DROP_AUDIT);
+			return 0;
+		}
+		ae->layout = layout;
+		copy_audit_args(ae, args, ob_size_offset, nargs);
+		e = &ae->base;
+		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, imports_in_progress((__u32)id));
+	} else {
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e) {
+			count(STAT_DROP_AUDIT);
+			return 0;
+		}
+		fill_header(&e->h, id, MARKER_AUDIT, now, now, imports_in_progress((__u32)id));
+	}
+	e->nargs = nargs;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
 		e->name[0] = '\0';
 	submit(e);
 	return 0;
 }
 
-/* pyusdt run: a traced process's children are traced from their first instruction. */
 /* Loaded only for `pyusdt run` (autoload off otherwise). Runs in the parent's context. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)

@@ -12,6 +12,10 @@
 /* Bounded copies of a process's command line and environment (its first event only). */
 #define ARGS_LEN 1024
 #define ENV_LEN 16384
+/* Audit arguments (opt-in): the first items of the tuple, as raw object memory. */
+#define AUDIT_ARGS 3
+#define AUDIT_ARG_TYPE_LEN 16
+#define AUDIT_ARG_RAW_LEN 128
 
 enum marker {
 	MARKER_GC = 0,
@@ -20,6 +24,8 @@ enum marker {
 	MARKER_COUNT = 3,
 	/* Not a CPython marker: the description of a process, sent before its first event. */
 	MARKER_PROCESS = 4,
+	/* An audit event with the raw memory of its first arguments (--audit-args). */
+	MARKER_AUDIT_ARGS = 5,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -62,6 +68,22 @@ struct audit_event {
 	struct event_header h;
 	__s64 nargs; /* size of the argument tuple */
 	char name[AUDIT_NAME_LEN];
+};
+
+/* One argument of an audit event: its type's tp_name and the object's memory from offset 16
+ * (after ob_refcnt and ob_type), decoded in user space per CPython version. */
+struct audit_arg {
+	char type[AUDIT_ARG_TYPE_LEN];
+	__u8 raw[AUDIT_ARG_RAW_LEN];
+	__u32 ok; /* 1 when type and raw were read */
+	__u32 _pad;
+};
+
+struct audit_args_event {
+	struct audit_event base;
+	/* The attachment's cookie: ob_size offset in bits 0-7, CPython minor version in 8-15. */
+	__u64 layout;
+	struct audit_arg args[AUDIT_ARGS];
 };
 
 /* Read from the process's own memory at its first event, so that a process that exits

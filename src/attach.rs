@@ -49,8 +49,10 @@ pub struct TracerOptions {
     pub probes: ProbeSet,
     /// Ring buffer size in bytes: a power of two, a multiple of the page size.
     pub ring_buffer_bytes: u32,
-    /// Only trace processes added with `trace_process` and their descendants.
+    /// Only trace processes started by this one (see `follow_children_of_self`).
     pub follow_processes: bool,
+    /// Copy the first arguments of audit events (--audit-args).
+    pub audit_args: bool,
 }
 
 /// Counters kept by the BPF side.
@@ -95,6 +97,7 @@ impl<'obj> Tracer<'obj> {
         // Wake user space at a quarter of the buffer, and never later than 256 KiB pending.
         rodata.wakeup_bytes = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
         rodata.filter_tgid = options.follow_processes;
+        rodata.audit_args = options.audit_args;
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -130,9 +133,11 @@ impl<'obj> Tracer<'obj> {
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
-        // The audit program reads the argument tuple's ob_size at this offset (0: unknown).
+        // The audit program reads the argument tuple's ob_size at this offset (0: unknown); the
+        // CPython minor version rides along for decoding audit arguments in user space.
+        let minor = binary.version.map_or(0, |v| u64::from(v.minor.min(255)));
         let opts = || UsdtOpts {
-            cookie: ob_size_offset(binary),
+            cookie: ob_size_offset(binary) | (minor << 8),
             ..Default::default()
         };
         for probe in self.options.probes.iter() {

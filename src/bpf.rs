@@ -9,7 +9,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
-pub use types::{audit_event, event_header, gc_event, import_event, process_event};
+pub use types::{
+    audit_arg, audit_args_event, audit_event, event_header, gc_event, import_event, process_event,
+};
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
 // object's BTF: every bit pattern is a valid value, as `Plain` requires.
@@ -22,6 +24,8 @@ unsafe impl plain::Plain for types::import_event {}
 unsafe impl plain::Plain for types::audit_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::process_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::audit_args_event {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};
@@ -31,6 +35,7 @@ pub const MARKER_GC: u8 = marker::MARKER_GC.0 as u8;
 pub const MARKER_IMPORT: u8 = marker::MARKER_IMPORT.0 as u8;
 pub const MARKER_AUDIT: u8 = marker::MARKER_AUDIT.0 as u8;
 pub const MARKER_PROCESS: u8 = marker::MARKER_PROCESS.0 as u8;
+pub const MARKER_AUDIT_ARGS: u8 = marker::MARKER_AUDIT_ARGS.0 as u8;
 
 /// Indexes of the per-CPU `stats` map.
 pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;

@@ -98,6 +98,12 @@ pub struct TraceArgs {
     /// audit events are counted in cpython.audit.events regardless.
     #[arg(long, value_name = "GLOBS")]
     pub audit_logs: Option<String>,
+    /// Export the first arguments of common audit events (open, os.system, subprocess.Popen,
+    /// socket.connect, exec, compile, import) as log attributes cpython.audit.arg.N: str, int,
+    /// bytes, bool and None, truncated to 64 characters. Off by default: arguments can carry
+    /// secrets. Needs --probes …,audit.
+    #[arg(long)]
+    pub audit_args: bool,
     /// Add process.command_line to each process's resource (off: command lines can carry
     /// secrets).
     #[arg(long)]

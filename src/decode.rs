@@ -1,7 +1,10 @@
 //! Decodes ring-buffer records (layouts of bpf/pyusdt.h) into borrowed, typed events.
 use std::borrow::Cow;
 
-use crate::bpf::{self, audit_event, event_header, gc_event, import_event, process_event};
+use crate::bpf::{
+    self, audit_arg, audit_args_event, audit_event, event_header, gc_event, import_event,
+    process_event,
+};
 
 /// What every event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +45,26 @@ pub enum Event<'a> {
         name: Cow<'a, str>,
         /// Length of the audit argument tuple, `None` when it could not be read.
         nargs: Option<i64>,
+        /// The first arguments' raw memory, with --audit-args.
+        args: Option<RawAuditArgs<'a>>,
     },
 }
+
+/// Audit arguments as the BPF side copied them (see model::audit_args for their decoding).
+#[derive(Debug, Clone, Copy)]
+pub struct RawAuditArgs<'a> {
+    /// The attachment's cookie: ob_size offset in bits 0-7, CPython minor version in 8-15.
+    pub layout: u64,
+    pub args: &'a [audit_arg],
+}
+
+impl PartialEq for RawAuditArgs<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.layout == other.layout && std::ptr::eq(self.args, other.args)
+    }
+}
+
+impl Eq for RawAuditArgs<'_> {}
 
 /// Sent before a process's first event: its description, read from its own memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +160,19 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 header,
                 name: c_string(&e.name),
                 nargs: (e.nargs >= 0).then_some(e.nargs),
+                args: None,
+            }))
+        }
+        bpf::MARKER_AUDIT_ARGS => {
+            let e: &audit_args_event = read(data, raw.marker)?;
+            Ok(Record::Event(Event::Audit {
+                header,
+                name: c_string(&e.base.name),
+                nargs: (e.base.nargs >= 0).then_some(e.base.nargs),
+                args: Some(RawAuditArgs {
+                    layout: e.layout,
+                    args: &e.args,
+                }),
             }))
         }
         bpf::MARKER_PROCESS => {

@@ -147,6 +147,11 @@ fn bad_command_lines() {
         .output()
         .unwrap();
     assert_error(&out, 2, &["bad audit event pattern `[`"]);
+    let out = pyusdt()
+        .args(["run", "--audit-args", "--", "true"])
+        .output()
+        .unwrap();
+    assert_error(&out, 2, &["--audit-args needs the audit marker"]);
     let out = pyusdt().args(["list"]).output().unwrap();
     assert_error(&out, 2, &["PATH"]);
     let out = pyusdt()

@@ -229,3 +229,76 @@ fn wait_for_line(child: &mut Reaped, needle: &str) {
         }
     }
 }
+
+#[test]
+fn audit_arguments_are_decoded_only_when_asked() {
+    if !require_bpf("audit_arguments_are_decoded_only_when_asked") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("written-by-the-workload.txt");
+    let target = target.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let receiver = otlp::http();
+        let out = pyusdt()
+            .args(["run", "--quiet", "--probes", "gc,import,audit"])
+            .args(extra)
+            .args(["--audit-logs", "open,os.system,subprocess.Popen,compile"])
+            .args(["--otlp-endpoint", &receiver.endpoint])
+            .args(["--", SYSTEM_PYTHON])
+            .arg(workload("audit_args.py"))
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+        let r = receiver.received();
+        otlp::logs(&r)
+            .into_iter()
+            .map(|l| {
+                l.item
+                    .attributes
+                    .iter()
+                    .filter_map(|kv| {
+                        Some((kv.key.clone(), otlp::attr_str(&l.item.attributes, &kv.key)?))
+                    })
+                    .collect::<Vec<(String, String)>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let has = |records: &[Vec<(String, String)>], event: &str, args: &[&str]| {
+        records.iter().any(|attrs| {
+            let get = |k: &str| {
+                attrs
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            get("cpython.audit.event") == Some(event)
+                && args
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| get(&format!("cpython.audit.arg.{i}")) == Some(a))
+        })
+    };
+    let with = run(&["--audit-args"]);
+    assert!(
+        has(&with, "open", &[target, "w"]),
+        "open(path, 'w') not decoded"
+    );
+    assert!(has(&with, "os.system", &["b'true'"]));
+    assert!(has(&with, "subprocess.Popen", &["/bin/true", "<list>"]));
+    assert!(has(&with, "compile", &["b'1+1'", "<pyusdt-test>"]));
+
+    let without = run(&[]);
+    assert!(
+        has(&without, "open", &[]),
+        "log records are there without --audit-args"
+    );
+    assert!(
+        without
+            .iter()
+            .flatten()
+            .all(|(k, _)| !k.starts_with("cpython.audit.arg.")),
+        "arguments exported without --audit-args"
+    );
+}

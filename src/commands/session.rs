@@ -19,6 +19,7 @@ use crate::discover::{Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::export::config::{ExportConfig, ExportFlags, ExporterKind};
 use crate::model::resource::ProcessFacts;
+use crate::probes::Probe;
 use crate::report::clock::Clock;
 use crate::report::console::Console;
 use crate::report::jsonl::JsonLines;
@@ -126,10 +127,17 @@ impl<'obj> Session<'obj> {
             otlp_file: args.otlp_file.clone(),
             config: args.config.clone(),
             audit_log_events: args.audit_logs.clone(),
+            audit_args: args.audit_args,
             resource_command_line: args.resource_command_line,
         };
         let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
             .map_err(|e| CliError::new(Exit::Usage, e))?;
+        if export.audit_args && !args.probes.iter().any(|p| p == Probe::Audit) {
+            return Err(CliError::new(
+                Exit::Usage,
+                "--audit-args needs the audit marker: add --probes gc,import,audit",
+            ));
+        }
         // Only the agent reads other processes' /proc entries; `run` follows its own children.
         crate::preflight::check_tracing(!follow_processes)?;
         let tracer = Tracer::load(
@@ -138,6 +146,7 @@ impl<'obj> Session<'obj> {
                 probes: args.probes.clone(),
                 ring_buffer_bytes: args.ring_buffer_size,
                 follow_processes,
+                audit_args: export.audit_args,
             },
         )?;
         let clock = Clock::now();

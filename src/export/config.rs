@@ -85,6 +85,8 @@ pub struct ExportConfig {
     pub max_export_batch_size: usize,
     /// Globs of audit event names exported as log records.
     pub audit_log_events: String,
+    /// Decode the first arguments of common audit events into log attributes.
+    pub audit_args: bool,
     pub resource_command_line: bool,
 }
 
@@ -97,6 +99,7 @@ pub struct ExportFlags {
     pub otlp_file: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub audit_log_events: Option<String>,
+    pub audit_args: bool,
     pub resource_command_line: bool,
 }
 
@@ -147,6 +150,7 @@ pub struct FileBatch {
 #[serde(deny_unknown_fields)]
 pub struct FileAudit {
     pub log_events: Option<Vec<String>>,
+    pub args: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +272,7 @@ impl ExportConfig {
             .or(file.batch.max_export_batch_size)
             .unwrap_or(512),
             audit_log_events,
+            audit_args: flags.audit_args || file.audit.args.unwrap_or(false),
             resource_command_line: flags.resource_command_line
                 || file.resource.command_line.unwrap_or(false),
         })

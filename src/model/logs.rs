@@ -52,7 +52,10 @@ impl LogBuffer {
     }
 
     pub fn record(&mut self, event: &Event<'_>) {
-        let Event::Audit { header, name, .. } = event else {
+        let Event::Audit {
+            header, name, args, ..
+        } = event
+        else {
             return;
         };
         if !self.filter.matches(name) {
@@ -63,6 +66,20 @@ impl LogBuffer {
             return;
         }
         let time = self.clock.unix_nanos(header.end_ns);
+        let mut attributes = vec![
+            attrs::string(attrs::AUDIT_EVENT, name.as_ref()),
+            attrs::int(attrs::THREAD_ID, i64::from(header.tid)),
+        ];
+        if let Some(raw) = args {
+            for (i, value) in super::audit_args::decode(name, raw.layout, raw.args)
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(v) = value {
+                    attributes.push(attrs::string(&format!("cpython.audit.arg.{i}"), v));
+                }
+            }
+        }
         let record = LogRecord {
             time_unix_nano: time,
             observed_time_unix_nano: time,
@@ -70,10 +87,7 @@ impl LogBuffer {
             severity_text: "INFO".into(),
             event_name: "cpython.audit".into(),
             body: Some(attrs::any_string(name.as_ref())),
-            attributes: vec![
-                attrs::string(attrs::AUDIT_EVENT, name.as_ref()),
-                attrs::int(attrs::THREAD_ID, i64::from(header.tid)),
-            ],
+            attributes,
             ..Default::default()
         };
         self.ready.push((header.pid, record));

@@ -2,6 +2,7 @@
 //! one OTLP resource per traced process (built as OTLP messages, as the Collector does, since
 //! the SDK's one-resource-per-provider does not fit an agent that speaks for many processes).
 pub mod attrs;
+pub mod audit_args;
 pub mod ids;
 pub mod logs;
 pub mod metrics;
