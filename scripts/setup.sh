@@ -42,6 +42,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import opentelemetry.
   "$VENV/bin/pip" install -q "opentelemetry-proto==1.45.2" "protobuf==7.36.2"
 fi
 
+# CPython 3.9 and 3.13 with markers, for the version matrix of the tests (cached outside the
+# repo: about 5 minutes cold, seconds warm).
+bash scripts/python-matrix.sh >/dev/null
+
 [ "${1:-}" = "--deps-only" ] && exit 0
 
 cargo build --release --locked

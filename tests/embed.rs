@@ -2,25 +2,30 @@
 //! library's markers (the executable itself has none).
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-const PYTHON_CONFIG: &str = "/usr/bin/python3.11-config";
 
 #[test]
 fn embedded_interpreter_is_traced_through_libpython() {
     if !require_bpf("embedded_interpreter_is_traced_through_libpython") {
         return;
     }
+    for interp in interpreters() {
+        check_embedding(&interp);
+    }
+}
+
+fn check_embedding(interp: &Interpreter) {
+    let v = interp.minor;
     assert!(
-        Path::new(PYTHON_CONFIG).exists(),
-        "{PYTHON_CONFIG} missing: scripts/setup.sh installs python3.11-dev"
+        interp.config.exists(),
+        "{} missing: scripts/setup.sh installs python3.11-dev",
+        interp.config.display()
     );
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("embed");
-    let flags = Command::new(PYTHON_CONFIG)
+    let flags = Command::new(&interp.config)
         .args(["--embed", "--cflags", "--ldflags"])
         .output()
         .unwrap();
@@ -31,9 +36,10 @@ fn embedded_interpreter_is_traced_through_libpython() {
         .arg("-o")
         .arg(&exe)
         .args(flags.split_whitespace())
+        .args(&interp.embed_ldflags)
         .output()
         .unwrap();
-    assert!(cc.status.success(), "cc: {}", text(&cc).1);
+    assert!(cc.status.success(), "3.{v}: cc: {}", text(&cc).1);
 
     // The executable carries no markers of its own.
     let listed = pyusdt().arg("list").arg(&exe).output().unwrap();
@@ -48,10 +54,13 @@ fn embedded_interpreter_is_traced_through_libpython() {
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
+    assert!(out.status.success(), "3.{v}: {stderr}");
+    let lib = format!("libpython3.{v}.so.1.0");
     assert!(
-        stderr.contains("libpython3.11.so.1.0"),
-        "libpython not attached: {stderr}"
+        stderr
+            .lines()
+            .any(|l| l.contains("attached ") && l.contains(&lib)),
+        "3.{v}: {lib} not attached: {stderr}"
     );
 
     let records = read_jsonl(&out_path);
@@ -63,7 +72,7 @@ fn embedded_interpreter_is_traced_through_libpython() {
                     .as_str()
                     .is_some_and(|m| m.starts_with("pyusdt_embedded_"))
         })
-        .expect("the embedded interpreter's import was not traced");
+        .unwrap_or_else(|| panic!("3.{v}: the embedded interpreter's import was not traced"));
     assert_eq!(probe["module"], format!("pyusdt_embedded_{}", probe["pid"]));
     assert_eq!(probe["found"], false);
     let pid = &probe["pid"];

@@ -202,3 +202,84 @@ fn list_matches_readelf_on_a_pie_with_semaphores() {
         "each marker has its own semaphore"
     );
 }
+
+/// The file of an interpreter that carries its markers (the libpython of shared builds).
+fn marker_file(interp: &Interpreter) -> String {
+    if interp.minor == 11 {
+        return SYSTEM_PYTHON.into();
+    }
+    let lib = interp
+        .python
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(format!("lib/libpython3.{}.so.1.0", interp.minor));
+    lib.to_string_lossy().into_owned()
+}
+
+#[test]
+fn list_reports_what_fires_on_each_version() {
+    if !Path::new(SYSTEM_PYTHON).exists() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"));
+        return;
+    }
+    for interp in interpreters() {
+        let path = marker_file(&interp);
+        let v = interp.minor;
+        // Same notes as readelf, on every version.
+        assert_eq!(pyusdt_notes(&path), readelf_notes(&path), "3.{v}: {path}");
+        let out = pyusdt().args(["list", "--json", &path]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let file = &doc["files"][0];
+        assert!(file["cpython_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("3.{v}.")));
+        let status = |m: &str| {
+            file["markers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == m)
+                .map(|x| x["status"].as_str().unwrap().to_string())
+        };
+        let absent = |m: &str| {
+            file["absent"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == m)
+                .map(|x| x["note"].as_str().unwrap().to_string())
+        };
+        for m in [
+            "gc__start",
+            "gc__done",
+            "import__find__load__start",
+            "import__find__load__done",
+            "audit",
+        ] {
+            assert_eq!(status(m).as_deref(), Some("fires"), "3.{v} {m}");
+        }
+        match v {
+            9 => {
+                for m in ["function__entry", "function__return", "line"] {
+                    assert_eq!(status(m).as_deref(), Some("fires"), "3.9 {m}");
+                }
+            }
+            11 => {
+                assert_eq!(status("function__entry").as_deref(), Some("line-mode-only"));
+                assert_eq!(status("function__return").as_deref(), Some("fires"));
+            }
+            13 => {
+                for m in ["function__entry", "function__return", "line"] {
+                    assert_eq!(status(m), None, "3.13 has no {m} note");
+                    let note = absent(m).unwrap_or_else(|| panic!("3.13: {m} not reported absent"));
+                    assert!(note.contains("no call site"), "{note}");
+                }
+            }
+            other => panic!("unexpected version 3.{other}"),
+        }
+    }
+}

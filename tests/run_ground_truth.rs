@@ -18,6 +18,15 @@ fn run_matches_the_workloads_ground_truth() {
     if !require_bpf("run_matches_the_workloads_ground_truth") {
         return;
     }
+    let versions = interpreters();
+    for interp in &versions {
+        check_ground_truth(interp);
+    }
+    let covered: Vec<String> = versions.iter().map(|i| format!("3.{}", i.minor)).collect();
+    eprintln!("ground truth checked on CPython {}", covered.join(", "));
+}
+
+fn check_ground_truth(interp: &Interpreter) {
     let dir = tempfile::tempdir().unwrap();
     // A Python process that is not the command's descendant: `run` must not report it, although
     // it uses the same interpreter file and imports and collects throughout.
@@ -32,13 +41,15 @@ fn run_matches_the_workloads_ground_truth() {
     let out = pyusdt()
         .args(["run", "--probes", "gc,import,audit", "--quiet", "--output"])
         .arg(&out_path)
-        .args(["--", SYSTEM_PYTHON])
+        .arg("--")
+        .arg(&interp.python)
         .arg(workload("ground_truth.py"))
         .arg(&truth_path)
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
-    assert!(out.status.success(), "pyusdt run failed: {stderr}");
+    let v = interp.minor;
+    assert!(out.status.success(), "3.{v}: pyusdt run failed: {stderr}");
     assert!(
         stderr.contains("events received"),
         "no summary on stderr: {stderr}"
@@ -98,7 +109,7 @@ fn run_matches_the_workloads_ground_truth() {
     );
     assert_eq!(
         traced_gc, truth_gc,
-        "GC per thread differs from gc.callbacks"
+        "3.{v}: GC per thread differs from gc.callbacks"
     );
 
     // Audit: same names, same order, per thread.
@@ -119,7 +130,7 @@ fn run_matches_the_workloads_ground_truth() {
     assert!(truth_audit[&main_tid].iter().any(|n| n == "open"));
     assert_eq!(
         traced_audit, truth_audit,
-        "audit events differ from sys.addaudithook's"
+        "3.{v}: audit events differ from sys.addaudithook's"
     );
 
     // Imports: every attempted import is traced on its thread with the right found flag;

@@ -71,6 +71,21 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
     if binaries.iter().any(Binary::has_python_markers) {
         return Ok(0);
     }
+    // A --enable-shared interpreter: point at the library that has the markers.
+    if let Some(lib) = binaries.iter().find_map(Binary::linked_libpython) {
+        if Binary::open(&lib).is_ok_and(|l| l.has_python_markers()) {
+            return Err(CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "{} has no CPython markers itself: it is linked with {}, which has them \
+                     (a --enable-shared build): run `pyusdt list {}`",
+                    files[0].display(),
+                    lib.display(),
+                    lib.display()
+                ),
+            ));
+        }
+    }
     let what = match pid {
         Some(pid) => format!("PID {pid} uses no interpreter file with CPython markers"),
         None => format!("{} has no CPython markers", files[0].display()),

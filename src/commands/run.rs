@@ -31,6 +31,13 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         let name = program.to_string_lossy();
         match Binary::open(&interpreter) {
             Ok(b) if b.has_python_markers() => implied = Some(interpreter),
+            // A --enable-shared build: the markers are in the libpython it links.
+            Ok(b) if b.linked_libpython().is_some_and(|l| {
+                Binary::open(&l).is_ok_and(|lib| lib.has_python_markers())
+            }) =>
+            {
+                implied = b.linked_libpython();
+            }
             Ok(b) => tracing::warn!(
                 "`{name}` runs {}{}, which has no CPython markers: it will not be traced. {NO_MARKERS_HINT}",
                 b.path.display(),
@@ -177,7 +184,8 @@ fn is_executable(p: &Path) -> bool {
 
 /// The interpreter a command runs, when it looks like Python: the file itself when it is named
 /// like one (a pyenv shim included, so that its lack of markers is reported), else the program
-/// of its `#!` line (through `env`), else the file when it carries CPython markers (embedders).
+/// of its `#!` line (through `env`), else the file when it carries CPython markers or links
+/// libpython (embedders).
 fn command_interpreter(resolved: &Path) -> Option<PathBuf> {
     let name = resolved.file_name()?.to_str()?;
     if process::is_python_name(name) {
@@ -185,7 +193,9 @@ fn command_interpreter(resolved: &Path) -> Option<PathBuf> {
     }
     let head = read_head(resolved)?;
     if !head.starts_with(b"#!") {
-        let embeds = Binary::open(resolved).is_ok_and(|b| b.has_python_markers());
+        // An embedder: markers of its own (static) or a libpython it links (shared).
+        let embeds = Binary::open(resolved)
+            .is_ok_and(|b| b.has_python_markers() || b.linked_libpython().is_some());
         return embeds.then(|| resolved.to_path_buf());
     }
     let line = head[2..].split(|&b| b == b'\n').next()?;

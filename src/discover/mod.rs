@@ -92,9 +92,61 @@ impl Binary {
         self.python_markers().any(|m| m.name == name)
     }
 
+    /// The libpython this file is dynamically linked with, found the way the dynamic loader
+    /// would (its run path, then the default directories), seen from the same root as the file.
+    /// A CPython built `--enable-shared` keeps its markers there, not in the executable.
+    pub fn linked_libpython(&self) -> Option<PathBuf> {
+        let name = self
+            .notes
+            .needed
+            .iter()
+            .find(|n| n.starts_with("libpython"))?;
+        let path = self.path.to_string_lossy();
+        // Files opened through /proc/PID/root: resolve inside the same root.
+        let root = path
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.split_once("/root/"))
+            .map(|(pid, _)| PathBuf::from(format!("/proc/{pid}/root")));
+        let origin = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = self
+            .notes
+            .runpath
+            .iter()
+            .map(|d| {
+                if let Some(rest) = d
+                    .strip_prefix("$ORIGIN")
+                    .or_else(|| d.strip_prefix("${ORIGIN}"))
+                {
+                    origin.join(rest.trim_start_matches('/'))
+                } else {
+                    within(&root, Path::new(d))
+                }
+            })
+            .collect();
+        for d in ["/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib"] {
+            dirs.push(within(&root, Path::new(d)));
+        }
+        for base in ["/usr/lib", "/lib"] {
+            let multiarch = format!("{base}/{}-linux-gnu", std::env::consts::ARCH);
+            dirs.push(within(&root, Path::new(&multiarch)));
+        }
+        dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    }
+
     /// Whether `marker` can fire on this file (see `version::firing`).
     pub fn firing(&self, marker: &str) -> Firing {
         version::firing(marker, self.version, self.has_marker(marker))
+    }
+}
+
+fn within(root: &Option<PathBuf>, path: &Path) -> PathBuf {
+    match root {
+        Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_path_buf(),
     }
 }
 

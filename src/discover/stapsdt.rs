@@ -56,6 +56,12 @@ pub struct SdtNotes {
     /// Actual address of `.stapsdt.base`, when the file has that section.
     pub stapsdt_base: Option<u64>,
     pub markers: Vec<Marker>,
+    /// Shared libraries the file needs (DT_NEEDED), e.g. `libpython3.9.so.1.0`.
+    #[serde(skip)]
+    pub needed: Vec<String>,
+    /// Its library search path (DT_RUNPATH, else DT_RPATH), `:`-separated entries.
+    #[serde(skip)]
+    pub runpath: Vec<String>,
 }
 
 /// Why a buffer could not be read as ELF with SDT notes.
@@ -130,11 +136,37 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<SdtNote
         m.file_offset = file_offset(m.address);
         m.semaphore_offset = m.semaphore.and_then(file_offset);
     }
+    let (needed, runpath) = linkage::<Elf>(&sections, endian, data);
     Ok(SdtNotes {
         kind,
         stapsdt_base,
         markers,
+        needed,
+        runpath,
     })
+}
+
+/// DT_NEEDED and the run path of a dynamically linked file (best effort: empty when absent).
+fn linkage<'a, Elf: FileHeader<Endian = Endianness>>(
+    sections: &object::read::elf::SectionTable<'a, Elf, &'a [u8]>,
+    endian: Endianness,
+    data: &'a [u8],
+) -> (Vec<String>, Vec<String>) {
+    let Ok(table) = sections.dynamic_table(endian, data) else {
+        return (Vec::new(), Vec::new());
+    };
+    let (mut needed, mut runpath, mut rpath) = (Vec::new(), Vec::new(), Vec::new());
+    for d in table.iter() {
+        let Ok(s) = table.string(d) else { continue };
+        let s = String::from_utf8_lossy(s).into_owned();
+        match d.tag {
+            elf::DT_NEEDED => needed.push(s),
+            elf::DT_RUNPATH => runpath.extend(s.split(':').map(String::from)),
+            elf::DT_RPATH => rpath.extend(s.split(':').map(String::from)),
+            _ => {}
+        }
+    }
+    (needed, if runpath.is_empty() { rpath } else { runpath })
 }
 
 fn read_notes<Elf: FileHeader<Endian = Endianness>>(

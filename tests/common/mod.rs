@@ -120,3 +120,57 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A marker-bearing CPython the end-to-end tests run on.
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    pub minor: u32,
+    pub python: PathBuf,
+    /// `python3.X-config`, for building embedders.
+    pub config: PathBuf,
+    /// Extra linker flags for embedders (a run path for builds outside the default directories).
+    pub embed_ldflags: Vec<String>,
+}
+
+/// Where scripts/python-matrix.sh keeps its builds.
+pub fn matrix_cache() -> PathBuf {
+    std::env::var_os("PYUSDT_MATRIX_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/pyusdt-test"))
+}
+
+/// Debian's 3.11, then the versions scripts/python-matrix.sh built (3.9, 3.13). With CI=true
+/// the matrix versions must be there (set PYUSDT_MATRIX_OPTIONAL=1 to accept fewer).
+pub fn interpreters() -> Vec<Interpreter> {
+    let mut all = vec![Interpreter {
+        minor: 11,
+        python: PathBuf::from(SYSTEM_PYTHON),
+        config: PathBuf::from("/usr/bin/python3.11-config"),
+        embed_ldflags: Vec::new(),
+    }];
+    for minor in [9u32, 13] {
+        let prefix = matrix_cache().join(format!("python-3.{minor}"));
+        let python = prefix.join(format!("bin/python3.{minor}"));
+        if python.exists() {
+            all.push(Interpreter {
+                minor,
+                python,
+                config: prefix.join(format!("bin/python3.{minor}-config")),
+                embed_ldflags: vec![format!("-Wl,-rpath,{}", prefix.join("lib").display())],
+            });
+        } else if std::env::var("CI").as_deref() == Ok("true")
+            && std::env::var("PYUSDT_MATRIX_OPTIONAL").is_err()
+        {
+            panic!(
+                "{} missing: scripts/python-matrix.sh builds it",
+                python.display()
+            );
+        } else {
+            eprintln!(
+                "NOTE: CPython 3.{minor} not built ({}); scripts/python-matrix.sh builds it",
+                python.display()
+            );
+        }
+    }
+    all
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Provides marker-bearing CPython interpreters of other versions for the end-to-end tests:
+# Debian's source packages of 3.9 (bullseye) and 3.13 (trixie), built --with-dtrace
+# --enable-shared into a cache outside the repo, reused when present (warm: seconds).
+#
+#   bash scripts/python-matrix.sh          # build what is missing, print the interpreters
+#   PYUSDT_MATRIX_CACHE=/elsewhere bash scripts/python-matrix.sh
+#
+# Needs root for apt (build dependencies). Versions whose sources cannot be fetched are skipped
+# with a message; the tests then say which versions they covered.
+set -euo pipefail
+
+CACHE=${PYUSDT_MATRIX_CACHE:-/var/cache/pyusdt-test}
+# version  suite     source package  pinned upstream release (what the archive served)
+MATRIX=(
+  "3.9  bullseye python3.9  3.9.2"
+  "3.13 trixie   python3.13 3.13"
+)
+BUILD_DEPS=(build-essential libffi-dev zlib1g-dev libssl-dev libbz2-dev liblzma-dev
+            libsqlite3-dev libreadline-dev systemtap-sdt-dev libgdbm-dev libncurses-dev
+            uuid-dev libexpat1-dev pkg-config xz-utils dpkg-dev)
+
+log() { echo "python-matrix: $*" >&2; }
+
+interpreter() { echo "$CACHE/python-$1/bin/python$1"; }
+
+usable() { # a cached build that runs and carries markers in its libpython
+  local v=$1 py
+  py=$(interpreter "$v")
+  [ -x "$py" ] && "$py" -c 'import sys' 2>/dev/null &&
+    [ -n "$(ls "$CACHE/python-$v/lib/libpython$v"*.so* 2>/dev/null)" ]
+}
+
+# The Debian archive's URI, from this machine's own apt sources (no host name in the repo).
+archive_uri() {
+  local uri
+  uri=$(grep -hE '^\s*URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' |
+        grep -E '/debian/?$' | head -n1 || true)
+  [ -n "$uri" ] || uri=$(grep -hE '^\s*deb\s' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' |
+        grep -E '/debian/?$' | head -n1 || true)
+  echo "${uri%/}"
+}
+
+install_build_deps() {
+  local missing=()
+  for p in "${BUILD_DEPS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing build dependencies: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() {
+  local v=$1 suite=$2 pkg=$3 work uri src
+  uri=$(archive_uri)
+  if [ -z "$uri" ]; then log "no Debian archive in /etc/apt sources: skipping $v"; return 0; fi
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  mkdir -p "$work/lists/partial"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main" > "$work/sources.list"
+  local apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+                  -o "Dir::State::Lists=$work/lists" -o "APT::Sandbox::User=root")
+  log "fetching $pkg source ($suite)"
+  if ! apt-get "${apt_opts[@]}" update -qq >/dev/null 2>&1 ||
+     ! (cd "$work" && apt-get "${apt_opts[@]}" source --download-only -qq "$pkg" >/dev/null 2>&1); then
+    log "could not fetch $pkg from $suite: skipping $v"
+    return 0
+  fi
+  src=$(ls "$work"/"${pkg}"_*.orig.tar.xz 2>/dev/null | head -n1)
+  [ -n "$src" ] || { log "no upstream tarball for $pkg: skipping $v"; return 0; }
+  tar -C "$work" -xf "$src"
+  local dir
+  dir=$(find "$work" -maxdepth 1 -type d -name 'Python-*' | head -n1)
+  log "building $(basename "$dir") --with-dtrace --enable-shared (a few minutes)"
+  local prefix="$CACHE/python-$v"
+  rm -rf "$prefix"
+  (cd "$dir" &&
+    ./configure -q --with-dtrace --enable-shared --without-ensurepip --prefix="$prefix" \
+      LDFLAGS="-Wl,-rpath,$prefix/lib" >/dev/null &&
+    make -s -j"$(nproc)" >/dev/null 2>&1 &&
+    make -s install >/dev/null 2>&1)
+  rm -rf "$prefix/lib/python$v/test" "$prefix/lib/python$v/"*/test
+  usable "$v" || { log "build of $v failed"; rm -rf "$prefix"; return 1; }
+  log "built $(interpreter "$v")"
+}
+
+mkdir -p "$CACHE"
+for row in "${MATRIX[@]}"; do
+  read -r v suite pkg _ <<< "$row"
+  if usable "$v"; then
+    log "cached: $(interpreter "$v")"
+    continue
+  fi
+  [ "$(id -u)" -eq 0 ] || { log "not root: cannot build $v"; continue; }
+  install_build_deps
+  build "$v" "$suite" "$pkg" || true
+done
+for row in "${MATRIX[@]}"; do
+  read -r v _ <<< "$row"
+  usable "$v" && interpreter "$v"
+done
+exit 0
