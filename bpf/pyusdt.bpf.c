@@ -153,17 +153,18 @@ static __always_inline __u32 imports_in_progress(__u32 tid)
 	return st ? st->depth : 0;
 }
 
-/* Copies `len` bytes (capped) of user memory; returns the bytes copied, 0 on failure. */
+/* Copies user memory [start, end) into `dst` (at most cap - 1 bytes, cap a power of two);
+ * returns the bytes copied, 0 on failure. */
 static __always_inline __u32 copy_user(char *dst, __u32 cap, unsigned long start,
 				       unsigned long end)
 {
 	if (end <= start)
 		return 0;
 	__u64 len = end - start;
-	if (len > cap)
-		len = cap;
-	/* The mask keeps the verifier's bound (cap is a power of two). */
-	len &= (cap - 1) | cap;
+	if (len > cap - 1)
+		len = cap - 1;
+	/* The mask is the bound the verifier sees: len < cap whatever clang made of the test. */
+	len &= cap - 1;
 	if (len == 0 || bpf_probe_read_user(dst, len, (void *)start) < 0)
 		return 0;
 	return len;
@@ -184,10 +185,16 @@ static __always_inline void note_process(__u64 id, __u64 now)
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct mm_struct *mm = BPF_CORE_READ(task, mm);
-	e->args_len = copy_user(e->args, ARGS_LEN, BPF_CORE_READ(mm, arg_start),
-				BPF_CORE_READ(mm, arg_end));
-	e->env_len = copy_user(e->env, ENV_LEN, BPF_CORE_READ(mm, env_start),
-			       BPF_CORE_READ(mm, env_end));
+	unsigned long arg_start = BPF_CORE_READ(mm, arg_start), arg_end = BPF_CORE_READ(mm, arg_end);
+	unsigned long env_start = BPF_CORE_READ(mm, env_start), env_end = BPF_CORE_READ(mm, env_end);
+	e->args_len = copy_user(e->args, ARGS_LEN, arg_start, arg_end);
+	e->env_len = copy_user(e->env, ENV_LEN, env_start, env_end);
+	e->truncated = 0;
+	e->_pad = 0;
+	if (arg_end > arg_start && arg_end - arg_start > e->args_len)
+		e->truncated |= PROCESS_ARGS_TRUNCATED;
+	if (env_end > env_start && env_end - env_start > e->env_len)
+		e->truncated |= PROCESS_ENV_TRUNCATED;
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 

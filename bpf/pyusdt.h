@@ -86,12 +86,17 @@ struct audit_args_event {
 	struct audit_arg args[AUDIT_ARGS];
 };
 
+#define PROCESS_ARGS_TRUNCATED 1
+#define PROCESS_ENV_TRUNCATED 2
+
 /* Read from the process's own memory at its first event, so that a process that exits
  * before user space gets to /proc/PID is still described (service name, command line). */
 struct process_event {
 	struct event_header h;
 	__u32 args_len; /* bytes of `args` filled (NUL-separated argv), 0 when unreadable */
 	__u32 env_len;  /* bytes of `env` filled (NUL-separated KEY=VALUE), 0 when unreadable */
+	__u32 truncated; /* PROCESS_ARGS_TRUNCATED | PROCESS_ENV_TRUNCATED */
+	__u32 _pad;
 	char comm[16];
 	char args[ARGS_LEN];
 	char env[ENV_LEN];

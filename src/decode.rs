@@ -75,6 +75,8 @@ pub struct ProcessRecord<'a> {
     pub args: &'a [u8],
     /// NUL-separated `KEY=VALUE` environment (empty when it could not be read).
     pub env: &'a [u8],
+    /// The environment did not fit: its last entry may be cut, later ones are missing.
+    pub env_truncated: bool,
 }
 
 impl ProcessRecord<'_> {
@@ -89,10 +91,15 @@ impl ProcessRecord<'_> {
         (!words.is_empty()).then(|| words.join(" "))
     }
 
-    /// `KEY=VALUE` pairs of the environment.
+    /// `KEY=VALUE` pairs of the environment; when it was truncated, the last (possibly cut)
+    /// entry is left out.
     pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.env
-            .split(|&b| b == 0)
+        let mut entries: Vec<&[u8]> = self.env.split(|&b| b == 0).collect();
+        if self.env_truncated {
+            entries.pop();
+        }
+        entries
+            .into_iter()
             .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
     }
 }
@@ -184,6 +191,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 comm: c_string(&e.comm),
                 args: &args[..(e.args_len as usize).min(args.len())],
                 env: &env[..(e.env_len as usize).min(env.len())],
+                env_truncated: e.truncated & 2 != 0,
             }))
         }
         other => Err(DecodeError::UnknownMarker(other)),

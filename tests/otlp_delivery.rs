@@ -117,6 +117,14 @@ fn refused_exports_are_retried_and_nothing_is_lost() {
         );
         assert!(s["export"]["retries"].as_u64().unwrap() >= 3);
         assert_eq!(s["export"]["failed"], serde_json::json!([0, 0, 0]));
+        assert_eq!(s["export"]["dropped"], serde_json::json!([0, 0, 0]));
+        // Every item pyusdt counts as exported arrived: spans, metric points, log records.
+        assert_eq!(
+            s["export"]["exported"],
+            serde_json::json!(otlp::item_counts(&r)),
+            "{}",
+            receiver.protocol
+        );
     }
 }
 

@@ -14,7 +14,6 @@ use crate::commands::session::{
 use crate::discover::interpreters::Scan;
 use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
-use crate::model::resource::ProcessFacts;
 
 pub fn run(args: &RunArgs) -> CliResult<i32> {
     let program = &args.command[0];
@@ -52,7 +51,6 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         processes: false,
         locations: !args.trace.no_discover,
     };
-    let implied_path = implied.clone();
     let binaries = interpreters_to_trace(&args.trace.pythons, implied, scan, &mut HashSet::new())?;
     if binaries.is_empty() {
         return Err(no_interpreter_error());
@@ -91,23 +89,13 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         })?;
     let child_pid = child.id() as libc::pid_t;
     let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
-    // Events carry host PIDs; in a container the child's PID here differs. The child inherits
-    // this environment (OTEL_SERVICE_NAME …) and runs the resolved program.
+    // Events carry host PIDs; in a container without the host's PID namespace the child's PID
+    // here differs, and /proc/PID would show other processes.
     let host_pid = session.tracer.first_child_host_pid().unwrap_or(child.id());
-    let mut facts = ProcessFacts {
-        pid: host_pid,
-        executable_path: Some(
-            implied_path
-                .unwrap_or(resolved)
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        command_line: Some(words.join(" ")),
-        ..Default::default()
-    };
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    facts.set_environment(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    session.describe_process(facts);
+    if host_pid != child.id() {
+        session.pids_are_foreign();
+    }
+    session.name_process(host_pid, &words.join(" "));
 
     let mut status: Option<ExitStatus> = None;
     let mut wait_error = None;

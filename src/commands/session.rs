@@ -18,7 +18,6 @@ use crate::discover::interpreters::{discover, Scan};
 use crate::discover::{Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::export::config::{ExportConfig, ExportFlags, ExporterKind};
-use crate::model::resource::ProcessFacts;
 use crate::probes::Probe;
 use crate::report::clock::Clock;
 use crate::report::console::Console;
@@ -227,21 +226,18 @@ impl<'obj> Session<'obj> {
         n
     }
 
-    /// Describes a process before its first event (`run`'s command, which may be gone before
-    /// /proc can be read): its name in the summary and its OTLP resource.
-    pub fn describe_process(&mut self, mut facts: ProcessFacts) {
-        if let Some(c) = &facts.command_line {
-            self.sinks.summary.name_process(facts.pid, c);
-        }
-        if facts.runtime_version.is_none() {
-            facts.runtime_version = facts
-                .executable_path
-                .as_deref()
-                .and_then(|p| file_id(std::path::Path::new(p)))
-                .and_then(|id| self.versions.borrow().get(&id).cloned());
-        }
+    /// Names `run`'s command in the summary before its first event (it may be gone by the
+    /// time /proc could be read). Its OTLP resource comes from its own environment, which the
+    /// BPF side reads at its first event.
+    pub fn name_process(&mut self, pid: u32, command: &str) {
+        self.sinks.summary.name_process(pid, command);
+    }
+
+    /// PIDs in events are not this process's PIDs (pyusdt runs in another PID namespace):
+    /// /proc/PID and liveness checks would look at the wrong processes.
+    pub fn pids_are_foreign(&mut self) {
         if let Some(o) = &mut self.sinks.otlp {
-            o.seed_process(facts);
+            o.pids_are_foreign();
         }
     }
 
@@ -309,8 +305,12 @@ impl<'obj> Session<'obj> {
             attach_failures: self.attach_failures,
         };
         let export = self.sinks.otlp.take().map(|o| {
-            let (counts, orphaned) = o.finish(&own, self.flush_timeout);
-            ExportSummary { counts, orphaned }
+            let (counts, (orphaned, without_start)) = o.finish(&own, self.flush_timeout);
+            ExportSummary {
+                counts,
+                orphaned,
+                without_start,
+            }
         });
         let mut text = self.sinks.summary.render(&stats, elapsed, export.as_ref());
         if self.undecodable > 0 {
@@ -328,11 +328,6 @@ impl<'obj> Session<'obj> {
         }
         Ok(())
     }
-}
-
-fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The CPython version of the attached file a process maps, from /proc/PID/maps (device and

@@ -217,12 +217,21 @@ impl ExportConfig {
                     .or(file.file.clone())
                     .ok_or("--exporter file needs --otlp-file PATH (or `file` in --config)")?,
             ),
-            "otlp" => ExporterKind::Otlp(
-                Signal::ALL
+            "otlp" => {
+                let signals: Vec<(Signal, SignalConfig)> = Signal::ALL
                     .iter()
                     .map(|&s| Ok((s, signal_config(s, flags, &file, &env)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
+                    .collect::<Result<_, String>>()?;
+                if signals
+                    .iter()
+                    .any(|(_, c)| c.protocol != signals[0].1.protocol)
+                {
+                    return Err(
+                        "mixing grpc and http/protobuf between signals is not supported".into(),
+                    );
+                }
+                ExporterKind::Otlp(signals)
+            }
             other => {
                 return Err(format!(
                     "unknown exporter `{other}`: choose otlp, console or file"
@@ -354,6 +363,21 @@ fn signal_config(
             headers.push((k.to_ascii_lowercase(), v));
         }
     }
+    for (k, v) in &headers {
+        let name_ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "OTLP header name `{k}` is not a valid HTTP header name"
+            ));
+        }
+        if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(format!(
+                "OTLP header `{k}` has control characters in its value"
+            ));
+        }
+    }
     let timeout_ms = match per("TIMEOUT").or_else(|| env(OTEL_EXPORTER_OTLP_TIMEOUT)) {
         Some(s) => s
             .trim()
@@ -482,6 +506,22 @@ mod tests {
             &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")],
         );
         assert!(e.unwrap_err().contains("expected milliseconds"));
+        let e = resolve(
+            ExportFlags::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:1"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=x%0Ay"),
+            ],
+        );
+        assert!(e.unwrap_err().contains("control characters"));
+        let e = resolve(
+            ExportFlags::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:1"),
+                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+            ],
+        );
+        assert!(e.unwrap_err().contains("mixing"));
     }
 
     #[test]

@@ -151,15 +151,11 @@ impl Exporter {
             .map_err(|e| format!("starting the exporter's runtime: {e}"))?;
         let transport = match kind {
             ExporterKind::Console => return Ok(None),
+            ExporterKind::Otlp(signals) if signals.is_empty() => return Ok(None),
             ExporterKind::File(path) => Transport::File(file::FileTransport::create(path)?),
             ExporterKind::Otlp(signals) => {
-                let protocol = signals[0].1.protocol;
-                if signals.iter().any(|(_, c)| c.protocol != protocol) {
-                    return Err(
-                        "mixing grpc and http/protobuf between signals is not supported".into(),
-                    );
-                }
-                match protocol {
+                // ExportConfig::resolve refuses mixed protocols.
+                match signals[0].1.protocol {
                     config::Protocol::Grpc => {
                         let _guard = runtime.enter();
                         Transport::Grpc(Box::new(grpc::GrpcTransport::new(signals)?))

@@ -154,6 +154,12 @@ impl MetricsAggregator {
         out
     }
 
+    /// The metrics of one process (before its PID is reused), without resetting them.
+    pub fn collect_one(&mut self, pid: u32, now: u64) -> Option<Vec<Metric>> {
+        let p = self.processes.get(&pid)?;
+        Some(process_metrics(p, self.temporality, now))
+    }
+
     /// Drops a process that exited, after its last values were collected.
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);

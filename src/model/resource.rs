@@ -182,6 +182,8 @@ pub fn host_name() -> String {
 /// Resources of the processes seen so far, read once per process.
 pub struct Resources {
     by_pid: HashMap<u32, Resource>,
+    /// False when event PIDs belong to another PID namespace: /proc/PID would be another process.
+    read_proc: bool,
     host_name: String,
     with_command_line: bool,
     /// Finds the CPython version of a process (from the interpreter files it maps).
@@ -195,25 +197,27 @@ impl Resources {
     ) -> Resources {
         Resources {
             by_pid: HashMap::new(),
+            read_proc: true,
             host_name: host_name(),
             with_command_line,
             runtime_version,
         }
     }
 
-    /// Records what is known of a process before its first event (`run`'s command).
+    /// Records what is known of a process (its BPF description).
     pub fn seed(&mut self, facts: ProcessFacts) {
         let r = build(&facts, &self.host_name, self.with_command_line);
         self.by_pid.insert(facts.pid, r);
     }
 
-    pub fn contains(&self, pid: u32) -> bool {
-        self.by_pid.contains_key(&pid)
+    /// Stops reading /proc for processes (their PIDs are not ours).
+    pub fn never_read_proc(&mut self) {
+        self.read_proc = false;
     }
 
     /// As `seed`, looking up the runtime version when the facts lack it.
     pub fn seed_with_version(&mut self, mut facts: ProcessFacts) {
-        if facts.runtime_version.is_none() {
+        if facts.runtime_version.is_none() && self.read_proc {
             facts.runtime_version = (self.runtime_version)(facts.pid);
         }
         self.seed(facts);
@@ -222,13 +226,23 @@ impl Resources {
     pub fn get(&mut self, pid: u32) -> &Resource {
         let Resources {
             by_pid,
+            read_proc,
             host_name,
             with_command_line,
             runtime_version,
         } = self;
+        // Without a BPF description (the ring buffer had no room for it): /proc, if it is ours.
         by_pid.entry(pid).or_insert_with(|| {
-            let mut facts = ProcessFacts::read(pid);
-            facts.runtime_version = runtime_version(pid);
+            let facts = if *read_proc {
+                let mut f = ProcessFacts::read(pid);
+                f.runtime_version = runtime_version(pid);
+                f
+            } else {
+                ProcessFacts {
+                    pid,
+                    ..Default::default()
+                }
+            };
             build(&facts, host_name, *with_command_line)
         })
     }

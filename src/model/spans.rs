@@ -84,19 +84,26 @@ impl SpanAssembler {
         } else {
             Vec::new()
         };
-        let children = if waiting.is_empty() {
+        let candidates = if waiting.is_empty() {
             Vec::new()
         } else {
             waiting.remove(0)
         };
-        let orphans: Vec<Subtree> = waiting.into_iter().flatten().collect();
-        self.release(h.pid, orphans, true);
+        let mut orphans: Vec<Subtree> = waiting.into_iter().flatten().collect();
 
         let Some(span) = self.span_of(event) else {
             self.without_start += 1;
-            self.release(h.pid, children, true);
+            orphans.extend(candidates);
+            self.release(h.pid, orphans, true);
             return;
         };
+        // Only what ran within this import is its child: a subtree that started before it
+        // waited for an earlier import whose end was lost.
+        let (children, lost): (Vec<Subtree>, Vec<Subtree>) = candidates
+            .into_iter()
+            .partition(|c| c[0].start_time_unix_nano >= span.start_time_unix_nano);
+        orphans.extend(lost);
+        self.release(h.pid, orphans, true);
         let mut subtree = Vec::with_capacity(1 + children.iter().map(Vec::len).sum::<usize>());
         let parent_id = span.span_id.clone();
         subtree.push(span);
@@ -274,6 +281,19 @@ mod tests {
             .all(|(_, s)| s.trace_id == sa.trace_id));
         assert_ne!(by_name(&spans, "import other").trace_id, sa.trace_id);
         assert_eq!(a.orphaned, 0);
+    }
+
+    #[test]
+    fn a_lost_import_end_does_not_lend_its_children_to_the_next_import() {
+        let mut a = SpanAssembler::new(Clock::now());
+        a.record(&gc(1, 30, 31, 1)); // inside import B, whose end is lost
+        a.record(&import(1, "c", 40, 50, 0)); // C ends at the same depth later
+        let spans = a.take_ready();
+        let c = by_name(&spans, "import c");
+        let g = by_name(&spans, "gc.collect");
+        assert!(g.parent_span_id.is_empty(), "the gc is not C's child");
+        assert_ne!(g.trace_id, c.trace_id);
+        assert_eq!(a.orphaned, 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The OpenTelemetry sink: events → spans, metrics and log records (src/model), batched per
 //! the OTel batch settings and handed to the exporter thread (src/export).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -23,6 +23,9 @@ use crate::model::{attrs, scope};
 
 /// A thread whose spans wait this long for their parent's end releases them as roots.
 const STALE_PARENT: Duration = Duration::from_secs(30);
+/// How long an exited process's resource and metrics are kept: longer than `STALE_PARENT`, so
+/// that its last spans still find their resource.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// pyusdt's own state, reported as its self-telemetry.
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,6 +49,12 @@ pub struct OtlpSink {
     last_batch: Instant,
     last_metrics: Instant,
     started_unix_ns: u64,
+    /// PIDs with a process description (a second one means PID reuse).
+    described: HashSet<u32>,
+    /// Exited processes and when they were first seen gone.
+    dead_since: HashMap<u32, Instant>,
+    /// Whether event PIDs are this process's PIDs (same PID namespace).
+    pids_are_ours: bool,
 }
 
 impl OtlpSink {
@@ -72,40 +81,72 @@ impl OtlpSink {
             last_batch: Instant::now(),
             last_metrics: Instant::now(),
             started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+            described: HashSet::new(),
+            dead_since: HashMap::new(),
+            pids_are_ours: true,
             config,
         }))
     }
 
-    /// What is known of a process before its first event (`run`'s command).
-    pub fn seed_process(&mut self, facts: ProcessFacts) {
-        self.resources.seed(facts);
+    /// PIDs in events are not this process's PIDs (another PID namespace): never look them
+    /// up in /proc or probe their liveness; rely on what the BPF side read.
+    pub fn pids_are_foreign(&mut self) {
+        self.pids_are_ours = false;
+        self.resources.never_read_proc();
     }
 
-    /// A process described by the BPF side at its first event (read from its own memory, so
-    /// right even when it has exited since). A resource already known is kept.
+    /// A process described by the BPF side at its first event, from its own memory, so right
+    /// even when it has exited since. A second description of a PID means the PID was reused:
+    /// what the old process left is shipped under its resource first.
     pub fn describe_process(&mut self, record: &ProcessRecord<'_>) {
-        if self.resources.contains(record.pid) {
-            return;
+        if !self.described.insert(record.pid) {
+            self.flush_process(record.pid);
         }
-        let mut facts = ProcessFacts::read(record.pid);
-        if !record.env.is_empty() {
-            facts.service_name = None;
-            facts.resource_attributes = None;
-            facts.set_environment(record.environment());
+        let proc_facts = self
+            .pids_are_ours
+            .then(|| ProcessFacts::read(record.pid))
+            .filter(|f| f.executable_path.is_some());
+        let mut facts = ProcessFacts {
+            pid: record.pid,
+            command_line: record.command_line(),
+            executable_name: Some(record.comm.to_string()),
+            ..Default::default()
+        };
+        match &proc_facts {
+            // A truncated copy may miss variables that /proc still has.
+            Some(p) if record.env_truncated || record.env.is_empty() => {
+                facts.service_name = p.service_name.clone();
+                facts.resource_attributes = p.resource_attributes.clone();
+            }
+            _ => facts.set_environment(record.environment()),
         }
-        if facts.command_line.is_none() {
-            facts.command_line = record.command_line();
+        if let Some(p) = proc_facts {
+            facts.executable_path = p.executable_path;
         }
-        if facts.executable_path.is_none() {
-            facts.executable_name = Some(record.comm.to_string());
-        }
+        self.dead_since.remove(&record.pid);
         self.resources.seed_with_version(facts);
     }
 
+    /// Ships everything held for `pid` (its PID is about to describe another process).
+    fn flush_process(&mut self, pid: u32) {
+        self.spans.release_stale(0, 0);
+        self.ship_spans_and_logs();
+        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        if let Some(metrics) = self.metrics.collect_one(pid, now) {
+            let items = count_points(&metrics);
+            let request = ExportMetricsServiceRequest {
+                resource_metrics: vec![self.resource_metrics(pid, metrics)],
+            };
+            self.exporter.submit(Batch {
+                payload: Payload::Metrics(request),
+                items,
+            });
+        }
+        self.metrics.forget(pid);
+        self.resources.forget(pid);
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
-        // Read the process's resource now, while it most likely still exists (its first event
-        // wakes user space at once): short-lived processes are gone by export time.
-        self.resources.get(event.header().pid);
         self.spans.record(event);
         self.metrics
             .record(event, self.clock.unix_nanos(event.header().end_ns));
@@ -136,19 +177,24 @@ impl OtlpSink {
 
     /// Ships everything (spans still waiting for a parent become roots) and stops the
     /// exporter after at most `grace` of retries.
-    pub fn finish(mut self, own: &OwnStats, grace: Duration) -> (ExportCounts, u64) {
+    /// Returns the export counts, and the span subtrees released without their parent and
+    /// the events without a span (no start seen).
+    pub fn finish(mut self, own: &OwnStats, grace: Duration) -> (ExportCounts, (u64, u64)) {
         self.spans.release_stale(0, 0);
         self.ship_spans_and_logs();
         self.ship_metrics(own);
-        let orphaned = self.spans.orphaned;
-        (self.exporter.shutdown(grace), orphaned)
+        let spans = (self.spans.orphaned, self.spans.without_start);
+        (self.exporter.shutdown(grace), spans)
     }
 
     fn ship_spans_and_logs(&mut self) {
         self.last_batch = Instant::now();
         let batch = self.config.max_export_batch_size;
-        let spans = self.spans.take_ready();
-        for chunk in spans.chunks(batch) {
+        let mut spans = self.spans.take_ready();
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(batch));
+            let chunk = std::mem::replace(&mut spans, rest);
+            let items = chunk.len() as u64;
             let request = ExportTraceServiceRequest {
                 resource_spans: by_pid(chunk)
                     .into_iter()
@@ -165,11 +211,14 @@ impl OtlpSink {
             };
             self.exporter.submit(Batch {
                 payload: Payload::Traces(request),
-                items: chunk.len() as u64,
+                items,
             });
         }
-        let logs = self.logs.take_ready();
-        for chunk in logs.chunks(batch) {
+        let mut logs = self.logs.take_ready();
+        while !logs.is_empty() {
+            let rest = logs.split_off(logs.len().min(batch));
+            let chunk = std::mem::replace(&mut logs, rest);
+            let items = chunk.len() as u64;
             let request = ExportLogsServiceRequest {
                 resource_logs: by_pid::<LogRecord>(chunk)
                     .into_iter()
@@ -186,7 +235,7 @@ impl OtlpSink {
             };
             self.exporter.submit(Batch {
                 payload: Payload::Logs(request),
-                items: chunk.len() as u64,
+                items,
             });
         }
     }
@@ -199,15 +248,7 @@ impl OtlpSink {
         let per_process = self.metrics.collect(now);
         for (pid, metrics) in per_process {
             points += count_points(&metrics);
-            resource_metrics.push(ResourceMetrics {
-                resource: Some(self.resources.get(pid).clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(scope()),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
+            resource_metrics.push(self.resource_metrics(pid, metrics));
         }
         let own_metrics = self.own_metrics(own, now);
         points += count_points(&own_metrics);
@@ -224,12 +265,41 @@ impl OtlpSink {
             payload: Payload::Metrics(ExportMetricsServiceRequest { resource_metrics }),
             items: points,
         });
-        // Processes gone since: their last values are in this export; forget them.
+        self.forget_exited();
+    }
+
+    /// Forgets processes gone for at least `FORGET_AFTER` (their last values have been
+    /// exported, and spans waiting for a parent were released meanwhile). Not when PIDs are
+    /// foreign: a PID reuse then shows as a new process description instead.
+    fn forget_exited(&mut self) {
+        if !self.pids_are_ours {
+            return;
+        }
+        let now = Instant::now();
         for pid in self.metrics.pids() {
-            if !crate::discover::process::is_alive(pid) {
+            if crate::discover::process::is_alive(pid) {
+                self.dead_since.remove(&pid);
+                continue;
+            }
+            let since = *self.dead_since.entry(pid).or_insert(now);
+            if now.duration_since(since) >= FORGET_AFTER {
+                self.dead_since.remove(&pid);
+                self.described.remove(&pid);
                 self.metrics.forget(pid);
                 self.resources.forget(pid);
             }
+        }
+    }
+
+    fn resource_metrics(&mut self, pid: u32, metrics: Vec<Metric>) -> ResourceMetrics {
+        ResourceMetrics {
+            resource: Some(self.resources.get(pid).clone()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
         }
     }
 
@@ -319,10 +389,10 @@ impl OtlpSink {
 }
 
 /// Groups items by PID, keeping their order within a process.
-fn by_pid<T: Clone>(items: &[(u32, T)]) -> BTreeMap<u32, Vec<T>> {
+fn by_pid<T>(items: Vec<(u32, T)>) -> BTreeMap<u32, Vec<T>> {
     let mut map: BTreeMap<u32, Vec<T>> = BTreeMap::new();
     for (pid, item) in items {
-        map.entry(*pid).or_default().push(item.clone());
+        map.entry(pid).or_default().push(item);
     }
     map
 }

@@ -306,7 +306,10 @@ impl Summary {
                 count(c.exported[2]),
                 count(c.failed.iter().sum()),
                 count(c.dropped.iter().sum()),
-                if e.orphaned > 0 { format!("; {} span subtrees without their parent", e.orphaned) } else { String::new() },
+                match (e.orphaned, e.without_start) {
+                    (0, 0) => String::new(),
+                    (o, w) => format!("; {o} span subtrees without their parent, {w} events without a start (no span)"),
+                },
                 c.last_error.as_ref().map_or_else(String::new, |m| format!("; last error: {m}")),
             );
         }
@@ -398,4 +401,6 @@ pub struct ExportSummary {
     pub counts: ExportCounts,
     /// Span subtrees released without their parent.
     pub orphaned: u64,
+    /// GC or import events without a span: their start was not seen (no duration).
+    pub without_start: u64,
 }

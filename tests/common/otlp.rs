@@ -354,3 +354,18 @@ pub fn metrics(r: &Received) -> Vec<Under<Metric>> {
         })
         .collect()
 }
+
+/// Items received per signal: spans, metric data points, log records.
+pub fn item_counts(r: &Received) -> [u64; 3] {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let points = metrics(r)
+        .iter()
+        .map(|m| match &m.item.data {
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            _ => 0,
+        } as u64)
+        .sum();
+    [spans(r).len() as u64, points, logs(r).len() as u64]
+}

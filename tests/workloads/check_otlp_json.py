@@ -19,6 +19,9 @@ HEX = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
 
 def check_ids(node, where):
     if isinstance(node, dict):
+        if "spans" in node:
+            for span in node["spans"]:
+                assert span.get("traceId") and span.get("spanId"), f"{where}: span without IDs"
         for k, v in node.items():
             if k in HEX and v != "":
                 assert re.fullmatch(f"[0-9a-f]{{{HEX[k]}}}", v), f"{where}: {k}={v!r} is not OTLP hex"
