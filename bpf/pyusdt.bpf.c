@@ -374,6 +374,74 @@ int BPF_USDT(audit, const char *event, void *args)
 	return 0;
 }
 
+/* Calls counted in the kernel: nothing per call crosses to user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct func_key);
+	__type(value, struct func_count);
+} func_counts SEC(".maps");
+
+/* Scratch for a new entry (too large for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct func_count);
+} func_count_scratch SEC(".maps");
+
+struct func_key _func_key = {};
+struct func_count _func_count = {};
+
+static __always_inline void count_call(const char *file, const char *name, int line)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return;
+	struct func_key key = { .pid = id >> 32, .file = (__u64)file, .name = (__u64)name };
+	struct func_count *c = bpf_map_lookup_elem(&func_counts, &key);
+	if (c) {
+		__sync_fetch_and_add(&c->calls, 1);
+		c->line = line;
+		return;
+	}
+	__u32 zero = 0;
+	struct func_count *fresh = bpf_map_lookup_elem(&func_count_scratch, &zero);
+	if (!fresh)
+		return;
+	fresh->calls = 1;
+	fresh->line = line;
+	fresh->_pad = 0;
+	if (bpf_probe_read_user_str(fresh->name, sizeof(fresh->name), name) < 0)
+		fresh->name[0] = '\0';
+	if (bpf_probe_read_user_str(fresh->file, sizeof(fresh->file), file) < 0)
+		fresh->file[0] = '\0';
+	/* Another CPU may have created it meanwhile: then add to that one. */
+	if (bpf_map_update_elem(&func_counts, &key, fresh, BPF_NOEXIST) != 0) {
+		c = bpf_map_lookup_elem(&func_counts, &key);
+		if (c)
+			__sync_fetch_and_add(&c->calls, 1);
+		else
+			count(STAT_FUNC_TABLE_FULL);
+	}
+}
+
+/* Attached to function__entry where it fires (3.8-3.10), else to function__return (3.11):
+ * every call enters once and returns once. */
+SEC("usdt")
+int BPF_USDT(count_entry, const char *file, const char *name, int line)
+{
+	count_call(file, name, line);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(count_return, const char *file, const char *name, int line)
+{
+	count_call(file, name, line);
+	return 0;
+}
+
 /* Loaded only for `pyusdt run` (autoload off otherwise). Runs in the parent's context. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)

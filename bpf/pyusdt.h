@@ -35,7 +35,8 @@ enum stat {
 	STAT_DROP_AUDIT = 2,      /* ring buffer full: audit event lost */
 	STAT_UNPAIRED_START = 3,  /* a start overwritten before its done (lost done) */
 	STAT_IMPORT_TOO_DEEP = 4, /* import nesting beyond IMPORT_STACK_DEPTH */
-	STAT_COUNT = 5,
+	STAT_FUNC_TABLE_FULL = 5, /* function calls not counted: the counting table is full */
+	STAT_COUNT = 6,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without
@@ -100,6 +101,26 @@ struct process_event {
 	char comm[16];
 	char args[ARGS_LEN];
 	char env[ENV_LEN];
+};
+
+/* In-kernel call counting (`pyusdt top`): one entry per (process, code object), keyed by the
+ * addresses of its file and function name strings, which live as long as the code object. */
+#define FUNC_NAME_LEN 64
+#define FUNC_FILE_LEN 128
+
+struct func_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 file; /* co_filename as UTF-8, address in the process */
+	__u64 name; /* co_name */
+};
+
+struct func_count {
+	__u64 calls;
+	__u32 line; /* first line (function__entry) or a returning line (function__return) */
+	__u32 _pad;
+	char name[FUNC_NAME_LEN]; /* copied once, when the entry is created */
+	char file[FUNC_FILE_LEN];
 };
 
 #endif /* __PYUSDT_H */

@@ -53,6 +53,20 @@ pub struct TracerOptions {
     pub follow_processes: bool,
     /// Copy the first arguments of audit events (--audit-args).
     pub audit_args: bool,
+    /// Load the in-kernel call counters (`pyusdt top`).
+    pub count_functions: bool,
+}
+
+/// Calls of one function of one process, counted in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCount {
+    pub pid: u32,
+    /// Addresses of its file and name strings: the code object's identity in its process.
+    pub code: (u64, u64),
+    pub calls: u64,
+    pub line: u32,
+    pub name: String,
+    pub file: String,
 }
 
 /// Counters kept by the BPF side.
@@ -64,6 +78,8 @@ pub struct KernelStats {
     pub unpaired_starts: u64,
     /// Imports nested deeper than the BPF stack: reported without a duration.
     pub imports_too_deep: u64,
+    /// Calls not counted because the counting table was full.
+    pub function_table_full: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -108,6 +124,20 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .follow_fork
             .set_autoload(options.follow_processes);
+        open.progs.count_entry.set_autoload(options.count_functions);
+        open.progs
+            .count_return
+            .set_autoload(options.count_functions);
+        if !options.count_functions {
+            // The counting table is preallocated: keep it minimal when unused.
+            open.maps
+                .func_counts
+                .set_max_entries(1)
+                .map_err(|source| AttachError::Map {
+                    map: "func_counts",
+                    source,
+                })?;
+        }
         let skel = open.load().map_err(AttachError::Load)?;
         let mut process_links = vec![
             skel.progs
@@ -167,6 +197,69 @@ impl<'obj> Tracer<'obj> {
     pub fn first_child_host_pid(&self) -> Option<u32> {
         let pid = self.skel.maps.bss_data.as_deref()?.runner_first_child;
         (pid != 0).then_some(pid)
+    }
+
+    /// Attaches the call counter to `binary`: to function__entry where it fires for every call
+    /// (3.8–3.10), else to function__return (3.11, where entries need the slow line mode; every
+    /// call returns once). Returns the marker used, or `None` when the file has neither.
+    pub fn attach_function_counter(
+        &mut self,
+        binary: &Binary,
+    ) -> Result<Option<&'static str>, AttachError> {
+        let entry_fires = binary.firing("function__entry") == crate::discover::Firing::Fires;
+        let (marker, prog) = if entry_fires {
+            ("function__entry", &self.skel.progs.count_entry)
+        } else if binary.has_marker("function__return") {
+            ("function__return", &self.skel.progs.count_return)
+        } else {
+            return Ok(None);
+        };
+        let link = prog
+            .attach_usdt(-1, &binary.path, PROVIDER, marker)
+            .map_err(|source| AttachError::Attach {
+                marker,
+                path: binary.path.clone(),
+                source,
+            })?;
+        self.links.push(link);
+        Ok(Some(marker))
+    }
+
+    /// The call counts so far (cumulative), one per (process, code object).
+    pub fn function_counts(&self) -> Vec<FunctionCount> {
+        let map = &self.skel.maps.func_counts;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
+                continue;
+            };
+            let (Ok(k), Ok(v)) = (
+                plain::from_bytes::<bpf::func_key>(&key),
+                plain::from_bytes::<bpf::func_count>(&value),
+            ) else {
+                continue;
+            };
+            out.push(FunctionCount {
+                pid: k.pid,
+                code: (k.file, k.name),
+                calls: v.calls,
+                line: v.line,
+                name: crate::decode::c_string(&v.name).into_owned(),
+                file: crate::decode::c_string(&v.file).into_owned(),
+            });
+        }
+        out
+    }
+
+    /// Drops the counters of processes that exited (bounded table).
+    pub fn forget_function_counts(&self, pids: &[u32]) {
+        let map = &self.skel.maps.func_counts;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for key in keys {
+            if plain::from_bytes::<bpf::func_key>(&key).is_ok_and(|k| pids.contains(&k.pid)) {
+                let _ = map.delete(&key);
+            }
+        }
     }
 
     /// The BPF program handling `marker` (one of `Probe::markers`).
@@ -230,6 +323,7 @@ impl<'obj> Tracer<'obj> {
             ],
             unpaired_starts: sums[bpf::STAT_UNPAIRED_START as usize],
             imports_too_deep: sums[bpf::STAT_IMPORT_TOO_DEEP as usize],
+            function_table_full: sums[bpf::STAT_FUNC_TABLE_FULL as usize],
         })
     }
 

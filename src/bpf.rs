@@ -10,7 +10,8 @@
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
-    audit_arg, audit_args_event, audit_event, event_header, gc_event, import_event, process_event,
+    audit_arg, audit_args_event, audit_event, event_header, func_count, func_key, gc_event,
+    import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -26,6 +27,10 @@ unsafe impl plain::Plain for types::audit_event {}
 unsafe impl plain::Plain for types::process_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::audit_args_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::func_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::func_count {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};
@@ -43,4 +48,5 @@ pub const STAT_DROP_IMPORT: u32 = stat::STAT_DROP_IMPORT.0;
 pub const STAT_DROP_AUDIT: u32 = stat::STAT_DROP_AUDIT.0;
 pub const STAT_UNPAIRED_START: u32 = stat::STAT_UNPAIRED_START.0;
 pub const STAT_IMPORT_TOO_DEEP: u32 = stat::STAT_IMPORT_TOO_DEEP.0;
+pub const STAT_FUNC_TABLE_FULL: u32 = stat::STAT_FUNC_TABLE_FULL.0;
 pub const STAT_COUNT: u32 = stat::STAT_COUNT.0;

@@ -31,6 +31,38 @@ pub enum Command {
     /// Trace every Python process on the host that uses a marker-bearing interpreter, running
     /// now or started later, until SIGINT or SIGTERM.
     Agent(AgentArgs),
+    /// The most frequently called Python functions, counted in the kernel: a table per
+    /// interval for every Python process, or over a command's whole run (`-- CMD`).
+    ///
+    /// Counts come from function__entry where it fires for every call (CPython 3.8-3.10) and
+    /// from function__return on 3.11, where every call returns once (a generator also returns
+    /// at each yield). 3.12-3.14 have no function markers.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds per table.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub interval: f64,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+    /// Print one table and exit (with a command: one table over its whole run, at its exit).
+    #[arg(long)]
+    pub once: bool,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Interpreter or libpython file to attach to (repeatable), besides the ones discovered.
+    #[arg(long = "python", value_name = "PATH")]
+    pub pythons: Vec<PathBuf>,
+    /// Attach only to the files given with --python (and the command's interpreter).
+    #[arg(long)]
+    pub no_discover: bool,
+    /// A command to run and count the calls of (and of the processes it starts), after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

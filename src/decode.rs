@@ -210,7 +210,7 @@ fn read<T: plain::Plain>(data: &[u8], marker: u8) -> Result<&T, DecodeError> {
 
 /// A bounded, NUL-terminated string copied by `bpf_probe_read_user_str`: untrusted bytes,
 /// decoded lossily (never fails, never reads past the array).
-fn c_string(raw: &[i8]) -> Cow<'_, str> {
+pub fn c_string(raw: &[i8]) -> Cow<'_, str> {
     let bytes = bytes(raw);
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end])

@@ -38,6 +38,7 @@ fn main() {
         Command::List(args) => commands::list::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Agent(args) => commands::agent::run(args),
+        Command::Top(args) => commands::top::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

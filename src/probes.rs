@@ -51,6 +51,13 @@ impl ProbeSet {
     }
 }
 
+impl ProbeSet {
+    /// No probe group: for commands that attach only their own programs (`top`).
+    pub fn none() -> ProbeSet {
+        ProbeSet(Vec::new())
+    }
+}
+
 impl Default for ProbeSet {
     /// gc and import: their cost was not measurable on a mixed workload.
     fn default() -> Self {

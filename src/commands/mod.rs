@@ -3,3 +3,4 @@ pub mod agent;
 pub mod list;
 pub mod run;
 pub mod session;
+pub mod top;

@@ -16,35 +16,7 @@ use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 
 pub fn run(args: &RunArgs) -> CliResult<i32> {
-    let program = &args.command[0];
-    let resolved = resolve_program(program).ok_or_else(|| {
-        CliError::new(
-            Exit::CommandNotFound,
-            format!("command not found: {}", program.to_string_lossy()),
-        )
-    })?;
-
-    // Say now, not after a silent run, when the command's Python cannot be traced.
-    let mut implied = None;
-    if let Some(interpreter) = command_interpreter(&resolved) {
-        let name = program.to_string_lossy();
-        match Binary::open(&interpreter) {
-            Ok(b) if b.has_python_markers() => implied = Some(interpreter),
-            // A --enable-shared build: the markers are in the libpython it links.
-            Ok(b) if b.linked_libpython().is_some_and(|l| {
-                Binary::open(&l).is_ok_and(|lib| lib.has_python_markers())
-            }) =>
-            {
-                implied = b.linked_libpython();
-            }
-            Ok(b) => tracing::warn!(
-                "`{name}` runs {}{}, which has no CPython markers: it will not be traced. {NO_MARKERS_HINT}",
-                b.path.display(),
-                b.version.map_or_else(String::new, |v| format!(" (CPython {v})")),
-            ),
-            Err(e) => tracing::warn!("`{name}`: {e}; it will not be traced"),
-        }
-    }
+    let (resolved, implied) = resolve_command(&args.command)?;
     // The usual locations cover the Pythons the command may start; scanning every process of
     // the host is the agent's job.
     let scan = Scan {
@@ -76,17 +48,7 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     // before it runs a single instruction of its own.
     session.tracer.follow_children_of_self()?;
 
-    let mut child = Command::new(&resolved)
-        .arg0(program)
-        .args(&args.command[1..])
-        .spawn()
-        .map_err(|e| {
-            let exit = match e.kind() {
-                std::io::ErrorKind::NotFound => Exit::CommandNotFound,
-                _ => Exit::CommandNotExecutable,
-            };
-            CliError::new(exit, format!("cannot start {}: {e}", resolved.display()))
-        })?;
+    let mut child = spawn(&args.command, &resolved)?;
     let child_pid = child.id() as libc::pid_t;
     let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
     // Events carry host PIDs; in a container without the host's PID namespace the child's PID
@@ -131,7 +93,7 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
 }
 
 /// Sends `signal` to the command when `flag` was raised since the last look.
-fn forward(flag: &AtomicBool, signal: libc::c_int, child: libc::pid_t) {
+pub(crate) fn forward(flag: &AtomicBool, signal: libc::c_int, child: libc::pid_t) {
     if flag.swap(false, Ordering::Relaxed) {
         // SAFETY: kill has no memory-safety preconditions; `child` is our unreaped child.
         unsafe { libc::kill(child, signal) };
@@ -139,14 +101,68 @@ fn forward(flag: &AtomicBool, signal: libc::c_int, child: libc::pid_t) {
 }
 
 /// Whether this process is in the foreground process group of its controlling terminal.
-fn in_terminal_foreground() -> bool {
+pub(crate) fn in_terminal_foreground() -> bool {
     // SAFETY: tcgetpgrp and getpgrp only read process state; an fd without a terminal gives -1.
     let (fg, own) = unsafe { (libc::tcgetpgrp(libc::STDIN_FILENO), libc::getpgrp()) };
     fg != -1 && fg == own
 }
 
+/// Resolves the command to run, and the interpreter file to attach for it: the interpreter it
+/// runs, or the libpython that interpreter (or an embedder) links. Warns now, rather than after
+/// a silent run, when the command's Python cannot be traced.
+pub(crate) fn resolve_command(
+    command: &[std::ffi::OsString],
+) -> CliResult<(PathBuf, Option<PathBuf>)> {
+    let program = &command[0];
+    let resolved = resolve_program(program).ok_or_else(|| {
+        CliError::new(
+            Exit::CommandNotFound,
+            format!("command not found: {}", program.to_string_lossy()),
+        )
+    })?;
+    let mut implied = None;
+    if let Some(interpreter) = command_interpreter(&resolved) {
+        let name = program.to_string_lossy();
+        match Binary::open(&interpreter) {
+            Ok(b) if b.has_python_markers() => implied = Some(interpreter),
+            // A --enable-shared build: the markers are in the libpython it links.
+            Ok(b) if b.linked_libpython().is_some_and(|l| {
+                Binary::open(&l).is_ok_and(|lib| lib.has_python_markers())
+            }) =>
+            {
+                implied = b.linked_libpython();
+            }
+            Ok(b) => tracing::warn!(
+                "`{name}` runs {}{}, which has no CPython markers: it will not be traced. {NO_MARKERS_HINT}",
+                b.path.display(),
+                b.version.map_or_else(String::new, |v| format!(" (CPython {v})")),
+            ),
+            Err(e) => tracing::warn!("`{name}`: {e}; it will not be traced"),
+        }
+    }
+    Ok((resolved, implied))
+}
+
+/// Starts the command (argv[0] as the user typed it).
+pub(crate) fn spawn(
+    command: &[std::ffi::OsString],
+    resolved: &Path,
+) -> CliResult<std::process::Child> {
+    Command::new(resolved)
+        .arg0(&command[0])
+        .args(&command[1..])
+        .spawn()
+        .map_err(|e| {
+            let exit = match e.kind() {
+                std::io::ErrorKind::NotFound => Exit::CommandNotFound,
+                _ => Exit::CommandNotExecutable,
+            };
+            CliError::new(exit, format!("cannot start {}: {e}", resolved.display()))
+        })
+}
+
 /// As shells report it: the exit code, or 128 + the signal that killed the command.
-fn exit_code(status: ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))

@@ -146,6 +146,7 @@ impl<'obj> Session<'obj> {
                 ring_buffer_bytes: args.ring_buffer_size,
                 follow_processes,
                 audit_args: export.audit_args,
+                count_functions: false,
             },
         )?;
         let clock = Clock::now();

@@ -1,0 +1,243 @@
+//! `pyusdt top`: the most frequently called Python functions, counted in the kernel (one map
+//! entry per process and code object; nothing per call crosses to user space), printed as a
+//! table per interval, or once over a command's whole run.
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::mem::MaybeUninit;
+use std::process::ExitStatus;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::attach::{FunctionCount, Tracer, TracerOptions};
+use crate::cli::TopArgs;
+use crate::commands::run::{exit_code, forward, in_terminal_foreground, resolve_command, spawn};
+use crate::commands::session::{interpreters_to_trace, no_interpreter_error, signal_flag};
+use crate::discover::interpreters::Scan;
+use crate::exit::{CliError, CliResult, Exit};
+use crate::probes::ProbeSet;
+use crate::report::text::{count, safe};
+
+pub fn run(args: &TopArgs) -> CliResult<i32> {
+    let with_command = !args.command.is_empty();
+    let (resolved, implied) = if with_command {
+        let (r, i) = resolve_command(&args.command)?;
+        (Some(r), i)
+    } else {
+        (None, None)
+    };
+    let scan = Scan {
+        processes: !with_command && !args.no_discover,
+        locations: !args.no_discover,
+    };
+    // The command's own interpreter must have function markers, or its table stays empty.
+    if let Some(b) = implied
+        .as_deref()
+        .and_then(|p| crate::discover::Binary::open(p).ok())
+    {
+        if !b.has_marker("function__return") && !b.has_marker("function__entry") {
+            return Err(CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "{} has no function markers to count calls with: {}",
+                    b.path.display(),
+                    b.firing("function__return")
+                        .explain("function__return", b.version)
+                ),
+            ));
+        }
+    }
+    let binaries = interpreters_to_trace(&args.pythons, implied, scan, &mut HashSet::new())?;
+    if binaries.is_empty() {
+        return Err(no_interpreter_error());
+    }
+    crate::preflight::check_tracing(!with_command)?;
+
+    let mut storage = MaybeUninit::uninit();
+    let mut tracer = Tracer::load(
+        &mut storage,
+        TracerOptions {
+            probes: ProbeSet::none(),
+            ring_buffer_bytes: 4096 * 4,
+            follow_processes: with_command,
+            audit_args: false,
+            count_functions: true,
+        },
+    )?;
+    let mut counted_on = Vec::new();
+    for b in &binaries {
+        let version = b
+            .version
+            .map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
+        match tracer.attach_function_counter(b)? {
+            Some(marker) => {
+                tracing::info!(
+                    "counting calls of {} ({version}) at {marker}",
+                    b.path.display()
+                );
+                counted_on.push(version);
+            }
+            None => tracing::warn!(
+                "{} ({version}) has no function markers: {}",
+                b.path.display(),
+                b.firing("function__return")
+                    .explain("function__return", b.version)
+            ),
+        }
+    }
+    if counted_on.is_empty() {
+        return Err(CliError::new(
+            Exit::NoMarkers,
+            "no interpreter here has function markers to count calls with: CPython 3.12 to 3.14 \
+             have none (removed with PEP 669); 3.8-3.11 builds with --with-dtrace do",
+        ));
+    }
+
+    let interrupted = signal_flag(libc::SIGINT)?;
+    let terminated = signal_flag(libc::SIGTERM)?;
+    let mut out = std::io::stdout().lock();
+    let interval = Duration::from_secs_f64(args.interval.max(0.1));
+
+    let Some(resolved) = resolved else {
+        // All processes, table per interval, until SIGINT/SIGTERM (or one table with --once).
+        let mut view = View::new(args);
+        loop {
+            let started = Instant::now();
+            while started.elapsed() < interval {
+                if interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed) {
+                    return Ok(0);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            view.print(&mut out, &tracer, started.elapsed());
+            if args.once {
+                return Ok(0);
+            }
+        }
+    };
+
+    // With a command: its whole run, one table at its exit (and per interval unless --once).
+    tracer.follow_children_of_self()?;
+    let mut child = spawn(&args.command, &resolved)?;
+    let child_pid = child.id() as libc::pid_t;
+    let terminal_delivers_sigint = in_terminal_foreground();
+    let mut view = View::new(args);
+    view.cumulative = true;
+    let started = Instant::now();
+    let mut last_table = Instant::now();
+    let status: ExitStatus = loop {
+        forward(&terminated, libc::SIGTERM, child_pid);
+        if !terminal_delivers_sigint {
+            forward(&interrupted, libc::SIGINT, child_pid);
+        }
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => {
+                return Err(CliError::new(
+                    Exit::Failure,
+                    format!("waiting for the command: {e}"),
+                ))
+            }
+        }
+        if !args.once && last_table.elapsed() >= interval {
+            view.print(&mut out, &tracer, started.elapsed());
+            last_table = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    view.print(&mut out, &tracer, started.elapsed());
+    let stats = tracer.stats()?;
+    if stats.function_table_full > 0 {
+        eprintln!(
+            "pyusdt top: {} calls not counted: more distinct functions than the counting table holds",
+            count(stats.function_table_full)
+        );
+    }
+    Ok(exit_code(status))
+}
+
+/// What was printed last, to show calls per interval.
+struct View {
+    previous: HashMap<(u32, (u64, u64)), u64>,
+    limit: usize,
+    pid: Option<u32>,
+    /// Totals since the start instead of per interval (a command's whole run).
+    cumulative: bool,
+}
+
+impl View {
+    fn new(args: &TopArgs) -> View {
+        View {
+            previous: HashMap::new(),
+            limit: args.limit,
+            pid: args.pid,
+            cumulative: false,
+        }
+    }
+
+    fn print(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
+        let counts: Vec<FunctionCount> = tracer
+            .function_counts()
+            .into_iter()
+            .filter(|c| self.pid.is_none_or(|p| p == c.pid))
+            .collect();
+        let mut rows: Vec<(u64, &FunctionCount)> = counts
+            .iter()
+            .map(|c| {
+                let key = (c.pid, c.code);
+                let before = if self.cumulative {
+                    0
+                } else {
+                    self.previous.get(&key).copied().unwrap_or(0)
+                };
+                (c.calls.saturating_sub(before), c)
+            })
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        rows.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.pid.cmp(&b.1.pid))
+                .then(a.1.name.cmp(&b.1.name))
+        });
+        let total: u64 = rows.iter().map(|(n, _)| n).sum();
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let processes: HashSet<u32> = rows.iter().map(|(_, c)| c.pid).collect();
+        let _ = writeln!(
+            out,
+            "pyusdt top: {} calls in {secs:.1} s from {} process{}",
+            count(total),
+            processes.len(),
+            if processes.len() == 1 { "" } else { "es" }
+        );
+        let _ = writeln!(
+            out,
+            "{:>8} {:>12} {:>12} {:>6}  {:<50} FUNCTION",
+            "PID", "CALLS", "CALLS/s", "SHARE", "FILE:LINE"
+        );
+        for (n, c) in rows.iter().take(self.limit) {
+            let location = format!("{}:{}", safe(&c.file), c.line);
+            let _ = writeln!(
+                out,
+                "{:>8} {:>12} {:>12.1} {:>5.1}%  {:<50} {}",
+                c.pid,
+                count(*n),
+                *n as f64 / secs,
+                100.0 * *n as f64 / total.max(1) as f64,
+                location,
+                safe(&c.name)
+            );
+        }
+        let _ = writeln!(out);
+        let _ = out.flush();
+        self.previous = counts.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
+        // Forget processes that exited: the table stays bounded.
+        let gone: Vec<u32> = processes
+            .iter()
+            .copied()
+            .filter(|&p| !crate::discover::process::is_alive(p))
+            .collect();
+        if !self.cumulative && !gone.is_empty() {
+            tracer.forget_function_counts(&gone);
+        }
+    }
+}

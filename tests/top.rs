@@ -1,0 +1,91 @@
+//! `pyusdt top`: calls counted in the kernel, exactly, on every version with function markers;
+//! a clear refusal on versions without them.
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// CALLS of FUNCTION from a `top` table.
+fn calls(table: &str, function: &str) -> Option<u64> {
+    table.lines().find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.last() == Some(&function) && cols.len() >= 6)
+            .then(|| cols[1].replace(',', "").parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn top_counts_every_call_exactly() {
+    if !require_bpf("top_counts_every_call_exactly") {
+        return;
+    }
+    // fib(20) makes 2*fib(21)-1 = 21,891 calls; by_key is called 1,000 times by sorted(), from C.
+    let mut checked = Vec::new();
+    for interp in interpreters() {
+        let out = pyusdt()
+            .args(["top", "--once", "--limit", "50", "--"])
+            .arg(&interp.python)
+            .arg(workload("fib.py"))
+            .args(["20", "1000"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        let v = interp.minor;
+        if v >= 12 {
+            assert_eq!(out.status.code(), Some(4), "3.{v}: {stdout}{stderr}");
+            assert!(
+                stderr.contains("no call site") && stderr.contains("PEP 669"),
+                "{stderr}"
+            );
+            continue;
+        }
+        assert!(out.status.success(), "3.{v}: {stderr}");
+        assert_eq!(calls(&stdout, "fib"), Some(21_891), "3.{v}: {stdout}");
+        assert_eq!(calls(&stdout, "by_key"), Some(1_000), "3.{v}: {stdout}");
+        let marker = if v <= 10 {
+            "function__entry"
+        } else {
+            "function__return"
+        };
+        assert!(stderr.contains(&format!("at {marker}")), "3.{v}: {stderr}");
+        checked.push(format!("3.{v}"));
+    }
+    eprintln!("exact call counts checked on {}", checked.join(", "));
+}
+
+#[test]
+fn top_follows_running_processes_per_interval() {
+    if !require_bpf("top_follows_running_processes_per_interval") {
+        return;
+    }
+    let code = "import time\ndef pyusdt_top_probe():\n    pass\nend = time.time() + 4\nwhile time.time() < end:\n    pyusdt_top_probe()\n    time.sleep(0.001)\n";
+    let busy = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-c", code])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = busy.0.id().to_string();
+    let out = pyusdt()
+        .args(["top", "--once", "--interval", "1", "--pid", &pid])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let n = calls(&stdout, "pyusdt_top_probe").unwrap_or_else(|| panic!("not counted: {stdout}"));
+    assert!(
+        n > 10,
+        "{n} calls in one interval of a loop calling every ms"
+    );
+    assert!(
+        stdout
+            .lines()
+            .skip(2)
+            .all(|l| l.is_empty() || l.trim_start().starts_with(&pid)),
+        "--pid filter: {stdout}"
+    );
+}
