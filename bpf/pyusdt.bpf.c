@@ -16,6 +16,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 wakeup_bytes = 256 * 1024; /* wake user space once this much is pending */
 const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
+const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -392,6 +393,53 @@ struct {
 
 struct func_key _func_key = {};
 struct func_count _func_count = {};
+struct flow_event _flow_event = {};
+enum flow_kind _flow_kind = FLOW_ENTRY;
+
+/* `pyusdt flow`: one record per entry, return (and line) of the traced process. */
+static __always_inline void flow(__u8 kind, const char *file, const char *name, int line)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_FLOW);
+		return;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	fill_header(&e->h, id, MARKER_FLOW, now, now, 0);
+	e->kind = kind;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->line = line;
+	if (bpf_probe_read_user_str(e->name, sizeof(e->name), name) < 0)
+		e->name[0] = '\0';
+	if (bpf_probe_read_user_str(e->file, sizeof(e->file), file) < 0)
+		e->file[0] = '\0';
+	submit(e);
+}
+
+SEC("usdt")
+int BPF_USDT(flow_entry, const char *file, const char *name, int line)
+{
+	flow(FLOW_ENTRY, file, name, line);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(flow_return, const char *file, const char *name, int line)
+{
+	flow(FLOW_RETURN, file, name, line);
+	return 0;
+}
+
+/* Attached on 3.11 even without --lines: its semaphore switches the interpreter to the tracing
+ * path, the only one where function__entry fires for every call. */
+SEC("usdt")
+int BPF_USDT(flow_line, const char *file, const char *name, int line)
+{
+	if (flow_lines)
+		flow(FLOW_LINE, file, name, line);
+	return 0;
+}
 
 static __always_inline void count_call(const char *file, const char *name, int line)
 {

@@ -26,6 +26,8 @@ enum marker {
 	MARKER_PROCESS = 4,
 	/* An audit event with the raw memory of its first arguments (--audit-args). */
 	MARKER_AUDIT_ARGS = 5,
+	/* A function entry, return or line (`pyusdt flow`). */
+	MARKER_FLOW = 6,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -36,7 +38,8 @@ enum stat {
 	STAT_UNPAIRED_START = 3,  /* a start overwritten before its done (lost done) */
 	STAT_IMPORT_TOO_DEEP = 4, /* import nesting beyond IMPORT_STACK_DEPTH */
 	STAT_FUNC_TABLE_FULL = 5, /* function calls not counted: the counting table is full */
-	STAT_COUNT = 6,
+	STAT_DROP_FLOW = 6,       /* ring buffer full: flow event lost */
+	STAT_COUNT = 7,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without
@@ -120,6 +123,21 @@ struct func_count {
 	__u32 line; /* first line (function__entry) or a returning line (function__return) */
 	__u32 _pad;
 	char name[FUNC_NAME_LEN]; /* copied once, when the entry is created */
+	char file[FUNC_FILE_LEN];
+};
+
+enum flow_kind {
+	FLOW_ENTRY = 0,
+	FLOW_RETURN = 1,
+	FLOW_LINE = 2,
+};
+
+struct flow_event {
+	struct event_header h;
+	__u8 kind; /* enum flow_kind */
+	__u8 _pad[3];
+	__s32 line;
+	char name[FUNC_NAME_LEN];
 	char file[FUNC_FILE_LEN];
 };
 

@@ -55,6 +55,8 @@ pub struct TracerOptions {
     pub audit_args: bool,
     /// Load the in-kernel call counters (`pyusdt top`).
     pub count_functions: bool,
+    /// Load the flow programs (`pyusdt flow`); `Some(true)` also reports line events.
+    pub flow: Option<bool>,
 }
 
 /// Calls of one function of one process, counted in the kernel.
@@ -80,6 +82,8 @@ pub struct KernelStats {
     pub imports_too_deep: u64,
     /// Calls not counted because the counting table was full.
     pub function_table_full: u64,
+    /// Flow records lost because the ring buffer was full.
+    pub flow_dropped: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -114,6 +118,7 @@ impl<'obj> Tracer<'obj> {
         rodata.wakeup_bytes = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
         rodata.filter_tgid = options.follow_processes;
         rodata.audit_args = options.audit_args;
+        rodata.flow_lines = options.flow == Some(true);
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -125,6 +130,13 @@ impl<'obj> Tracer<'obj> {
             .follow_fork
             .set_autoload(options.follow_processes);
         open.progs.count_entry.set_autoload(options.count_functions);
+        for prog in [
+            &mut open.progs.flow_entry,
+            &mut open.progs.flow_return,
+            &mut open.progs.flow_line,
+        ] {
+            prog.set_autoload(options.flow.is_some());
+        }
         open.progs
             .count_return
             .set_autoload(options.count_functions);
@@ -223,6 +235,40 @@ impl<'obj> Tracer<'obj> {
             })?;
         self.links.push(link);
         Ok(Some(marker))
+    }
+
+    /// Attaches the flow programs to `binary` for process `pid` only (so that the semaphores,
+    /// and on 3.11 the slow line mode, concern that process alone). Returns whether the line
+    /// marker had to be enabled to make entries fire (3.11), or `None` without function markers.
+    pub fn attach_flow(&mut self, binary: &Binary, pid: i32) -> Result<Option<bool>, AttachError> {
+        use crate::discover::Firing;
+        let entry = binary.firing("function__entry");
+        let line_mode = entry == Firing::OnlyWhenLineEnabled;
+        if !binary.has_marker("function__return")
+            || !(entry == Firing::Fires || line_mode || entry == Firing::Unverified)
+        {
+            return Ok(None);
+        }
+        let lines = self.options.flow == Some(true) || line_mode;
+        let p = &self.skel.progs;
+        let mut plan = vec![
+            ("function__entry", &p.flow_entry),
+            ("function__return", &p.flow_return),
+        ];
+        if lines && binary.has_marker("line") {
+            plan.push(("line", &p.flow_line));
+        }
+        for (marker, prog) in plan {
+            let link = prog
+                .attach_usdt(pid, &binary.path, PROVIDER, marker)
+                .map_err(|source| AttachError::Attach {
+                    marker,
+                    path: binary.path.clone(),
+                    source,
+                })?;
+            self.links.push(link);
+        }
+        Ok(Some(line_mode))
     }
 
     /// The call counts so far (cumulative), one per (process, code object).
@@ -324,6 +370,7 @@ impl<'obj> Tracer<'obj> {
             unpaired_starts: sums[bpf::STAT_UNPAIRED_START as usize],
             imports_too_deep: sums[bpf::STAT_IMPORT_TOO_DEEP as usize],
             function_table_full: sums[bpf::STAT_FUNC_TABLE_FULL as usize],
+            flow_dropped: sums[bpf::STAT_DROP_FLOW as usize],
         })
     }
 

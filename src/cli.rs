@@ -38,6 +38,29 @@ pub enum Command {
     /// from function__return on 3.11, where every call returns once (a generator also returns
     /// at each yield). 3.12-3.14 have no function markers.
     Top(TopArgs),
+    /// The call tree of one process: a line per function entry and return, indented by
+    /// depth per thread (DTrace's py_flowinfo.d, SystemTap's show-call-hierarchy.stp).
+    ///
+    /// Needs function markers: CPython 3.8-3.11 built --with-dtrace. On 3.11, entries fire only
+    /// on the interpreter's tracing path, so flow enables the line marker for that process
+    /// alone, which slows it down a lot. 3.12-3.14 have no function markers.
+    Flow(FlowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlowArgs {
+    /// Follow this running process.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// Print a thread only from an entry into this function until its return.
+    #[arg(long, value_name = "FUNC")]
+    pub from: Option<String>,
+    /// Also print the line marker's events (every line executed).
+    #[arg(long)]
+    pub lines: bool,
+    /// A command to run and follow from its first instruction, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

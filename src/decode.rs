@@ -2,8 +2,8 @@
 use std::borrow::Cow;
 
 use crate::bpf::{
-    self, audit_arg, audit_args_event, audit_event, event_header, gc_event, import_event,
-    process_event,
+    self, audit_arg, audit_args_event, audit_event, event_header, flow_event, gc_event,
+    import_event, process_event,
 };
 
 /// What every event carries.
@@ -104,11 +104,29 @@ impl ProcessRecord<'_> {
     }
 }
 
-/// A ring-buffer record: a marker's event, or a process description.
+/// A function entry, return or line of `pyusdt flow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord<'a> {
+    pub header: Header,
+    pub kind: FlowKind,
+    pub line: i32,
+    pub name: Cow<'a, str>,
+    pub file: Cow<'a, str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKind {
+    Entry,
+    Return,
+    Line,
+}
+
+/// A ring-buffer record: a marker's event, a process description, or a flow record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
     Event(Event<'a>),
     Process(ProcessRecord<'a>),
+    Flow(FlowRecord<'a>),
 }
 
 impl Event<'_> {
@@ -192,6 +210,21 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 args: &args[..(e.args_len as usize).min(args.len())],
                 env: &env[..(e.env_len as usize).min(env.len())],
                 env_truncated: e.truncated & 2 != 0,
+            }))
+        }
+        bpf::MARKER_FLOW => {
+            let e: &flow_event = read(data, raw.marker)?;
+            let kind = match e.kind {
+                0 => FlowKind::Entry,
+                1 => FlowKind::Return,
+                _ => FlowKind::Line,
+            };
+            Ok(Record::Flow(FlowRecord {
+                header,
+                kind,
+                line: e.line,
+                name: c_string(&e.name),
+                file: c_string(&e.file),
             }))
         }
         other => Err(DecodeError::UnknownMarker(other)),

@@ -39,6 +39,7 @@ fn main() {
         Command::Run(args) => commands::run::run(args),
         Command::Agent(args) => commands::agent::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::Flow(args) => commands::flow::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,5 +1,6 @@
 //! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
 pub mod agent;
+pub mod flow;
 pub mod list;
 pub mod run;
 pub mod session;

@@ -147,6 +147,7 @@ impl<'obj> Session<'obj> {
                 follow_processes,
                 audit_args: export.audit_args,
                 count_functions: false,
+                flow: None,
             },
         )?;
         let clock = Clock::now();

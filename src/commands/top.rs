@@ -61,6 +61,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             follow_processes: with_command,
             audit_args: false,
             count_functions: true,
+            flow: None,
         },
     )?;
     let mut counted_on = Vec::new();

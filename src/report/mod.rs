@@ -21,6 +21,8 @@ impl Sinks {
         match record {
             Record::Event(e) => self.event(e),
             Record::Process(p) => self.process(p),
+            // Only `pyusdt flow` loads the flow programs, and it reads its records itself.
+            Record::Flow(_) => {}
         }
     }
 

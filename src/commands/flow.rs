@@ -1,0 +1,275 @@
+//! `pyusdt flow`: the call tree of one process, in the spirit of DTrace's `py_flowinfo.d` and
+//! SystemTap's `show-call-hierarchy.stp` — one line per entry and return, indented by depth.
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{BufWriter, Write};
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+
+use crate::attach::{Tracer, TracerOptions};
+use crate::cli::FlowArgs;
+use crate::commands::run::{in_terminal_foreground, resolve_command};
+use crate::commands::session::signal_flag;
+use crate::decode::{self, FlowKind, FlowRecord, Record};
+use crate::discover::{process, Binary};
+use crate::exit::{CliError, CliResult, Exit};
+use crate::probes::ProbeSet;
+use crate::report::text::safe;
+
+pub fn run(args: &FlowArgs) -> CliResult<i32> {
+    let command = !args.command.is_empty();
+    if command == args.pid.is_some() {
+        return Err(CliError::new(
+            Exit::Usage,
+            "give the process to follow: --pid PID, or a command after `--` (not both)",
+        ));
+    }
+    // The interpreter files the process uses.
+    let (binaries, resolved) = if let Some(pid) = args.pid {
+        let files = process::files_of(pid)?.via_proc_root();
+        let binaries: Vec<Binary> = files.iter().filter_map(|f| Binary::open(f).ok()).collect();
+        (binaries, None)
+    } else {
+        let (resolved, implied) = resolve_command(&args.command)?;
+        let implied = implied.ok_or_else(|| {
+            CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "{} does not run a CPython with markers: nothing to follow",
+                    resolved.display()
+                ),
+            )
+        })?;
+        (vec![Binary::open(&implied)?], Some(resolved))
+    };
+    let usable: Vec<&Binary> = binaries
+        .iter()
+        .filter(|b| b.has_marker("function__return"))
+        .collect();
+    if usable.is_empty() {
+        let why = binaries
+            .iter()
+            .find(|b| b.has_python_markers())
+            .map(|b| {
+                b.firing("function__entry")
+                    .explain("function__entry", b.version)
+            })
+            .unwrap_or_else(|| crate::discover::NO_MARKERS_HINT.to_string());
+        return Err(CliError::new(
+            Exit::NoMarkers,
+            format!("this interpreter has no function markers: {why}"),
+        ));
+    }
+    crate::preflight::check_tracing(args.pid.is_some())?;
+
+    let mut storage = MaybeUninit::uninit();
+    let mut tracer = Tracer::load(
+        &mut storage,
+        TracerOptions {
+            probes: ProbeSet::none(),
+            ring_buffer_bytes: 16 << 20,
+            follow_processes: false,
+            audit_args: false,
+            count_functions: false,
+            flow: Some(args.lines),
+        },
+    )?;
+
+    let interrupted = signal_flag(libc::SIGINT)?;
+    let terminated = signal_flag(libc::SIGTERM)?;
+    let pid = match (args.pid, &resolved) {
+        (Some(pid), _) => pid,
+        (None, Some(resolved)) => fork_stopped(resolved, &args.command)?,
+        (None, None) => return Err(CliError::new(Exit::Usage, "nothing to follow")),
+    };
+    for b in &usable {
+        match tracer.attach_flow(b, pid) {
+            Ok(Some(true)) => eprintln!(
+                "pyusdt flow: CPython {}: function__entry fires only on the tracing path; the \
+                 line marker is enabled for PID {pid} alone, which makes it much slower (≈ 50× \
+                 on call-heavy code)",
+                b.version.map_or_else(|| "3.11".into(), |v| v.to_string())
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                if resolved.is_some() {
+                    // SAFETY: kill has no memory-safety preconditions; `pid` is our child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    if resolved.is_some() {
+        // SAFETY: as above; the child waits stopped before its exec.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
+    let terminal_delivers_sigint = in_terminal_foreground();
+    let mut printer = Printer::new(args.from.clone());
+    let out = std::cell::RefCell::new(BufWriter::new(std::io::stdout().lock()));
+    let mut exit_status: Option<i32> = None;
+    tracer.run(
+        |data| {
+            if let Ok(Record::Flow(f)) = decode::decode(data) {
+                printer.print(&mut *out.borrow_mut(), &f);
+            }
+        },
+        || {
+            let _ = out.borrow_mut().flush();
+            if resolved.is_some() {
+                for (flag, signal) in [(&terminated, libc::SIGTERM), (&interrupted, libc::SIGINT)] {
+                    if flag.swap(false, Ordering::Relaxed)
+                        && (signal != libc::SIGINT || !terminal_delivers_sigint)
+                    {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(pid, signal) };
+                    }
+                }
+                exit_status = reap(pid);
+                exit_status.is_none()
+            } else {
+                !(interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed))
+                    && process::is_alive(pid as u32)
+            }
+        },
+    )?;
+    let _ = out.borrow_mut().flush();
+    let stats = tracer.stats()?;
+    if stats.flow_dropped > 0 {
+        eprintln!(
+            "pyusdt flow: {} records lost (ring buffer full): the tree above has gaps",
+            stats.flow_dropped
+        );
+    }
+    Ok(exit_status.unwrap_or(0))
+}
+
+/// Forks a child that stops itself before exec, so that probes scoped to its PID are in place
+/// before its first instruction.
+fn fork_stopped(program: &std::path::Path, argv: &[std::ffi::OsString]) -> CliResult<i32> {
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| CliError::new(Exit::Usage, "an argument contains a NUL byte"))
+    };
+    let path = cstr(program.as_os_str().as_bytes())?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<CliResult<_>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: the child only calls async-signal-safe functions (raise, execv, _exit) on data
+    // prepared before the fork; pyusdt has a single thread at this point.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("fork: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            libc::execv(path.as_ptr(), ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child to stop; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    if r != pid || !libc::WIFSTOPPED(status) {
+        return Err(CliError::new(
+            Exit::CommandNotExecutable,
+            "the command did not start",
+        ));
+    }
+    Ok(pid)
+}
+
+/// The child's exit code once it has exited (128 + signal when killed).
+fn reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: non-blocking wait for our own child; `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r != pid {
+        return if r < 0 { Some(1) } else { None };
+    }
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
+    }
+}
+
+/// Indents by per-thread depth; with `--from FUNC`, prints a thread only while FUNC runs.
+struct Printer {
+    from: Option<String>,
+    depth: HashMap<u32, i32>,
+    /// Per thread: the depth at which `from` was entered.
+    active: HashMap<u32, i32>,
+    first_ns: Option<u64>,
+}
+
+impl Printer {
+    fn new(from: Option<String>) -> Printer {
+        Printer {
+            from,
+            depth: HashMap::new(),
+            active: HashMap::new(),
+            first_ns: None,
+        }
+    }
+
+    fn print(&mut self, out: &mut impl Write, f: &FlowRecord<'_>) {
+        let h = f.header;
+        let tid = h.tid;
+        let depth = self.depth.entry(tid).or_insert(0);
+        let level = match f.kind {
+            FlowKind::Entry => {
+                *depth += 1;
+                *depth
+            }
+            FlowKind::Return => {
+                let l = *depth;
+                *depth -= 1;
+                l
+            }
+            FlowKind::Line => *depth,
+        };
+        if let Some(from) = &self.from {
+            match (self.active.get(&tid), f.kind) {
+                (None, FlowKind::Entry) if f.name == from.as_str() => {
+                    self.active.insert(tid, level);
+                }
+                (None, _) => return,
+                _ => {}
+            }
+        }
+        let base = self.active.get(&tid).map_or(1, |d| *d);
+        let indent = usize::try_from(level - base).unwrap_or(0) * 2;
+        let t0 = *self.first_ns.get_or_insert(h.end_ns);
+        let us = h.end_ns.saturating_sub(t0) / 1000;
+        let arrow = match f.kind {
+            FlowKind::Entry => "->",
+            FlowKind::Return => "<-",
+            FlowKind::Line => "..",
+        };
+        let _ = writeln!(
+            out,
+            "{us:>10} {}:{} {:indent$}{arrow} {}:{}:{}",
+            h.pid,
+            tid,
+            "",
+            safe(&f.file),
+            safe(&f.name),
+            f.line
+        );
+        if f.kind == FlowKind::Return && self.active.get(&tid) == Some(&level) {
+            self.active.remove(&tid);
+        }
+    }
+}

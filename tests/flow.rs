@@ -1,0 +1,79 @@
+//! `pyusdt flow`: the call tree of a process, compared with the process's own sys.setprofile
+//! record of the same run, on every version with function markers.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn flow_prints_the_call_tree_the_profiler_sees() {
+    if !require_bpf("flow_prints_the_call_tree_the_profiler_sees") {
+        return;
+    }
+    let mut checked = Vec::new();
+    for interp in interpreters() {
+        let v = interp.minor;
+        let dir = tempfile::tempdir().unwrap();
+        let truth_path = dir.path().join("truth.json");
+        let out = pyusdt()
+            .args(["flow", "--from", "start", "--"])
+            .arg(&interp.python)
+            .arg(workload("flow_tree.py"))
+            .arg(&truth_path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        if v >= 12 {
+            assert_eq!(out.status.code(), Some(4), "3.{v}: {stdout}{stderr}");
+            assert!(stderr.contains("no call site"), "3.{v}: {stderr}");
+            continue;
+        }
+        assert!(out.status.success(), "3.{v}: {stderr}");
+        if v == 11 {
+            assert!(
+                stderr.contains("line marker is enabled for PID"),
+                "{stderr}"
+            );
+        }
+        let truth: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
+        let expected: Vec<(String, String)> = truth
+            .iter()
+            .map(|e| {
+                let arrow = if e[0] == "call" { "->" } else { "<-" };
+                (arrow.to_string(), e[1].as_str().unwrap().to_string())
+            })
+            .collect();
+        // "   12 pid:tid     -> /path/flow_tree.py:leaf:17"
+        let traced: Vec<(String, String)> = stdout
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().skip(2);
+                let arrow = words.next()?.to_string();
+                let location = words.next()?;
+                let mut parts = location.rsplitn(3, ':');
+                let _line = parts.next()?;
+                let function = parts.next()?.to_string();
+                Some((arrow, function))
+            })
+            .filter(|(_, f)| f != "_pyusdt_profile")
+            .collect();
+        assert_eq!(traced.first().map(|t| t.1.as_str()), Some("start"));
+        assert_eq!(
+            traced, expected,
+            "3.{v}: flow differs from sys.setprofile:\n{stdout}"
+        );
+        // Indentation follows depth: leaf inside middle is two levels in.
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("    -> ") && l.ends_with(":leaf:16")),
+            "{stdout}"
+        );
+        checked.push(format!("3.{v}"));
+    }
+    eprintln!(
+        "flow checked against sys.setprofile on {}",
+        checked.join(", ")
+    );
+}
