@@ -17,6 +17,7 @@ const volatile __u64 wakeup_bytes = 256 * 1024; /* wake user space once this muc
 const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
+const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -70,26 +71,30 @@ struct {
 	__type(value, struct gc_start);
 } gc_starts SEC(".maps");
 
-struct import_stack {
+/* Per thread: what is in progress (imports, and traced calls), innermost last. */
+struct span_stack {
 	__u32 depth;
 	__u32 _pad;
-	__u64 ts[IMPORT_STACK_DEPTH];
+	__u64 ts[SPAN_STACK_DEPTH];
+	__s32 line[SPAN_STACK_DEPTH];
 };
 
+/* Not preallocated: memory for the threads that exist. Entries go at thread exit or exec. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32); /* tid */
-	__type(value, struct import_stack);
-} import_stacks SEC(".maps");
+	__type(value, struct span_stack);
+} span_stacks SEC(".maps");
 
-/* Scratch space: an import_stack is too large for the 512-byte BPF stack to zero-init. */
+/* Scratch space: a span_stack is too large for the 512-byte BPF stack to zero-init. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct import_stack);
-} import_stack_zero SEC(".maps");
+	__type(value, struct span_stack);
+} span_stack_zero SEC(".maps");
 
 /* Processes that have sent an event. The first event of a process wakes user space at once,
  * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
@@ -135,23 +140,65 @@ static __always_inline void submit(void *e)
 	bpf_ringbuf_submit(e, pending >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-/* `import_depth`: imports in progress on the thread (0 when the caller knows there are none). */
+/* `depth`: spans in progress on the thread (0 when the caller knows there are none). */
 static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 marker,
-					__u64 start, __u64 end, __u32 import_depth)
+					__u64 start, __u64 end, __u32 depth)
 {
 	h->start_ns = start;
 	h->end_ns = end;
 	h->pid = id >> 32;
 	h->tid = (__u32)id;
 	h->marker = marker;
-	h->import_depth = import_depth > 255 ? 255 : import_depth;
+	h->depth = depth > 255 ? 255 : depth;
 	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
 }
 
-static __always_inline __u32 imports_in_progress(__u32 tid)
+static __always_inline __u32 spans_in_progress(__u32 tid)
 {
-	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
+	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
 	return st ? st->depth : 0;
+}
+
+/* Pushes an import start or a call entry. */
+static __always_inline void stack_push(__u32 tid, __s32 line)
+{
+	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	if (!st) {
+		__u32 zero = 0;
+		struct span_stack *z = bpf_map_lookup_elem(&span_stack_zero, &zero);
+		if (!z)
+			return;
+		bpf_map_update_elem(&span_stacks, &tid, z, BPF_ANY);
+		st = bpf_map_lookup_elem(&span_stacks, &tid);
+		if (!st)
+			return;
+	}
+	__u32 d = st->depth;
+	if (d < SPAN_STACK_DEPTH) {
+		st->ts[d] = bpf_ktime_get_ns();
+		st->line[d] = line;
+	} else {
+		count(STAT_IMPORT_TOO_DEEP);
+	}
+	st->depth = d + 1;
+}
+
+/* Pops what an import done or a call return ends; returns the depth left (the enclosing
+ * spans) and sets `start` (0 when unknown) and `line`. */
+static __always_inline __u32 stack_pop(__u32 tid, __u64 *start, __s32 *line)
+{
+	*start = 0;
+	*line = 0;
+	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	if (!st || st->depth == 0)
+		return 0;
+	__u32 d = st->depth - 1;
+	if (d < SPAN_STACK_DEPTH) {
+		*start = st->ts[d];
+		*line = st->line[d];
+	}
+	st->depth = d;
+	return d;
 }
 
 /* Copies user memory [start, end) into `dst` (at most cap - 1 bytes, cap a power of two);
@@ -236,7 +283,7 @@ int BPF_USDT(gc_done, long collected)
 		count(STAT_DROP_GC);
 		return 0;
 	}
-	fill_header(&e->h, id, MARKER_GC, start, now, imports_in_progress(tid));
+	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress(tid));
 	e->collected = collected;
 	e->generation = generation;
 	e->_pad = 0;
@@ -250,24 +297,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
-	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
-	if (!st) {
-		__u32 zero = 0;
-		struct import_stack *z = bpf_map_lookup_elem(&import_stack_zero, &zero);
-		if (!z)
-			return 0;
-		bpf_map_update_elem(&import_stacks, &tid, z, BPF_ANY);
-		st = bpf_map_lookup_elem(&import_stacks, &tid);
-		if (!st)
-			return 0;
-	}
-	__u32 d = st->depth;
-	if (d < IMPORT_STACK_DEPTH)
-		st->ts[d] = bpf_ktime_get_ns();
-	else
-		count(STAT_IMPORT_TOO_DEEP);
-	st->depth = d + 1;
+	stack_push((__u32)id, 0);
 	return 0;
 }
 
@@ -278,23 +308,16 @@ int BPF_USDT(import_done, const char *module, int found)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
-	__u64 start = 0;
-	__u32 depth = 0;
-	struct import_stack *st = bpf_map_lookup_elem(&import_stacks, &tid);
-	if (st && st->depth > 0) {
-		depth = st->depth - 1;
-		if (depth < IMPORT_STACK_DEPTH)
-			start = st->ts[depth];
-		st->depth = depth;
-	}
+	__u64 start;
+	__s32 line;
+	__u32 depth = stack_pop((__u32)id, &start, &line);
 	note_process(id, now);
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_IMPORT);
 		return 0;
 	}
-	/* After the pop: import_depth counts the enclosing imports. */
+	/* After the pop: depth counts the enclosing spans. */
 	fill_header(&e->h, id, MARKER_IMPORT, start, now, depth);
 	e->found = found;
 	e->_pad = 0;
@@ -359,18 +382,59 @@ int BPF_USDT(audit, const char *event, void *args)
 		ae->layout = layout;
 		copy_audit_args(ae, args, ob_size_offset, nargs);
 		e = &ae->base;
-		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, imports_in_progress((__u32)id));
+		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, spans_in_progress((__u32)id));
 	} else {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(STAT_DROP_AUDIT);
 			return 0;
 		}
-		fill_header(&e->h, id, MARKER_AUDIT, now, now, imports_in_progress((__u32)id));
+		fill_header(&e->h, id, MARKER_AUDIT, now, now, spans_in_progress((__u32)id));
 	}
 	e->nargs = nargs;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
 		e->name[0] = '\0';
+	submit(e);
+	return 0;
+}
+
+/* Function spans (--probes function): entries push, returns pop and report calls of at least
+ * min_function_ns, so that short calls cost no ring-buffer traffic. */
+SEC("usdt")
+int BPF_USDT(function_entry, const char *file, const char *name, int line)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	stack_push((__u32)id, line);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(function_return, const char *file, const char *name, int line)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u64 start;
+	__s32 first_line;
+	__u32 depth = stack_pop((__u32)id, &start, &first_line);
+	if (!start || now - start < min_function_ns)
+		return 0;
+	note_process(id, now);
+	struct function_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_FUNCTION);
+		return 0;
+	}
+	fill_header(&e->h, id, MARKER_FUNCTION, start, now, depth);
+	e->line = first_line;
+	e->_pad = 0;
+	if (bpf_probe_read_user_str(e->name, sizeof(e->name), name) < 0)
+		e->name[0] = '\0';
+	if (bpf_probe_read_user_str(e->file, sizeof(e->file), file) < 0)
+		e->file[0] = '\0';
 	submit(e);
 	return 0;
 }
@@ -394,6 +458,7 @@ struct {
 struct func_key _func_key = {};
 struct func_count _func_count = {};
 struct flow_event _flow_event = {};
+struct function_event _function_event = {};
 enum flow_kind _flow_kind = FLOW_ENTRY;
 
 /* `pyusdt flow`: one record per entry, return (and line) of the traced process. */
@@ -517,7 +582,7 @@ int forget_exec(void *ctx)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	bpf_map_delete_elem(&gc_starts, &tid);
-	bpf_map_delete_elem(&import_stacks, &tid);
+	bpf_map_delete_elem(&span_stacks, &tid);
 	return 0;
 }
 
@@ -529,7 +594,7 @@ int forget_exited(void *ctx)
 	__u32 tid = (__u32)id;
 	__u32 tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
-	bpf_map_delete_elem(&import_stacks, &tid);
+	bpf_map_delete_elem(&span_stacks, &tid);
 	if (tid == tgid) {
 		bpf_map_delete_elem(&seen_tgids, &tgid);
 		if (filter_tgid)

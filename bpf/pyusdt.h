@@ -6,8 +6,9 @@
 /* Bounded copies of strings read from the traced process. */
 #define MODULE_LEN 128
 #define AUDIT_NAME_LEN 64
-/* Nested imports tracked per thread; deeper ones are counted, not paired. */
-#define IMPORT_STACK_DEPTH 32
+/* Imports (and, with function probes, calls) in progress per thread; deeper ones are counted,
+ * not paired. */
+#define SPAN_STACK_DEPTH 64
 
 /* Bounded copies of a process's command line and environment (its first event only). */
 #define ARGS_LEN 1024
@@ -28,6 +29,8 @@ enum marker {
 	MARKER_AUDIT_ARGS = 5,
 	/* A function entry, return or line (`pyusdt flow`). */
 	MARKER_FLOW = 6,
+	/* A completed call (function probes: --probes function). */
+	MARKER_FUNCTION = 7,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -36,10 +39,11 @@ enum stat {
 	STAT_DROP_IMPORT = 1,     /* ring buffer full: import event lost */
 	STAT_DROP_AUDIT = 2,      /* ring buffer full: audit event lost */
 	STAT_UNPAIRED_START = 3,  /* a start overwritten before its done (lost done) */
-	STAT_IMPORT_TOO_DEEP = 4, /* import nesting beyond IMPORT_STACK_DEPTH */
+	STAT_IMPORT_TOO_DEEP = 4, /* nesting beyond SPAN_STACK_DEPTH: no duration */
 	STAT_FUNC_TABLE_FULL = 5, /* function calls not counted: the counting table is full */
 	STAT_DROP_FLOW = 6,       /* ring buffer full: flow event lost */
-	STAT_COUNT = 7,
+	STAT_DROP_FUNCTION = 7,   /* ring buffer full: function event lost */
+	STAT_COUNT = 8,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without
@@ -50,7 +54,7 @@ struct event_header {
 	__u32 pid;      /* tgid as the host sees it */
 	__u32 tid;
 	__u8 marker;    /* enum marker */
-	__u8 import_depth; /* imports in progress on this thread when the event ended */
+	__u8 depth;     /* imports (and traced calls) still in progress on the thread at the end */
 	__u8 _pad[6];
 };
 
@@ -137,6 +141,15 @@ struct flow_event {
 	__u8 kind; /* enum flow_kind */
 	__u8 _pad[3];
 	__s32 line;
+	char name[FUNC_NAME_LEN];
+	char file[FUNC_FILE_LEN];
+};
+
+/* A call of at least `min_function_ns`, sent at its return. */
+struct function_event {
+	struct event_header h;
+	__s32 line; /* first line (from function__entry) */
+	__u32 _pad;
 	char name[FUNC_NAME_LEN];
 	char file[FUNC_FILE_LEN];
 };

@@ -8,7 +8,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts
 
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
 use crate::discover::{Binary, PROVIDER};
-use crate::probes::ProbeSet;
+use crate::probes::{Probe, ProbeSet};
 
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
 /// since the BPF side only wakes user space once `wakeup_bytes` are pending.
@@ -57,6 +57,8 @@ pub struct TracerOptions {
     pub count_functions: bool,
     /// Load the flow programs (`pyusdt flow`); `Some(true)` also reports line events.
     pub flow: Option<bool>,
+    /// Function probes: calls shorter than this are not sent to user space.
+    pub min_function_ns: u64,
 }
 
 /// Calls of one function of one process, counted in the kernel.
@@ -84,6 +86,8 @@ pub struct KernelStats {
     pub function_table_full: u64,
     /// Flow records lost because the ring buffer was full.
     pub flow_dropped: u64,
+    /// Function events lost because the ring buffer was full.
+    pub function_dropped: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -119,6 +123,7 @@ impl<'obj> Tracer<'obj> {
         rodata.filter_tgid = options.follow_processes;
         rodata.audit_args = options.audit_args;
         rodata.flow_lines = options.flow == Some(true);
+        rodata.min_function_ns = options.min_function_ns;
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -183,6 +188,16 @@ impl<'obj> Tracer<'obj> {
             ..Default::default()
         };
         for probe in self.options.probes.iter() {
+            // Function spans pair entries with returns: only where every call has an entry
+            // (3.8-3.10, or an unverified newer release). 3.11 fires entries only in line mode.
+            if probe == Probe::Function
+                && !matches!(
+                    binary.firing("function__entry"),
+                    crate::discover::Firing::Fires | crate::discover::Firing::Unverified
+                )
+            {
+                continue;
+            }
             for &marker in probe.markers() {
                 if !binary.has_marker(marker) {
                     continue;
@@ -308,6 +323,11 @@ impl<'obj> Tracer<'obj> {
         }
     }
 
+    /// The probe groups this tracer attaches.
+    pub fn probes(&self) -> &ProbeSet {
+        &self.options.probes
+    }
+
     /// The BPF program handling `marker` (one of `Probe::markers`).
     fn program(&self, marker: &str) -> &libbpf_rs::ProgramMut<'obj> {
         let p = &self.skel.progs;
@@ -316,6 +336,8 @@ impl<'obj> Tracer<'obj> {
             "gc__done" => &p.gc_done,
             "import__find__load__start" => &p.import_start,
             "import__find__load__done" => &p.import_done,
+            "function__entry" => &p.function_entry,
+            "function__return" => &p.function_return,
             _ => &p.audit,
         }
     }
@@ -371,6 +393,7 @@ impl<'obj> Tracer<'obj> {
             imports_too_deep: sums[bpf::STAT_IMPORT_TOO_DEEP as usize],
             function_table_full: sums[bpf::STAT_FUNC_TABLE_FULL as usize],
             flow_dropped: sums[bpf::STAT_DROP_FLOW as usize],
+            function_dropped: sums[bpf::STAT_DROP_FUNCTION as usize],
         })
     }
 

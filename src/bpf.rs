@@ -11,7 +11,7 @@ include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
     audit_arg, audit_args_event, audit_event, event_header, flow_event, func_count, func_key,
-    gc_event, import_event, process_event,
+    function_event, gc_event, import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -33,6 +33,8 @@ unsafe impl plain::Plain for types::func_key {}
 unsafe impl plain::Plain for types::func_count {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::flow_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::function_event {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};
@@ -44,6 +46,7 @@ pub const MARKER_AUDIT: u8 = marker::MARKER_AUDIT.0 as u8;
 pub const MARKER_PROCESS: u8 = marker::MARKER_PROCESS.0 as u8;
 pub const MARKER_AUDIT_ARGS: u8 = marker::MARKER_AUDIT_ARGS.0 as u8;
 pub const MARKER_FLOW: u8 = marker::MARKER_FLOW.0 as u8;
+pub const MARKER_FUNCTION: u8 = marker::MARKER_FUNCTION.0 as u8;
 
 /// Indexes of the per-CPU `stats` map.
 pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;
@@ -53,4 +56,5 @@ pub const STAT_UNPAIRED_START: u32 = stat::STAT_UNPAIRED_START.0;
 pub const STAT_IMPORT_TOO_DEEP: u32 = stat::STAT_IMPORT_TOO_DEEP.0;
 pub const STAT_FUNC_TABLE_FULL: u32 = stat::STAT_FUNC_TABLE_FULL.0;
 pub const STAT_DROP_FLOW: u32 = stat::STAT_DROP_FLOW.0;
+pub const STAT_DROP_FUNCTION: u32 = stat::STAT_DROP_FUNCTION.0;
 pub const STAT_COUNT: u32 = stat::STAT_COUNT.0;

@@ -104,15 +104,32 @@ pub struct ListArgs {
 /// Options shared by `run` and `agent`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// Markers to trace, comma-separated: gc, import, audit.
+    /// Markers to trace, comma-separated: gc, import, audit, function.
     ///
     /// gc and import cost nothing measurable. audit is opt-in: enabling it makes the interpreter
     /// build an argument tuple and take a uprobe trap for every audit event, and ordinary code
     /// raises many: id() raises builtins.id, so copy.deepcopy/dataclasses.asdict-heavy code can
     /// run tens of percent slower (bench/overhead.py measures it). The summary reports the audit
     /// event rate per process.
+    ///
+    /// function is opt-in too: a span per call of at least --min-duration, nested per thread
+    /// (GC and import spans under the call that ran them). Every Python call then takes two
+    /// uprobe traps. Needs function__entry: CPython 3.8-3.10 (3.11 fires entries only in line
+    /// mode, 3.12-3.14 have no function markers).
     #[arg(long, default_value = "gc,import", value_parser = clap::value_parser!(ProbeSet))]
     pub probes: ProbeSet,
+    /// With --probes function: calls shorter than this are dropped in the kernel (no
+    /// ring-buffer traffic), e.g. 1ms, 250us, 0.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub min_duration: std::time::Duration,
+    /// With --probes function: only calls whose function or file matches one of these globs
+    /// (comma-separated) become spans and metrics.
+    #[arg(long, value_name = "GLOBS")]
+    pub function_include: Option<String>,
+    /// With --probes function: calls whose function or file matches one of these globs are
+    /// not exported.
+    #[arg(long, value_name = "GLOBS")]
+    pub function_exclude: Option<String>,
     /// Interpreter or libpython file to attach to (repeatable). By default pyusdt also finds the
     /// marker-bearing interpreters in the usual install locations (and, for `agent`, those of
     /// running processes).
@@ -189,4 +206,25 @@ pub struct AgentArgs {
     /// containers), in seconds; 0 disables the rescan.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub rescan_interval: u64,
+}
+
+/// `1ms`, `250us`, `2s`, `500ns`, `0`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 1ms, 250us, 2s)"))?;
+    let scale = match unit {
+        "" if n == 0.0 => 0.0,
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return Err(format!("`{s}`: unit must be ns, us, ms or s")),
+    };
+    Ok(std::time::Duration::from_secs_f64(n * scale))
 }

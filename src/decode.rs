@@ -2,8 +2,8 @@
 use std::borrow::Cow;
 
 use crate::bpf::{
-    self, audit_arg, audit_args_event, audit_event, event_header, flow_event, gc_event,
-    import_event, process_event,
+    self, audit_arg, audit_args_event, audit_event, event_header, flow_event, function_event,
+    gc_event, import_event, process_event,
 };
 
 /// What every event carries.
@@ -15,8 +15,9 @@ pub struct Header {
     pub end_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    /// Imports in progress on the thread when the event ended (nesting for spans).
-    pub import_depth: u8,
+    /// Spans still in progress on the thread when the event ended: imports and, with function
+    /// probes, calls (nesting for spans).
+    pub depth: u8,
 }
 
 impl Header {
@@ -47,6 +48,14 @@ pub enum Event<'a> {
         nargs: Option<i64>,
         /// The first arguments' raw memory, with --audit-args.
         args: Option<RawAuditArgs<'a>>,
+    },
+    /// A call that lasted at least --min-duration (function probes).
+    Function {
+        header: Header,
+        name: Cow<'a, str>,
+        file: Cow<'a, str>,
+        /// The function's first line.
+        line: i32,
     },
 }
 
@@ -134,7 +143,8 @@ impl Event<'_> {
         match self {
             Event::Gc { header, .. }
             | Event::Import { header, .. }
-            | Event::Audit { header, .. } => header,
+            | Event::Audit { header, .. }
+            | Event::Function { header, .. } => header,
         }
     }
 }
@@ -160,7 +170,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
         end_ns: raw.end_ns,
         pid: raw.pid,
         tid: raw.tid,
-        import_depth: raw.import_depth,
+        depth: raw.depth,
     };
     match raw.marker {
         bpf::MARKER_GC => {
@@ -210,6 +220,15 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 args: &args[..(e.args_len as usize).min(args.len())],
                 env: &env[..(e.env_len as usize).min(env.len())],
                 env_truncated: e.truncated & 2 != 0,
+            }))
+        }
+        bpf::MARKER_FUNCTION => {
+            let e: &function_event = read(data, raw.marker)?;
+            Ok(Record::Event(Event::Function {
+                header,
+                name: c_string(&e.name),
+                file: c_string(&e.file),
+                line: e.line,
             }))
         }
         bpf::MARKER_FLOW => {
@@ -274,7 +293,7 @@ mod tests {
             pid: 7,
             tid: 8,
             marker,
-            import_depth: 1,
+            depth: 1,
             _pad: [0; 6],
         }
     }

@@ -12,10 +12,13 @@ pub enum Probe {
     /// audit: one event per audit event. Opt-in: enabling it makes the interpreter build an
     /// argument tuple and take a uprobe trap for every audit event (`id()` raises one).
     Audit,
+    /// function__entry + function__return: a span per call of at least --min-duration. Opt-in:
+    /// every Python call takes two uprobe traps (about 0.5 µs each).
+    Function,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 3] = [Probe::Gc, Probe::Import, Probe::Audit];
+    pub const ALL: [Probe; 4] = [Probe::Gc, Probe::Import, Probe::Audit, Probe::Function];
 
     /// The USDT markers of this group, as named in CPython's `Include/pydtrace.d`.
     pub fn markers(self) -> &'static [&'static str] {
@@ -23,6 +26,7 @@ impl Probe {
             Probe::Gc => &["gc__start", "gc__done"],
             Probe::Import => &["import__find__load__start", "import__find__load__done"],
             Probe::Audit => &["audit"],
+            Probe::Function => &["function__entry", "function__return"],
         }
     }
 
@@ -31,6 +35,7 @@ impl Probe {
             Probe::Gc => "gc",
             Probe::Import => "import",
             Probe::Audit => "audit",
+            Probe::Function => "function",
         }
     }
 }
@@ -83,7 +88,7 @@ impl FromStr for ProbeSet {
                 .find(|p| p.name() == part)
                 .ok_or_else(|| {
                     format!(
-                        "unknown probe `{part}`: choose from gc, import, audit (comma-separated)"
+                        "unknown probe `{part}`: choose from gc, import, audit, function (comma-separated)"
                     )
                 })?;
             if !set.contains(&probe) {
@@ -91,7 +96,9 @@ impl FromStr for ProbeSet {
             }
         }
         if set.is_empty() {
-            return Err("no probe selected: give at least one of gc, import, audit".into());
+            return Err(
+                "no probe selected: give at least one of gc, import, audit, function".into(),
+            );
         }
         set.sort();
         Ok(ProbeSet(set))

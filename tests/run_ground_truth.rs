@@ -180,7 +180,7 @@ fn check_ground_truth(interp: &Interpreter) {
         (
             r["start_ns"].as_u64().unwrap(),
             r["end_ns"].as_u64().unwrap(),
-            r["import_depth"].as_u64().unwrap(),
+            r["depth"].as_u64().unwrap(),
         )
     };
     let (xml, dom, minidom) = (span("xml"), span("xml.dom"), span("xml.dom.minidom"));

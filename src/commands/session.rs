@@ -131,6 +131,11 @@ impl<'obj> Session<'obj> {
         };
         let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
             .map_err(|e| CliError::new(Exit::Usage, e))?;
+        let functions = crate::report::FunctionFilter::new(
+            args.function_include.as_deref(),
+            args.function_exclude.as_deref(),
+        )
+        .map_err(|e| CliError::new(Exit::Usage, e))?;
         if export.audit_args && !args.probes.iter().any(|p| p == Probe::Audit) {
             return Err(CliError::new(
                 Exit::Usage,
@@ -148,6 +153,7 @@ impl<'obj> Session<'obj> {
                 audit_args: export.audit_args,
                 count_functions: false,
                 flow: None,
+                min_function_ns: args.min_duration.as_nanos() as u64,
             },
         )?;
         let clock = Clock::now();
@@ -172,6 +178,7 @@ impl<'obj> Session<'obj> {
         Ok(Session {
             tracer,
             sinks: Sinks {
+                functions,
                 console: (console_only && !args.quiet)
                     .then(|| Console::new(terminal.writer(), clock)),
                 jsonl,
@@ -196,6 +203,20 @@ impl<'obj> Session<'obj> {
         for b in binaries {
             if self.attached_ids.contains(&b.id) {
                 continue;
+            }
+            let functions_wanted = self.tracer.probes().iter().any(|p| p == Probe::Function);
+            if functions_wanted
+                && !matches!(
+                    b.firing("function__entry"),
+                    crate::discover::Firing::Fires | crate::discover::Firing::Unverified
+                )
+            {
+                tracing::warn!(
+                    "{}: no function spans: {}",
+                    b.path.display(),
+                    b.firing("function__entry")
+                        .explain("function__entry", b.version)
+                );
             }
             match self.tracer.attach(b) {
                 Ok(markers) if markers.is_empty() => {

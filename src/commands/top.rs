@@ -62,6 +62,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             audit_args: false,
             count_functions: true,
             flow: None,
+            min_function_ns: 0,
         },
     )?;
     let mut counted_on = Vec::new();

@@ -12,6 +12,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use super::attrs;
 use crate::decode::Event;
 
+/// Function series per process before new functions go to the overflow series.
+pub const MAX_FUNCTION_SERIES: usize = 1000;
+
 /// Bucket bounds in seconds for pauses and import times: 10 µs to 10 s.
 pub const DURATION_BOUNDS: [f64; 19] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -72,6 +75,8 @@ struct ProcessMetrics {
     gc_duration: BTreeMap<i64, Hist>,
     import_duration: BTreeMap<bool, Hist>,
     audit_events: BTreeMap<String, u64>,
+    /// (function, file) → calls and durations; ("", "") is the overflow series.
+    function_series: BTreeMap<(String, String), (u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
 }
@@ -121,6 +126,22 @@ impl MetricsAggregator {
                         .entry(*found)
                         .or_default()
                         .record(ns as f64 / 1e9);
+                }
+            }
+            Event::Function { name, file, .. } => {
+                // Bounded cardinality: beyond the limit, one overflow series.
+                let key = if p.function_series.len() < MAX_FUNCTION_SERIES
+                    || p.function_series
+                        .contains_key(&(name.to_string(), file.to_string()))
+                {
+                    (name.to_string(), file.to_string())
+                } else {
+                    (String::new(), String::new())
+                };
+                let s = p.function_series.entry(key).or_default();
+                s.0 += 1;
+                if let Some(ns) = h.duration_ns() {
+                    s.1.record(ns as f64 / 1e9);
                 }
             }
             Event::Audit { name, .. } => match p.audit_events.get_mut(name.as_ref()) {
@@ -230,6 +251,37 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
                 .collect(),
         ));
     }
+    if !p.function_series.is_empty() {
+        let attrs_of = |(name, file): &(String, String)| {
+            if name.is_empty() && file.is_empty() {
+                vec![attrs::boolean("otel.metric.overflow", true)]
+            } else {
+                vec![
+                    attrs::string("code.function.name", name.clone()),
+                    attrs::string("code.file.path", file.clone()),
+                ]
+            }
+        };
+        metrics.push(counter(
+            "cpython.function.calls",
+            "Calls reported by function probes (those lasting at least --min-duration).",
+            "{call}",
+            t,
+            p.function_series
+                .iter()
+                .map(|(k, (n, _))| int_point(attrs_of(k), *n as i64, p.start_ns, now))
+                .collect(),
+        ));
+        metrics.push(histogram(
+            "cpython.function.duration",
+            "Duration of the calls reported by function probes.",
+            t,
+            p.function_series
+                .iter()
+                .map(|(k, (_, h))| h.point(attrs_of(k), p.start_ns, now))
+                .collect(),
+        ));
+    }
     if !p.audit_events.is_empty() {
         metrics.push(counter(
             "cpython.audit.events",
@@ -318,6 +370,49 @@ fn histogram(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_series_are_bounded_with_an_overflow_series() {
+        use crate::decode::{Event, Header};
+        use std::borrow::Cow;
+        let mut m = MetricsAggregator::new(Temporality::Cumulative);
+        for i in 0..MAX_FUNCTION_SERIES + 5 {
+            let name = format!("f{i}");
+            let e = Event::Function {
+                header: Header {
+                    start_ns: Some(0),
+                    end_ns: 1_000_000,
+                    pid: 1,
+                    tid: 1,
+                    depth: 0,
+                },
+                name: Cow::Owned(name),
+                file: Cow::Borrowed("app.py"),
+                line: 1,
+            };
+            m.record(&e, 0);
+        }
+        let metrics = m.collect(1);
+        let calls = metrics[0]
+            .1
+            .iter()
+            .find(|x| x.name == "cpython.function.calls")
+            .unwrap();
+        let Some(Data::Sum(sum)) = &calls.data else {
+            panic!()
+        };
+        assert_eq!(sum.data_points.len(), MAX_FUNCTION_SERIES + 1);
+        let overflow = sum
+            .data_points
+            .iter()
+            .find(|p| {
+                p.attributes
+                    .iter()
+                    .any(|kv| kv.key == "otel.metric.overflow")
+            })
+            .unwrap();
+        assert_eq!(overflow.value, Some(Value::AsInt(5)));
+    }
 
     #[test]
     fn buckets() {

@@ -1,11 +1,15 @@
-//! GC and import spans with parent/child per thread.
+//! GC, import and function spans with parent/child per thread.
 //!
-//! Events arrive when they end, children before their parents, each with the number of
-//! imports in progress on its thread (`import_depth`). An event at depth d > 0 belongs to the
-//! import that will end at depth d − 1 on the same thread, so completed subtrees wait in
-//! `pending[d − 1]` until that import ends; a subtree whose root ends at depth 0 gets its trace
-//! ID and is ready to export. Subtrees whose parent can no longer come (its end was lost, the
-//! thread exited mid-import) are released as roots and counted as orphans.
+//! Events arrive when they end, children before their parents, each with the number of spans
+//! still in progress on its thread (`depth`: imports and, with function probes, calls). An
+//! event at depth d > 0 belongs to the import or call that will end at depth d − 1 on the same
+//! thread, so completed subtrees wait in `pending[d − 1]` until it ends; a subtree whose root
+//! ends at depth 0 gets its trace ID and is ready to export.
+//!
+//! A span that ends adopts every waiting subtree at its level or deeper that started after it
+//! did: deeper ones had a parent in between that was not reported (a call shorter than
+//! --min-duration) or whose end was lost, and it is their nearest reported ancestor. Subtrees
+//! that started before it, or whose thread went idle, are released as roots (orphans).
 use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span, Status};
@@ -73,23 +77,17 @@ impl SpanAssembler {
             return;
         }
         let h = *event.header();
-        let depth = usize::from(h.import_depth);
-        let is_import = matches!(event, Event::Import { .. });
+        let depth = usize::from(h.depth);
+        let is_parent = matches!(event, Event::Import { .. } | Event::Function { .. });
         let state = self.threads.entry((h.pid, h.tid)).or_default();
         state.last_ns = h.end_ns;
-        // An import ending at `depth` is the parent of what waits at `depth`; whatever waits
-        // deeper had a parent in between that never ended.
-        let mut waiting = if is_import {
-            state.take_from(depth)
+        // What waits at `depth` or deeper ran inside an import or call ending at `depth`.
+        let candidates: Vec<Subtree> = if is_parent {
+            state.take_from(depth).into_iter().flatten().collect()
         } else {
             Vec::new()
         };
-        let candidates = if waiting.is_empty() {
-            Vec::new()
-        } else {
-            waiting.remove(0)
-        };
-        let mut orphans: Vec<Subtree> = waiting.into_iter().flatten().collect();
+        let mut orphans = Vec::new();
 
         let Some(span) = self.span_of(event) else {
             self.without_start += 1;
@@ -204,6 +202,17 @@ impl SpanAssembler {
                     });
                 }
             }
+            Event::Function {
+                name, file, line, ..
+            } => {
+                span.name = name.to_string();
+                span.attributes = vec![
+                    attrs::string("code.function.name", name.as_ref()),
+                    attrs::string("code.file.path", file.as_ref()),
+                    attrs::int("code.line.number", i64::from(*line)),
+                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
+                ];
+            }
             Event::Audit { .. } => return None,
         }
         Some(span)
@@ -223,7 +232,7 @@ mod tests {
             end_ns: end,
             pid: 1,
             tid,
-            import_depth: depth,
+            depth,
         }
     }
 
@@ -297,16 +306,20 @@ mod tests {
     }
 
     #[test]
-    fn lost_parents_release_orphans() {
+    fn the_nearest_reported_ancestor_adopts_and_idle_threads_release() {
         let mut a = SpanAssembler::new(Clock::now());
-        a.record(&gc(1, 1, 2, 3)); // waits for a depth-2 import that never ends
-        a.record(&import(1, "top", 0, 10, 0)); // ends at depth 0: the gc lost its parents
+        a.record(&gc(1, 1, 2, 3)); // its parents at depths 1 and 2 are not reported
+        a.record(&import(1, "top", 0, 10, 0));
         let spans = a.take_ready();
         assert_eq!(spans.len(), 2);
-        assert_eq!(a.orphaned, 1);
+        assert_eq!(
+            by_name(&spans, "gc.collect").parent_span_id,
+            by_name(&spans, "import top").span_id
+        );
+        assert_eq!(a.orphaned, 0);
         a.record(&gc(1, 11, 12, 1));
         a.release_stale(0, 0);
         assert_eq!(a.take_ready().len(), 1);
-        assert_eq!(a.orphaned, 2);
+        assert_eq!(a.orphaned, 1);
     }
 }

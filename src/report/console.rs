@@ -49,13 +49,26 @@ impl Console {
             },
             Event::Import { module, found, .. } => {
                 let not_found = if *found { "" } else { " NOT FOUND" };
-                let indent = 2 * usize::from(h.import_depth);
+                let indent = 2 * usize::from(h.depth);
                 self.line(format_args!(
                     "{t:>9.4} {:>7} {:>7} import {:indent$}{}{not_found}, {took}",
                     h.pid,
                     h.tid,
                     "",
                     safe(module)
+                ))
+            }
+            Event::Function {
+                name, file, line, ..
+            } => {
+                let indent = 2 * usize::from(h.depth);
+                self.line(format_args!(
+                    "{t:>9.4} {:>7} {:>7} call   {:indent$}{}:{}:{line}, {took}",
+                    h.pid,
+                    h.tid,
+                    "",
+                    safe(file),
+                    safe(name)
                 ))
             }
             Event::Audit { name, nargs, .. } => match nargs {

@@ -28,7 +28,7 @@ struct Record<'a> {
     duration_ns: Option<u64>,
     pid: u32,
     tid: u32,
-    import_depth: u8,
+    depth: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     generation: Option<Option<i32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +41,10 @@ struct Record<'a> {
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nargs: Option<Option<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<i32>,
 }
 
 impl JsonLines {
@@ -62,13 +66,15 @@ impl JsonLines {
             duration_ns: h.duration_ns(),
             pid: h.pid,
             tid: h.tid,
-            import_depth: h.import_depth,
+            depth: h.depth,
             generation: None,
             collected: None,
             module: None,
             found: None,
             name: None,
             nargs: None,
+            file: None,
+            line: None,
         };
         match event {
             Event::Gc {
@@ -84,6 +90,14 @@ impl JsonLines {
                 r.kind = "import";
                 r.module = Some(module);
                 r.found = Some(*found);
+            }
+            Event::Function {
+                name, file, line, ..
+            } => {
+                r.kind = "function";
+                r.name = Some(name);
+                r.file = Some(file);
+                r.line = Some(*line);
             }
             Event::Audit { name, nargs, .. } => {
                 r.kind = "audit";

@@ -8,8 +8,39 @@ pub mod text;
 
 use crate::decode::{Event, ProcessRecord, Record};
 
+/// `--function-include` / `--function-exclude`: which calls are reported.
+#[derive(Default)]
+pub struct FunctionFilter {
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl FunctionFilter {
+    pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<FunctionFilter, String> {
+        let set = |list: &str, flag: &str| -> Result<globset::GlobSet, String> {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                b.add(globset::Glob::new(p).map_err(|e| format!("{flag} `{p}`: {e}"))?);
+            }
+            b.build().map_err(|e| format!("{flag}: {e}"))
+        };
+        Ok(FunctionFilter {
+            include: include.map(|l| set(l, "--function-include")).transpose()?,
+            exclude: exclude.map(|l| set(l, "--function-exclude")).transpose()?,
+        })
+    }
+
+    /// A call is reported when its function or file matches an include glob (or there are
+    /// none) and neither matches an exclude glob.
+    pub fn selects(&self, function: &str, file: &str) -> bool {
+        let hit = |s: &globset::GlobSet| s.is_match(function) || s.is_match(file);
+        self.include.as_ref().is_none_or(hit) && !self.exclude.as_ref().is_some_and(hit)
+    }
+}
+
 /// Every sink an event is handed to, in order. One thread owns it: no locks on the hot path.
 pub struct Sinks {
+    pub functions: FunctionFilter,
     pub console: Option<console::Console>,
     pub jsonl: Option<jsonl::JsonLines>,
     pub otlp: Option<otlp::OtlpSink>,
@@ -37,6 +68,11 @@ impl Sinks {
     }
 
     fn event(&mut self, event: &Event<'_>) {
+        if let Event::Function { name, file, .. } = event {
+            if !self.functions.selects(name, file) {
+                return;
+            }
+        }
         self.summary.record(event);
         if let Some(c) = &mut self.console {
             c.write(event);

@@ -39,6 +39,9 @@ struct ProcessSummary {
     slowest: Vec<(u64, String)>,
     audit: HashMap<Box<str>, u64>,
     audit_total: u64,
+    /// Calls reported by function probes (those of at least --min-duration).
+    functions: u64,
+    slowest_functions: Vec<(u64, String)>,
 }
 
 struct GcStats {
@@ -57,7 +60,7 @@ impl ProcessSummary {
     }
 
     fn has_events(&self) -> bool {
-        !self.gc.is_empty() || self.imports > 0 || self.audit_total > 0
+        !self.gc.is_empty() || self.imports > 0 || self.audit_total > 0 || self.functions > 0
     }
 
     fn new(command: String, ts: u64) -> ProcessSummary {
@@ -72,6 +75,8 @@ impl ProcessSummary {
             slowest: Vec::new(),
             audit: HashMap::new(),
             audit_total: 0,
+            functions: 0,
+            slowest_functions: Vec::new(),
         }
     }
 }
@@ -138,7 +143,7 @@ impl Summary {
                 p.imports_not_found += u64::from(!found);
                 if let Some(d) = h.duration_ns() {
                     // Nested imports run inside their parent's time: count top-level ones only.
-                    if h.import_depth == 0 {
+                    if h.depth == 0 {
                         p.import_total_ns += d;
                     }
                     let slower_than_kept = p.slowest.len() < SLOWEST_IMPORTS
@@ -147,6 +152,18 @@ impl Summary {
                         p.slowest.push((d, module.to_string()));
                         p.slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
                         p.slowest.truncate(SLOWEST_IMPORTS);
+                    }
+                }
+            }
+            Event::Function { name, .. } => {
+                p.functions += 1;
+                if let Some(d) = h.duration_ns() {
+                    let slower_than_kept = p.slowest_functions.len() < SLOWEST_IMPORTS
+                        || p.slowest_functions.last().is_some_and(|(min, _)| d > *min);
+                    if slower_than_kept {
+                        p.slowest_functions.push((d, name.to_string()));
+                        p.slowest_functions.sort_by_key(|s| std::cmp::Reverse(s.0));
+                        p.slowest_functions.truncate(SLOWEST_IMPORTS);
                     }
                 }
             }
@@ -201,7 +218,7 @@ impl Summary {
     ) -> String {
         let received = self.received();
         let total: u64 = received.iter().sum();
-        let dropped: u64 = stats.dropped.iter().sum();
+        let dropped: u64 = stats.dropped.iter().sum::<u64>() + stats.function_dropped;
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -213,8 +230,8 @@ impl Summary {
             count(dropped),
             if dropped > 0 {
                 format!(
-                    " (ring buffer full: {} gc, {} import, {} audit; raise --ring-buffer-size)",
-                    stats.dropped[0], stats.dropped[1], stats.dropped[2]
+                    " (ring buffer full: {} gc, {} import, {} audit, {} calls; raise --ring-buffer-size)",
+                    stats.dropped[0], stats.dropped[1], stats.dropped[2], stats.function_dropped
                 )
             } else {
                 String::new()
@@ -265,6 +282,19 @@ impl Summary {
                     count(p.imports),
                     count(p.imports_not_found),
                     duration(p.import_total_ns),
+                    slowest.join(", ")
+                );
+            }
+            if p.functions > 0 {
+                let slowest: Vec<String> = p
+                    .slowest_functions
+                    .iter()
+                    .map(|(d, m)| format!("{} {}", safe(m), duration(*d)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  calls   {} reported (at least --min-duration); slowest: {}",
+                    count(p.functions),
                     slowest.join(", ")
                 );
             }

@@ -1,0 +1,100 @@
+//! Function spans over OTLP (--probes function) on an interpreter whose every call has an
+//! entry (3.9): parent/child per thread, durations, --min-duration decided in the kernel, the
+//! GC span under the call that ran it, and include/exclude globs.
+mod common;
+
+use common::otlp::{self, attr_int, attr_str};
+use common::*;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+fn spans_of(interp: &Interpreter, extra: &[&str]) -> Vec<Span> {
+    let receiver = otlp::http();
+    let out = pyusdt()
+        .args([
+            "run",
+            "--quiet",
+            "--probes",
+            "gc,function",
+            "--min-duration",
+            "5ms",
+        ])
+        .args(extra)
+        .args(["--otlp-endpoint", &receiver.endpoint])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .arg("--")
+        .arg(&interp.python)
+        .arg(workload("sleepy.py"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let r = receiver.received();
+    otlp::spans(&r).into_iter().map(|s| s.item).collect()
+}
+
+fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+#[test]
+fn function_spans_nest_and_time_calls() {
+    if !require_bpf("function_spans_nest_and_time_calls") {
+        return;
+    }
+    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
+        eprintln!(
+            "NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): function spans not checked"
+        );
+        return;
+    };
+    let spans = spans_of(&interp, &[]);
+    let (outer, inner) = (named(&spans, "outer"), named(&spans, "inner"));
+    assert_eq!(
+        (outer.len(), inner.len()),
+        (1, 1),
+        "one span per call of outer and inner"
+    );
+    let (outer, inner) = (outer[0], inner[0]);
+    assert!(
+        named(&spans, "quick").is_empty(),
+        "quick is shorter than --min-duration"
+    );
+    assert_eq!(inner.parent_span_id, outer.span_id);
+    assert_eq!(inner.trace_id, outer.trace_id);
+    let ms = |s: &Span| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6;
+    assert!(
+        (20.0..25.0).contains(&ms(inner)),
+        "inner took {} ms",
+        ms(inner)
+    );
+    assert!(
+        (30.0..40.0).contains(&ms(outer)),
+        "outer took {} ms",
+        ms(outer)
+    );
+    let a = &inner.attributes;
+    assert_eq!(attr_str(a, "code.function.name").as_deref(), Some("inner"));
+    assert!(attr_str(a, "code.file.path")
+        .unwrap()
+        .ends_with("sleepy.py"));
+    assert_eq!(attr_int(a, "code.line.number"), Some(7), "the def line");
+    // gc.collect() inside inner: its GC span is a child of inner's span.
+    let gc = spans
+        .iter()
+        .find(|s| s.name == "gc.collect" && s.trace_id == outer.trace_id)
+        .expect("no GC span in the call's trace");
+    assert_eq!(gc.parent_span_id, inner.span_id);
+
+    // Excluding inner: its GC span moves up to the nearest reported call.
+    let spans = spans_of(&interp, &["--function-exclude", "inner"]);
+    let outer = named(&spans, "outer")[0];
+    assert!(named(&spans, "inner").is_empty());
+    let gc = spans
+        .iter()
+        .find(|s| s.name == "gc.collect" && s.trace_id == outer.trace_id)
+        .expect("no GC span in outer's trace");
+    assert_eq!(gc.parent_span_id, outer.span_id);
+    // Including only outer has the same effect.
+    let spans = spans_of(&interp, &["--function-include", "outer"]);
+    assert_eq!(named(&spans, "outer").len(), 1);
+    assert!(named(&spans, "inner").is_empty() && named(&spans, "<module>").is_empty());
+}
