@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 # Build: clang (BPF, CO-RE), libelf/zlib/pkg-config/make (vendored libbpf), gcc (cc crate).
 # Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
 # (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv, unshare),
-# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers).
+# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers), tmux (drives the
+# full-screen view of `top` in a test).
 # python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
 # file exporter's OTLP/JSON (tests/otlp_delivery.rs).
-PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev
+PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
           python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux)
 
 missing=()

@@ -89,3 +89,75 @@ fn top_follows_running_processes_per_interval() {
         "--pid filter: {stdout}"
     );
 }
+
+#[test]
+fn top_full_screen_view_refreshes_sorts_and_quits() {
+    if !require_bpf("top_full_screen_view_refreshes_sorts_and_quits") {
+        return;
+    }
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "tmux missing: scripts/setup.sh installs it"
+        );
+        eprintln!("SKIPPED: tmux missing (scripts/setup.sh installs it)");
+        return;
+    }
+    let code = "import time\ndef pyusdt_tui_probe():\n    pass\nend = time.time() + 20\nwhile time.time() < end:\n    pyusdt_tui_probe()\n    time.sleep(0.001)\n";
+    let _busy = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-c", code])
+            .spawn()
+            .unwrap(),
+    );
+    let session = format!("pyusdt-top-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
+    let cmd = format!(
+        "{} top --interval 0.5 2>/dev/null",
+        env!("CARGO_BIN_EXE_pyusdt")
+    );
+    assert!(tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "30",
+        &cmd
+    ])
+    .status
+    .success());
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let wait_for = |needle: &str| {
+        for _ in 0..100 {
+            let s = screen();
+            if s.contains(needle) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = tmux(&["kill-session", "-t", &session]);
+        panic!("never showed {needle:?}: {}", screen());
+    };
+    let first = wait_for("pyusdt_tui_probe");
+    assert!(
+        first.contains("sorted by calls") && first.contains("CALLS/s"),
+        "{first}"
+    );
+    tmux(&["send-keys", "-t", &session, "s"]);
+    wait_for("sorted by pid");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    for _ in 0..50 {
+        if !tmux(&["has-session", "-t", &session]).status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = tmux(&["kill-session", "-t", &session]);
+    panic!("`q` did not quit the full-screen view");
+}

@@ -5,3 +5,4 @@ pub mod list;
 pub mod run;
 pub mod session;
 pub mod top;
+pub mod top_tui;

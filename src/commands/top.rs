@@ -2,7 +2,7 @@
 //! entry per process and code object; nothing per call crosses to user space), printed as a
 //! table per interval, or once over a command's whole run.
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::mem::MaybeUninit;
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
@@ -100,8 +100,16 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
 
     let Some(resolved) = resolved else {
-        // All processes, table per interval, until SIGINT/SIGTERM (or one table with --once).
+        // All processes, table per interval, until SIGINT/SIGTERM (or one table with --once);
+        // a full-screen view on a terminal.
         let mut view = View::new(args);
+        if !args.once && std::io::stdout().is_terminal() {
+            crate::commands::top_tui::run(&mut view, &tracer, interval, &|| {
+                interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed)
+            })
+            .map_err(|e| CliError::new(Exit::Failure, format!("terminal: {e}")))?;
+            return Ok(0);
+        }
         loop {
             let started = Instant::now();
             while started.elapsed() < interval {
@@ -158,11 +166,22 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     Ok(exit_code(status))
 }
 
-/// What was printed last, to show calls per interval.
-struct View {
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub pid: u32,
+    pub calls: u64,
+    pub rate: f64,
+    pub share: f64,
+    pub location: String,
+    pub function: String,
+}
+
+/// What was shown last, to show calls per interval.
+pub struct View {
     previous: HashMap<(u32, (u64, u64)), u64>,
     limit: usize,
-    pid: Option<u32>,
+    pub pid: Option<u32>,
     /// Totals since the start instead of per interval (a command's whole run).
     cumulative: bool,
 }
@@ -177,37 +196,68 @@ impl View {
         }
     }
 
-    fn print(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
+    /// The rows since the last call (or since the start when cumulative), busiest first,
+    /// and the total number of calls.
+    pub fn rows(&mut self, tracer: &Tracer<'_>, elapsed: Duration) -> (Vec<Row>, u64) {
         let counts: Vec<FunctionCount> = tracer
             .function_counts()
             .into_iter()
             .filter(|c| self.pid.is_none_or(|p| p == c.pid))
             .collect();
-        let mut rows: Vec<(u64, &FunctionCount)> = counts
+        let mut deltas: Vec<(u64, &FunctionCount)> = counts
             .iter()
             .map(|c| {
-                let key = (c.pid, c.code);
                 let before = if self.cumulative {
                     0
                 } else {
-                    self.previous.get(&key).copied().unwrap_or(0)
+                    self.previous.get(&(c.pid, c.code)).copied().unwrap_or(0)
                 };
                 (c.calls.saturating_sub(before), c)
             })
             .filter(|(n, _)| *n > 0)
             .collect();
-        rows.sort_by(|a, b| {
+        deltas.sort_by(|a, b| {
             b.0.cmp(&a.0)
                 .then(a.1.pid.cmp(&b.1.pid))
                 .then(a.1.name.cmp(&b.1.name))
         });
-        let total: u64 = rows.iter().map(|(n, _)| n).sum();
+        let total: u64 = deltas.iter().map(|(n, _)| n).sum();
         let secs = elapsed.as_secs_f64().max(1e-3);
-        let processes: HashSet<u32> = rows.iter().map(|(_, c)| c.pid).collect();
+        let rows = deltas
+            .iter()
+            .map(|(n, c)| Row {
+                pid: c.pid,
+                calls: *n,
+                rate: *n as f64 / secs,
+                share: 100.0 * *n as f64 / total.max(1) as f64,
+                location: format!("{}:{}", safe(&c.file), c.line),
+                function: safe(&c.name).into_owned(),
+            })
+            .collect();
+        self.previous = counts.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
+        // Forget processes that exited: the kernel table stays bounded.
+        if !self.cumulative {
+            let seen: HashSet<u32> = counts.iter().map(|c| c.pid).collect();
+            let gone: Vec<u32> = seen
+                .into_iter()
+                .filter(|&p| !crate::discover::process::is_alive(p))
+                .collect();
+            if !gone.is_empty() {
+                tracer.forget_function_counts(&gone);
+            }
+        }
+        (rows, total)
+    }
+
+    /// The table as plain text (pipes, --once).
+    fn print(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
+        let (rows, total) = self.rows(tracer, elapsed);
+        let processes: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
         let _ = writeln!(
             out,
-            "pyusdt top: {} calls in {secs:.1} s from {} process{}",
+            "pyusdt top: {} calls in {:.1} s from {} process{}",
             count(total),
+            elapsed.as_secs_f64(),
             processes.len(),
             if processes.len() == 1 { "" } else { "es" }
         );
@@ -216,30 +266,19 @@ impl View {
             "{:>8} {:>12} {:>12} {:>6}  {:<50} FUNCTION",
             "PID", "CALLS", "CALLS/s", "SHARE", "FILE:LINE"
         );
-        for (n, c) in rows.iter().take(self.limit) {
-            let location = format!("{}:{}", safe(&c.file), c.line);
+        for r in rows.iter().take(self.limit) {
             let _ = writeln!(
                 out,
                 "{:>8} {:>12} {:>12.1} {:>5.1}%  {:<50} {}",
-                c.pid,
-                count(*n),
-                *n as f64 / secs,
-                100.0 * *n as f64 / total.max(1) as f64,
-                location,
-                safe(&c.name)
+                r.pid,
+                count(r.calls),
+                r.rate,
+                r.share,
+                r.location,
+                r.function
             );
         }
         let _ = writeln!(out);
         let _ = out.flush();
-        self.previous = counts.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
-        // Forget processes that exited: the table stays bounded.
-        let gone: Vec<u32> = processes
-            .iter()
-            .copied()
-            .filter(|&p| !crate::discover::process::is_alive(p))
-            .collect();
-        if !self.cumulative && !gone.is_empty() {
-            tracer.forget_function_counts(&gone);
-        }
     }
 }

@@ -1,0 +1,156 @@
+//! The full-screen view of `pyusdt top` (ratatui): the busiest functions, refreshed per
+//! interval; keys to sort, filter by process, pause and quit.
+use std::time::{Duration, Instant};
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Row as TableRow, Table, TableState};
+
+use super::top::{Row, View};
+use crate::attach::Tracer;
+use crate::report::text::count;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sort {
+    Calls,
+    Pid,
+    Function,
+    File,
+}
+
+impl Sort {
+    fn next(self) -> Sort {
+        match self {
+            Sort::Calls => Sort::Pid,
+            Sort::Pid => Sort::Function,
+            Sort::Function => Sort::File,
+            Sort::File => Sort::Calls,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Sort::Calls => "calls",
+            Sort::Pid => "pid",
+            Sort::Function => "function",
+            Sort::File => "file",
+        }
+    }
+
+    fn apply(self, rows: &mut [Row]) {
+        match self {
+            Sort::Calls => rows.sort_by(|a, b| b.calls.cmp(&a.calls)),
+            Sort::Pid => rows.sort_by(|a, b| a.pid.cmp(&b.pid).then(b.calls.cmp(&a.calls))),
+            Sort::Function => rows.sort_by(|a, b| a.function.cmp(&b.function)),
+            Sort::File => rows.sort_by(|a, b| a.location.cmp(&b.location)),
+        }
+    }
+}
+
+/// Runs until `q`/Esc or `stop()`. The terminal is restored on every exit path.
+pub fn run(
+    view: &mut View,
+    tracer: &Tracer<'_>,
+    interval: Duration,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    let mut terminal = ratatui::try_init()?;
+    let result = (|| {
+        let mut rows: Vec<Row> = Vec::new();
+        let mut total = 0u64;
+        let mut sort = Sort::Calls;
+        let mut paused = false;
+        let mut state = TableState::default().with_selected(Some(0));
+        let mut refreshed = Instant::now() - interval;
+        let mut elapsed = interval;
+        while !stop() {
+            if !paused && refreshed.elapsed() >= interval {
+                elapsed = refreshed.elapsed();
+                (rows, total) = view.rows(tracer, elapsed);
+                sort.apply(&mut rows);
+                refreshed = Instant::now();
+            }
+            terminal.draw(|frame| {
+                let [header, body, footer] = Layout::vertical([
+                    Constraint::Length(1),
+                    Constraint::Min(3),
+                    Constraint::Length(1),
+                ])
+                .areas(frame.area());
+                let filter = view.pid.map_or_else(|| "all processes".into(), |p| format!("PID {p}"));
+                frame.render_widget(
+                    Line::from(format!(
+                        "pyusdt top: {} calls in {:.1} s ({filter}), sorted by {}{}",
+                        count(total),
+                        elapsed.as_secs_f64(),
+                        sort.name(),
+                        if paused { " — PAUSED" } else { "" }
+                    )),
+                    header,
+                );
+                let table_rows = rows.iter().map(|r| {
+                    TableRow::new(vec![
+                        r.pid.to_string(),
+                        count(r.calls),
+                        format!("{:.1}", r.rate),
+                        format!("{:.1}%", r.share),
+                        r.location.clone(),
+                        r.function.clone(),
+                    ])
+                });
+                let table = Table::new(
+                    table_rows,
+                    [
+                        Constraint::Length(8),
+                        Constraint::Length(12),
+                        Constraint::Length(12),
+                        Constraint::Length(7),
+                        Constraint::Fill(3),
+                        Constraint::Fill(1),
+                    ],
+                )
+                .header(
+                    TableRow::new(vec!["PID", "CALLS", "CALLS/s", "SHARE", "FILE:LINE", "FUNCTION"])
+                        .style(Style::new().add_modifier(Modifier::BOLD)),
+                )
+                .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+                .block(Block::bordered());
+                frame.render_stateful_widget(table, body, &mut state);
+                frame.render_widget(
+                    Line::from("q quit · space pause · s sort · ↑↓ select · f filter to the selected PID (again: all)"),
+                    footer,
+                );
+            })?;
+            if event::poll(Duration::from_millis(100))? {
+                if let Event::Key(key) = event::read()? {
+                    if key.kind != KeyEventKind::Press {
+                        continue;
+                    }
+                    match key.code {
+                        KeyCode::Char('q') | KeyCode::Esc => break,
+                        KeyCode::Char(' ') | KeyCode::Char('p') => paused = !paused,
+                        KeyCode::Char('s') => {
+                            sort = sort.next();
+                            sort.apply(&mut rows);
+                        }
+                        KeyCode::Down => state.select_next(),
+                        KeyCode::Up => state.select_previous(),
+                        KeyCode::Char('f') => {
+                            view.pid = match view.pid {
+                                Some(_) => None,
+                                None => state.selected().and_then(|i| rows.get(i)).map(|r| r.pid),
+                            };
+                            refreshed = Instant::now() - interval;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    ratatui::try_restore()?;
+    result
+}
