@@ -41,7 +41,7 @@ impl Sort {
 
     fn apply(self, rows: &mut [Row]) {
         match self {
-            Sort::Calls => rows.sort_by(|a, b| b.calls.cmp(&a.calls)),
+            Sort::Calls => rows.sort_by_key(|r| std::cmp::Reverse(r.calls)),
             Sort::Pid => rows.sort_by(|a, b| a.pid.cmp(&b.pid).then(b.calls.cmp(&a.calls))),
             Sort::Function => rows.sort_by(|a, b| a.function.cmp(&b.function)),
             Sort::File => rows.sort_by(|a, b| a.location.cmp(&b.location)),
