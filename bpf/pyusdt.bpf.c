@@ -74,9 +74,10 @@ struct {
 /* Per thread: what is in progress (imports, and traced calls), innermost last. */
 struct span_stack {
 	__u32 depth;
-	__u32 _pad;
+	__u32 imports;
 	__u64 ts[SPAN_STACK_DEPTH];
 	__s32 line[SPAN_STACK_DEPTH];
+	__u64 import_ts[IMPORT_STACK_DEPTH];
 };
 
 /* Not preallocated: memory for the threads that exist. Entries go at thread exit or exec. */
@@ -159,28 +160,29 @@ static __always_inline __u32 spans_in_progress(__u32 tid)
 	return st ? st->depth : 0;
 }
 
-/* Pushes an import start or a call entry. */
-static __always_inline void stack_push(__u32 tid, __s32 line)
+/* Pushes an import start or a call entry; returns the thread's stack. */
+static __always_inline struct span_stack *stack_push(__u32 tid, __s32 line)
 {
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
 	if (!st) {
 		__u32 zero = 0;
 		struct span_stack *z = bpf_map_lookup_elem(&span_stack_zero, &zero);
 		if (!z)
-			return;
+			return 0;
 		bpf_map_update_elem(&span_stacks, &tid, z, BPF_ANY);
 		st = bpf_map_lookup_elem(&span_stacks, &tid);
 		if (!st)
-			return;
+			return 0;
 	}
 	__u32 d = st->depth;
 	if (d < SPAN_STACK_DEPTH) {
 		st->ts[d] = bpf_ktime_get_ns();
 		st->line[d] = line;
 	} else {
-		count(STAT_IMPORT_TOO_DEEP);
+		count(STAT_CALLS_TOO_DEEP);
 	}
 	st->depth = d + 1;
+	return st;
 }
 
 /* Pops what an import done or a call return ends; returns the depth left (the enclosing
@@ -297,7 +299,15 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	stack_push((__u32)id, 0);
+	struct span_stack *st = stack_push((__u32)id, 0);
+	if (!st)
+		return 0;
+	__u32 i = st->imports;
+	if (i < IMPORT_STACK_DEPTH)
+		st->import_ts[i] = bpf_ktime_get_ns();
+	else
+		count(STAT_IMPORT_TOO_DEEP);
+	st->imports = i + 1;
 	return 0;
 }
 
@@ -308,9 +318,18 @@ int BPF_USDT(import_done, const char *module, int found)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	__u64 start;
+	__u64 unused_start, start = 0;
 	__s32 line;
-	__u32 depth = stack_pop((__u32)id, &start, &line);
+	__u32 tid = (__u32)id;
+	__u32 depth = stack_pop(tid, &unused_start, &line);
+	__u32 nesting = 0;
+	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	if (st && st->imports > 0) {
+		nesting = st->imports - 1;
+		if (nesting < IMPORT_STACK_DEPTH)
+			start = st->import_ts[nesting];
+		st->imports = nesting;
+	}
 	note_process(id, now);
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -320,7 +339,7 @@ int BPF_USDT(import_done, const char *module, int found)
 	/* After the pop: depth counts the enclosing spans. */
 	fill_header(&e->h, id, MARKER_IMPORT, start, now, depth);
 	e->found = found;
-	e->_pad = 0;
+	e->nesting = nesting;
 	if (bpf_probe_read_user_str(e->module, sizeof(e->module), module) < 0)
 		e->module[0] = '\0';
 	submit(e);
@@ -506,12 +525,16 @@ int BPF_USDT(flow_line, const char *file, const char *name, int line)
 	return 0;
 }
 
-static __always_inline void count_call(const char *file, const char *name, int line)
+static __always_inline void count_call(const char *file, const char *name, int line,
+				       bool line_in_key)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return;
-	struct func_key key = { .pid = id >> 32, .file = (__u64)file, .name = (__u64)name };
+	struct func_key key = { .pid = id >> 32,
+				.line = line_in_key ? line : 0,
+				.file = (__u64)file,
+				.name = (__u64)name };
 	struct func_count *c = bpf_map_lookup_elem(&func_counts, &key);
 	if (c) {
 		__sync_fetch_and_add(&c->calls, 1);
@@ -544,14 +567,14 @@ static __always_inline void count_call(const char *file, const char *name, int l
 SEC("usdt")
 int BPF_USDT(count_entry, const char *file, const char *name, int line)
 {
-	count_call(file, name, line);
+	count_call(file, name, line, true);
 	return 0;
 }
 
 SEC("usdt")
 int BPF_USDT(count_return, const char *file, const char *name, int line)
 {
-	count_call(file, name, line);
+	count_call(file, name, line, false);
 	return 0;
 }
 

@@ -9,6 +9,9 @@
 /* Imports (and, with function probes, calls) in progress per thread; deeper ones are counted,
  * not paired. */
 #define SPAN_STACK_DEPTH 64
+/* Imports are also timed on their own stack, so that deep recursion cannot cost an import its
+ * duration. */
+#define IMPORT_STACK_DEPTH 32
 
 /* Bounded copies of a process's command line and environment (its first event only). */
 #define ARGS_LEN 1024
@@ -39,11 +42,12 @@ enum stat {
 	STAT_DROP_IMPORT = 1,     /* ring buffer full: import event lost */
 	STAT_DROP_AUDIT = 2,      /* ring buffer full: audit event lost */
 	STAT_UNPAIRED_START = 3,  /* a start overwritten before its done (lost done) */
-	STAT_IMPORT_TOO_DEEP = 4, /* nesting beyond SPAN_STACK_DEPTH: no duration */
+	STAT_IMPORT_TOO_DEEP = 4, /* imports nested beyond IMPORT_STACK_DEPTH: no duration */
 	STAT_FUNC_TABLE_FULL = 5, /* function calls not counted: the counting table is full */
 	STAT_DROP_FLOW = 6,       /* ring buffer full: flow event lost */
 	STAT_DROP_FUNCTION = 7,   /* ring buffer full: function event lost */
-	STAT_COUNT = 8,
+	STAT_CALLS_TOO_DEEP = 8,  /* calls nested beyond SPAN_STACK_DEPTH: no span */
+	STAT_COUNT = 9,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without
@@ -68,7 +72,7 @@ struct gc_event {
 struct import_event {
 	struct event_header h;
 	__s32 found; /* import__find__load__done's second argument: 0 when the import raised */
-	__u32 _pad;
+	__u32 nesting; /* imports still in progress on the thread (0: a top-level import) */
 	char module[MODULE_LEN];
 };
 
@@ -117,7 +121,9 @@ struct process_event {
 
 struct func_key {
 	__u32 pid;
-	__u32 _pad;
+	/* The def line when counting entries (tells apart same-named functions of a file, such as
+	 * two classes' __init__); 0 when counting returns, whose line varies within a function. */
+	__u32 line;
 	__u64 file; /* co_filename as UTF-8, address in the process */
 	__u64 name; /* co_name */
 };

@@ -65,8 +65,9 @@ pub struct TracerOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionCount {
     pub pid: u32,
-    /// Addresses of its file and name strings: the code object's identity in its process.
-    pub code: (u64, u64),
+    /// Addresses of its file and name strings, and its def line when counted at entry: the
+    /// function's identity in its process.
+    pub code: (u64, u64, u32),
     pub calls: u64,
     pub line: u32,
     pub name: String,
@@ -88,6 +89,8 @@ pub struct KernelStats {
     pub flow_dropped: u64,
     /// Function events lost because the ring buffer was full.
     pub function_dropped: u64,
+    /// Calls nested deeper than the BPF stack: no span for them.
+    pub calls_too_deep: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -229,9 +232,11 @@ impl<'obj> Tracer<'obj> {
     /// Attaches the call counter to `binary`: to function__entry where it fires for every call
     /// (3.8–3.10), else to function__return (3.11, where entries need the slow line mode; every
     /// call returns once). Returns the marker used, or `None` when the file has neither.
+    /// `pid`: -1 for every process using the file, else that process alone.
     pub fn attach_function_counter(
         &mut self,
         binary: &Binary,
+        pid: i32,
     ) -> Result<Option<&'static str>, AttachError> {
         let entry_fires = binary.firing("function__entry") == crate::discover::Firing::Fires;
         let (marker, prog) = if entry_fires {
@@ -242,7 +247,7 @@ impl<'obj> Tracer<'obj> {
             return Ok(None);
         };
         let link = prog
-            .attach_usdt(-1, &binary.path, PROVIDER, marker)
+            .attach_usdt(pid, &binary.path, PROVIDER, marker)
             .map_err(|source| AttachError::Attach {
                 marker,
                 path: binary.path.clone(),
@@ -302,7 +307,7 @@ impl<'obj> Tracer<'obj> {
             };
             out.push(FunctionCount {
                 pid: k.pid,
-                code: (k.file, k.name),
+                code: (k.file, k.name, k.line),
                 calls: v.calls,
                 line: v.line,
                 name: crate::decode::c_string(&v.name).into_owned(),
@@ -394,6 +399,7 @@ impl<'obj> Tracer<'obj> {
             function_table_full: sums[bpf::STAT_FUNC_TABLE_FULL as usize],
             flow_dropped: sums[bpf::STAT_DROP_FLOW as usize],
             function_dropped: sums[bpf::STAT_DROP_FUNCTION as usize],
+            calls_too_deep: sums[bpf::STAT_CALLS_TOO_DEEP as usize],
         })
     }
 

@@ -40,6 +40,8 @@ pub enum Event<'a> {
         header: Header,
         module: Cow<'a, str>,
         found: bool,
+        /// Imports still in progress on the thread (0: a top-level import).
+        nesting: u32,
     },
     Audit {
         header: Header,
@@ -187,6 +189,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 header,
                 module: c_string(&e.module),
                 found: e.found != 0,
+                nesting: e.nesting,
             }))
         }
         bpf::MARKER_AUDIT => {
@@ -313,6 +316,7 @@ mod tests {
             header,
             module,
             found,
+            ..
         }) = decode(&data).unwrap()
         else {
             panic!("not an import")

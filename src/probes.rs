@@ -23,10 +23,12 @@ impl Probe {
     /// The USDT markers of this group, as named in CPython's `Include/pydtrace.d`.
     pub fn markers(self) -> &'static [&'static str] {
         match self {
-            Probe::Gc => &["gc__start", "gc__done"],
-            Probe::Import => &["import__find__load__start", "import__find__load__done"],
+            // Ends before starts: a start seen before its end's probe exists would stay pushed
+            // forever; an end without its start is merely reported without a duration.
+            Probe::Gc => &["gc__done", "gc__start"],
+            Probe::Import => &["import__find__load__done", "import__find__load__start"],
             Probe::Audit => &["audit"],
-            Probe::Function => &["function__entry", "function__return"],
+            Probe::Function => &["function__return", "function__entry"],
         }
     }
 

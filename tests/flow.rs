@@ -15,17 +15,26 @@ fn flow_prints_the_call_tree_the_profiler_sees() {
         let v = interp.minor;
         let dir = tempfile::tempdir().unwrap();
         let truth_path = dir.path().join("truth.json");
+        // The truth: the script's own profiler record of a run without pyusdt.
+        let profiled = std::process::Command::new(&interp.python)
+            .arg(workload("flow_tree.py"))
+            .arg(&truth_path)
+            .output()
+            .unwrap();
+        assert!(profiled.status.success(), "3.{v}: {}", text(&profiled).1);
+        // The traced run has no profiler: on 3.11 only pyusdt's line mode makes entries fire.
         let out = pyusdt()
             .args(["flow", "--from", "start", "--"])
             .arg(&interp.python)
             .arg(workload("flow_tree.py"))
             .arg(&truth_path)
+            .arg("--no-profile")
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
         if v >= 12 {
             assert_eq!(out.status.code(), Some(4), "3.{v}: {stdout}{stderr}");
-            assert!(stderr.contains("no call site"), "3.{v}: {stderr}");
+            assert!(stderr.contains("no function markers"), "3.{v}: {stderr}");
             continue;
         }
         assert!(out.status.success(), "3.{v}: {stderr}");
@@ -67,7 +76,7 @@ fn flow_prints_the_call_tree_the_profiler_sees() {
         assert!(
             stdout
                 .lines()
-                .any(|l| l.contains("    -> ") && l.ends_with(":leaf:16")),
+                .any(|l| l.contains("    -> ") && l.contains(":leaf:")),
             "{stdout}"
         );
         checked.push(format!("3.{v}"));

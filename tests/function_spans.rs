@@ -31,6 +31,18 @@ fn spans_of(interp: &Interpreter, extra: &[&str]) -> Vec<Span> {
     otlp::spans(&r).into_iter().map(|s| s.item).collect()
 }
 
+/// The GC span that ran within `call` (the whole script is one trace under `<module>`).
+fn gc_within<'a>(spans: &'a [Span], call: &Span) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| {
+            s.name == "gc.collect"
+                && s.start_time_unix_nano >= call.start_time_unix_nano
+                && s.end_time_unix_nano <= call.end_time_unix_nano
+        })
+        .unwrap_or_else(|| panic!("no GC span within {}", call.name))
+}
+
 fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
     spans.iter().filter(|s| s.name == name).collect()
 }
@@ -76,22 +88,28 @@ fn function_spans_nest_and_time_calls() {
     assert!(attr_str(a, "code.file.path")
         .unwrap()
         .ends_with("sleepy.py"));
-    assert_eq!(attr_int(a, "code.line.number"), Some(7), "the def line");
+    assert_eq!(attr_int(a, "code.line.number"), Some(9), "the def line");
     // gc.collect() inside inner: its GC span is a child of inner's span.
-    let gc = spans
-        .iter()
-        .find(|s| s.name == "gc.collect" && s.trace_id == outer.trace_id)
-        .expect("no GC span in the call's trace");
+    let gc = gc_within(&spans, outer);
     assert_eq!(gc.parent_span_id, inner.span_id);
+
+    // A GC in a short, unreported call hangs under the enclosing reported call, not under the
+    // reported sibling that ends after it.
+    let case = named(&spans, "sibling_case")[0];
+    let sibling = named(&spans, "slow_sibling")[0];
+    assert!(
+        named(&spans, "short_with_gc").is_empty(),
+        "short_with_gc is below --min-duration"
+    );
+    assert_eq!(sibling.parent_span_id, case.span_id);
+    let young = gc_within(&spans, case);
+    assert_eq!(young.parent_span_id, case.span_id);
 
     // Excluding inner: its GC span moves up to the nearest reported call.
     let spans = spans_of(&interp, &["--function-exclude", "inner"]);
     let outer = named(&spans, "outer")[0];
     assert!(named(&spans, "inner").is_empty());
-    let gc = spans
-        .iter()
-        .find(|s| s.name == "gc.collect" && s.trace_id == outer.trace_id)
-        .expect("no GC span in outer's trace");
+    let gc = gc_within(&spans, outer);
     assert_eq!(gc.parent_span_id, outer.span_id);
     // Including only outer has the same effect.
     let spans = spans_of(&interp, &["--function-include", "outer"]);

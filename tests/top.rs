@@ -161,3 +161,39 @@ fn top_full_screen_view_refreshes_sorts_and_quits() {
     let _ = tmux(&["kill-session", "-t", &session]);
     panic!("`q` did not quit the full-screen view");
 }
+
+#[test]
+fn top_tells_apart_same_named_functions_where_it_counts_entries() {
+    if !require_bpf("top_tells_apart_same_named_functions_where_it_counts_entries") {
+        return;
+    }
+    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
+        eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): not checked");
+        return;
+    };
+    let out = pyusdt()
+        .args(["top", "--once", "--limit", "50", "--"])
+        .arg(&interp.python)
+        .arg(workload("same_names.py"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let mut inits: Vec<(String, u64)> = stdout
+        .lines()
+        .filter(|l| l.ends_with(" __init__") && l.contains("same_names.py"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (
+                cols[4].rsplit(':').next().unwrap().to_string(),
+                cols[1].replace(',', "").parse().unwrap(),
+            )
+        })
+        .collect();
+    inits.sort();
+    assert_eq!(
+        inits,
+        vec![("11".to_string(), 700), ("6".to_string(), 300)],
+        "{stdout}"
+    );
+}

@@ -84,23 +84,44 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
         (None, Some(resolved)) => fork_stopped(resolved, &args.command)?,
         (None, None) => return Err(CliError::new(Exit::Usage, "nothing to follow")),
     };
+    let mut attached = 0;
+    let abandon = |pid: i32| {
+        // SAFETY: kill and waitpid have no memory-safety preconditions; `pid` is our child,
+        // stopped before its exec: it is killed and reaped, never left behind.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    };
     for b in &usable {
         match tracer.attach_flow(b, pid) {
-            Ok(Some(true)) => eprintln!(
-                "pyusdt flow: CPython {}: function__entry fires only on the tracing path; the \
-                 line marker is enabled for PID {pid} alone, which makes it much slower (≈ 50× \
-                 on call-heavy code)",
-                b.version.map_or_else(|| "3.11".into(), |v| v.to_string())
-            ),
-            Ok(_) => {}
+            Ok(Some(true)) => {
+                attached += 1;
+                eprintln!(
+                    "pyusdt flow: CPython {}: function__entry fires only on the tracing path; \
+                     the line marker is enabled for PID {pid} alone, which makes it much slower \
+                     (≈ 50× on call-heavy code)",
+                    b.version.map_or_else(|| "3.11".into(), |v| v.to_string())
+                )
+            }
+            Ok(Some(false)) => attached += 1,
+            Ok(None) => {}
             Err(e) => {
                 if resolved.is_some() {
-                    // SAFETY: kill has no memory-safety preconditions; `pid` is our child.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    abandon(pid);
                 }
                 return Err(e.into());
             }
         }
+    }
+    if attached == 0 {
+        if resolved.is_some() {
+            abandon(pid);
+        }
+        return Err(CliError::new(
+            Exit::NoMarkers,
+            "no interpreter file of this process fires function entries: nothing to follow",
+        ));
     }
     if resolved.is_some() {
         // SAFETY: as above; the child waits stopped before its exec.

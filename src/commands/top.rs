@@ -46,7 +46,22 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             ));
         }
     }
-    let binaries = interpreters_to_trace(&args.pythons, implied, scan, &mut HashSet::new())?;
+    // --pid: that process's own files, probes for it alone (no other process pays).
+    let (binaries, attach_pid) = match (args.pid, with_command) {
+        (Some(pid), false) => {
+            let files = crate::discover::process::files_of(pid as i32)?.via_proc_root();
+            let found: Vec<_> = files
+                .iter()
+                .filter_map(|f| crate::discover::Binary::open(f).ok())
+                .filter(|b| b.has_python_markers())
+                .collect();
+            (found, pid as i32)
+        }
+        _ => (
+            interpreters_to_trace(&args.pythons, implied, scan, &mut HashSet::new())?,
+            -1,
+        ),
+    };
     if binaries.is_empty() {
         return Err(no_interpreter_error());
     }
@@ -70,7 +85,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         let version = b
             .version
             .map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
-        match tracer.attach_function_counter(b)? {
+        match tracer.attach_function_counter(b, attach_pid)? {
             Some(marker) => {
                 tracing::info!(
                     "counting calls of {} ({version}) at {marker}",
@@ -108,18 +123,21 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
                 interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed)
             })
             .map_err(|e| CliError::new(Exit::Failure, format!("terminal: {e}")))?;
+            report_lost(&tracer)?;
             return Ok(0);
         }
         loop {
             let started = Instant::now();
             while started.elapsed() < interval {
                 if interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed) {
+                    report_lost(&tracer)?;
                     return Ok(0);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             view.print(&mut out, &tracer, started.elapsed());
             if args.once {
+                report_lost(&tracer)?;
                 return Ok(0);
             }
         }
@@ -156,6 +174,12 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         std::thread::sleep(Duration::from_millis(20));
     };
     view.print(&mut out, &tracer, started.elapsed());
+    report_lost(&tracer)?;
+    Ok(exit_code(status))
+}
+
+/// Says how many calls the full counting table could not count, if any.
+fn report_lost(tracer: &Tracer<'_>) -> CliResult<()> {
     let stats = tracer.stats()?;
     if stats.function_table_full > 0 {
         eprintln!(
@@ -163,7 +187,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             count(stats.function_table_full)
         );
     }
-    Ok(exit_code(status))
+    Ok(())
 }
 
 /// One row of the table.
@@ -179,7 +203,7 @@ pub struct Row {
 
 /// What was shown last, to show calls per interval.
 pub struct View {
-    previous: HashMap<(u32, (u64, u64)), u64>,
+    previous: HashMap<(u32, (u64, u64, u32)), u64>,
     limit: usize,
     pub pid: Option<u32>,
     /// Totals since the start instead of per interval (a command's whole run).
@@ -199,13 +223,14 @@ impl View {
     /// The rows since the last call (or since the start when cumulative), busiest first,
     /// and the total number of calls.
     pub fn rows(&mut self, tracer: &Tracer<'_>, elapsed: Duration) -> (Vec<Row>, u64) {
-        let counts: Vec<FunctionCount> = tracer
-            .function_counts()
-            .into_iter()
+        let all = tracer.function_counts();
+        let counts: Vec<&FunctionCount> = all
+            .iter()
             .filter(|c| self.pid.is_none_or(|p| p == c.pid))
             .collect();
         let mut deltas: Vec<(u64, &FunctionCount)> = counts
             .iter()
+            .copied()
             .map(|c| {
                 let before = if self.cumulative {
                     0
@@ -234,10 +259,11 @@ impl View {
                 function: safe(&c.name).into_owned(),
             })
             .collect();
-        self.previous = counts.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
-        // Forget processes that exited: the kernel table stays bounded.
+        self.previous = all.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
+        // Forget processes that exited (all of them, not only those shown): the kernel table
+        // stays bounded.
         if !self.cumulative {
-            let seen: HashSet<u32> = counts.iter().map(|c| c.pid).collect();
+            let seen: HashSet<u32> = self.previous.keys().map(|(pid, _)| *pid).collect();
             let gone: Vec<u32> = seen
                 .into_iter()
                 .filter(|&p| !crate::discover::process::is_alive(p))

@@ -95,12 +95,21 @@ impl SpanAssembler {
             self.release(h.pid, orphans, true);
             return;
         };
-        // Only what ran within this import is its child: a subtree that started before it
-        // waited for an earlier import whose end was lost.
-        let (children, lost): (Vec<Subtree>, Vec<Subtree>) = candidates
+        // Only what ran within this span is its child. A subtree that started before it ran
+        // in an earlier sibling that was not reported (too short, excluded, or its end lost):
+        // it keeps waiting for the enclosing span, one level up (a root at depth 0).
+        let (children, earlier): (Vec<Subtree>, Vec<Subtree>) = candidates
             .into_iter()
             .partition(|c| c[0].start_time_unix_nano >= span.start_time_unix_nano);
-        orphans.extend(lost);
+        if depth == 0 {
+            orphans.extend(earlier);
+        } else if !earlier.is_empty() {
+            let state = self.threads.entry((h.pid, h.tid)).or_default();
+            if state.pending.len() < depth {
+                state.pending.resize_with(depth, Vec::new);
+            }
+            state.pending[depth - 1].extend(earlier);
+        }
         self.release(h.pid, orphans, true);
         let mut subtree = Vec::with_capacity(1 + children.iter().map(Vec::len).sum::<usize>());
         let parent_id = span.span_id.clone();
@@ -153,6 +162,22 @@ impl SpanAssembler {
                 let all = state.take_from(0).into_iter().flatten().collect();
                 self.release(key.0, all, true);
             }
+        }
+        // A busy thread under a frame that never returns (a serve loop) would hold its spans
+        // forever: those waiting longer than `idle_ns` go out as roots.
+        let cutoff = self.clock.unix_nanos(now_ns).saturating_sub(idle_ns);
+        let mut old = Vec::new();
+        for ((pid, _), state) in &mut self.threads {
+            for level in &mut state.pending {
+                let (keep, stale): (Vec<Subtree>, Vec<Subtree>) = std::mem::take(level)
+                    .into_iter()
+                    .partition(|t| t[0].end_time_unix_nano >= cutoff);
+                *level = keep;
+                old.extend(stale.into_iter().map(|t| (*pid, t)));
+            }
+        }
+        for (pid, subtree) in old {
+            self.release(pid, vec![subtree], true);
         }
     }
 
@@ -241,6 +266,7 @@ mod tests {
             header: header(tid, start, end, depth),
             module: Cow::Borrowed(m),
             found: true,
+            nesting: 0,
         }
     }
 
@@ -289,6 +315,21 @@ mod tests {
             .filter(|(_, s)| s.name != "import other")
             .all(|(_, s)| s.trace_id == sa.trace_id));
         assert_ne!(by_name(&spans, "import other").trace_id, sa.trace_id);
+        assert_eq!(a.orphaned, 0);
+    }
+
+    #[test]
+    fn a_span_from_an_unreported_sibling_waits_for_the_enclosing_span() {
+        let mut a = SpanAssembler::new(Clock::now());
+        // f { g (not reported) { gc } ; h (reported) } : the gc belongs under f, not h.
+        a.record(&gc(1, 12, 13, 2));
+        a.record(&import(1, "h", 20, 30, 1));
+        a.record(&import(1, "f", 10, 40, 0));
+        let spans = a.take_ready();
+        let (f, h) = (by_name(&spans, "import f"), by_name(&spans, "import h"));
+        let g = by_name(&spans, "gc.collect");
+        assert_eq!(g.parent_span_id, f.span_id, "the gc waited for f");
+        assert_eq!(h.parent_span_id, f.span_id);
         assert_eq!(a.orphaned, 0);
     }
 

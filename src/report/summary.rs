@@ -138,12 +138,17 @@ impl Summary {
                     g.pauses.saturating_record(d.max(1));
                 }
             }
-            Event::Import { module, found, .. } => {
+            Event::Import {
+                module,
+                found,
+                nesting,
+                ..
+            } => {
                 p.imports += 1;
                 p.imports_not_found += u64::from(!found);
                 if let Some(d) = h.duration_ns() {
                     // Nested imports run inside their parent's time: count top-level ones only.
-                    if h.depth == 0 {
+                    if *nesting == 0 {
                         p.import_total_ns += d;
                     }
                     let slower_than_kept = p.slowest.len() < SLOWEST_IMPORTS
@@ -237,11 +242,11 @@ impl Summary {
                 String::new()
             }
         );
-        if stats.unpaired_starts > 0 || stats.imports_too_deep > 0 {
+        if stats.unpaired_starts > 0 || stats.imports_too_deep > 0 || stats.calls_too_deep > 0 {
             let _ = writeln!(
                 out,
-                "  pairing: {} gc starts without done discarded, {} imports nested too deep to time",
-                stats.unpaired_starts, stats.imports_too_deep
+                "  pairing: {} gc starts without done discarded, {} imports nested too deep to time, {} calls nested too deep for a span",
+                stats.unpaired_starts, stats.imports_too_deep, stats.calls_too_deep
             );
         }
         for (pid, p) in self.processes.iter().filter(|(_, p)| p.has_events()) {
