@@ -417,6 +417,17 @@ int BPF_USDT(audit, const char *event, void *args)
 	return 0;
 }
 
+/* A code object's function and file names, bounded copies of the marker's arguments. */
+static __always_inline void read_code_names(char name_dst[FUNC_NAME_LEN],
+					    char file_dst[FUNC_FILE_LEN], const char *name,
+					    const char *file)
+{
+	if (bpf_probe_read_user_str(name_dst, FUNC_NAME_LEN, name) < 0)
+		name_dst[0] = '\0';
+	if (bpf_probe_read_user_str(file_dst, FUNC_FILE_LEN, file) < 0)
+		file_dst[0] = '\0';
+}
+
 /* Function spans (--probes function): entries push, returns pop and report calls of at least
  * min_function_ns, so that short calls cost no ring-buffer traffic. */
 SEC("usdt")
@@ -450,10 +461,7 @@ int BPF_USDT(function_return, const char *file, const char *name, int line)
 	fill_header(&e->h, id, MARKER_FUNCTION, start, now, depth);
 	e->line = first_line;
 	e->_pad = 0;
-	if (bpf_probe_read_user_str(e->name, sizeof(e->name), name) < 0)
-		e->name[0] = '\0';
-	if (bpf_probe_read_user_str(e->file, sizeof(e->file), file) < 0)
-		e->file[0] = '\0';
+	read_code_names(e->name, e->file, name, file);
 	submit(e);
 	return 0;
 }
@@ -494,10 +502,7 @@ static __always_inline void flow(__u8 kind, const char *file, const char *name, 
 	e->kind = kind;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	e->line = line;
-	if (bpf_probe_read_user_str(e->name, sizeof(e->name), name) < 0)
-		e->name[0] = '\0';
-	if (bpf_probe_read_user_str(e->file, sizeof(e->file), file) < 0)
-		e->file[0] = '\0';
+	read_code_names(e->name, e->file, name, file);
 	submit(e);
 }
 
@@ -548,10 +553,7 @@ static __always_inline void count_call(const char *file, const char *name, int l
 	fresh->calls = 1;
 	fresh->line = line;
 	fresh->_pad = 0;
-	if (bpf_probe_read_user_str(fresh->name, sizeof(fresh->name), name) < 0)
-		fresh->name[0] = '\0';
-	if (bpf_probe_read_user_str(fresh->file, sizeof(fresh->file), file) < 0)
-		fresh->file[0] = '\0';
+	read_code_names(fresh->name, fresh->file, name, file);
 	/* Another CPU may have created it meanwhile: then add to that one. */
 	if (bpf_map_update_elem(&func_counts, &key, fresh, BPF_NOEXIST) != 0) {
 		c = bpf_map_lookup_elem(&func_counts, &key);

@@ -193,26 +193,14 @@ impl<'obj> Tracer<'obj> {
         for probe in self.options.probes.iter() {
             // Function spans pair entries with returns: only where every call has an entry
             // (3.8-3.10, or an unverified newer release). 3.11 fires entries only in line mode.
-            if probe == Probe::Function
-                && !matches!(
-                    binary.firing("function__entry"),
-                    crate::discover::Firing::Fires | crate::discover::Firing::Unverified
-                )
-            {
+            if probe == Probe::Function && !binary.entries_fire() {
                 continue;
             }
             for &marker in probe.markers() {
                 if !binary.has_marker(marker) {
                     continue;
                 }
-                let link = self
-                    .program(marker)
-                    .attach_usdt_with_opts(-1, &binary.path, PROVIDER, marker, opts())
-                    .map_err(|source| AttachError::Attach {
-                        marker,
-                        path: binary.path.clone(),
-                        source,
-                    })?;
+                let link = attach_marker(self.program(marker), -1, binary, marker, Some(opts()))?;
                 new_links.push(link);
                 attached.push(marker);
             }
@@ -238,21 +226,14 @@ impl<'obj> Tracer<'obj> {
         binary: &Binary,
         pid: i32,
     ) -> Result<Option<&'static str>, AttachError> {
-        let entry_fires = binary.firing("function__entry") == crate::discover::Firing::Fires;
-        let (marker, prog) = if entry_fires {
+        let (marker, prog) = if binary.entries_fire() {
             ("function__entry", &self.skel.progs.count_entry)
         } else if binary.has_marker("function__return") {
             ("function__return", &self.skel.progs.count_return)
         } else {
             return Ok(None);
         };
-        let link = prog
-            .attach_usdt(pid, &binary.path, PROVIDER, marker)
-            .map_err(|source| AttachError::Attach {
-                marker,
-                path: binary.path.clone(),
-                source,
-            })?;
+        let link = attach_marker(prog, pid, binary, marker, None)?;
         self.links.push(link);
         Ok(Some(marker))
     }
@@ -262,11 +243,8 @@ impl<'obj> Tracer<'obj> {
     /// marker had to be enabled to make entries fire (3.11), or `None` without function markers.
     pub fn attach_flow(&mut self, binary: &Binary, pid: i32) -> Result<Option<bool>, AttachError> {
         use crate::discover::Firing;
-        let entry = binary.firing("function__entry");
-        let line_mode = entry == Firing::OnlyWhenLineEnabled;
-        if !binary.has_marker("function__return")
-            || !(entry == Firing::Fires || line_mode || entry == Firing::Unverified)
-        {
+        let line_mode = binary.firing("function__entry") == Firing::OnlyWhenLineEnabled;
+        if !binary.has_marker("function__return") || !(binary.entries_fire() || line_mode) {
             return Ok(None);
         }
         let lines = self.options.flow == Some(true) || line_mode;
@@ -279,13 +257,7 @@ impl<'obj> Tracer<'obj> {
             plan.push(("line", &p.flow_line));
         }
         for (marker, prog) in plan {
-            let link = prog
-                .attach_usdt(pid, &binary.path, PROVIDER, marker)
-                .map_err(|source| AttachError::Attach {
-                    marker,
-                    path: binary.path.clone(),
-                    source,
-                })?;
+            let link = attach_marker(prog, pid, binary, marker, None)?;
             self.links.push(link);
         }
         Ok(Some(line_mode))
@@ -437,6 +409,25 @@ impl<'obj> Tracer<'obj> {
         }
         check(ring.consume_raw())
     }
+}
+
+/// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file).
+fn attach_marker(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    pid: i32,
+    binary: &Binary,
+    marker: &'static str,
+    opts: Option<UsdtOpts>,
+) -> Result<Link, AttachError> {
+    let attached = match opts {
+        Some(o) => prog.attach_usdt_with_opts(pid, &binary.path, PROVIDER, marker, o),
+        None => prog.attach_usdt(pid, &binary.path, PROVIDER, marker),
+    };
+    attached.map_err(|source| AttachError::Attach {
+        marker,
+        path: binary.path.clone(),
+        source,
+    })
 }
 
 /// Where a CPython build keeps a tuple's `ob_size`: offset 16 on 64-bit GIL builds (after

@@ -2,48 +2,11 @@
 //! events are attributed to the right PID.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
-
-/// Starts `pyusdt agent ARGS` and returns it with a channel of its stderr lines.
-fn start_agent(args: &[&str]) -> (Reaped, mpsc::Receiver<String>) {
-    let mut agent = Reaped(
-        pyusdt()
-            .arg("agent")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = agent.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (agent, rx)
-}
-
-/// Waits until the agent logs a line containing `needle`.
-fn wait_for(log: &mpsc::Receiver<String>, needle: &str) {
-    let mut seen = Vec::new();
-    loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("agent never logged {needle:?}: {seen:#?}"));
-        if line.contains(needle) {
-            return;
-        }
-        seen.push(line);
-    }
-}
 
 /// A Python process in its own mount namespace, running a copy of python3.11 that only exists
 /// there (a tmpfs mounted over `dir`): like a container's interpreter, invisible to the host
@@ -95,7 +58,7 @@ fn agent_traces_processes_started_later_with_the_right_pids() {
     let out = out_path.to_str().unwrap();
     let (mut agent, log) = start_agent(&["--quiet", "--output", out]);
     // Probes are attached once the agent says it is tracing.
-    wait_for(&log, "tracing ");
+    wait_for_line(&log, "tracing ");
 
     // Two processes at once, each importing a module named after its own PID.
     let code = "import os, gc, time\n\
@@ -196,12 +159,12 @@ fn agent_traces_running_processes_and_new_files_in_other_mount_namespaces() {
 
     let out = out_path.to_str().unwrap();
     let (mut agent, log) = start_agent(&["--quiet", "--rescan-interval", "1", "--output", out]);
-    wait_for(&log, "tracing ");
+    wait_for_line(&log, "tracing ");
 
     // Started after: a new file, found by the rescan.
     let after = Reaped(namespaced_python(&after_dir, &go));
     wait_exe(after.0.id(), "python3.11");
-    wait_for(&log, "now tracing");
+    wait_for_line(&log, "now tracing");
 
     std::fs::write(&go, b"").unwrap();
     let pids = [before.0.id(), after.0.id()];

@@ -30,7 +30,8 @@ fn agent_exports_each_process_under_its_own_resource() {
             .spawn()
             .unwrap(),
     );
-    wait_for_line(&mut agent, "tracing ");
+    let lines = stderr_lines(&mut agent.0);
+    wait_for_line(&lines, "tracing ");
 
     let code = "import os, gc\ntry:\n    __import__(f'pyusdt_svc_{os.getpid()}')\nexcept ImportError:\n    pass\ngc.collect()\n";
     let kids: Vec<(u32, &str)> = ["shop-frontend", "shop-billing"]
@@ -213,28 +214,6 @@ fn file_exporter_writes_otlp_json_that_protobuf_parses() {
     // One line per request, each signal present.
     for signal in ["traces", "metrics", "logs"] {
         assert!(stdout.contains(&format!("{signal}: ")), "{stdout}");
-    }
-}
-
-/// Reads the child's stderr until a line contains `needle`.
-fn wait_for_line(child: &mut Reaped, needle: &str) {
-    use std::io::{BufRead, BufReader};
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("never saw {needle:?}"));
-        if line.contains(needle) {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return;
-        }
     }
 }
 

@@ -205,12 +205,7 @@ impl<'obj> Session<'obj> {
                 continue;
             }
             let functions_wanted = self.tracer.probes().iter().any(|p| p == Probe::Function);
-            if functions_wanted
-                && !matches!(
-                    b.firing("function__entry"),
-                    crate::discover::Firing::Fires | crate::discover::Firing::Unverified
-                )
-            {
+            if functions_wanted && !b.entries_fire() {
                 tracing::warn!(
                     "{}: no function spans: {}",
                     b.path.display(),

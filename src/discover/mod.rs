@@ -137,6 +137,15 @@ impl Binary {
         dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
     }
 
+    /// Whether function__entry fires for every call here (3.8–3.10, or a newer release with the
+    /// marker, unverified): what pairing entries with returns needs.
+    pub fn entries_fire(&self) -> bool {
+        matches!(
+            self.firing("function__entry"),
+            Firing::Fires | Firing::Unverified
+        )
+    }
+
     /// Whether `marker` can fire on this file (see `version::firing`).
     pub fn firing(&self, marker: &str) -> Firing {
         version::firing(marker, self.version, self.has_marker(marker))

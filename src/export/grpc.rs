@@ -62,52 +62,30 @@ impl GrpcTransport {
     }
 
     pub async fn send(&mut self, payload: &Payload) -> Result<u64, SendError> {
+        // One arm per signal: the three generated clients share no trait.
+        macro_rules! export {
+            ($target:expr, $client:ident, $request:expr, $rejected:ident) => {{
+                let t = &$target;
+                let mut c = $client::new(t.channel.clone());
+                if t.config.gzip {
+                    c = c.send_compressed(CompressionEncoding::Gzip);
+                }
+                let resp = c
+                    .export(request($request.clone(), &t.config))
+                    .await
+                    .map_err(status_error)?;
+                Ok(resp
+                    .into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.$rejected.max(0) as u64))
+            }};
+        }
         match payload {
-            Payload::Traces(r) => {
-                let t = &self.traces;
-                let mut c = TraceServiceClient::new(t.channel.clone());
-                if t.config.gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                let resp = c
-                    .export(request(r.clone(), &t.config))
-                    .await
-                    .map_err(status_error)?;
-                Ok(resp
-                    .into_inner()
-                    .partial_success
-                    .map_or(0, |p| p.rejected_spans.max(0) as u64))
-            }
+            Payload::Traces(r) => export!(self.traces, TraceServiceClient, r, rejected_spans),
             Payload::Metrics(r) => {
-                let t = &self.metrics;
-                let mut c = MetricsServiceClient::new(t.channel.clone());
-                if t.config.gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                let resp = c
-                    .export(request(r.clone(), &t.config))
-                    .await
-                    .map_err(status_error)?;
-                Ok(resp
-                    .into_inner()
-                    .partial_success
-                    .map_or(0, |p| p.rejected_data_points.max(0) as u64))
+                export!(self.metrics, MetricsServiceClient, r, rejected_data_points)
             }
-            Payload::Logs(r) => {
-                let t = &self.logs;
-                let mut c = LogsServiceClient::new(t.channel.clone());
-                if t.config.gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                let resp = c
-                    .export(request(r.clone(), &t.config))
-                    .await
-                    .map_err(status_error)?;
-                Ok(resp
-                    .into_inner()
-                    .partial_success
-                    .map_or(0, |p| p.rejected_log_records.max(0) as u64))
-            }
+            Payload::Logs(r) => export!(self.logs, LogsServiceClient, r, rejected_log_records),
         }
     }
 }

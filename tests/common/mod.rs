@@ -99,6 +99,49 @@ pub fn compile(source: &Path, out: &Path, flags: &[&str]) {
     );
 }
 
+/// Lines of a child's stderr, read by a background thread (the child never blocks on a full
+/// pipe, whether or not the lines are read).
+pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (20 s at most) for a line containing `needle`.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("never saw {needle:?}: {seen:#?}"));
+        if line.contains(needle) {
+            return;
+        }
+        seen.push(line);
+    }
+}
+
+/// Starts `pyusdt agent ARGS` with its stderr lines.
+pub fn start_agent(args: &[&str]) -> (Reaped, std::sync::mpsc::Receiver<String>) {
+    let mut agent = Reaped(
+        pyusdt()
+            .arg("agent")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stderr_lines(&mut agent.0);
+    (agent, lines)
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
