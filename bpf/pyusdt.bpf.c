@@ -543,7 +543,8 @@ static __always_inline void count_call(const char *file, const char *name, int l
 	struct func_count *c = bpf_map_lookup_elem(&func_counts, &key);
 	if (c) {
 		__sync_fetch_and_add(&c->calls, 1);
-		c->line = line;
+		if (!line_in_key)
+			c->line = line; /* a returning line: keep the latest */
 		return;
 	}
 	__u32 zero = 0;

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Per-call cost of pyusdt's function probes, side by side with bpftrace's count() (the uprobe
+trap is the floor of any USDT tracer).
+
+Runs bench/fib.py (fib(27): 635,621 calls) untraced and under each tracer, interleaved, and
+prints the median of the workload's own time, the cost per call above untraced, and the ratio
+of that cost to bpftrace's. Needs root, bpftrace and a release build; fails loudly otherwise.
+
+    python3 bench/function_cost.py [--runs 5] [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9]
+
+On 3.11 the counted marker is function__return (entries need line mode); function spans need
+entries, so the span rows are only run on 3.8-3.10 interpreters.
+"""
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+WORKLOAD = os.path.join(ROOT, "bench", "fib.py")
+BPFTRACE = "/usr/bin/bpftrace"
+N = "27"
+
+
+def marker_file(python):
+    """The file carrying the markers: the interpreter, or the libpython it links."""
+    out = subprocess.run(["ldd", python], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "libpython" in line and "=>" in line:
+            return line.split("=>")[1].split()[0]
+    return os.path.realpath(python)
+
+
+def under_bpftrace(program, cmd):
+    """bpftrace attached to the file system-wide (its -c cannot find probes in a libpython that
+    the command maps only after it starts), the workload run meanwhile."""
+    tracer = subprocess.Popen([BPFTRACE, "-e", program], stdout=subprocess.PIPE, text=True)
+    try:
+        line = tracer.stdout.readline()
+        if not line.startswith("Attaching"):
+            sys.exit(f"bpftrace did not attach: {line!r}")
+        return subprocess.run(cmd, capture_output=True, text=True, check=True)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--python", default="/usr/bin/python3.11")
+    args = parser.parse_args()
+    for need in (PYUSDT, BPFTRACE, args.python):
+        if not os.path.exists(need):
+            sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
+    version = subprocess.run([args.python, "-c", "import sys; print(sys.version_info[1])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    minor = int(version)
+    marker = "function__entry" if minor <= 10 else "function__return"
+    lib = marker_file(args.python)
+    configs = [
+        ("untraced", []),
+        (f"bpftrace count() on {marker}", "bpftrace"),
+        ("pyusdt top (in-kernel count)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
+    ]
+    if minor <= 10:
+        configs += [
+            ("pyusdt spans, --min-duration 1s", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
+                                                 "--min-duration", "1s", "--exporter", "console", "--"]),
+            ("pyusdt spans of every call", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
+                                            "--min-duration", "0", "--exporter", "file",
+                                            "--otlp-file", "/dev/null", "--ring-buffer-size", "64M", "--"]),
+        ]
+    times = {name: [] for name, _ in configs}
+    calls = None
+    program = f"usdt:{lib}:python:{marker} {{ @c = count(); }}"
+    for _ in range(args.runs):
+        for name, prefix in configs:
+            cmd = [args.python, WORKLOAD, N]
+            if prefix == "bpftrace":
+                out = under_bpftrace(program, cmd)
+            else:
+                out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
+            line = next(l for l in out.stdout.splitlines() if l.count(" ") == 1 and l[0].isdigit())
+            seconds, calls = line.split()
+            times[name].append(float(seconds))
+    base = statistics.median(times["untraced"])
+    floor = None
+    print(f"CPython 3.{minor} ({lib}), fib({N}): {int(calls):,} calls, {args.runs} interleaved runs")
+    print(f"{'configuration':<36} {'median s':>9} {'ns/call':>8} {'vs bpftrace':>11}")
+    for name, _ in configs:
+        m = statistics.median(times[name])
+        per_call = (m - base) / int(calls) * 1e9
+        if name.startswith("bpftrace"):
+            floor = per_call
+        ratio = f"{per_call / floor:.2f}x" if floor and name != "untraced" else "-"
+        print(f"{name:<36} {m:>9.4f} {per_call:>8.0f} {ratio:>11}")
+
+
+if __name__ == "__main__":
+    main()
