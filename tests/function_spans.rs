@@ -73,13 +73,14 @@ fn function_spans_nest_and_time_calls() {
     assert_eq!(inner.parent_span_id, outer.span_id);
     assert_eq!(inner.trace_id, outer.trace_id);
     let ms = |s: &Span| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6;
+    // Sleeps overshoot a little on a busy machine: bounds that catch wrong pairing, not jitter.
     assert!(
-        (20.0..25.0).contains(&ms(inner)),
+        (20.0..32.0).contains(&ms(inner)),
         "inner took {} ms",
         ms(inner)
     );
     assert!(
-        (30.0..40.0).contains(&ms(outer)),
+        (30.0..48.0).contains(&ms(outer)),
         "outer took {} ms",
         ms(outer)
     );
