@@ -380,6 +380,23 @@ fn installed_markerless_interpreters_are_reported_as_such() {
             stderr.contains("--with-dtrace") && stderr.contains("pyenv"),
             "{name}: {stderr}"
         );
+        // `run` says so before running it (root only: it loads BPF).
+        // SAFETY: geteuid has no preconditions.
+        if seen == 0 && unsafe { libc::geteuid() } == 0 {
+            let out = pyusdt()
+                .args(["run", "--quiet", "--"])
+                .arg(&python)
+                .args(["-c", "pass"])
+                .output()
+                .unwrap();
+            let (_, stderr) = text(&out);
+            assert!(out.status.success(), "{name}: {stderr}");
+            assert!(
+                stderr.contains("which has no CPython markers"),
+                "{name}: {stderr}"
+            );
+            assert!(stderr.contains("no events"), "{name}: {stderr}");
+        }
         seen += 1;
     }
     eprintln!("marker-less pyenv interpreters checked: {seen}");
