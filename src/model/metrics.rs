@@ -75,8 +75,11 @@ struct ProcessMetrics {
     gc_duration: BTreeMap<i64, Hist>,
     import_duration: BTreeMap<bool, Hist>,
     audit_events: BTreeMap<String, u64>,
-    /// (function, file) → calls and durations; ("", "") is the overflow series.
-    function_series: BTreeMap<(String, String), (u64, Hist)>,
+    /// file → function → calls and durations (two levels: looked up without allocating).
+    function_series: BTreeMap<String, BTreeMap<String, (u64, Hist)>>,
+    function_series_count: usize,
+    /// Calls of functions beyond MAX_FUNCTION_SERIES.
+    function_overflow: Option<(u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
 }
@@ -130,15 +133,22 @@ impl MetricsAggregator {
             }
             Event::Function { name, file, .. } => {
                 // Bounded cardinality: beyond the limit, one overflow series.
-                let key = if p.function_series.len() < MAX_FUNCTION_SERIES
-                    || p.function_series
-                        .contains_key(&(name.to_string(), file.to_string()))
-                {
-                    (name.to_string(), file.to_string())
-                } else {
-                    (String::new(), String::new())
+                let known = p
+                    .function_series
+                    .get_mut(file.as_ref())
+                    .and_then(|by_name| by_name.get_mut(name.as_ref()));
+                let s = match known {
+                    Some(s) => s,
+                    None if p.function_series_count < MAX_FUNCTION_SERIES => {
+                        p.function_series_count += 1;
+                        p.function_series
+                            .entry(file.to_string())
+                            .or_default()
+                            .entry(name.to_string())
+                            .or_default()
+                    }
+                    None => p.function_overflow.get_or_insert_with(Default::default),
                 };
-                let s = p.function_series.entry(key).or_default();
                 s.0 += 1;
                 if let Some(ns) = h.duration_ns() {
                     s.1.record(ns as f64 / 1e9);
@@ -251,34 +261,42 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
                 .collect(),
         ));
     }
-    if !p.function_series.is_empty() {
-        let attrs_of = |(name, file): &(String, String)| {
-            if name.is_empty() && file.is_empty() {
-                vec![attrs::boolean("otel.metric.overflow", true)]
-            } else {
-                vec![
-                    attrs::string("code.function.name", name.clone()),
-                    attrs::string("code.file.path", file.clone()),
-                ]
-            }
-        };
+    if p.function_series_count > 0 || p.function_overflow.is_some() {
+        let series: Vec<(Vec<KeyValue>, &(u64, Hist))> = p
+            .function_series
+            .iter()
+            .flat_map(|(file, by_name)| {
+                by_name.iter().map(move |(name, s)| {
+                    let a = vec![
+                        attrs::string("code.function.name", name.clone()),
+                        attrs::string("code.file.path", file.clone()),
+                    ];
+                    (a, s)
+                })
+            })
+            .chain(
+                p.function_overflow
+                    .iter()
+                    .map(|s| (vec![attrs::boolean("otel.metric.overflow", true)], s)),
+            )
+            .collect();
         metrics.push(counter(
             "cpython.function.calls",
             "Calls reported by function probes (those lasting at least --min-duration).",
             "{call}",
             t,
-            p.function_series
+            series
                 .iter()
-                .map(|(k, (n, _))| int_point(attrs_of(k), *n as i64, p.start_ns, now))
+                .map(|(a, (n, _))| int_point(a.clone(), *n as i64, p.start_ns, now))
                 .collect(),
         ));
         metrics.push(histogram(
             "cpython.function.duration",
             "Duration of the calls reported by function probes.",
             t,
-            p.function_series
+            series
                 .iter()
-                .map(|(k, (_, h))| h.point(attrs_of(k), p.start_ns, now))
+                .map(|(a, (_, h))| h.point(a.clone(), p.start_ns, now))
                 .collect(),
         ));
     }
