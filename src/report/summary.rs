@@ -11,8 +11,34 @@ use crate::attach::KernelStats;
 use crate::decode::Event;
 use crate::export::ExportCounts;
 
-/// How many slowest imports the summary names.
-const SLOWEST_IMPORTS: usize = 5;
+/// How many of the slowest imports (and calls) the summary names.
+const SLOWEST: usize = 5;
+
+/// The `SLOWEST` longest (duration, name) pairs seen, longest first. Names are copied only
+/// when they make the list.
+#[derive(Default)]
+struct Slowest(Vec<(u64, String)>);
+
+impl Slowest {
+    fn offer(&mut self, ns: u64, name: &str) {
+        if self.0.len() == SLOWEST && self.0.last().is_some_and(|(min, _)| ns <= *min) {
+            return;
+        }
+        self.0.push((ns, name.to_string()));
+        self.0.sort_by_key(|s| std::cmp::Reverse(s.0));
+        self.0.truncate(SLOWEST);
+    }
+}
+
+impl std::fmt::Display for Slowest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (ns, name)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {}", safe(name), duration(*ns))?;
+        }
+        Ok(())
+    }
+}
 /// Pauses are recorded from 1 µs to 1 hour with 2 significant digits: about 13 KB per
 /// (process, generation), and percentiles within 1 %.
 const MIN_NS: u64 = 1_000;
@@ -36,12 +62,12 @@ struct ProcessSummary {
     imports: u64,
     imports_not_found: u64,
     import_total_ns: u64,
-    slowest: Vec<(u64, String)>,
+    slowest_imports: Slowest,
     audit: HashMap<Box<str>, u64>,
     audit_total: u64,
     /// Calls reported by function probes (those of at least --min-duration).
     functions: u64,
-    slowest_functions: Vec<(u64, String)>,
+    slowest_functions: Slowest,
 }
 
 struct GcStats {
@@ -72,11 +98,11 @@ impl ProcessSummary {
             imports: 0,
             imports_not_found: 0,
             import_total_ns: 0,
-            slowest: Vec::new(),
+            slowest_imports: Slowest::default(),
             audit: HashMap::new(),
             audit_total: 0,
             functions: 0,
-            slowest_functions: Vec::new(),
+            slowest_functions: Slowest::default(),
         }
     }
 }
@@ -151,25 +177,13 @@ impl Summary {
                     if *nesting == 0 {
                         p.import_total_ns += d;
                     }
-                    let slower_than_kept = p.slowest.len() < SLOWEST_IMPORTS
-                        || p.slowest.last().is_some_and(|(min, _)| d > *min);
-                    if slower_than_kept {
-                        p.slowest.push((d, module.to_string()));
-                        p.slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
-                        p.slowest.truncate(SLOWEST_IMPORTS);
-                    }
+                    p.slowest_imports.offer(d, module);
                 }
             }
             Event::Function { name, .. } => {
                 p.functions += 1;
                 if let Some(d) = h.duration_ns() {
-                    let slower_than_kept = p.slowest_functions.len() < SLOWEST_IMPORTS
-                        || p.slowest_functions.last().is_some_and(|(min, _)| d > *min);
-                    if slower_than_kept {
-                        p.slowest_functions.push((d, name.to_string()));
-                        p.slowest_functions.sort_by_key(|s| std::cmp::Reverse(s.0));
-                        p.slowest_functions.truncate(SLOWEST_IMPORTS);
-                    }
+                    p.slowest_functions.offer(d, name);
                 }
             }
             Event::Audit { name, .. } => {
@@ -276,31 +290,21 @@ impl Summary {
                 );
             }
             if p.imports > 0 {
-                let slowest: Vec<String> = p
-                    .slowest
-                    .iter()
-                    .map(|(d, m)| format!("{} {}", safe(m), duration(*d)))
-                    .collect();
                 let _ = writeln!(
                     out,
                     "  import  {} modules ({} not found), {} in top-level imports; slowest: {}",
                     count(p.imports),
                     count(p.imports_not_found),
                     duration(p.import_total_ns),
-                    slowest.join(", ")
+                    p.slowest_imports
                 );
             }
             if p.functions > 0 {
-                let slowest: Vec<String> = p
-                    .slowest_functions
-                    .iter()
-                    .map(|(d, m)| format!("{} {}", safe(m), duration(*d)))
-                    .collect();
                 let _ = writeln!(
                     out,
                     "  calls   {} reported (at least --min-duration); slowest: {}",
                     count(p.functions),
-                    slowest.join(", ")
+                    p.slowest_functions
                 );
             }
             if p.audit_total > 0 {
@@ -438,4 +442,28 @@ pub struct ExportSummary {
     pub orphaned: u64,
     /// GC or import events without a span: their start was not seen (no duration).
     pub without_start: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slowest_keeps_the_longest_in_order() {
+        let mut s = Slowest::default();
+        for (ns, name) in [
+            (5, "a"),
+            (50, "b"),
+            (1, "c"),
+            (40, "d"),
+            (30, "e"),
+            (20, "f"),
+            (45, "g"),
+        ] {
+            s.offer(ns, name);
+        }
+        let names: Vec<&str> = s.0.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["b", "g", "d", "e", "f"]);
+        assert_eq!(s.to_string().split(", ").count(), 5);
+    }
 }
