@@ -93,25 +93,19 @@ pub struct ProcessRecord<'a> {
 impl ProcessRecord<'_> {
     /// The command line, arguments joined by spaces.
     pub fn command_line(&self) -> Option<String> {
-        let words: Vec<_> = self
-            .args
-            .split(|&b| b == 0)
-            .filter(|w| !w.is_empty())
-            .map(String::from_utf8_lossy)
-            .collect();
-        (!words.is_empty()).then(|| words.join(" "))
+        crate::discover::process::join_argv(self.args)
     }
 
     /// `KEY=VALUE` pairs of the environment; when it was truncated, the last (possibly cut)
     /// entry is left out.
     pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut entries: Vec<&[u8]> = self.env.split(|&b| b == 0).collect();
-        if self.env_truncated {
-            entries.pop();
-        }
-        entries
-            .into_iter()
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+        let complete = if self.env_truncated {
+            // Up to the last NUL: the entry after it may be cut.
+            &self.env[..self.env.iter().rposition(|&b| b == 0).unwrap_or(0)]
+        } else {
+            self.env
+        };
+        crate::discover::process::env_entries(complete)
     }
 }
 
@@ -375,6 +369,16 @@ mod tests {
         assert_eq!(p.command_line().as_deref(), Some("python3 app.py"));
         let vars: Vec<_> = p.environment().collect();
         assert_eq!(vars, vec![("HOME", "/root"), ("OTEL_SERVICE_NAME", "shop")]);
+        // Truncated mid-entry: the cut entry is dropped, not read as `OTEL_SERVICE_NAME=sh`.
+        let cut = ProcessRecord {
+            env: &env[..env.len() - 3],
+            env_truncated: true,
+            ..p.clone()
+        };
+        assert_eq!(
+            cut.environment().collect::<Vec<_>>(),
+            vec![("HOME", "/root")]
+        );
     }
 
     #[test]

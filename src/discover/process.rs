@@ -105,6 +105,22 @@ pub fn files_of(pid: i32) -> Result<ProcessFiles, ProcessError> {
     Ok(ProcessFiles { pid, inner })
 }
 
+/// A NUL-separated argv (as in /proc/PID/cmdline) joined by spaces; `None` when empty.
+pub fn join_argv(argv: &[u8]) -> Option<String> {
+    let words: Vec<_> = argv
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// The `KEY=VALUE` entries of a NUL-separated environment (as in /proc/PID/environ).
+pub fn env_entries(env: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    env.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+}
+
 /// Whether a process exists (signal 0 checks without sending anything).
 pub fn is_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 performs only the existence and permission checks.

@@ -8,6 +8,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::attrs;
+use crate::discover::process;
 
 /// What pyusdt knows of a process when it first sees one of its events.
 #[derive(Debug, Clone, Default)]
@@ -32,21 +33,14 @@ impl ProcessFacts {
             ..Default::default()
         };
         if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
-            facts.set_environment(environ.split(|&b| b == 0).filter_map(|kv| {
-                let kv = std::str::from_utf8(kv).ok()?;
-                kv.split_once('=')
-            }));
+            facts.set_environment(process::env_entries(&environ));
         }
         facts.executable_path = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        facts.command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|c| {
-            c.split(|&b| b == 0)
-                .filter(|w| !w.is_empty())
-                .map(String::from_utf8_lossy)
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
+        facts.command_line = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| process::join_argv(&c));
         facts
     }
 

@@ -110,19 +110,18 @@ impl ProcessSummary {
 /// The command line of a process, read once when its first event arrives (it may exit soon).
 fn command_of(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let words: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
-    let mut s = words.join(" ");
-    if s.chars().count() > 80 {
-        s = s.chars().take(77).collect::<String>() + "...";
-    }
-    if s.is_empty() {
-        s = "(exited)".into();
-    }
-    safe(&s).into_owned()
+    crate::discover::process::join_argv(&cmdline)
+        .map_or_else(|| "(exited)".to_string(), |c| short_command(&c))
+}
+
+/// At most 80 characters, terminal-safe.
+fn short_command(command: &str) -> String {
+    let shown = if command.chars().count() > 80 {
+        command.chars().take(77).collect::<String>() + "..."
+    } else {
+        command.to_string()
+    };
+    safe(&shown).into_owned()
 }
 
 impl Summary {
@@ -130,7 +129,7 @@ impl Summary {
     /// the first name given wins.
     pub fn name_process(&mut self, pid: u32, command: &str) {
         self.processes.entry(pid).or_insert_with(|| {
-            let mut p = ProcessSummary::new(safe(command).into_owned(), u64::MAX);
+            let mut p = ProcessSummary::new(short_command(command), u64::MAX);
             p.last_ns = 0;
             p
         });
