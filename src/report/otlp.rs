@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
@@ -189,54 +189,38 @@ impl OtlpSink {
 
     fn ship_spans_and_logs(&mut self) {
         self.last_batch = Instant::now();
-        let batch = self.config.max_export_batch_size;
-        let mut spans = self.spans.take_ready();
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(batch));
-            let chunk = std::mem::replace(&mut spans, rest);
-            let items = chunk.len() as u64;
-            let request = ExportTraceServiceRequest {
-                resource_spans: by_pid(chunk)
-                    .into_iter()
-                    .map(|(pid, spans)| ResourceSpans {
-                        resource: Some(self.resources.get(pid).clone()),
-                        scope_spans: vec![ScopeSpans {
-                            scope: Some(scope()),
-                            spans,
-                            ..Default::default()
-                        }],
+        let size = self.config.max_export_batch_size;
+        for (items, by_pid) in batches(self.spans.take_ready(), size) {
+            let resource_spans = by_pid
+                .into_iter()
+                .map(|(pid, spans)| ResourceSpans {
+                    resource: Some(self.resources.get(pid).clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope()),
+                        spans,
                         ..Default::default()
-                    })
-                    .collect(),
-            };
-            self.exporter.submit(Batch {
-                payload: Payload::Traces(request),
-                items,
-            });
+                    }],
+                    ..Default::default()
+                })
+                .collect();
+            let payload = Payload::Traces(ExportTraceServiceRequest { resource_spans });
+            self.exporter.submit(Batch { payload, items });
         }
-        let mut logs = self.logs.take_ready();
-        while !logs.is_empty() {
-            let rest = logs.split_off(logs.len().min(batch));
-            let chunk = std::mem::replace(&mut logs, rest);
-            let items = chunk.len() as u64;
-            let request = ExportLogsServiceRequest {
-                resource_logs: by_pid::<LogRecord>(chunk)
-                    .into_iter()
-                    .map(|(pid, log_records)| ResourceLogs {
-                        resource: Some(self.resources.get(pid).clone()),
-                        scope_logs: vec![ScopeLogs {
-                            scope: Some(scope()),
-                            log_records,
-                            ..Default::default()
-                        }],
+        for (items, by_pid) in batches(self.logs.take_ready(), size) {
+            let resource_logs = by_pid
+                .into_iter()
+                .map(|(pid, log_records)| ResourceLogs {
+                    resource: Some(self.resources.get(pid).clone()),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope()),
+                        log_records,
                         ..Default::default()
-                    })
-                    .collect(),
-            };
-            self.exporter.submit(Batch {
-                payload: Payload::Logs(request),
-                items,
-            });
+                    }],
+                    ..Default::default()
+                })
+                .collect();
+            let payload = Payload::Logs(ExportLogsServiceRequest { resource_logs });
+            self.exporter.submit(Batch { payload, items });
         }
     }
 
@@ -388,13 +372,21 @@ impl OtlpSink {
     }
 }
 
-/// Groups items by PID, keeping their order within a process.
-fn by_pid<T>(items: Vec<(u32, T)>) -> BTreeMap<u32, Vec<T>> {
-    let mut map: BTreeMap<u32, Vec<T>> = BTreeMap::new();
-    for (pid, item) in items {
-        map.entry(pid).or_default().push(item);
+/// Export batches of at most `size` items, each grouped by PID (order kept within a process),
+/// with its item count. Items are moved, not copied.
+fn batches<T>(items: Vec<(u32, T)>, size: usize) -> Vec<(u64, BTreeMap<u32, Vec<T>>)> {
+    let mut out = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let mut map: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+        let mut n = 0u64;
+        for (pid, item) in items.by_ref().take(size.max(1)) {
+            map.entry(pid).or_default().push(item);
+            n += 1;
+        }
+        out.push((n, map));
     }
-    map
+    out
 }
 
 fn count_points(metrics: &[Metric]) -> u64 {
@@ -408,4 +400,19 @@ fn count_points(metrics: &[Metric]) -> u64 {
             _ => 0,
         } as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_and_grouped_by_process() {
+        let items: Vec<(u32, char)> = vec![(2, 'a'), (1, 'b'), (2, 'c'), (1, 'd'), (3, 'e')];
+        let b = batches(items, 2);
+        assert_eq!(b.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(b[0].1[&2], ['a']);
+        assert_eq!(b[1].1[&1], ['d']);
+        assert!(batches(Vec::<(u32, char)>::new(), 2).is_empty());
+    }
 }
