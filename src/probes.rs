@@ -13,7 +13,7 @@ pub enum Probe {
     /// argument tuple and take a uprobe trap for every audit event (`id()` raises one).
     Audit,
     /// function__entry + function__return: a span per call of at least --min-duration. Opt-in:
-    /// every Python call takes two uprobe traps (about 0.5 µs each).
+    /// every Python call takes two uprobe traps (bench/function_cost.py measures the cost).
     Function,
 }
 

@@ -100,7 +100,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
                 eprintln!(
                     "pyusdt flow: CPython {}: function__entry fires only on the tracing path; \
                      the line marker is enabled for PID {pid} alone, which makes it much slower \
-                     (≈ 50× on call-heavy code)",
+                     on call-heavy code",
                     b.version.map_or_else(|| "3.11".into(), |v| v.to_string())
                 )
             }
