@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 # full-screen view of `top` in a test).
 # python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
 # file exporter's OTLP/JSON (tests/otlp_delivery.rs).
+# prometheus (promtool), golang-go, golang-github-masterminds-sprig-dev: scripts/deploy-check.sh
+# tests the alert rules and dashboard on a real Prometheus and renders the Helm chart with Go's
+# text/template + sprig (what Helm uses; helm itself is not installable here).
 PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
-          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux)
+          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux
+          prometheus golang-go golang-github-masterminds-sprig-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -8,3 +8,4 @@ bash scripts/setup.sh --deps-only
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+bash scripts/deploy-check.sh

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Checks the deployment files: Kubernetes manifests, Helm chart, alert rules, Grafana dashboard.
+#
+#   bash scripts/deploy-check.sh          (from the repository root or anywhere)
+#
+# 1. Renders helm/pyusdt with tests/deploy/render (Go text/template + sprig, as Helm does;
+#    helm itself cannot be installed here) with its default values and with
+#    tests/deploy/values-nondefault.yaml, and each tests/deploy/bad-values file.
+# 2. tests/deploy/check_manifests.py: deploy/kubernetes and both renders against the
+#    Kubernetes schemas (kubernetes-validate, strict), least privilege, agent flags against
+#    src/cli.rs, the ConfigMap's TOML against src/export/config.rs; values.schema.json accepts
+#    the two value sets and rejects every bad-values file.
+# 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml).
+# 4. tests/deploy/check_dashboard.py: dashboard and alert names against what src/ emits;
+#    synthetic series backfilled with promtool into a real Prometheus on 127.0.0.1 (random
+#    port, temporary storage), where every panel and alert expression must return data.
+#
+# Needs the Debian packages of scripts/setup.sh (golang-go, golang-github-masterminds-sprig-dev,
+# prometheus, python3.11-venv); creates target/deploy-venv (kubernetes-validate, jsonschema,
+# PyYAML from PyPI) when missing. Work files and logs go to target/deploy/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=target/deploy
+VENV=target/deploy-venv
+LOGS=$WORK/logs
+PROM_PID=""
+START=$(date +%s)
+SUMMARY=()
+
+cleanup() {
+  if [ -n "$PROM_PID" ] && kill -0 "$PROM_PID" 2>/dev/null; then
+    kill "$PROM_PID" 2>/dev/null || true
+    wait "$PROM_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+die() {
+  echo "deploy-check: FAILED: $*" >&2
+  exit 1
+}
+
+# step NAME CMD...: runs CMD with its output in $LOGS/NAME.log; on failure prints the log.
+step() {
+  local name=$1
+  shift
+  if ! "$@" >"$LOGS/$name.log" 2>&1; then
+    echo "---- $LOGS/$name.log" >&2
+    cat "$LOGS/$name.log" >&2
+    die "$name (command: $*)"
+  fi
+}
+
+for tool in go gofmt promtool prometheus /usr/bin/python3.11; do
+  command -v "$tool" >/dev/null 2>&1 \
+    || die "$tool not found: run 'bash scripts/setup.sh --deps-only' (as root) first"
+done
+[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] \
+  || die "Go sprig sources missing (Debian golang-github-masterminds-sprig-dev): run 'bash scripts/setup.sh --deps-only'"
+
+rm -rf "$WORK"
+mkdir -p "$LOGS"
+
+# Pinned: the Kubernetes schemas come with kubernetes-validate (1.25 to 1.37 in this version).
+if ! "$VENV/bin/python" -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
+  echo "deploy-check: creating $VENV (kubernetes-validate, jsonschema, PyYAML from PyPI)"
+  rm -rf "$VENV"
+  step venv /usr/bin/python3.11 -m venv "$VENV"
+  step pip "$VENV/bin/pip" install -q "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "PyYAML==6.0.3"
+fi
+PY="$VENV/bin/python"
+
+# --- 1. render the chart ----------------------------------------------------------------
+# GOPATH mode against Debian's Go sources: no module download.
+build_renderer() {
+  local out root=$PWD
+  out=$(gofmt -l tests/deploy/render) || return 1
+  [ -z "$out" ] || { echo "not gofmt-formatted: $out"; return 1; }
+  (cd tests/deploy/render &&
+    export GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE="$root/target/go-cache" &&
+    go vet . && go build -o "$root/$WORK/render" .)
+}
+step renderer build_renderer
+RENDER="$WORK/render -chart helm/pyusdt -release pyusdt -namespace pyusdt"
+
+# (Functions run by `step` are in an `if` condition, where set -e does not apply: every
+# command that can fail says `|| return 1`.)
+render_all() {
+  $RENDER -values-out $WORK/default.json >$WORK/default.yaml || return 1
+  $RENDER -f tests/deploy/values-nondefault.yaml -values-out $WORK/nondefault.json \
+    >$WORK/nondefault.yaml || return 1
+  $RENDER -notes >$WORK/default-notes.txt || return 1
+  $RENDER -f tests/deploy/values-nondefault.yaml -notes >$WORK/nondefault-notes.txt || return 1
+  grep -q "runs as DaemonSet pyusdt " $WORK/default-notes.txt || return 1
+  grep -q "OTLP headers come from Secret otlp-credentials" $WORK/nondefault-notes.txt || return 1
+  # Bad values: only the merged values matter (Helm checks the schema before rendering; a
+  # template may fail on them too, which is fine).
+  local f n
+  for f in tests/deploy/bad-values/*.yaml; do
+    n=$(basename "$f" .yaml)
+    $RENDER -f "$f" -values-out "$WORK/bad-$n.json" >/dev/null 2>&1 || true
+    [ -s "$WORK/bad-$n.json" ] || { echo "no merged values for $f"; return 1; }
+  done
+}
+step render render_all
+SUMMARY+=("chart rendered: default values, tests/deploy/values-nondefault.yaml, NOTES.txt")
+
+# --- 2. manifests, chart values ---------------------------------------------------------
+bad_args=()
+for f in tests/deploy/bad-values/*.yaml; do
+  n=$(basename "$f" .yaml)
+  bad_args+=(--bad "$n=$WORK/bad-$n.json")
+done
+step manifests "$PY" tests/deploy/check_manifests.py --repo . --plain deploy/kubernetes \
+  --schema helm/pyusdt/values.schema.json \
+  --render "default=$WORK/default.yaml,$WORK/default.json" \
+  --render "nondefault=$WORK/nondefault.yaml,$WORK/nondefault.json" \
+  "${bad_args[@]}"
+SUMMARY+=("manifests and chart: $(grep -c '^  ok ' $LOGS/manifests.log) checks passed (schemas, least privilege, agent flags, config keys; $(( ${#bad_args[@]} / 2 )) bad values files rejected)")
+
+# --- 3. alert rules ---------------------------------------------------------------------
+step rules-check promtool check rules deploy/prometheus/pyusdt-alerts.yaml
+step rules-test bash -c "cd tests/deploy && promtool test rules alerts.test.yaml"
+SUMMARY+=("alert rules: $(grep -o '[0-9]* rules found' $LOGS/rules-check.log), promtool unit tests passed (tests/deploy/alerts.test.yaml)")
+
+# --- 4. dashboard against a real Prometheus ---------------------------------------------
+step dashboard-names "$PY" tests/deploy/check_dashboard.py names --repo .
+# The data ends a minute ago, on a 15 s boundary: Prometheus then serves it from disk blocks.
+END=$(( $(date +%s) / 15 * 15 - 60 ))
+mkdir -p $WORK/prometheus/data
+step dashboard-data "$PY" tests/deploy/check_dashboard.py gen --repo . --end "$END" --out $WORK/prometheus/series.om
+step backfill promtool tsdb create-blocks-from openmetrics $WORK/prometheus/series.om $WORK/prometheus/data
+printf 'global:\n  scrape_interval: 15s\n' >$WORK/prometheus/prometheus.yml
+PORT=$(/usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+prometheus --config.file=$WORK/prometheus/prometheus.yml --storage.tsdb.path=$WORK/prometheus/data \
+  --web.listen-address="127.0.0.1:$PORT" >$LOGS/prometheus.log 2>&1 &
+PROM_PID=$!
+ready() {
+  "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+    "http://127.0.0.1:$PORT/-/ready" >/dev/null 2>&1
+}
+for _ in $(seq 100); do
+  ready && break
+  kill -0 "$PROM_PID" 2>/dev/null || { cat $LOGS/prometheus.log >&2; die "prometheus exited at start"; }
+  sleep 0.2
+done
+ready || { tail -20 $LOGS/prometheus.log >&2; die "prometheus not ready on 127.0.0.1:$PORT after 20 s"; }
+step dashboard-queries "$PY" tests/deploy/check_dashboard.py query --repo . --url "http://127.0.0.1:$PORT" --end "$END"
+cleanup
+PROM_PID=""
+SUMMARY+=("dashboard and alerts: $(grep -c '^  ok   panel' $LOGS/dashboard-queries.log) panel and $(grep -c '^  ok   alert' $LOGS/dashboard-queries.log) alert expressions returned data from Prometheus $(prometheus --version 2>&1 | awk 'NR==1{print $3}'); names match src/")
+
+echo "deploy-check: all steps passed in $(( $(date +%s) - START )) s (logs in $LOGS/)"
+for s in "${SUMMARY[@]}"; do
+  echo "  - $s"
+done

@@ -1,0 +1,331 @@
+"""Checks the Kubernetes manifests of deploy/kubernetes/ and the Helm chart's renders.
+
+Run by scripts/deploy-check.sh, which renders the chart first (tests/deploy/render) and passes:
+  --plain DIR                 the plain manifests (deploy/kubernetes)
+  --render NAME=YAML,JSON     a chart render and the merged values it was rendered from
+  --bad NAME=JSON             merged values that values.schema.json must reject
+  --schema FILE               values.schema.json
+  --repo DIR                  the repository (src/cli.rs, src/export/config.rs, deploy/pyusdt.toml)
+
+What is checked, on every plain and rendered manifest:
+  - each object against the Kubernetes JSON schemas shipped in kubernetes-validate
+    (strict: unknown fields are errors), for the oldest and newest versions it ships;
+  - least privilege on each DaemonSet: hostPID, no privileged, no hostNetwork, all
+    capabilities dropped and only BPF, PERFMON, SYS_PTRACE (and SYS_RESOURCE or
+    DAC_READ_SEARCH if asked for) added, allowPrivilegeEscalation false, read-only root
+    filesystem, requests and limits, hostPath only for tracefs; RBAC only get/list/watch pods;
+  - the container runs `pyusdt agent` with flags that src/cli.rs defines;
+  - deploy/otel-collector.yaml's pipelines use defined components, with OTLP in, traces
+    out over OTLP and metrics to the prometheus exporter with resource attributes as labels;
+  - the ConfigMap's pyusdt.toml (and deploy/pyusdt.toml) uses only keys, with the types,
+    that src/export/config.rs's FileConfig accepts (it rejects unknown keys);
+  - the chart's values: defaults and the non-default file pass values.schema.json, every
+    tests/deploy/bad-values file fails it.
+Prints one line per check and exits 1 if any failed.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import tomllib
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+FAILURES = []
+
+ALLOWED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE", "DAC_READ_SEARCH"}
+REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE"}
+TRACEFS_PATHS = {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}
+
+
+def check(ok, what):
+    print(("  ok   " if ok else "  FAIL ") + what)
+    if not ok:
+        FAILURES.append(what)
+    return ok
+
+
+def k8s_versions():
+    versions = kubernetes_validate.utils.all_versions()
+    return sorted({versions[0], versions[-1]}, key=lambda v: [int(x) for x in v.split(".")])
+
+
+# --- what the Rust code accepts -------------------------------------------------------------
+
+def rust_struct_fields(source, name):
+    """Fields of `pub struct NAME { ... }` as (field, type) pairs."""
+    m = re.search(r"pub struct %s \{(.*?)\n\}" % re.escape(name), source, re.S)
+    if not m:
+        raise SystemExit(f"check_manifests: struct {name} not found: update this check")
+    return re.findall(r"pub (\w+): ([^,\n]+),", m.group(1))
+
+
+def cli_long_flags(cli_rs):
+    """Long options of `pyusdt agent`: the fields of AgentArgs and the flattened TraceArgs."""
+    flags = {}
+    for struct in ("TraceArgs", "AgentArgs"):
+        m = re.search(r"pub struct %s \{(.*?)\n\}" % struct, cli_rs, re.S)
+        if not m:
+            raise SystemExit(f"check_manifests: {struct} not found in src/cli.rs")
+        for attr, field, ty in re.findall(r"#\[arg\(([^\]]*)\)\]\s*pub (\w+): ([^,\n]+),", m.group(1)):
+            if "long" not in attr:
+                continue
+            named = re.search(r'long\s*=\s*"([^"]+)"', attr)
+            flags[named.group(1) if named else field.replace("_", "-")] = ty.strip()
+    return flags
+
+
+def toml_rules(config_rs):
+    """Allowed keys of the --config file: {section or "": {key: rust type}}."""
+    top = dict(rust_struct_fields(config_rs, "FileConfig"))
+    rules = {"": {}}
+    for key, ty in top.items():
+        sub = re.match(r"(File\w+)$", ty.strip())
+        if sub:
+            rules[key] = dict(rust_struct_fields(config_rs, sub.group(1)))
+        else:
+            rules[""][key] = ty
+    return rules
+
+
+def type_ok(value, rust_type):
+    inner = re.sub(r"^Option<(.*)>$", r"\1", rust_type.strip())
+    if inner in ("String", "PathBuf"):
+        return isinstance(value, str)
+    if inner in ("u64", "usize", "u32"):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if inner == "bool":
+        return isinstance(value, bool)
+    if inner == "Vec<String>":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if inner == "BTreeMap<String, String>":
+        return isinstance(value, dict) and all(isinstance(x, str) for x in value.values())
+    raise SystemExit(f"check_manifests: no rule for Rust type {rust_type}: update this check")
+
+
+def check_toml(text, rules, where):
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        return check(False, f"{where}: TOML parses ({e})")
+    bad = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and key in rules and key != "":
+            for k, v in value.items():
+                if k not in rules[key]:
+                    bad.append(f"unknown key [{key}] {k}")
+                elif not type_ok(v, rules[key][k]):
+                    bad.append(f"[{key}] {k} = {v!r} is not {rules[key][k]}")
+        elif key in rules[""]:
+            if not type_ok(value, rules[""][key]):
+                bad.append(f"{key} = {value!r} is not {rules[''][key]}")
+        else:
+            bad.append(f"unknown key {key}")
+    otlp = doc.get("otlp", {})
+    if "endpoint" in otlp and not re.match(r"^https?://", otlp["endpoint"]):
+        bad.append("otlp.endpoint must start with http:// or https://")
+    for key, allowed in (("protocol", {"grpc", "http/protobuf"}), ("compression", {"gzip", "none"})):
+        if key in otlp and otlp[key] not in allowed:
+            bad.append(f"otlp.{key} = {otlp[key]!r}")
+    if doc.get("exporter", "otlp") not in {"otlp", "console", "file"}:
+        bad.append(f"exporter = {doc['exporter']!r}")
+    temporality = doc.get("metrics", {}).get("temporality", "cumulative")
+    if temporality not in {"cumulative", "delta", "lowmemory"}:
+        bad.append(f"metrics.temporality = {temporality!r}")
+    return check(not bad, f"{where}: pyusdt.toml keys and types match src/export/config.rs"
+                 + (f" ({'; '.join(bad)})" if bad else ""))
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def validate_schema(doc, where):
+    name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        # A Prometheus Operator CRD: not among the Kubernetes schemas.
+        spec = doc.get("spec", {})
+        ok = (doc.get("kind") == "ServiceMonitor" and spec.get("selector", {}).get("matchLabels")
+              and all(e.get("port") for e in spec.get("endpoints", [])) and spec.get("endpoints"))
+        return check(bool(ok), f"{where}: {name} has a selector and endpoints "
+                     "(a CRD: structure only, not in the Kubernetes schemas)")
+    errors = []
+    for version in k8s_versions():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.utils.ValidationError as e:
+            errors.append(f"{version}: {'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.utils.SchemaNotFoundError as e:
+            errors.append(f"{version}: no schema ({e.message})")
+    return check(not errors, f"{where}: {name} valid against Kubernetes {' and '.join(k8s_versions())} (strict)"
+                 + (f": {errors[0]}" if errors else ""))
+
+
+def check_daemonset(ds, where, flags):
+    spec = ds["spec"]["template"]["spec"]
+    problems = []
+    if spec.get("hostPID") is not True:
+        problems.append("hostPID is not true")
+    if spec.get("hostNetwork"):
+        problems.append("hostNetwork is set")
+    if spec.get("hostIPC"):
+        problems.append("hostIPC is set")
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        caps = sc.get("capabilities", {})
+        added = set(caps.get("add", []))
+        if sc.get("privileged"):
+            problems.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation is not false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{c['name']}: root filesystem is writable")
+        if caps.get("drop") != ["ALL"]:
+            problems.append(f"{c['name']}: capabilities are not dropped (drop: [ALL])")
+        if not REQUIRED_CAPS <= added or not added <= ALLOWED_CAPS:
+            problems.append(f"{c['name']}: capabilities {sorted(added)}")
+        res = c.get("resources", {})
+        if not (res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory")
+                and res.get("limits", {}).get("memory")):
+            problems.append(f"{c['name']}: resources need cpu/memory requests and a memory limit")
+        for vm in c.get("volumeMounts", []):
+            if vm["mountPath"].startswith("/sys") and not vm.get("readOnly"):
+                problems.append(f"{c['name']}: {vm['mountPath']} is mounted read-write")
+        problems += check_args(c.get("args", []), flags)
+    for v in spec.get("volumes", []):
+        if "hostPath" in v and v["hostPath"]["path"] not in TRACEFS_PATHS:
+            problems.append(f"hostPath {v['hostPath']['path']} (only tracefs is needed)")
+    check(not problems, f"{where}: DaemonSet least privilege and agent flags"
+          + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def check_args(args, flags):
+    problems = []
+    if not args or args[0] != "agent":
+        return [f"args {args} do not start with the agent subcommand"]
+    for a in args[1:]:
+        m = re.match(r"^--([a-z][a-z0-9-]*)(?:=(.*))?$", a)
+        if not m:
+            problems.append(f"argument {a!r} is not --flag[=value]")
+            continue
+        name, value = m.groups()
+        if name not in flags:
+            problems.append(f"--{name} is not an option of `pyusdt agent` (src/cli.rs)")
+            continue
+        is_bool = flags[name] == "bool"
+        if is_bool != (value is None):
+            problems.append(f"--{name}: {'a switch takes no value' if is_bool else 'needs a value'}")
+        if name == "probes" and value is not None:
+            unknown = set(value.split(",")) - {"gc", "import", "audit", "function"}
+            if unknown:
+                problems.append(f"--probes: unknown {sorted(unknown)}")
+    return problems
+
+
+def check_rbac(doc, where):
+    if doc["kind"] not in ("ClusterRole", "Role"):
+        return
+    ok = doc.get("rules") == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    check(ok, f"{where}: {doc['kind']} allows only get/list/watch on pods")
+
+
+def check_objects(docs, where, flags, rules, repo):
+    kinds = set()
+    for doc in docs:
+        kinds.add(doc["kind"])
+        validate_schema(doc, where)
+        check_rbac(doc, where)
+        if doc["kind"] == "DaemonSet":
+            check_daemonset(doc, where, flags)
+            env = {e["name"] for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+            src = "".join(open(p).read() for p in glob.glob(os.path.join(repo, "src", "**", "*.rs"), recursive=True))
+            unknown = sorted(n for n in env if f'"{n}"' not in src)
+            check(not unknown, f"{where}: environment variables are read by pyusdt ({', '.join(sorted(env))})"
+                  + (f": not in src/: {unknown}" if unknown else ""))
+        if doc["kind"] == "ConfigMap":
+            check_toml(doc["data"]["pyusdt.toml"], rules, f"{where}: ConfigMap {doc['metadata']['name']}")
+    return kinds
+
+
+def check_collector(path):
+    """deploy/otel-collector.yaml: pipelines use defined components; what the dashboard needs."""
+    cfg = yaml.safe_load(open(path))
+    problems = []
+    for name, p in cfg["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for c in p.get(kind, []):
+                if c not in (cfg.get(kind) or {}):
+                    problems.append(f"pipeline {name}: {kind[:-1]} {c} is not defined")
+    if "otlp" not in cfg["service"]["pipelines"].get("metrics", {}).get("receivers", []):
+        problems.append("metrics pipeline does not receive OTLP")
+    prom = cfg.get("exporters", {}).get("prometheus", {})
+    if not prom.get("resource_to_telemetry_conversion", {}).get("enabled"):
+        problems.append("prometheus exporter without resource_to_telemetry_conversion (the dashboard needs service_name)")
+    if "prometheus" not in cfg["service"]["pipelines"].get("metrics", {}).get("exporters", []):
+        problems.append("metrics are not exported to prometheus")
+    traces_out = cfg["service"]["pipelines"].get("traces", {}).get("exporters", [])
+    if not any(e.split("/")[0] in ("otlp", "otlphttp") for e in traces_out):
+        problems.append("traces are not exported over OTLP (Jaeger, Tempo)")
+    check(not problems, "deploy/otel-collector.yaml: OTLP in; traces to Jaeger/Tempo, metrics to Prometheus; pipelines use defined components"
+          + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--plain", required=True)
+    ap.add_argument("--schema", required=True)
+    ap.add_argument("--render", action="append", default=[])
+    ap.add_argument("--bad", action="append", default=[])
+    a = ap.parse_args()
+
+    flags = cli_long_flags(open(os.path.join(a.repo, "src/cli.rs")).read())
+    rules = toml_rules(open(os.path.join(a.repo, "src/export/config.rs")).read())
+
+    print("deploy/pyusdt.toml:")
+    check_toml(open(os.path.join(a.repo, "deploy/pyusdt.toml")).read(), rules, "deploy/pyusdt.toml")
+
+    check_collector(os.path.join(a.repo, "deploy/otel-collector.yaml"))
+
+    print("plain manifests (deploy/kubernetes):")
+    docs = []
+    for path in sorted(glob.glob(os.path.join(a.plain, "*.yaml"))):
+        docs += load_docs(path)
+    kinds = check_objects(docs, "deploy/kubernetes", flags, rules, a.repo)
+    want = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"}
+    check(want <= kinds, f"deploy/kubernetes: has {', '.join(sorted(want))}")
+
+    schema = json.load(open(a.schema))
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for spec in a.render:
+        name, files = spec.split("=", 1)
+        rendered, values = files.split(",")
+        print(f"chart render: {name}")
+        errors = list(validator.iter_errors(json.load(open(values))))
+        check(not errors, f"{name}: values pass values.schema.json"
+              + (f" ({errors[0].json_path}: {errors[0].message})" if errors else ""))
+        check_objects(load_docs(rendered), name, flags, rules, a.repo)
+
+    print("values.schema.json rejects bad values (tests/deploy/bad-values):")
+    for spec in a.bad:
+        name, values = spec.split("=", 1)
+        errors = sorted(validator.iter_errors(json.load(open(values))), key=lambda e: e.json_path)
+        check(bool(errors), f"{name}: rejected"
+              + (f" ({errors[0].json_path}: {errors[0].message[:100]})" if errors else " -- but it was accepted"))
+
+    if FAILURES:
+        print(f"check_manifests: {len(FAILURES)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
