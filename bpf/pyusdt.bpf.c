@@ -18,6 +18,7 @@ const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
+const volatile bool function_epochs = false;   /* function probes: per-process stack epochs */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -36,6 +37,7 @@ struct process_event _process_event = {};
 struct audit_args_event _audit_args_event = {};
 enum marker _marker = MARKER_GC;
 enum stat _stat = STAT_DROP_GC;
+struct func_hits _func_hits = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -75,6 +77,8 @@ struct {
 struct span_stack {
 	__u32 depth;
 	__u32 imports;
+	__u32 epoch; /* the process's function epoch when this stack was last valid */
+	__u32 _pad;
 	__u64 ts[SPAN_STACK_DEPTH];
 	__s32 line[SPAN_STACK_DEPTH];
 	__u64 import_ts[IMPORT_STACK_DEPTH];
@@ -96,6 +100,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct span_stack);
 } span_stack_zero SEC(".maps");
+
+/* Function probes are attached per process, and detached and attached again in sampling
+ * windows (the overhead budget). While detached, the thread's real stack moves on unseen: user
+ * space bumps the process's epoch before attaching again, and a stack of an older epoch is
+ * emptied at its next use, so that no return is paired with an entry from before the gap.
+ * Calls and imports that span the gap are reported without a duration (counted). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tgid */
+	__type(value, __u32);
+} func_epochs SEC(".maps");
+
+/* Marker hits per process under function probes (read and deleted by user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tgid */
+	__type(value, struct func_hits);
+} func_hits SEC(".maps");
 
 /* Processes that have sent an event. The first event of a process wakes user space at once,
  * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
@@ -154,23 +178,44 @@ static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 m
 	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
 }
 
-static __always_inline __u32 spans_in_progress(__u32 tid)
+/* The thread's stack, emptied first when it predates the process's function epoch. */
+static __always_inline struct span_stack *thread_stack(__u64 id)
 {
+	__u32 tid = (__u32)id;
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	if (!st || !function_epochs)
+		return st;
+	__u32 tgid = id >> 32;
+	__u32 *epoch = bpf_map_lookup_elem(&func_epochs, &tgid);
+	__u32 current = epoch ? *epoch : 0;
+	if (st->epoch != current) {
+		if (st->depth)
+			count(STAT_STACK_RESET);
+		st->depth = 0;
+		st->imports = 0;
+		st->epoch = current;
+	}
+	return st;
+}
+
+static __always_inline __u32 spans_in_progress(__u64 id)
+{
+	struct span_stack *st = thread_stack(id);
 	return st ? st->depth : 0;
 }
 
 /* Pushes an import start or a call entry; returns the thread's stack. */
-static __always_inline struct span_stack *stack_push(__u32 tid, __s32 line)
+static __always_inline struct span_stack *stack_push(__u64 id, __s32 line)
 {
-	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	__u32 tid = (__u32)id;
+	struct span_stack *st = thread_stack(id);
 	if (!st) {
 		__u32 zero = 0;
 		struct span_stack *z = bpf_map_lookup_elem(&span_stack_zero, &zero);
 		if (!z)
 			return 0;
 		bpf_map_update_elem(&span_stacks, &tid, z, BPF_ANY);
-		st = bpf_map_lookup_elem(&span_stacks, &tid);
+		st = thread_stack(id);
 		if (!st)
 			return 0;
 	}
@@ -187,11 +232,11 @@ static __always_inline struct span_stack *stack_push(__u32 tid, __s32 line)
 
 /* Pops what an import done or a call return ends; returns the depth left (the enclosing
  * spans) and sets `start` (0 when unknown) and `line`. */
-static __always_inline __u32 stack_pop(__u32 tid, __u64 *start, __s32 *line)
+static __always_inline __u32 stack_pop(__u64 id, __u64 *start, __s32 *line)
 {
 	*start = 0;
 	*line = 0;
-	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	struct span_stack *st = thread_stack(id);
 	if (!st || st->depth == 0)
 		return 0;
 	__u32 d = st->depth - 1;
@@ -285,7 +330,7 @@ int BPF_USDT(gc_done, long collected)
 		count(STAT_DROP_GC);
 		return 0;
 	}
-	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress(tid));
+	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress(id));
 	e->collected = collected;
 	e->generation = generation;
 	e->_pad = 0;
@@ -299,7 +344,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push((__u32)id, 0);
+	struct span_stack *st = stack_push(id, 0);
 	if (!st)
 		return 0;
 	__u32 i = st->imports;
@@ -321,7 +366,7 @@ int BPF_USDT(import_done, const char *module, int found)
 	__u64 unused_start, start = 0;
 	__s32 line;
 	__u32 tid = (__u32)id;
-	__u32 depth = stack_pop(tid, &unused_start, &line);
+	__u32 depth = stack_pop(id, &unused_start, &line);
 	__u32 nesting = 0;
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
 	if (st && st->imports > 0) {
@@ -401,14 +446,14 @@ int BPF_USDT(audit, const char *event, void *args)
 		ae->layout = layout;
 		copy_audit_args(ae, args, ob_size_offset, nargs);
 		e = &ae->base;
-		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, spans_in_progress((__u32)id));
+		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, spans_in_progress(id));
 	} else {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(STAT_DROP_AUDIT);
 			return 0;
 		}
-		fill_header(&e->h, id, MARKER_AUDIT, now, now, spans_in_progress((__u32)id));
+		fill_header(&e->h, id, MARKER_AUDIT, now, now, spans_in_progress(id));
 	}
 	e->nargs = nargs;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
@@ -428,6 +473,27 @@ static __always_inline void read_code_names(char name_dst[FUNC_NAME_LEN],
 		file_dst[0] = '\0';
 }
 
+enum hit { HIT_ENTRY, HIT_RETURN, HIT_LINE };
+
+/* Counts a marker hit of the process (the overhead budget's input). */
+static __always_inline void hit(__u32 tgid, enum hit kind)
+{
+	struct func_hits *h = bpf_map_lookup_elem(&func_hits, &tgid);
+	if (!h) {
+		struct func_hits zero = {};
+		bpf_map_update_elem(&func_hits, &tgid, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&func_hits, &tgid);
+		if (!h)
+			return;
+	}
+	if (kind == HIT_ENTRY)
+		__sync_fetch_and_add(&h->entries, 1);
+	else if (kind == HIT_RETURN)
+		__sync_fetch_and_add(&h->returns, 1);
+	else
+		__sync_fetch_and_add(&h->lines, 1);
+}
+
 /* Function spans (--probes function): entries push, returns pop and report calls of at least
  * min_function_ns, so that short calls cost no ring-buffer traffic. */
 SEC("usdt")
@@ -436,7 +502,19 @@ int BPF_USDT(function_entry, const char *file, const char *name, int line)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	stack_push((__u32)id, line);
+	hit(id >> 32, HIT_ENTRY);
+	stack_push(id, line);
+	return 0;
+}
+
+/* 3.11 with --line-mode: attached to the line marker only for its semaphore, which makes the
+ * interpreter take its tracing path, where function__entry fires for every call. */
+SEC("usdt")
+int BPF_USDT(function_line)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (wanted(id >> 32))
+		hit(id >> 32, HIT_LINE);
 	return 0;
 }
 
@@ -447,9 +525,10 @@ int BPF_USDT(function_return, const char *file, const char *name, int line)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
+	hit(id >> 32, HIT_RETURN);
 	__u64 start;
 	__s32 first_line;
-	__u32 depth = stack_pop((__u32)id, &start, &first_line);
+	__u32 depth = stack_pop(id, &start, &first_line);
 	if (!start || now - start < min_function_ns)
 		return 0;
 	note_process(id, now);
@@ -623,6 +702,8 @@ int forget_exited(void *ctx)
 	bpf_map_delete_elem(&span_stacks, &tid);
 	if (tid == tgid) {
 		bpf_map_delete_elem(&seen_tgids, &tgid);
+		bpf_map_delete_elem(&func_epochs, &tgid);
+		bpf_map_delete_elem(&func_hits, &tgid);
 		if (filter_tgid)
 			bpf_map_delete_elem(&traced, &tgid);
 	}

@@ -47,7 +47,8 @@ enum stat {
 	STAT_DROP_FLOW = 6,       /* ring buffer full: flow event lost */
 	STAT_DROP_FUNCTION = 7,   /* ring buffer full: function event lost */
 	STAT_CALLS_TOO_DEEP = 8,  /* calls nested beyond SPAN_STACK_DEPTH: no span */
-	STAT_COUNT = 9,
+	STAT_STACK_RESET = 9,     /* a thread's stack emptied after a sampling gap */
+	STAT_COUNT = 10,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without
@@ -158,6 +159,14 @@ struct function_event {
 	__u32 _pad;
 	char name[FUNC_NAME_LEN];
 	char file[FUNC_FILE_LEN];
+};
+
+/* Marker hits of one process under function probes: what its probes cost it, for the overhead
+ * budget (and, for interpreters of unverified versions, whether entries fire at all). */
+struct func_hits {
+	__u64 entries;
+	__u64 returns;
+	__u64 lines; /* 3.11 line mode: the line marker that makes entries fire */
 };
 
 #endif /* __PYUSDT_H */

@@ -1,4 +1,6 @@
 //! Loads the BPF programs, attaches them to interpreter files and drains the ring buffer.
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +63,14 @@ pub struct TracerOptions {
     pub min_function_ns: u64,
 }
 
+/// Function-marker hits of one process so far (cumulative), counted in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionHits {
+    pub entries: u64,
+    pub returns: u64,
+    pub lines: u64,
+}
+
 /// Calls of one function of one process, counted in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionCount {
@@ -91,6 +101,8 @@ pub struct KernelStats {
     pub function_dropped: u64,
     /// Calls nested deeper than the BPF stack: no span for them.
     pub calls_too_deep: u64,
+    /// Thread stacks emptied after a sampling gap (calls spanning it have no duration).
+    pub stacks_reset: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -103,6 +115,9 @@ pub struct KernelStats {
 pub struct Tracer<'obj> {
     links: Vec<Link>,
     _process_links: Vec<Link>,
+    /// Function probes, per process (host PID): switched off and on by the overhead budget,
+    /// between ring-buffer polls (hence a RefCell: `run` holds the tracer shared).
+    function_links: RefCell<HashMap<u32, Vec<Link>>>,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -127,6 +142,7 @@ impl<'obj> Tracer<'obj> {
         rodata.audit_args = options.audit_args;
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
+        rodata.function_epochs = options.probes.iter().any(|p| p == Probe::Function);
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -172,6 +188,7 @@ impl<'obj> Tracer<'obj> {
         Ok(Tracer {
             links: Vec::new(),
             _process_links: process_links,
+            function_links: RefCell::default(),
             options,
             skel,
         })
@@ -191,9 +208,9 @@ impl<'obj> Tracer<'obj> {
             ..Default::default()
         };
         for probe in self.options.probes.iter() {
-            // Function spans pair entries with returns: only where every call has an entry
-            // (3.8-3.10, or an unverified newer release). 3.11 fires entries only in line mode.
-            if probe == Probe::Function && !binary.entries_fire() {
+            // Function probes are attached per process (`attach_functions`), so that the
+            // overhead budget can switch them off for one process.
+            if probe == Probe::Function {
                 continue;
             }
             for &marker in probe.markers() {
@@ -208,6 +225,91 @@ impl<'obj> Tracer<'obj> {
         // All or nothing per file: a half-attached gc (start without done) would mislead.
         self.links.extend(new_links);
         Ok(attached)
+    }
+
+    /// Attaches the function probes to `binary` for one process: `pid` as this process sees
+    /// it, `host_pid` as events report it (the key to detach with). `line_mode` also attaches
+    /// the line marker, whose semaphore makes 3.11 fire function__entry for every call (slow).
+    /// The process's stacks start a new epoch: nothing pairs across the gap before.
+    pub fn attach_functions(
+        &self,
+        binary: &Binary,
+        pid: i32,
+        host_pid: u32,
+        epoch: u32,
+        line_mode: bool,
+    ) -> Result<(), AttachError> {
+        self.skel
+            .maps
+            .func_epochs
+            .update(&host_pid.to_ne_bytes(), &epoch.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| AttachError::Map {
+                map: "func_epochs",
+                source,
+            })?;
+        let p = &self.skel.progs;
+        let mut plan = vec![
+            ("function__return", &p.function_return),
+            ("function__entry", &p.function_entry),
+        ];
+        if line_mode {
+            plan.push(("line", &p.function_line));
+        }
+        let mut links = Vec::new();
+        for (marker, prog) in plan {
+            links.push(attach_marker(prog, pid, binary, marker, None)?);
+        }
+        self.function_links.borrow_mut().insert(host_pid, links);
+        Ok(())
+    }
+
+    /// Detaches the function probes of one process: the kernel releases their semaphores, so
+    /// that the interpreter stops calling the markers at all.
+    pub fn detach_functions(&self, host_pid: u32) {
+        if let Some(mut links) = self.function_links.borrow_mut().remove(&host_pid) {
+            // Entries go before returns (the reverse of attaching): a return without its entry
+            // is ignored, while entries without returns would fill the thread's stack.
+            while let Some(link) = links.pop() {
+                drop(link);
+            }
+        }
+    }
+
+    /// The processes `run` follows (its command and their descendants), as host PIDs.
+    pub fn traced_pids(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .traced
+            .keys()
+            .filter_map(|k| <[u8; 4]>::try_from(k.as_slice()).ok())
+            .map(u32::from_ne_bytes)
+            .collect()
+    }
+
+    /// Function-marker hits per process so far.
+    pub fn function_hits(&self) -> HashMap<u32, FunctionHits> {
+        let map = &self.skel.maps.func_hits;
+        let mut out = HashMap::new();
+        for key in map.keys() {
+            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
+                continue;
+            };
+            let (Ok(pid), Ok(h)) = (
+                <[u8; 4]>::try_from(key.as_slice()),
+                plain::from_bytes::<bpf::func_hits>(&value),
+            ) else {
+                continue;
+            };
+            out.insert(
+                u32::from_ne_bytes(pid),
+                FunctionHits {
+                    entries: h.entries,
+                    returns: h.returns,
+                    lines: h.lines,
+                },
+            );
+        }
+        out
     }
 
     /// The host PID of the first process started after `follow_children_of_self` (the command
@@ -300,11 +402,6 @@ impl<'obj> Tracer<'obj> {
         }
     }
 
-    /// The probe groups this tracer attaches.
-    pub fn probes(&self) -> &ProbeSet {
-        &self.options.probes
-    }
-
     /// The BPF program handling `marker` (one of `Probe::markers`).
     fn program(&self, marker: &str) -> &libbpf_rs::ProgramMut<'obj> {
         let p = &self.skel.progs;
@@ -372,6 +469,7 @@ impl<'obj> Tracer<'obj> {
             flow_dropped: sums[bpf::STAT_DROP_FLOW as usize],
             function_dropped: sums[bpf::STAT_DROP_FUNCTION as usize],
             calls_too_deep: sums[bpf::STAT_CALLS_TOO_DEEP as usize],
+            stacks_reset: sums[bpf::STAT_STACK_RESET as usize],
         })
     }
 

@@ -10,8 +10,8 @@
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
-    audit_arg, audit_args_event, audit_event, event_header, flow_event, func_count, func_key,
-    function_event, gc_event, import_event, process_event,
+    audit_arg, audit_args_event, audit_event, event_header, flow_event, func_count, func_hits,
+    func_key, function_event, gc_event, import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -35,6 +35,8 @@ unsafe impl plain::Plain for types::func_count {}
 unsafe impl plain::Plain for types::flow_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::function_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::func_hits {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};
@@ -58,4 +60,5 @@ pub const STAT_FUNC_TABLE_FULL: u32 = stat::STAT_FUNC_TABLE_FULL.0;
 pub const STAT_DROP_FLOW: u32 = stat::STAT_DROP_FLOW.0;
 pub const STAT_DROP_FUNCTION: u32 = stat::STAT_DROP_FUNCTION.0;
 pub const STAT_CALLS_TOO_DEEP: u32 = stat::STAT_CALLS_TOO_DEEP.0;
+pub const STAT_STACK_RESET: u32 = stat::STAT_STACK_RESET.0;
 pub const STAT_COUNT: u32 = stat::STAT_COUNT.0;

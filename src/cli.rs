@@ -130,6 +130,17 @@ pub struct TraceArgs {
     /// not exported.
     #[arg(long, value_name = "GLOBS")]
     pub function_exclude: Option<String>,
+    /// With --probes function on CPython 3.11: enable the line marker in each traced process,
+    /// which makes function__entry fire for every call (3.11 fires it only on its tracing
+    /// path). Costly: that path runs code many times slower; keep --max-overhead on.
+    #[arg(long)]
+    pub line_mode: bool,
+    /// With --probes function: the share of a traced process's time its function probes may
+    /// cost, in percent (e.g. 5), or `off`. A process whose probes would cost more is
+    /// sampled: probes off, and on again in short windows, with the sampling ratio exported.
+    /// Default: 5 for `agent`, off for `run`.
+    #[arg(long, value_name = "PCT", value_parser = parse_max_overhead)]
+    pub max_overhead: Option<MaxOverhead>,
     /// Interpreter or libpython file to attach to (repeatable). By default pyusdt also finds the
     /// marker-bearing interpreters in the usual install locations (and, for `agent`, those of
     /// running processes).
@@ -206,6 +217,14 @@ pub struct AgentArgs {
     /// containers), in seconds; 0 disables the rescan.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub rescan_interval: u64,
+}
+
+/// `--max-overhead`: a share of the traced process's time (0.05 = 5 %), or `None`: no budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxOverhead(pub Option<f64>);
+
+fn parse_max_overhead(s: &str) -> Result<MaxOverhead, String> {
+    crate::budget::parse_max_overhead(s).map(MaxOverhead)
 }
 
 /// `1ms`, `250us`, `2s`, `500ns`, `0`.

@@ -4,6 +4,7 @@
 //! `decode` (ring buffer records) → `report` (console, JSON lines, summary).
 mod attach;
 mod bpf;
+mod budget;
 mod cli;
 mod commands;
 mod decode;

@@ -39,8 +39,10 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
     let stop = || interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed);
 
     let mut storage = MaybeUninit::uninit();
-    let mut session = Session::start(&mut storage, t, false, Terminal::Stdout)?;
+    let mut session = Session::start(&mut storage, t, false, Terminal::Stdout, Some(0.05))?;
     session.attach_all(&binaries);
+    session.warn_without_function_probes();
+    session.follow_running_processes();
     if session.attached_files() == 0 {
         tracing::warn!(
             "no interpreter with CPython markers attached yet; looking again every {} s",
@@ -66,6 +68,7 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         if session.attach_all(&found) > 0 {
             tracing::info!("now tracing {} interpreter files", session.attached_files());
         }
+        session.follow_running_processes();
         session.retire_exited_processes();
     }
     tracing::info!("stopping: detaching and flushing");

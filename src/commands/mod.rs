@@ -1,6 +1,8 @@
 //! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
 pub mod agent;
+pub mod child;
 pub mod flow;
+pub mod function_probes;
 pub mod list;
 pub mod run;
 pub mod session;

@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cli::RunArgs;
+use crate::commands::child::{fork_stopped, reap, resume};
 use crate::commands::session::{
     interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
 };
@@ -17,6 +18,8 @@ use crate::exit::{CliError, CliResult, Exit};
 
 pub fn run(args: &RunArgs) -> CliResult<i32> {
     let (resolved, implied) = resolve_command(&args.command)?;
+    // The file the command runs (interpreter or libpython): its process gets function probes.
+    let implied_binary = implied.as_deref().and_then(|p| Binary::open(p).ok());
     // The usual locations cover the Pythons the command may start; scanning every process of
     // the host is the agent's job.
     let scan = Scan {
@@ -37,30 +40,43 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     let terminal_delivers_sigint = in_terminal_foreground();
 
     let mut storage = MaybeUninit::uninit();
-    let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr)?;
+    let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr, None)?;
     if session.attach_all(&binaries) == 0 {
         return Err(CliError::new(
             Exit::Failure,
             "could not attach to any interpreter file (see the warnings above)",
         ));
     }
+    session.warn_without_function_probes();
     // The command is a child of this process: the fork tracepoint adds it to the traced set
     // before it runs a single instruction of its own.
     session.tracer.follow_children_of_self()?;
 
-    let mut child = spawn(&args.command, &resolved)?;
-    let child_pid = child.id() as libc::pid_t;
+    if !is_executable(&resolved) {
+        return Err(CliError::new(
+            Exit::CommandNotExecutable,
+            format!("cannot start {}: permission denied", resolved.display()),
+        ));
+    }
+    // Stopped before its exec: function probes scoped to its PID go in first.
+    let child_pid = fork_stopped(&resolved, &args.command)?;
     let words: Vec<_> = args.command.iter().map(|w| w.to_string_lossy()).collect();
     // Events carry host PIDs; in a container without the host's PID namespace the child's PID
     // here differs, and /proc/PID would show other processes.
-    let host_pid = session.tracer.first_child_host_pid().unwrap_or(child.id());
-    if host_pid != child.id() {
+    let host_pid = session
+        .tracer
+        .first_child_host_pid()
+        .unwrap_or(child_pid as u32);
+    if host_pid != child_pid as u32 {
         session.pids_are_foreign();
     }
     session.name_process(host_pid, &words.join(" "));
+    if let Some(binary) = implied_binary {
+        session.follow_functions(host_pid, child_pid, &binary);
+    }
+    resume(child_pid);
 
-    let mut status: Option<ExitStatus> = None;
-    let mut wait_error = None;
+    let mut status: Option<i32> = None;
     session.trace(|| {
         // Each signal is passed on as often as it arrives: a command that ignores the first
         // SIGTERM gets the second.
@@ -70,26 +86,11 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         } else {
             interrupted.store(false, Ordering::Relaxed);
         }
-        match child.try_wait() {
-            Ok(Some(s)) => {
-                status = Some(s);
-                false
-            }
-            Ok(None) => true,
-            Err(e) => {
-                wait_error = Some(e);
-                false
-            }
-        }
+        status = reap(child_pid);
+        status.is_none()
     })?;
     session.finish()?;
-    if let Some(e) = wait_error {
-        return Err(CliError::new(
-            Exit::Failure,
-            format!("waiting for the command: {e}"),
-        ));
-    }
-    Ok(status.map_or(1, exit_code))
+    Ok(status.unwrap_or(1))
 }
 
 /// Sends `signal` to the command when `flag` was raised since the last look.

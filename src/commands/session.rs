@@ -13,6 +13,7 @@ use libbpf_rs::OpenObject;
 
 use crate::attach::{Tracer, TracerOptions};
 use crate::cli::TraceArgs;
+use crate::commands::function_probes::FunctionProbes;
 use crate::decode;
 use crate::discover::interpreters::{discover, Scan};
 use crate::discover::{Binary, NO_MARKERS_HINT};
@@ -109,15 +110,25 @@ pub struct Session<'obj> {
     flush_timeout: Duration,
     /// Records that failed to decode (a BPF/Rust layout mismatch): counted, reported.
     undecodable: u64,
+    /// With --probes function: the per-process function probes and their budget.
+    functions: Option<RefCell<FunctionProbes>>,
+    /// Files without usable function markers, and why (said when none has them).
+    function_refusals: Vec<String>,
+    /// Whether event PIDs are this process's PIDs (not when `run` is in a container).
+    pids_are_ours: bool,
+    /// `run`: follow the processes of the traced set (else: those that send events).
+    follow_processes: bool,
 }
 
 impl<'obj> Session<'obj> {
     /// Checks privileges and kernel, loads BPF and opens the sinks. Attaches nothing yet.
+    /// `default_max_overhead`: the function probes' budget when --max-overhead is not given.
     pub fn start(
         storage: &'obj mut MaybeUninit<OpenObject>,
         args: &TraceArgs,
         follow_processes: bool,
         terminal: Terminal,
+        default_max_overhead: Option<f64>,
     ) -> CliResult<Session<'obj>> {
         let flags = ExportFlags {
             exporter: args.exporter.clone(),
@@ -142,6 +153,13 @@ impl<'obj> Session<'obj> {
                 "--audit-args needs the audit marker: add --probes gc,import,audit",
             ));
         }
+        let function_probes = args.probes.iter().any(|p| p == Probe::Function);
+        if !function_probes && (args.line_mode || args.max_overhead.is_some()) {
+            return Err(CliError::new(
+                Exit::Usage,
+                "--line-mode and --max-overhead concern function probes: add --probes …,function",
+            ));
+        }
         // Only the agent reads other processes' /proc entries; `run` follows its own children.
         crate::preflight::check_tracing(!follow_processes)?;
         let tracer = Tracer::load(
@@ -156,16 +174,30 @@ impl<'obj> Session<'obj> {
                 min_function_ns: args.min_duration.as_nanos() as u64,
             },
         )?;
+        let per_process_functions = function_probes
+            .then(|| {
+                let max = args.max_overhead.map_or(default_max_overhead, |m| m.0);
+                function_probes_with_budget(args.line_mode, max)
+            })
+            .map(RefCell::new);
         let clock = Clock::now();
         let console_only = export.exporter == ExporterKind::Console;
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();
         let lookup = Rc::clone(&versions);
-        let otlp = OtlpSink::new(
+        let mut otlp = OtlpSink::new(
             export,
             clock,
             Box::new(move |pid| runtime_version(pid, &lookup.borrow())),
         )
         .map_err(|e| CliError::new(Exit::Failure, e))?;
+        let mut summary = Summary::default();
+        if let Some(f) = &per_process_functions {
+            let table = Rc::clone(&f.borrow().table);
+            if let Some(o) = &mut otlp {
+                o.set_sampling(Rc::clone(&table));
+            }
+            summary.set_sampling(table);
+        }
         let jsonl = match &args.output {
             Some(path) => Some(JsonLines::create(path, clock).map_err(|e| {
                 CliError::new(
@@ -183,7 +215,7 @@ impl<'obj> Session<'obj> {
                     .then(|| Console::new(terminal.writer(), clock)),
                 jsonl,
                 otlp,
-                summary: Summary::default(),
+                summary,
             },
             terminal,
             started: Instant::now(),
@@ -192,6 +224,10 @@ impl<'obj> Session<'obj> {
             attach_failures: 0,
             flush_timeout: Duration::from_secs(args.flush_timeout),
             undecodable: 0,
+            functions: per_process_functions,
+            function_refusals: Vec::new(),
+            pids_are_ours: true,
+            follow_processes,
         })
     }
 
@@ -204,16 +240,34 @@ impl<'obj> Session<'obj> {
             if self.attached_ids.contains(&b.id) {
                 continue;
             }
-            let functions_wanted = self.tracer.probes().iter().any(|p| p == Probe::Function);
-            if functions_wanted && !b.entries_fire() {
-                tracing::warn!(
-                    "{}: no function spans: {}",
-                    b.path.display(),
-                    b.firing("function__entry")
-                        .explain("function__entry", b.version)
-                );
+            // Function probes are attached per process, later: the file counts as attached.
+            let mut per_process = false;
+            if let Some(f) = &self.functions {
+                let mut f = f.borrow_mut();
+                match f.usable(b) {
+                    Ok(_) => {
+                        f.add_binary(b);
+                        per_process = true;
+                    }
+                    Err(why) => {
+                        tracing::info!("{}: no function spans: {why}", b.path.display());
+                        self.function_refusals
+                            .push(format!("{}: {why}", b.path.display()));
+                    }
+                }
             }
             match self.tracer.attach(b) {
+                Ok(markers) if markers.is_empty() && per_process => {
+                    tracing::info!(
+                        "{}: function probes are attached per process using it",
+                        b.path.display()
+                    );
+                    self.attached_ids.insert(b.id);
+                    if let Some(v) = b.version {
+                        self.versions.borrow_mut().insert(b.id, v.to_string());
+                    }
+                    n += 1;
+                }
                 Ok(markers) if markers.is_empty() => {
                     tracing::warn!(
                         "{}: none of the selected markers is in this file",
@@ -244,6 +298,20 @@ impl<'obj> Session<'obj> {
         n
     }
 
+    /// With --probes function and no attached file that can give function spans: says why,
+    /// per file, as a warning.
+    pub fn warn_without_function_probes(&self) {
+        let Some(f) = &self.functions else {
+            return;
+        };
+        if f.borrow().has_binaries() {
+            return;
+        }
+        for why in &self.function_refusals {
+            tracing::warn!("no function spans: {why}");
+        }
+    }
+
     /// Names `run`'s command in the summary before its first event (it may be gone by the
     /// time /proc could be read). Its OTLP resource comes from its own environment, which the
     /// BPF side reads at its first event.
@@ -254,8 +322,37 @@ impl<'obj> Session<'obj> {
     /// PIDs in events are not this process's PIDs (pyusdt runs in another PID namespace):
     /// /proc/PID and liveness checks would look at the wrong processes.
     pub fn pids_are_foreign(&mut self) {
+        self.pids_are_ours = false;
         if let Some(o) = &mut self.sinks.otlp {
             o.pids_are_foreign();
+        }
+    }
+
+    /// Function probes for a process about to exec `binary` (`run`'s command, stopped before
+    /// its exec): `local_pid` as this process sees it, `host_pid` as events report it.
+    pub fn follow_functions(&mut self, host_pid: u32, local_pid: i32, binary: &Binary) {
+        if let Some(f) = &self.functions {
+            let mut f = f.borrow_mut();
+            if f.usable(binary).is_ok() {
+                f.follow(&self.tracer, host_pid, local_pid, binary);
+            }
+        }
+    }
+
+    /// Function probes for the running processes that use an attached file (`agent`).
+    pub fn follow_running_processes(&mut self) {
+        let Some(f) = &self.functions else {
+            return;
+        };
+        let mut f = f.borrow_mut();
+        if !f.has_binaries() {
+            return;
+        }
+        let own = std::process::id();
+        for pid in crate::discover::process::all_pids() {
+            if pid as u32 != own {
+                f.offer(&self.tracer, pid as u32, false);
+            }
         }
     }
 
@@ -275,6 +372,11 @@ impl<'obj> Session<'obj> {
         let undecodable = Cell::new(self.undecodable);
         let mut flushed_at = Instant::now();
         let tracer = &self.tracer;
+        let functions = self.functions.as_ref();
+        let pids_are_ours = self.pids_are_ours;
+        let follow_processes = self.follow_processes;
+        // Processes that sent their first event: candidates for function probes (`agent`).
+        let new_pids = RefCell::new(Vec::new());
         let attach_failures = self.attach_failures;
         let own = |summary: &Summary| OwnStats {
             received: summary.received(),
@@ -283,7 +385,14 @@ impl<'obj> Session<'obj> {
         };
         tracer.run(
             |data| match decode::decode(data) {
-                Ok(record) => sinks.borrow_mut().handle(&record),
+                Ok(record) => {
+                    if let decode::Record::Process(p) = &record {
+                        if functions.is_some() {
+                            new_pids.borrow_mut().push(p.pid);
+                        }
+                    }
+                    sinks.borrow_mut().handle(&record)
+                }
                 Err(e) => {
                     undecodable.set(undecodable.get() + 1);
                     if undecodable.get() == 1 {
@@ -294,6 +403,19 @@ impl<'obj> Session<'obj> {
                 }
             },
             || {
+                if let Some(f) = functions {
+                    let mut f = f.borrow_mut();
+                    if pids_are_ours {
+                        let mut pids = std::mem::take(&mut *new_pids.borrow_mut());
+                        if follow_processes {
+                            pids.extend(tracer.traced_pids());
+                        }
+                        for pid in pids {
+                            f.offer(tracer, pid, !follow_processes);
+                        }
+                    }
+                    f.tick(tracer, pids_are_ours);
+                }
                 let mut s = sinks.borrow_mut();
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
                     s.flush();
@@ -346,6 +468,18 @@ impl<'obj> Session<'obj> {
         }
         Ok(())
     }
+}
+
+/// Function probes within the budget `max_share` (none: every call, whatever it costs).
+fn function_probes_with_budget(line_mode: bool, max_share: Option<f64>) -> FunctionProbes {
+    match max_share {
+        Some(max) => tracing::info!(
+            "function probes limited to {:.1} % of each process's time (--max-overhead)",
+            max * 100.0
+        ),
+        None => tracing::info!("function probes on every call (--max-overhead off)"),
+    }
+    FunctionProbes::new(line_mode, max_share)
 }
 
 /// The CPython version of the attached file a process maps, from /proc/PID/maps (device and

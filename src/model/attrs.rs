@@ -16,6 +16,10 @@ pub fn int(key: &str, value: i64) -> KeyValue {
     kv(key, Value::IntValue(value))
 }
 
+pub fn double(key: &str, value: f64) -> KeyValue {
+    kv(key, Value::DoubleValue(value))
+}
+
 pub fn boolean(key: &str, value: bool) -> KeyValue {
     kv(key, Value::BoolValue(value))
 }

@@ -332,6 +332,21 @@ pub fn int_point(attributes: Vec<KeyValue>, value: i64, start: u64, now: u64) ->
     }
 }
 
+pub fn double_point(
+    attributes: Vec<KeyValue>,
+    value: f64,
+    start: u64,
+    now: u64,
+) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(Value::AsDouble(value)),
+        ..Default::default()
+    }
+}
+
 pub fn counter(
     name: &str,
     description: &str,

@@ -54,6 +54,8 @@ pub struct SpanAssembler {
     pub orphaned: u64,
     /// Events without a span: their start was not seen, so they have no duration.
     pub without_start: u64,
+    /// The sampling ratio of the function event being recorded (`record_sampled`).
+    sampling_ratio: Option<f64>,
 }
 
 /// A thread holding more waiting spans than this releases them (bounded memory).
@@ -68,7 +70,16 @@ impl SpanAssembler {
             ready: Vec::new(),
             orphaned: 0,
             without_start: 0,
+            sampling_ratio: None,
         }
+    }
+
+    /// As `record`, for a call seen while its process's function probes were sampled at
+    /// `ratio` (the overhead budget): the span says so (`pyusdt.sampling.ratio`).
+    pub fn record_sampled(&mut self, event: &Event<'_>, ratio: Option<f64>) {
+        self.sampling_ratio = ratio;
+        self.record(event);
+        self.sampling_ratio = None;
     }
 
     /// Takes a GC or import event (audit events have no span).
@@ -237,6 +248,10 @@ impl SpanAssembler {
                     attrs::int("code.line.number", i64::from(*line)),
                     attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
                 ];
+                if let Some(r) = self.sampling_ratio {
+                    span.attributes
+                        .push(attrs::double("pyusdt.sampling.ratio", r));
+                }
             }
             Event::Audit { .. } => return None,
         }

@@ -12,11 +12,14 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetr
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::clock::Clock;
+use crate::commands::function_probes::SamplingTable;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
-use crate::model::metrics::{counter, gauge, int_point, MetricsAggregator, Temporality};
+use crate::model::metrics::{
+    counter, double_point, gauge, int_point, MetricsAggregator, Temporality,
+};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::model::spans::SpanAssembler;
 use crate::model::{attrs, scope};
@@ -55,6 +58,8 @@ pub struct OtlpSink {
     dead_since: HashMap<u32, Instant>,
     /// Whether event PIDs are this process's PIDs (same PID namespace).
     pids_are_ours: bool,
+    /// Function probes per process and their sampling (--probes function).
+    sampling: Option<SamplingTable>,
 }
 
 impl OtlpSink {
@@ -84,6 +89,7 @@ impl OtlpSink {
             described: HashSet::new(),
             dead_since: HashMap::new(),
             pids_are_ours: true,
+            sampling: None,
             config,
         }))
     }
@@ -146,8 +152,22 @@ impl OtlpSink {
         self.resources.forget(pid);
     }
 
+    /// Function spans and metrics say how the process's function probes were sampled.
+    pub fn set_sampling(&mut self, table: SamplingTable) {
+        self.sampling = Some(table);
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
-        self.spans.record(event);
+        if let (Event::Function { .. }, Some(table)) = (event, &self.sampling) {
+            let ratio = table
+                .borrow()
+                .get(&event.header().pid)
+                .map(|s| s.ratio)
+                .filter(|r| *r < 1.0);
+            self.spans.record_sampled(event, ratio);
+        } else {
+            self.spans.record(event);
+        }
         self.metrics
             .record(event, self.clock.unix_nanos(event.header().end_ns));
         self.logs.record(event);
@@ -230,7 +250,8 @@ impl OtlpSink {
         let mut resource_metrics = Vec::new();
         let mut points = 0u64;
         let per_process = self.metrics.collect(now);
-        for (pid, metrics) in per_process {
+        for (pid, mut metrics) in per_process {
+            metrics.extend(self.sampling_metrics(pid, now));
             points += count_points(&metrics);
             resource_metrics.push(self.resource_metrics(pid, metrics));
         }
@@ -285,6 +306,35 @@ impl OtlpSink {
             }],
             ..Default::default()
         }
+    }
+
+    /// How the process's function probes were sampled: the current ratio, and the time they
+    /// were attached (divide call counts by its rate to scale them to the whole time).
+    fn sampling_metrics(&self, pid: u32, now: u64) -> Vec<Metric> {
+        let Some(s) = self
+            .sampling
+            .as_ref()
+            .and_then(|t| t.borrow().get(&pid).copied())
+        else {
+            return Vec::new();
+        };
+        let start = self.started_unix_ns;
+        let markers = vec![attrs::string("pyusdt.function_markers", s.markers.label())];
+        vec![
+            gauge(
+                "pyusdt.function.sampling.ratio",
+                "Share of the time the process's function probes are attached (1: every call).",
+                "1",
+                vec![double_point(markers.clone(), s.ratio, start, now)],
+            ),
+            counter(
+                "pyusdt.function.observed_time",
+                "Time the process's function probes were attached: calls and durations cover it.",
+                "s",
+                Temporality::Cumulative,
+                vec![double_point(markers, s.observed_seconds, start, now)],
+            ),
+        ]
     }
 
     /// Cumulative counters of pyusdt itself, under its own resource.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::text::{count, duration, safe};
 use crate::attach::KernelStats;
+use crate::commands::function_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
 
@@ -51,6 +52,8 @@ pub struct Summary {
     /// events they had, so that totals stay exact while memory stays bounded.
     retired_processes: u64,
     retired_received: [u64; 3],
+    /// Function probes per process: what the interpreter's markers do, and the sampling.
+    sampling: Option<SamplingTable>,
 }
 
 struct ProcessSummary {
@@ -125,6 +128,15 @@ fn short_command(command: &str) -> String {
 }
 
 impl Summary {
+    /// Reports, per process, how its function probes worked (from the budget's table).
+    pub fn set_sampling(&mut self, table: SamplingTable) {
+        self.sampling = Some(table);
+    }
+
+    fn sampling_of(&self, pid: u32) -> Option<Sampling> {
+        self.sampling.as_ref()?.borrow().get(&pid).copied()
+    }
+
     /// Names a process before its events arrive (a short-lived command may be gone by then);
     /// the first name given wins.
     pub fn name_process(&mut self, pid: u32, command: &str) {
@@ -298,6 +310,14 @@ impl Summary {
                     p.slowest_imports
                 );
             }
+            if let Some(s) = self.sampling_of(*pid) {
+                let _ = writeln!(
+                    out,
+                    "  calls   function markers: {}; {}",
+                    s.markers.label(),
+                    sampling_text(&s)
+                );
+            }
             if p.functions > 0 {
                 let _ = writeln!(
                     out,
@@ -388,6 +408,13 @@ impl Summary {
                     imports: p.imports,
                     imports_not_found: p.imports_not_found,
                     audit_events: p.audit_total,
+                    function_probes: self.sampling_of(*pid).map(|s| FunctionProbesRecord {
+                        markers: s.markers.label(),
+                        sampling_ratio: s.ratio,
+                        observed_share: s.observed_share,
+                        observed_seconds: s.observed_seconds,
+                        measured_cost_share: s.measured_share,
+                    }),
                 })
                 .collect(),
         }
@@ -432,6 +459,40 @@ struct ProcessRecord {
     imports: u64,
     imports_not_found: u64,
     audit_events: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_probes: Option<FunctionProbesRecord>,
+}
+
+#[derive(Serialize)]
+struct FunctionProbesRecord {
+    markers: &'static str,
+    /// The duty ratio at the end (1: every call seen).
+    sampling_ratio: f64,
+    /// Share of the time the probes were attached: counts are this share of the truth.
+    observed_share: f64,
+    observed_seconds: f64,
+    /// What the probes cost the process while on, as a share of its time (estimated).
+    measured_cost_share: f64,
+}
+
+/// How much of a process's calls its function probes saw.
+fn sampling_text(s: &Sampling) -> String {
+    if s.observed_share >= 0.999 {
+        if s.measured_share > 0.0 {
+            return format!(
+                "every call seen (probes cost about {:.1} % of its time)",
+                s.measured_share * 100.0
+            );
+        }
+        return "every call seen".into();
+    }
+    format!(
+        "sampled to stay within --max-overhead: probes on {:.1} % of the time ({:.1} s), \
+         costing about {:.0} % of its time while on; counts cover that share",
+        s.observed_share * 100.0,
+        s.observed_seconds,
+        s.measured_share * 100.0
+    )
 }
 
 /// What the OpenTelemetry export did, for the summary.

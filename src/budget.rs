@@ -1,0 +1,253 @@
+//! The overhead budget of function probes (`--max-overhead PCT`).
+//!
+//! Every Python call under function probes takes uprobe traps, so a call-heavy process can run
+//! tens of times slower. pyusdt measures what the probes cost each process: a uprobe trap and
+//! the BPF program run in the kernel, in the process's own context, so they show as its system
+//! time (above what it spends there with the probes off). When that share of its time exceeds
+//! the budget, pyusdt detaches the process's function probes and attaches them again in short
+//! windows: on for `ON_WINDOW`, off long enough that on average the cost stays within the
+//! budget. The kernel releases the semaphores while they are detached, so the interpreter does
+//! not even call the markers. The share of time the probes were on is exported, so that counts
+//! can be scaled.
+//!
+//! A process whose probes take a share p of its time while on, sampled at duty ratio r, keeps
+//! 1 − r·p of its untraced throughput: r = budget / p keeps the loss within the budget.
+use std::time::{Duration, Instant};
+
+/// How long the probes stay on in a sampling window (the cost is measured over it).
+pub const ON_WINDOW: Duration = Duration::from_millis(100);
+/// How often an always-on process's cost is checked.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// The smallest duty ratio: windows at least every 100 s, so the process stays visible.
+const MIN_RATIO: f64 = 0.002;
+
+/// What to do with a process's function probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Attach,
+    Detach,
+}
+
+/// The budget state of one process.
+#[derive(Debug, Clone)]
+pub struct ProcessBudget {
+    /// Cost share allowed (0.05 = 5 %), or `None`: always on.
+    max_share: Option<f64>,
+    on: bool,
+    /// When the current phase (on or off) began, and the process's time counter then.
+    phase_start: Instant,
+    phase_cost: u64,
+    /// Share of its time the process spends in the kernel with the probes off (measured in
+    /// the off phases; 0 until then): not the probes' doing.
+    baseline_share: f64,
+    /// Duty ratio: 1.0 while unsampled.
+    ratio: f64,
+    /// Total time the probes were attached, and since when the process is followed.
+    on_time: Duration,
+    followed_since: Instant,
+    /// The last measured cost share with the probes on.
+    pub measured_share: f64,
+}
+
+impl ProcessBudget {
+    /// A process whose probes were just attached, at `now`, with `cost_ns` of (system) time
+    /// so far.
+    pub fn new(max_share: Option<f64>, now: Instant, cost_ns: u64) -> ProcessBudget {
+        ProcessBudget {
+            max_share,
+            on: true,
+            phase_start: now,
+            phase_cost: cost_ns,
+            baseline_share: 0.0,
+            ratio: 1.0,
+            on_time: Duration::ZERO,
+            followed_since: now,
+            measured_share: 0.0,
+        }
+    }
+
+    /// Whether the probes are attached.
+    #[cfg(test)]
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// The current duty ratio (1.0: every call is seen).
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    /// Share of the followed time the probes were attached, up to `now`.
+    pub fn observed_share(&self, now: Instant) -> f64 {
+        let total = now.duration_since(self.followed_since).as_secs_f64();
+        if total <= 0.0 {
+            return 1.0;
+        }
+        (self.observed(now).as_secs_f64() / total).min(1.0)
+    }
+
+    /// Time the probes were attached, up to `now`.
+    pub fn observed(&self, now: Instant) -> Duration {
+        let current = if self.on {
+            now.duration_since(self.phase_start)
+        } else {
+            Duration::ZERO
+        };
+        self.on_time + current
+    }
+
+    /// Looks at the process at `now`, whose probes can have cost at most `cost_ns` so far (its
+    /// system time); says when to switch its probes.
+    pub fn tick(&mut self, now: Instant, cost_ns: u64) -> Option<Switch> {
+        let elapsed = now.duration_since(self.phase_start);
+        let Some(max) = self.max_share else {
+            // No budget: the cost is still measured, for the summary.
+            if elapsed >= CHECK_EVERY {
+                self.measure(elapsed, cost_ns);
+                self.on_time += elapsed;
+                self.start_phase(true, now, cost_ns);
+            }
+            return None;
+        };
+        if !self.on {
+            let off_for = ON_WINDOW.mul_f64(1.0 / self.ratio - 1.0);
+            if elapsed < off_for {
+                return None;
+            }
+            if elapsed > Duration::ZERO {
+                let share =
+                    cost_ns.saturating_sub(self.phase_cost) as f64 / elapsed.as_nanos() as f64;
+                self.baseline_share = share.min(1.0);
+            }
+            self.start_phase(true, now, cost_ns);
+            return Some(Switch::Attach);
+        }
+        let window = if self.ratio < 1.0 {
+            ON_WINDOW
+        } else {
+            CHECK_EVERY
+        };
+        if elapsed < window {
+            return None;
+        }
+        self.measure(elapsed, cost_ns);
+        self.ratio = (max / self.measured_share.max(f64::MIN_POSITIVE)).clamp(MIN_RATIO, 1.0);
+        self.on_time += elapsed;
+        if self.ratio >= 1.0 {
+            // Within budget: stay on, measure the next stretch.
+            self.start_phase(true, now, cost_ns);
+            return None;
+        }
+        self.start_phase(false, now, cost_ns);
+        Some(Switch::Detach)
+    }
+
+    fn measure(&mut self, elapsed: Duration, cost_ns: u64) {
+        let share =
+            cost_ns.saturating_sub(self.phase_cost) as f64 / elapsed.as_nanos().max(1) as f64;
+        self.measured_share = (share - self.baseline_share).max(0.0);
+    }
+
+    fn start_phase(&mut self, on: bool, now: Instant, cost_ns: u64) {
+        self.on = on;
+        self.phase_start = now;
+        self.phase_cost = cost_ns;
+    }
+}
+
+/// Parses `--max-overhead`: a percentage (`5`, `5%`, `0.5`), or `off`/`0` for no budget.
+pub fn parse_max_overhead(s: &str) -> Result<Option<f64>, String> {
+    let t = s.trim().trim_end_matches('%').trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let pct: f64 = t
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (examples: 5, 2.5%, off)"))?;
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(format!(
+            "--max-overhead must be between 0 and 100 (percent of the traced process's time), got {pct}"
+        ));
+    }
+    Ok((pct > 0.0).then_some(pct / 100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose probes, while on, take `share` of its time (in the kernel), plus
+    /// `baseline` of system time of its own.
+    fn simulate(max: Option<f64>, share: f64, seconds: u64) -> (ProcessBudget, Duration) {
+        let (b, on, _) = simulate_until(max, share, 0.0, seconds);
+        (b, on)
+    }
+
+    fn simulate_until(
+        max: Option<f64>,
+        share: f64,
+        baseline: f64,
+        seconds: u64,
+    ) -> (ProcessBudget, Duration, Instant) {
+        let t0 = Instant::now();
+        let mut b = ProcessBudget::new(max, t0, 0);
+        let mut cost = 0u64;
+        let step = Duration::from_millis(50);
+        let mut now = t0;
+        let mut on_time = Duration::ZERO;
+        while now < t0 + Duration::from_secs(seconds) {
+            now += step;
+            let mut s = baseline;
+            if b.is_on() {
+                s += share;
+                on_time += step;
+            }
+            cost += (s * step.as_nanos() as f64) as u64;
+            b.tick(now, cost);
+        }
+        (b, on_time, now)
+    }
+
+    #[test]
+    fn cheap_processes_stay_on() {
+        let (b, on) = simulate(Some(0.05), 0.01, 10);
+        assert!(b.is_on());
+        assert_eq!(b.ratio(), 1.0);
+        assert_eq!(on, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn expensive_processes_are_sampled_within_budget() {
+        // The probes take 97 % of the process's time while on (fib under function probes),
+        // and the process spends 2 % in the kernel of its own.
+        let (b, on, end) = simulate_until(Some(0.05), 0.97, 0.02, 60);
+        let duty = on.as_secs_f64() / 60.0;
+        assert!(
+            (b.ratio() - 0.05 / 0.97).abs() < 0.002,
+            "ratio {}",
+            b.ratio()
+        );
+        // The throughput lost: duty × 97 %, close to the 5 % budget.
+        let lost = duty * 0.97;
+        assert!(lost > 0.04 && lost < 0.065, "lost {lost}");
+        // What is exported for scaling counts is what was observed.
+        assert!((b.observed_share(end) - duty).abs() < 0.01);
+    }
+
+    #[test]
+    fn no_budget_never_switches() {
+        let (b, on) = simulate(None, 0.97, 5);
+        assert!(b.is_on());
+        assert_eq!(on, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn parses_percentages() {
+        assert_eq!(parse_max_overhead("5"), Ok(Some(0.05)));
+        assert_eq!(parse_max_overhead("2.5%"), Ok(Some(0.025)));
+        assert_eq!(parse_max_overhead("off"), Ok(None));
+        assert_eq!(parse_max_overhead("0"), Ok(None));
+        assert!(parse_max_overhead("150").is_err());
+        assert!(parse_max_overhead("lots").is_err());
+    }
+}

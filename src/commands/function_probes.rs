@@ -1,0 +1,320 @@
+//! Function probes of `run` and `agent` (`--probes function`), attached per process so that
+//! the overhead budget (src/budget.rs) can switch them off for one process, and so that 3.11's
+//! line mode slows down only the processes it is meant for.
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::attach::{FunctionHits, Tracer};
+use crate::budget::{ProcessBudget, Switch};
+use crate::discover::{process, Binary, Firing};
+
+/// Returns seen without a single entry before concluding that entries do not fire.
+const ENTRY_EVIDENCE: u64 = 1000;
+
+/// What the function markers of a process's interpreter do, as reported in the resource, the
+/// summary and `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionMarkers {
+    /// Entries and returns fire for every call (3.8–3.10).
+    EntryAndReturn,
+    /// 3.11 with --line-mode: entries fire because the line marker is on (slow path).
+    LineMode,
+    /// A version whose behaviour is not verified: entries are watched for.
+    Unverified,
+    /// Watched on an unverified version: returns arrived, entries did not.
+    EntriesDoNotFire,
+}
+
+impl FunctionMarkers {
+    pub fn label(self) -> &'static str {
+        match self {
+            FunctionMarkers::EntryAndReturn => "entry+return",
+            FunctionMarkers::LineMode => "entry+return (line mode)",
+            FunctionMarkers::Unverified => "entry+return (unverified version)",
+            FunctionMarkers::EntriesDoNotFire => "return only (entries never fired)",
+        }
+    }
+}
+
+/// How a process's function probes were sampled, shared with the sinks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// The current duty ratio (1.0: every call seen).
+    pub ratio: f64,
+    /// Share of the time the probes were attached so far.
+    pub observed_share: f64,
+    /// Seconds the probes were attached so far.
+    pub observed_seconds: f64,
+    /// The probe cost measured with the probes on, as a share of the process's time.
+    pub measured_share: f64,
+    pub markers: FunctionMarkers,
+}
+
+pub type SamplingTable = Rc<RefCell<HashMap<u32, Sampling>>>;
+
+struct Followed {
+    /// PID as this process sees it (for attaching).
+    local_pid: i32,
+    binary: usize,
+    budget: ProcessBudget,
+    hits: FunctionHits,
+    markers: FunctionMarkers,
+    /// Probes detached for good (entries never fire, or attaching failed).
+    given_up: bool,
+}
+
+pub struct FunctionProbes {
+    line_mode: bool,
+    max_share: Option<f64>,
+    binaries: Vec<Binary>,
+    followed: HashMap<u32, Followed>,
+    /// PIDs looked at that use none of the files (not looked at again).
+    ignored: HashSet<u32>,
+    next_epoch: u32,
+    /// Nanoseconds per clock tick of /proc/PID/stat.
+    ns_per_tick: u64,
+    pub table: SamplingTable,
+}
+
+impl FunctionProbes {
+    /// `max_share`: the budget (--max-overhead), `None` for none.
+    pub fn new(line_mode: bool, max_share: Option<f64>) -> FunctionProbes {
+        FunctionProbes {
+            line_mode,
+            max_share,
+            binaries: Vec::new(),
+            followed: HashMap::new(),
+            ignored: HashSet::new(),
+            next_epoch: 1,
+            ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
+            table: Rc::default(),
+        }
+    }
+
+    /// What the probes can have cost process `local_pid` so far: its system time (the uprobe
+    /// traps and BPF programs run in its context, in the kernel), in ns.
+    fn kernel_time_ns(&self, local_pid: i32) -> Option<u64> {
+        let stat = procfs::process::Process::new(local_pid).ok()?.stat().ok()?;
+        Some(stat.stime * self.ns_per_tick)
+    }
+
+    /// Whether function probes can be attached for processes using `binary`; says why not.
+    pub fn usable(&self, binary: &Binary) -> Result<FunctionMarkers, String> {
+        if !binary.has_marker("function__return") || !binary.has_marker("function__entry") {
+            return Err(binary
+                .firing("function__entry")
+                .explain("function__entry", binary.version));
+        }
+        match binary.firing("function__entry") {
+            Firing::Fires => Ok(FunctionMarkers::EntryAndReturn),
+            Firing::Unverified => Ok(FunctionMarkers::Unverified),
+            Firing::OnlyWhenLineEnabled if self.line_mode && binary.has_marker("line") => {
+                Ok(FunctionMarkers::LineMode)
+            }
+            Firing::OnlyWhenLineEnabled => Err(format!(
+                "{}; --line-mode makes entries fire, at a high cost (the interpreter's slow \
+                 tracing path, limited by --max-overhead)",
+                Firing::OnlyWhenLineEnabled.explain("function__entry", binary.version)
+            )),
+            other => Err(other.explain("function__entry", binary.version)),
+        }
+    }
+
+    /// Adds a file whose processes get function probes (checked with `usable`).
+    pub fn add_binary(&mut self, binary: &Binary) {
+        if !self.binaries.iter().any(|b| b.id == binary.id) {
+            self.binaries.push(binary.clone());
+        }
+    }
+
+    pub fn has_binaries(&self) -> bool {
+        !self.binaries.is_empty()
+    }
+
+    /// Follows process `host_pid` (`local_pid` here) that runs `binary` (an added file), or
+    /// is about to: attaches its probes now. Returns false when attaching failed.
+    pub fn follow(
+        &mut self,
+        tracer: &Tracer<'_>,
+        host_pid: u32,
+        local_pid: i32,
+        binary: &Binary,
+    ) -> bool {
+        self.add_binary(binary);
+        let index = self
+            .binaries
+            .iter()
+            .position(|b| b.id == binary.id)
+            .unwrap_or(0);
+        self.follow_index(tracer, host_pid, local_pid, index)
+    }
+
+    fn follow_index(
+        &mut self,
+        tracer: &Tracer<'_>,
+        host_pid: u32,
+        local_pid: i32,
+        index: usize,
+    ) -> bool {
+        if self.followed.contains_key(&host_pid) {
+            return true;
+        }
+        let epoch = self.next_epoch();
+        let binary = &self.binaries[index];
+        let Ok(markers) = self.usable(binary) else {
+            return false;
+        };
+        if let Err(e) = tracer.attach_functions(binary, local_pid, host_pid, epoch, self.line_mode)
+        {
+            tracing::warn!("PID {host_pid}: no function probes: {e}");
+            self.ignored.insert(host_pid);
+            return false;
+        }
+        if markers == FunctionMarkers::LineMode {
+            tracing::warn!(
+                "PID {host_pid} (CPython {}): line mode on for this process alone, so that \
+                 function__entry fires; its code runs on the interpreter's slow tracing path",
+                binary
+                    .version
+                    .map_or_else(|| "3.11".into(), |v| v.to_string())
+            );
+        }
+        let now = Instant::now();
+        let cost = self.kernel_time_ns(local_pid).unwrap_or(0);
+        self.followed.insert(
+            host_pid,
+            Followed {
+                local_pid,
+                binary: index,
+                budget: ProcessBudget::new(self.max_share, now, cost),
+                hits: FunctionHits::default(),
+                markers,
+                given_up: false,
+            },
+        );
+        true
+    }
+
+    /// A process seen in an event or found by a scan: followed when it maps one of the files.
+    /// Only for PIDs of this PID namespace. `recheck`: look again at a process that used none
+    /// of them before (it sent its first event since, so it may have exec'd an interpreter).
+    pub fn offer(&mut self, tracer: &Tracer<'_>, pid: u32, recheck: bool) {
+        if self.followed.contains_key(&pid) || (!recheck && self.ignored.contains(&pid)) {
+            return;
+        }
+        match self.file_of(pid) {
+            Some(index) => {
+                self.follow_index(tracer, pid, pid as i32, index);
+            }
+            None => {
+                self.ignored.insert(pid);
+            }
+        }
+    }
+
+    /// Which added file process `pid` maps, from /proc/PID/maps (device and inode).
+    fn file_of(&self, pid: u32) -> Option<usize> {
+        let maps = procfs::process::Process::new(pid as i32)
+            .ok()?
+            .maps()
+            .ok()?;
+        maps.iter().find_map(|m| {
+            let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
+            self.binaries.iter().position(|b| b.id == (dev, m.inode))
+        })
+    }
+
+    fn next_epoch(&mut self) -> u32 {
+        let e = self.next_epoch;
+        self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
+        e
+    }
+
+    /// Applies the budget, watches unverified interpreters for entries and forgets processes
+    /// that exited. Called between ring-buffer polls.
+    pub fn tick(&mut self, tracer: &Tracer<'_>, pids_are_ours: bool) {
+        if self.followed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let hits = tracer.function_hits();
+        let ns_per_tick = self.ns_per_tick;
+        let mut exited = Vec::new();
+        let mut switches = Vec::new();
+        for (&pid, f) in self.followed.iter_mut() {
+            let stat = procfs::process::Process::new(f.local_pid).and_then(|p| p.stat());
+            let Ok(stat) = stat.map_err(|_| ()).and_then(|s| {
+                // A zombie or a reused PID is not the process followed.
+                if s.state == 'Z' || (pids_are_ours && !process::is_alive(pid)) {
+                    Err(())
+                } else {
+                    Ok(s)
+                }
+            }) else {
+                exited.push(pid);
+                continue;
+            };
+            if let Some(h) = hits.get(&pid) {
+                f.hits = *h;
+            }
+            if f.given_up {
+                continue;
+            }
+            if f.markers == FunctionMarkers::Unverified {
+                if f.hits.entries > 0 {
+                    f.markers = FunctionMarkers::EntryAndReturn;
+                } else if f.hits.returns >= ENTRY_EVIDENCE {
+                    f.markers = FunctionMarkers::EntriesDoNotFire;
+                    f.given_up = true;
+                    tracing::warn!(
+                        "PID {pid}: {} returns and no function__entry: this interpreter does \
+                         not fire entries, so calls have no duration; function probes detached",
+                        f.hits.returns
+                    );
+                    switches.push((pid, Switch::Detach));
+                    continue;
+                }
+            }
+            if let Some(s) = f.budget.tick(now, stat.stime * ns_per_tick) {
+                switches.push((pid, s));
+            }
+        }
+        for (pid, switch) in switches {
+            match switch {
+                Switch::Detach => tracer.detach_functions(pid),
+                Switch::Attach => {
+                    let epoch = self.next_epoch();
+                    let f = &self.followed[&pid];
+                    let binary = &self.binaries[f.binary];
+                    if let Err(e) =
+                        tracer.attach_functions(binary, f.local_pid, pid, epoch, self.line_mode)
+                    {
+                        tracing::warn!("PID {pid}: function probes not attached again: {e}");
+                        if let Some(f) = self.followed.get_mut(&pid) {
+                            f.given_up = true;
+                        }
+                    }
+                }
+            }
+        }
+        let mut table = self.table.borrow_mut();
+        for pid in exited {
+            tracer.detach_functions(pid);
+            self.followed.remove(&pid);
+        }
+        for (&pid, f) in &self.followed {
+            table.insert(
+                pid,
+                Sampling {
+                    ratio: f.budget.ratio(),
+                    observed_share: f.budget.observed_share(now),
+                    observed_seconds: f.budget.observed(now).as_secs_f64(),
+                    measured_share: f.budget.measured_share,
+                    markers: f.markers,
+                },
+            );
+        }
+    }
+}
