@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 pub const ON_WINDOW: Duration = Duration::from_millis(100);
 /// How often an always-on process's cost is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// System time misses part of what the probes cost: the interpreter prepares the markers'
+/// arguments in user space (names as UTF-8, the line number). bench/budget.py measured the
+/// probes' true share of a call-heavy process's time (1 − untraced/traced throughput: 0.96)
+/// at 1.25× its system-time share (0.77), so the measured share is scaled by this much.
+const USER_SPACE_FACTOR: f64 = 1.25;
 /// The smallest duty ratio: windows at least every 100 s, so the process stays visible.
 const MIN_RATIO: f64 = 0.002;
 
@@ -145,7 +150,7 @@ impl ProcessBudget {
     fn measure(&mut self, elapsed: Duration, cost_ns: u64) {
         let share =
             cost_ns.saturating_sub(self.phase_cost) as f64 / elapsed.as_nanos().max(1) as f64;
-        self.measured_share = (share - self.baseline_share).max(0.0);
+        self.measured_share = ((share - self.baseline_share) * USER_SPACE_FACTOR).clamp(0.0, 1.0);
     }
 
     fn start_phase(&mut self, on: bool, now: Instant, cost_ns: u64) {
@@ -223,13 +228,14 @@ mod tests {
         let (b, on, end) = simulate_until(Some(0.05), 0.97, 0.02, 60);
         let duty = on.as_secs_f64() / 60.0;
         assert!(
-            (b.ratio() - 0.05 / 0.97).abs() < 0.002,
+            (b.ratio() - 0.05 / (0.97 * USER_SPACE_FACTOR).min(1.0)).abs() < 0.002,
             "ratio {}",
             b.ratio()
         );
-        // The throughput lost: duty × 97 %, close to the 5 % budget.
+        // The throughput lost: duty × 97 % (the system-time share here stands for all of the
+        // probes' cost, so the factor for their user-space part makes the budget stricter).
         let lost = duty * 0.97;
-        assert!(lost > 0.04 && lost < 0.065, "lost {lost}");
+        assert!(lost > 0.035 && lost < 0.06, "lost {lost}");
         // What is exported for scaling counts is what was observed.
         assert!((b.observed_share(end) - duty).abs() < 0.01);
     }

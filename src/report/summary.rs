@@ -274,6 +274,13 @@ impl Summary {
                 stats.unpaired_starts, stats.imports_too_deep, stats.calls_too_deep
             );
         }
+        if stats.stacks_reset > 0 {
+            let _ = writeln!(
+                out,
+                "  sampling: {} thread stacks emptied when function probes came back on (calls and imports spanning a gap have no duration)",
+                stats.stacks_reset
+            );
+        }
         for (pid, p) in self.processes.iter().filter(|(_, p)| p.has_events()) {
             let span_s = (p.last_ns.saturating_sub(p.first_ns)) as f64 / 1e9;
             let _ = writeln!(out, "PID {pid} ({}): events over {span_s:.2} s", p.command);
