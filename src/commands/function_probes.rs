@@ -10,6 +10,8 @@ use crate::attach::{FunctionHits, Tracer};
 use crate::budget::{ProcessBudget, Switch};
 use crate::discover::{process, Binary, Firing};
 
+/// How often processes are looked at (new ones, the budget, exits).
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Returns seen without a single entry before concluding that entries do not fire.
 const ENTRY_EVIDENCE: u64 = 1000;
 
@@ -75,6 +77,8 @@ pub struct FunctionProbes {
     next_epoch: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat.
     ns_per_tick: u64,
+    /// When `due` last said yes.
+    last_look: Option<Instant>,
     pub table: SamplingTable,
 }
 
@@ -89,6 +93,7 @@ impl FunctionProbes {
             ignored: HashSet::new(),
             next_epoch: 1,
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
+            last_look: None,
             table: Rc::default(),
         }
     }
@@ -230,6 +235,20 @@ impl FunctionProbes {
         let e = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(1);
         e
+    }
+
+    /// Whether it is time to look at the processes again: polls can return many times a second
+    /// under load, and each look reads /proc and a BPF map.
+    pub fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_look
+            .is_some_and(|t| now.duration_since(t) < LOOK_EVERY)
+        {
+            return false;
+        }
+        self.last_look = Some(now);
+        true
     }
 
     /// Applies the budget, watches unverified interpreters for entries and forgets processes

@@ -403,7 +403,7 @@ impl<'obj> Session<'obj> {
                 }
             },
             || {
-                if let Some(f) = functions {
+                if let Some(f) = functions.filter(|f| f.borrow_mut().due()) {
                     let mut f = f.borrow_mut();
                     if pids_are_ours {
                         let mut pids = std::mem::take(&mut *new_pids.borrow_mut());
