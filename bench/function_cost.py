@@ -9,7 +9,9 @@ of that cost to bpftrace's. Needs root, bpftrace and a release build; fails loud
     python3 bench/function_cost.py [--runs 5] [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9]
 
 On 3.11 the counted marker is function__return (entries need line mode); function spans need
-entries, so the span rows are only run on 3.8-3.10 interpreters.
+entries, so the span rows are only run on 3.8-3.10 interpreters. Each pyusdt row is compared
+with the bpftrace row above it on the same probes: `top` with count() on one marker (one trap
+per call), the span rows with count() on entry and return (two traps per call).
 """
 import argparse
 import os
@@ -67,7 +69,9 @@ def main():
         ("pyusdt top (in-kernel count)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
     ]
     if minor <= 10:
+        # Spans need both markers: their floor is bpftrace counting both (two traps per call).
         configs += [
+            ("bpftrace count() on entry+return", "bpftrace2"),
             ("pyusdt spans, --min-duration 1s", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
                                                  "--min-duration", "1s", "--exporter", "console", "--"]),
             ("pyusdt spans of every call", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
@@ -77,11 +81,15 @@ def main():
     times = {name: [] for name, _ in configs}
     calls = None
     program = f"usdt:{lib}:python:{marker} {{ @c = count(); }}"
+    both = (f"usdt:{lib}:python:function__entry,usdt:{lib}:python:function__return "
+            "{ @c = count(); }")
     for _ in range(args.runs):
         for name, prefix in configs:
             cmd = [args.python, WORKLOAD, N]
             if prefix == "bpftrace":
                 out = under_bpftrace(program, cmd)
+            elif prefix == "bpftrace2":
+                out = under_bpftrace(both, cmd)
             else:
                 out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
             line = next(l for l in out.stdout.splitlines() if l.count(" ") == 1 and l[0].isdigit())
@@ -89,6 +97,8 @@ def main():
             times[name].append(float(seconds))
     base = statistics.median(times["untraced"])
     floor = None
+    # Each row is compared with the bpftrace row above it: one trap per call for `top`, two
+    # for the span rows.
     print(f"CPython 3.{minor} ({lib}), fib({N}): {int(calls):,} calls, {args.runs} interleaved runs")
     print(f"{'configuration':<36} {'median s':>9} {'ns/call':>8} {'vs bpftrace':>11}")
     for name, _ in configs:

@@ -18,7 +18,6 @@ const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
-const volatile bool function_epochs = false;   /* function probes: per-process stack epochs */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -101,19 +100,8 @@ struct {
 	__type(value, struct span_stack);
 } span_stack_zero SEC(".maps");
 
-/* Function probes are attached per process, and detached and attached again in sampling
- * windows (the overhead budget). While detached, the thread's real stack moves on unseen: user
- * space bumps the process's epoch before attaching again, and a stack of an older epoch is
- * emptied at its next use, so that no return is paired with an entry from before the gap.
- * Calls and imports that span the gap are reported without a duration (counted). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32); /* tgid */
-	__type(value, __u32);
-} func_epochs SEC(".maps");
-
-/* Marker hits per process under function probes (read and deleted by user space). */
+/* Marker hits per process under function probes, counted only where user space asks (an
+ * interpreter of an unverified version: do entries fire at all?). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -178,44 +166,47 @@ static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 m
 	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
 }
 
-/* The thread's stack, emptied first when it predates the process's function epoch. */
-static __always_inline struct span_stack *thread_stack(__u64 id)
+/* Function probes are attached per process, and detached and attached again in sampling
+ * windows (the overhead budget). While detached, the thread's real stack moves on unseen. Each
+ * attachment carries a new epoch in its cookie, and a function event meeting a stack of
+ * another epoch empties it first, so that no return is paired with an entry from before the
+ * gap. Calls and imports that span the gap are reported without a duration (counted). Import
+ * and GC events do not know the epoch: they see the stack as it is (EPOCH_ANY). */
+#define EPOCH_ANY 0xffffffffffffffffULL
+
+/* The thread's stack; emptied first when `epoch` is given and differs from the stack's. */
+static __always_inline struct span_stack *thread_stack(__u64 id, __u64 epoch)
 {
 	__u32 tid = (__u32)id;
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
-	if (!st || !function_epochs)
+	if (!st || epoch == EPOCH_ANY || st->epoch == (__u32)epoch)
 		return st;
-	__u32 tgid = id >> 32;
-	__u32 *epoch = bpf_map_lookup_elem(&func_epochs, &tgid);
-	__u32 current = epoch ? *epoch : 0;
-	if (st->epoch != current) {
-		if (st->depth)
-			count(STAT_STACK_RESET);
-		st->depth = 0;
-		st->imports = 0;
-		st->epoch = current;
-	}
+	if (st->depth)
+		count(STAT_STACK_RESET);
+	st->depth = 0;
+	st->imports = 0;
+	st->epoch = (__u32)epoch;
 	return st;
 }
 
 static __always_inline __u32 spans_in_progress(__u64 id)
 {
-	struct span_stack *st = thread_stack(id);
+	struct span_stack *st = thread_stack(id, EPOCH_ANY);
 	return st ? st->depth : 0;
 }
 
 /* Pushes an import start or a call entry; returns the thread's stack. */
-static __always_inline struct span_stack *stack_push(__u64 id, __s32 line)
+static __always_inline struct span_stack *stack_push(__u64 id, __s32 line, __u64 epoch)
 {
 	__u32 tid = (__u32)id;
-	struct span_stack *st = thread_stack(id);
+	struct span_stack *st = thread_stack(id, epoch);
 	if (!st) {
 		__u32 zero = 0;
 		struct span_stack *z = bpf_map_lookup_elem(&span_stack_zero, &zero);
 		if (!z)
 			return 0;
 		bpf_map_update_elem(&span_stacks, &tid, z, BPF_ANY);
-		st = thread_stack(id);
+		st = thread_stack(id, epoch);
 		if (!st)
 			return 0;
 	}
@@ -232,11 +223,11 @@ static __always_inline struct span_stack *stack_push(__u64 id, __s32 line)
 
 /* Pops what an import done or a call return ends; returns the depth left (the enclosing
  * spans) and sets `start` (0 when unknown) and `line`. */
-static __always_inline __u32 stack_pop(__u64 id, __u64 *start, __s32 *line)
+static __always_inline __u32 stack_pop(__u64 id, __u64 *start, __s32 *line, __u64 epoch)
 {
 	*start = 0;
 	*line = 0;
-	struct span_stack *st = thread_stack(id);
+	struct span_stack *st = thread_stack(id, epoch);
 	if (!st || st->depth == 0)
 		return 0;
 	__u32 d = st->depth - 1;
@@ -344,7 +335,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push(id, 0);
+	struct span_stack *st = stack_push(id, 0, EPOCH_ANY);
 	if (!st)
 		return 0;
 	__u32 i = st->imports;
@@ -366,7 +357,7 @@ int BPF_USDT(import_done, const char *module, int found)
 	__u64 unused_start, start = 0;
 	__s32 line;
 	__u32 tid = (__u32)id;
-	__u32 depth = stack_pop(id, &unused_start, &line);
+	__u32 depth = stack_pop(id, &unused_start, &line, EPOCH_ANY);
 	__u32 nesting = 0;
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
 	if (st && st->imports > 0) {
@@ -473,9 +464,9 @@ static __always_inline void read_code_names(char name_dst[FUNC_NAME_LEN],
 		file_dst[0] = '\0';
 }
 
-enum hit { HIT_ENTRY, HIT_RETURN, HIT_LINE };
+enum hit { HIT_ENTRY, HIT_RETURN };
 
-/* Counts a marker hit of the process (the overhead budget's input). */
+/* Counts a marker hit of the process (entries and returns: do entries fire?). */
 static __always_inline void hit(__u32 tgid, enum hit kind)
 {
 	struct func_hits *h = bpf_map_lookup_elem(&func_hits, &tgid);
@@ -488,49 +479,51 @@ static __always_inline void hit(__u32 tgid, enum hit kind)
 	}
 	if (kind == HIT_ENTRY)
 		__sync_fetch_and_add(&h->entries, 1);
-	else if (kind == HIT_RETURN)
-		__sync_fetch_and_add(&h->returns, 1);
 	else
-		__sync_fetch_and_add(&h->lines, 1);
+		__sync_fetch_and_add(&h->returns, 1);
 }
 
-/* Function spans (--probes function): entries push, returns pop and report calls of at least
- * min_function_ns, so that short calls cost no ring-buffer traffic. */
+/* Function spans (--probes function), attached per process (no `wanted` check needed):
+ * entries push, returns pop and report calls of at least min_function_ns, so that short calls
+ * cost no ring-buffer traffic. Arguments are read only when used: every call pays for these
+ * programs. The cookie: the attachment's epoch (low 32 bits) and FUNC_COUNT_HITS. */
 SEC("usdt")
-int BPF_USDT(function_entry, const char *file, const char *name, int line)
+int function_entry(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	if (!wanted(id >> 32))
-		return 0;
-	hit(id >> 32, HIT_ENTRY);
-	stack_push(id, line);
+	__u64 cookie = bpf_usdt_cookie(ctx);
+	if (cookie & FUNC_COUNT_HITS)
+		hit(id >> 32, HIT_ENTRY);
+	long line = 0;
+	bpf_usdt_arg(ctx, 2, &line);
+	stack_push(id, (__s32)line, (__u32)cookie);
 	return 0;
 }
 
 /* 3.11 with --line-mode: attached to the line marker only for its semaphore, which makes the
  * interpreter take its tracing path, where function__entry fires for every call. */
 SEC("usdt")
-int BPF_USDT(function_line)
+int function_line(struct pt_regs *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (wanted(id >> 32))
-		hit(id >> 32, HIT_LINE);
 	return 0;
 }
 
 SEC("usdt")
-int BPF_USDT(function_return, const char *file, const char *name, int line)
+int function_return(struct pt_regs *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
-	if (!wanted(id >> 32))
-		return 0;
-	hit(id >> 32, HIT_RETURN);
+	__u64 cookie = bpf_usdt_cookie(ctx);
+	if (cookie & FUNC_COUNT_HITS)
+		hit(id >> 32, HIT_RETURN);
 	__u64 start;
 	__s32 first_line;
-	__u32 depth = stack_pop(id, &start, &first_line);
+	__u32 depth = stack_pop(id, &start, &first_line, (__u32)cookie);
 	if (!start || now - start < min_function_ns)
 		return 0;
+	long file = 0, name = 0;
+	bpf_usdt_arg(ctx, 0, &file);
+	bpf_usdt_arg(ctx, 1, &name);
 	note_process(id, now);
 	struct function_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -540,7 +533,7 @@ int BPF_USDT(function_return, const char *file, const char *name, int line)
 	fill_header(&e->h, id, MARKER_FUNCTION, start, now, depth);
 	e->line = first_line;
 	e->_pad = 0;
-	read_code_names(e->name, e->file, name, file);
+	read_code_names(e->name, e->file, (const char *)name, (const char *)file);
 	submit(e);
 	return 0;
 }
@@ -702,7 +695,6 @@ int forget_exited(void *ctx)
 	bpf_map_delete_elem(&span_stacks, &tid);
 	if (tid == tgid) {
 		bpf_map_delete_elem(&seen_tgids, &tgid);
-		bpf_map_delete_elem(&func_epochs, &tgid);
 		bpf_map_delete_elem(&func_hits, &tgid);
 		if (filter_tgid)
 			bpf_map_delete_elem(&traced, &tgid);

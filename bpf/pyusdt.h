@@ -161,12 +161,14 @@ struct function_event {
 	char file[FUNC_FILE_LEN];
 };
 
-/* Marker hits of one process under function probes: what its probes cost it, for the overhead
- * budget (and, for interpreters of unverified versions, whether entries fire at all). */
+/* Function-marker hits of one process on an interpreter of an unverified version: do entries
+ * fire at all? */
 struct func_hits {
 	__u64 entries;
 	__u64 returns;
-	__u64 lines; /* 3.11 line mode: the line marker that makes entries fire */
 };
+
+/* Bit of a function probe's cookie: count the process's hits in `func_hits`. */
+#define FUNC_COUNT_HITS (1ULL << 32)
 
 #endif /* __PYUSDT_H */

@@ -63,12 +63,14 @@ pub struct TracerOptions {
     pub min_function_ns: u64,
 }
 
-/// Function-marker hits of one process so far (cumulative), counted in the kernel.
+/// `FUNC_COUNT_HITS` of bpf/pyusdt.h: a function probe's cookie bit asking for hit counts.
+const FUNC_COUNT_HITS: u64 = 1 << 32;
+
+/// Function-marker hits of one process so far (cumulative), counted in the kernel where asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FunctionHits {
     pub entries: u64,
     pub returns: u64,
-    pub lines: u64,
 }
 
 /// Calls of one function of one process, counted in the kernel.
@@ -142,7 +144,6 @@ impl<'obj> Tracer<'obj> {
         rodata.audit_args = options.audit_args;
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
-        rodata.function_epochs = options.probes.iter().any(|p| p == Probe::Function);
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -228,25 +229,21 @@ impl<'obj> Tracer<'obj> {
     }
 
     /// Attaches the function probes to `binary` for one process: `pid` as this process sees
-    /// it, `host_pid` as events report it (the key to detach with). `line_mode` also attaches
-    /// the line marker, whose semaphore makes 3.11 fire function__entry for every call (slow).
-    /// The process's stacks start a new epoch: nothing pairs across the gap before.
+    /// it, `host_pid` as events report it (the key to detach with). `epoch` is new for each
+    /// attachment of a process: a thread stack from before is emptied, so nothing pairs across
+    /// a gap. `count_hits`: count entries and returns (are entries firing at all?).
+    /// `line_mode` also attaches the line marker, whose semaphore makes 3.11 fire
+    /// function__entry for every call (slow).
     pub fn attach_functions(
         &self,
         binary: &Binary,
         pid: i32,
         host_pid: u32,
         epoch: u32,
+        count_hits: bool,
         line_mode: bool,
     ) -> Result<(), AttachError> {
-        self.skel
-            .maps
-            .func_epochs
-            .update(&host_pid.to_ne_bytes(), &epoch.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| AttachError::Map {
-                map: "func_epochs",
-                source,
-            })?;
+        let cookie = u64::from(epoch) | if count_hits { FUNC_COUNT_HITS } else { 0 };
         let p = &self.skel.progs;
         let mut plan = vec![
             ("function__return", &p.function_return),
@@ -257,7 +254,11 @@ impl<'obj> Tracer<'obj> {
         }
         let mut links = Vec::new();
         for (marker, prog) in plan {
-            links.push(attach_marker(prog, pid, binary, marker, None)?);
+            let opts = UsdtOpts {
+                cookie,
+                ..Default::default()
+            };
+            links.push(attach_marker(prog, pid, binary, marker, Some(opts))?);
         }
         self.function_links.borrow_mut().insert(host_pid, links);
         Ok(())
@@ -305,7 +306,6 @@ impl<'obj> Tracer<'obj> {
                 FunctionHits {
                     entries: h.entries,
                     returns: h.returns,
-                    lines: h.lines,
                 },
             );
         }

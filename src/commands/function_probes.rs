@@ -171,8 +171,15 @@ impl FunctionProbes {
         let Ok(markers) = self.usable(binary) else {
             return false;
         };
-        if let Err(e) = tracer.attach_functions(binary, local_pid, host_pid, epoch, self.line_mode)
-        {
+        let count_hits = markers == FunctionMarkers::Unverified;
+        if let Err(e) = tracer.attach_functions(
+            binary,
+            local_pid,
+            host_pid,
+            epoch,
+            count_hits,
+            self.line_mode,
+        ) {
             tracing::warn!("PID {host_pid}: no function probes: {e}");
             self.ignored.insert(host_pid);
             return false;
@@ -307,9 +314,15 @@ impl FunctionProbes {
                     let epoch = self.next_epoch();
                     let f = &self.followed[&pid];
                     let binary = &self.binaries[f.binary];
-                    if let Err(e) =
-                        tracer.attach_functions(binary, f.local_pid, pid, epoch, self.line_mode)
-                    {
+                    let count_hits = f.markers == FunctionMarkers::Unverified;
+                    if let Err(e) = tracer.attach_functions(
+                        binary,
+                        f.local_pid,
+                        pid,
+                        epoch,
+                        count_hits,
+                        self.line_mode,
+                    ) {
                         tracing::warn!("PID {pid}: function probes not attached again: {e}");
                         if let Some(f) = self.followed.get_mut(&pid) {
                             f.given_up = true;
