@@ -66,6 +66,8 @@ def main():
     configs = [
         ("untraced", []),
         (f"bpftrace count() on {marker}", "bpftrace"),
+        # What `top` does: a count per function, keyed by the marker's arguments.
+        ("bpftrace count() per function", "bpftrace-keyed"),
         ("pyusdt top (in-kernel count)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
     ]
     if minor <= 10:
@@ -83,6 +85,8 @@ def main():
     program = f"usdt:{lib}:python:{marker} {{ @c = count(); }}"
     both = (f"usdt:{lib}:python:function__entry,usdt:{lib}:python:function__return "
             "{ @c = count(); }")
+    keyed = f"usdt:{lib}:python:{marker} {{ @c[pid, arg0, arg1, arg2] = count(); }}"
+
     for _ in range(args.runs):
         for name, prefix in configs:
             cmd = [args.python, WORKLOAD, N]
@@ -90,6 +94,8 @@ def main():
                 out = under_bpftrace(program, cmd)
             elif prefix == "bpftrace2":
                 out = under_bpftrace(both, cmd)
+            elif prefix == "bpftrace-keyed":
+                out = under_bpftrace(keyed, cmd)
             else:
                 out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
             line = next(l for l in out.stdout.splitlines() if l.count(" ") == 1 and l[0].isdigit())
@@ -97,17 +103,23 @@ def main():
             times[name].append(float(seconds))
     base = statistics.median(times["untraced"])
     floor = None
-    # Each row is compared with the bpftrace row above it: one trap per call for `top`, two
-    # for the span rows.
+    # Each row is compared with the bpftrace row above it: for `top`, counting per function
+    # (keyed by the marker's arguments, as `top` does; the unkeyed count() is the trap floor),
+    # for the span rows, counting both markers (two traps per call).
     print(f"CPython 3.{minor} ({lib}), fib({N}): {int(calls):,} calls, {args.runs} interleaved runs")
-    print(f"{'configuration':<36} {'median s':>9} {'ns/call':>8} {'vs bpftrace':>11}")
+    print(f"{'configuration':<36} {'median s':>9} {'ns/call':>8} {'vs row above':>12} "
+          f"{'vs count()':>10}")
+    trap_floor = None
     for name, _ in configs:
         m = statistics.median(times[name])
         per_call = (m - base) / int(calls) * 1e9
         if name.startswith("bpftrace"):
             floor = per_call
+            if trap_floor is None:
+                trap_floor = per_call
         ratio = f"{per_call / floor:.2f}x" if floor and name != "untraced" else "-"
-        print(f"{name:<36} {m:>9.4f} {per_call:>8.0f} {ratio:>11}")
+        vs_trap = f"{per_call / trap_floor:.2f}x" if trap_floor and name != "untraced" else "-"
+        print(f"{name:<36} {m:>9.4f} {per_call:>8.0f} {ratio:>12} {vs_trap:>10}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
+const volatile bool report_execs = false;      /* agent: tell user space of every exec */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -674,13 +675,24 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* A new program image starts with no import or collection in progress. */
+/* A new program image starts with no import or collection in progress. The agent also hears
+ * of it: a container's new interpreter file is attached within a poll, not at the next rescan.
+ * The record is a bare header (a few bytes per exec); user space reads /proc/PID. */
 SEC("tracepoint/sched/sched_process_exec")
 int forget_exec(void *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
 	bpf_map_delete_elem(&gc_starts, &tid);
 	bpf_map_delete_elem(&span_stacks, &tid);
+	if (report_execs) {
+		struct event_header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e)
+			return 0; /* the periodic rescan still finds it */
+		__u64 now = bpf_ktime_get_ns();
+		fill_header(e, id, MARKER_EXEC, now, now, 0);
+		submit(e);
+	}
 	return 0;
 }
 

@@ -34,6 +34,8 @@ enum marker {
 	MARKER_FLOW = 6,
 	/* A completed call (function probes: --probes function). */
 	MARKER_FUNCTION = 7,
+	/* A process exec'd a program (`agent`: look for new interpreter files at once). */
+	MARKER_EXEC = 8,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */

@@ -61,6 +61,8 @@ pub struct TracerOptions {
     pub flow: Option<bool>,
     /// Function probes: calls shorter than this are not sent to user space.
     pub min_function_ns: u64,
+    /// Report every exec (`agent`: new interpreter files are looked for at once).
+    pub report_execs: bool,
 }
 
 /// `FUNC_COUNT_HITS` of bpf/pyusdt.h: a function probe's cookie bit asking for hit counts.
@@ -116,6 +118,9 @@ pub struct KernelStats {
 /// detached after the object).
 pub struct Tracer<'obj> {
     links: Vec<Link>,
+    /// The markers attached per interpreter file, by (device, inode): released on their own
+    /// when no process uses a file any more (a container's copy).
+    file_links: HashMap<(u64, u64), Vec<Link>>,
     _process_links: Vec<Link>,
     /// Function probes, per process (host PID): switched off and on by the overhead budget,
     /// between ring-buffer polls (hence a RefCell: `run` holds the tracer shared).
@@ -144,6 +149,7 @@ impl<'obj> Tracer<'obj> {
         rodata.audit_args = options.audit_args;
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
+        rodata.report_execs = options.report_execs;
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -188,6 +194,7 @@ impl<'obj> Tracer<'obj> {
         }
         Ok(Tracer {
             links: Vec::new(),
+            file_links: HashMap::new(),
             _process_links: process_links,
             function_links: RefCell::default(),
             options,
@@ -224,8 +231,21 @@ impl<'obj> Tracer<'obj> {
             }
         }
         // All or nothing per file: a half-attached gc (start without done) would mislead.
-        self.links.extend(new_links);
+        self.file_links
+            .entry(binary.id)
+            .or_default()
+            .extend(new_links);
         Ok(attached)
+    }
+
+    /// Detaches every marker attached to the file `id` (see `attach`). Starts go before
+    /// dones (the reverse of attaching), so that no start is left waiting for its done.
+    pub fn detach_file(&mut self, id: (u64, u64)) {
+        if let Some(mut links) = self.file_links.remove(&id) {
+            while let Some(link) = links.pop() {
+                drop(link);
+            }
+        }
     }
 
     /// Attaches the function probes to `binary` for one process: `pid` as this process sees

@@ -49,6 +49,7 @@ pub const MARKER_PROCESS: u8 = marker::MARKER_PROCESS.0 as u8;
 pub const MARKER_AUDIT_ARGS: u8 = marker::MARKER_AUDIT_ARGS.0 as u8;
 pub const MARKER_FLOW: u8 = marker::MARKER_FLOW.0 as u8;
 pub const MARKER_FUNCTION: u8 = marker::MARKER_FUNCTION.0 as u8;
+pub const MARKER_EXEC: u8 = marker::MARKER_EXEC.0 as u8;
 
 /// Indexes of the per-CPU `stats` map.
 pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;

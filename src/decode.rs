@@ -132,6 +132,10 @@ pub enum Record<'a> {
     Event(Event<'a>),
     Process(ProcessRecord<'a>),
     Flow(FlowRecord<'a>),
+    /// A process exec'd a program (`agent`): its host PID.
+    Exec {
+        pid: u32,
+    },
 }
 
 impl Event<'_> {
@@ -243,6 +247,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                 file: c_string(&e.file),
             }))
         }
+        bpf::MARKER_EXEC => Ok(Record::Exec { pid: raw.pid }),
         other => Err(DecodeError::UnknownMarker(other)),
     }
 }

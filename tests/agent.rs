@@ -187,3 +187,126 @@ fn agent_traces_running_processes_and_new_files_in_other_mount_namespaces() {
             .any(|r| r["type"] == "gc" && r["pid"] == pid && r["generation"] == 2));
     }
 }
+
+/// The uprobe attachments a process holds: its BPF link and perf event descriptors (other
+/// descriptors come and go while it reads /proc).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let t = target.to_string_lossy();
+            t == "anon_inode:bpf_link" || t == "anon_inode:[perf_event]"
+        })
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// With the rescan off, a container's interpreter copy is still found: at its exec (the
+/// sched_process_exec tracepoint), not by scanning /proc. When the container's process exits,
+/// its attachments are released (no uprobe outlives its container).
+#[test]
+fn agent_attaches_container_files_at_exec_and_releases_them() {
+    if !require_bpf("agent_attaches_container_files_at_exec_and_releases_them") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns_dir = dir.path().join("ns");
+    std::fs::create_dir(&ns_dir).unwrap();
+    let go = dir.path().join("go");
+    let out_path = dir.path().join("agent.jsonl");
+    let out = out_path.to_str().unwrap();
+    let (mut agent, log) = start_agent(&["--quiet", "--rescan-interval", "0", "--output", out]);
+    wait_for_line(&log, "tracing ");
+    let agent_pid = agent.0.id();
+    let baseline = fd_count(agent_pid);
+
+    let container = Reaped(namespaced_python(&ns_dir, &go));
+    let pid = container.0.id();
+    wait_for_line(&log, "now tracing");
+    let attached = fd_count(agent_pid);
+    assert!(
+        attached > baseline,
+        "attaching the copy holds descriptors ({baseline} before, {attached} after)"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let mut container = container;
+    assert!(container.0.wait().unwrap().success());
+    wait_for_line(&log, "released ");
+    assert_eq!(
+        fd_count(agent_pid),
+        baseline,
+        "the copy's attachments are released"
+    );
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
+    let records = read_jsonl(&out_path);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "import" && r["module"] == format!("pyusdt_ns_{pid}")),
+        "the container's process was traced"
+    );
+}
+
+/// 500 short-lived Python processes in a row: the agent keeps tracing them all and holds no
+/// more descriptors (attachments) or memory afterwards than after the first 50.
+#[test]
+fn agent_stays_bounded_over_500_short_lived_processes() {
+    if !require_bpf("agent_stays_bounded_over_500_short_lived_processes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("agent.jsonl");
+    let (mut agent, log) = start_agent(&[
+        "--quiet",
+        "--rescan-interval",
+        "1",
+        "--output",
+        out_path.to_str().unwrap(),
+    ]);
+    wait_for_line(&log, "tracing ");
+    let agent_pid = agent.0.id();
+    let run = |n: usize| {
+        for _ in 0..n {
+            let status = Command::new(SYSTEM_PYTHON)
+                .args(["-c", "import gc; gc.collect()"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    };
+    run(50);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (fds, rss) = (fd_count(agent_pid), rss_kib(agent_pid));
+    run(450);
+    // A rescan and a release pass: what exited is forgotten.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (fds_after, rss_after) = (fd_count(agent_pid), rss_kib(agent_pid));
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
+    assert_eq!(
+        fds_after, fds,
+        "descriptors after 50 and after 500 processes"
+    );
+    assert!(
+        rss_after < rss + 4 * 1024,
+        "agent RSS grew from {rss} KiB to {rss_after} KiB over 450 processes"
+    );
+    // Every process was traced: one explicit gen-2 collection each.
+    let records = read_jsonl(&out_path);
+    let pids: std::collections::HashSet<_> = records
+        .iter()
+        .filter(|r| r["type"] == "gc" && r["generation"] == 2)
+        .map(|r| r["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.len() >= 500, "{} of 500 processes traced", pids.len());
+}

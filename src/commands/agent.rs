@@ -8,7 +8,10 @@ use crate::cli::AgentArgs;
 use crate::commands::session::{
     interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
 };
-use crate::discover::interpreters::Scan;
+use crate::discover::interpreters::{discover_process, process_file_ids, Scan};
+
+/// How often container files that no process uses any more are released.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
 use crate::exit::{CliError, CliResult, Exit};
 
 pub fn run(args: &AgentArgs) -> CliResult<i32> {
@@ -56,20 +59,49 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         session.attached_files()
     );
 
+    let execs = session.exec_queue();
+    let mut next_rescan = rescan.map(|d| Instant::now() + d);
+    let mut next_release = Instant::now() + RELEASE_EVERY;
     loop {
-        let next_rescan = rescan.map(|d| Instant::now() + d);
-        session.trace(|| !stop() && next_rescan.is_none_or(|t| Instant::now() < t))?;
+        session.trace(|| {
+            !stop()
+                && execs.borrow().is_empty()
+                && next_rescan.is_none_or(|t| Instant::now() < t)
+                && Instant::now() < next_release
+        })?;
         if stop() {
             break;
         }
-        // Interpreter files that appeared since (new installs, new containers); files seen
-        // before are skipped with a stat.
-        let found = interpreters_to_trace(&[], None, scan, &mut examined)?;
-        if session.attach_all(&found) > 0 {
-            tracing::info!("now tracing {} interpreter files", session.attached_files());
+        // Processes that exec'd: a new container's interpreter is attached now, not at the
+        // next rescan. Files examined before cost a stat.
+        let pids = std::mem::take(&mut *execs.borrow_mut());
+        if !t.no_discover {
+            let mut attached = 0;
+            for pid in pids {
+                let found = discover_process(pid as i32, &mut examined);
+                attached += session.attach_all(&found.with_markers);
+                session.note_users(pid, &process_file_ids(pid as i32));
+            }
+            if attached > 0 {
+                tracing::info!("now tracing {} interpreter files", session.attached_files());
+                session.follow_running_processes();
+            }
         }
-        session.follow_running_processes();
-        session.retire_exited_processes();
+        if Instant::now() >= next_release {
+            session.release_unused_files(&mut examined);
+            next_release = Instant::now() + RELEASE_EVERY;
+        }
+        if next_rescan.is_some_and(|t| Instant::now() >= t) {
+            // Interpreter files that appeared since (new installs, new containers); files seen
+            // before are skipped with a stat.
+            let found = interpreters_to_trace(&[], None, scan, &mut examined)?;
+            if session.attach_all(&found) > 0 {
+                tracing::info!("now tracing {} interpreter files", session.attached_files());
+            }
+            session.follow_running_processes();
+            session.retire_exited_processes();
+            next_rescan = rescan.map(|d| Instant::now() + d);
+        }
     }
     tracing::info!("stopping: detaching and flushing");
     session.finish()?;

@@ -73,6 +73,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
             count_functions: false,
             flow: Some(args.lines),
             min_function_ns: 0,
+            report_execs: false,
         },
     )?;
 

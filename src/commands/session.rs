@@ -118,6 +118,12 @@ pub struct Session<'obj> {
     pids_are_ours: bool,
     /// `run`: follow the processes of the traced set (else: those that send events).
     follow_processes: bool,
+    /// `agent`: PIDs that exec'd since the last look (new interpreter files?).
+    execs: Rc<RefCell<Vec<u32>>>,
+    /// Attached files seen only through a process's root (a container's copy), and the PIDs
+    /// known to use them: released when none is left, so that no uprobe outlives its
+    /// container.
+    container_files: HashMap<(u64, u64), (std::path::PathBuf, HashSet<u32>)>,
 }
 
 impl<'obj> Session<'obj> {
@@ -172,6 +178,7 @@ impl<'obj> Session<'obj> {
                 count_functions: false,
                 flow: None,
                 min_function_ns: args.min_duration.as_nanos() as u64,
+                report_execs: !follow_processes,
             },
         )?;
         let per_process_functions = function_probes
@@ -228,6 +235,8 @@ impl<'obj> Session<'obj> {
             function_refusals: Vec::new(),
             pids_are_ours: true,
             follow_processes,
+            execs: Rc::default(),
+            container_files: HashMap::new(),
         })
     }
 
@@ -275,6 +284,10 @@ impl<'obj> Session<'obj> {
                     )
                 }
                 Ok(markers) => {
+                    if let Some(pid) = container_pid(&b.path) {
+                        self.container_files
+                            .insert(b.id, (b.path.clone(), HashSet::from([pid])));
+                    }
                     let version = b
                         .version
                         .map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
@@ -365,6 +378,62 @@ impl<'obj> Session<'obj> {
         self.attached_ids.len()
     }
 
+    /// The PIDs that exec'd since the last call (`agent`; filled while tracing).
+    pub fn exec_queue(&self) -> Rc<RefCell<Vec<u32>>> {
+        Rc::clone(&self.execs)
+    }
+
+    /// Notes that `pid` uses the files `ids`: those attached from a container's root are kept
+    /// while it lives. A file attached through /proc/PID/root has that PID as a user.
+    pub fn note_users(&mut self, pid: u32, ids: &[(u64, u64)]) {
+        for id in ids {
+            if let Some((_, users)) = self.container_files.get_mut(id) {
+                users.insert(pid);
+            }
+        }
+    }
+
+    /// Releases the attached container files that no living process uses any more, and
+    /// forgets them in `examined` (a new container with the same file attaches it again).
+    /// Files the host itself has are kept: processes started later use them.
+    pub fn release_unused_files(&mut self, examined: &mut HashSet<(u64, u64)>) {
+        let mut gone = Vec::new();
+        for (id, (path, users)) in self.container_files.iter_mut() {
+            users.retain(|&pid| crate::discover::process::is_alive(pid));
+            if users.is_empty() {
+                gone.push((*id, path.clone()));
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        // Known users are gone, but a process forked from one (not exec'd) may still run the
+        // file: look at every process before releasing.
+        for pid in crate::discover::process::all_pids() {
+            let ids = crate::discover::interpreters::process_file_ids(pid);
+            gone.retain(|(id, _)| {
+                let used = ids.contains(id);
+                if used {
+                    if let Some((_, users)) = self.container_files.get_mut(id) {
+                        users.insert(pid as u32);
+                    }
+                }
+                !used
+            });
+            if gone.is_empty() {
+                return;
+            }
+        }
+        for (id, path) in gone {
+            self.container_files.remove(&id);
+            self.tracer.detach_file(id);
+            self.attached_ids.remove(&id);
+            self.versions.borrow_mut().remove(&id);
+            examined.remove(&id);
+            tracing::info!("released {}: no process uses it any more", path.display());
+        }
+    }
+
     /// Delivers events until `keep_going` returns false, then drains what is pending.
     /// Output is flushed every `FLUSH_INTERVAL`, not per event; telemetry is shipped when due.
     pub fn trace(&mut self, mut keep_going: impl FnMut() -> bool) -> CliResult<()> {
@@ -377,6 +446,7 @@ impl<'obj> Session<'obj> {
         let follow_processes = self.follow_processes;
         // Processes that sent their first event: candidates for function probes (`agent`).
         let new_pids = RefCell::new(Vec::new());
+        let execs = Rc::clone(&self.execs);
         let attach_failures = self.attach_failures;
         let own = |summary: &Summary| OwnStats {
             received: summary.received(),
@@ -386,10 +456,12 @@ impl<'obj> Session<'obj> {
         tracer.run(
             |data| match decode::decode(data) {
                 Ok(record) => {
-                    if let decode::Record::Process(p) = &record {
-                        if functions.is_some() {
+                    match &record {
+                        decode::Record::Process(p) if functions.is_some() => {
                             new_pids.borrow_mut().push(p.pid);
                         }
+                        decode::Record::Exec { pid } => execs.borrow_mut().push(*pid),
+                        _ => {}
                     }
                     sinks.borrow_mut().handle(&record)
                 }
@@ -480,6 +552,15 @@ fn function_probes_with_budget(line_mode: bool, max_share: Option<f64>) -> Funct
         None => tracing::info!("function probes on every call (--max-overhead off)"),
     }
     FunctionProbes::new(line_mode, max_share)
+}
+
+/// The PID whose root a file was found through (`/proc/PID/root/…`): a container's file.
+fn container_pid(path: &std::path::Path) -> Option<u32> {
+    let rest = path.to_str()?.strip_prefix("/proc/")?;
+    let (pid, tail) = rest.split_once('/')?;
+    tail.starts_with("root/")
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 /// The CPython version of the attached file a process maps, from /proc/PID/maps (device and

@@ -78,6 +78,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             count_functions: true,
             flow: None,
             min_function_ns: 0,
+            report_execs: false,
         },
     )?;
     let mut counted_on = Vec::new();

@@ -89,6 +89,50 @@ pub fn discover(
     found
 }
 
+/// The interpreter files of one process (`agent`, at its exec): its executable and libpython
+/// mappings, and the libpython its executable links (at exec time the dynamic loader has not
+/// mapped it yet). Best effort: a process may be gone already. Files in `examined` are skipped.
+pub fn discover_process(pid: i32, examined: &mut HashSet<(u64, u64)>) -> Discovered {
+    let mut found = Discovered::default();
+    let Ok(files) = process::files_of(pid) else {
+        return found;
+    };
+    let is_new =
+        |p: &Path, seen: &HashSet<(u64, u64)>| !file_id(p).is_some_and(|id| seen.contains(&id));
+    for path in files.stable() {
+        if !is_new(&path, examined) {
+            continue;
+        }
+        let Ok(b) = Binary::open(&path) else {
+            continue;
+        };
+        let lib = if b.has_python_markers() {
+            None
+        } else {
+            b.linked_libpython()
+        };
+        found.add(examined, b, false);
+        if let Some(lib) = lib.filter(|l| is_new(l, examined)) {
+            if let Ok(l) = Binary::open(&lib) {
+                found.add(examined, l, false);
+            }
+        }
+    }
+    found
+}
+
+/// (device, inode) of the files a process runs: its executable and libpython mappings.
+pub fn process_file_ids(pid: i32) -> Vec<(u64, u64)> {
+    process::files_of(pid)
+        .map(|f| {
+            f.via_proc_root()
+                .iter()
+                .filter_map(|p| file_id(p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))

@@ -52,8 +52,9 @@ impl Sinks {
         match record {
             Record::Event(e) => self.event(e),
             Record::Process(p) => self.process(p),
-            // Only `pyusdt flow` loads the flow programs, and it reads its records itself.
-            Record::Flow(_) => {}
+            // Only `pyusdt flow` loads the flow programs, and it reads its records itself;
+            // exec records are for discovery (the session).
+            Record::Flow(_) | Record::Exec { .. } => {}
         }
     }
 
