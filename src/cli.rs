@@ -22,6 +22,10 @@ pub enum Command {
     /// Prints provider, marker, address, semaphore, argument spec and whether the marker can
     /// fire on that CPython version. No privileges needed for files you can read.
     List(ListArgs),
+    /// For each Python process of the host (containers included): whether its interpreter has
+    /// markers, what fires on its version, which markers a tracer has enabled now, and what to
+    /// do when something is missing.
+    Doctor(DoctorArgs),
     /// Run a command and trace it and the processes it starts; print a summary at exit and exit
     /// with the command's exit code.
     ///
@@ -86,6 +90,13 @@ pub struct TopArgs {
     /// A command to run and count the calls of (and of the processes it starts), after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of the report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

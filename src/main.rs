@@ -37,6 +37,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::List(args) => commands::list::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Agent(args) => commands::agent::run(args),
         Command::Top(args) => commands::top::run(args),

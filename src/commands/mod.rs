@@ -1,6 +1,7 @@
 //! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
 pub mod agent;
 pub mod child;
+pub mod doctor;
 pub mod flow;
 pub mod function_probes;
 pub mod list;

@@ -217,3 +217,33 @@ pub fn interpreters() -> Vec<Interpreter> {
     }
     all
 }
+
+/// A Python process in its own mount namespace, running a copy of python3.11 that only exists
+/// there (a tmpfs mounted over `dir`): like a container's interpreter, invisible to the host
+/// except through /proc/PID/root. It waits for `go` to exist, then imports a module named after
+/// its PID and collects.
+pub fn namespaced_python(dir: &Path, go: &Path) -> std::process::Child {
+    let code = format!(
+        "import os, gc, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.02)\n\
+         try:\n    __import__(f'pyusdt_ns_{{os.getpid()}}')\nexcept ImportError:\n    pass\n\
+         gc.collect()\n",
+        go = go.to_str().unwrap()
+    );
+    let script = format!(
+        "mount -t tmpfs none {d} && cp {SYSTEM_PYTHON} {d}/python3.11 && exec {d}/python3.11 -c \"$0\"",
+        d = dir.display()
+    );
+    std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            &code,
+        ])
+        .spawn()
+        .unwrap()
+}

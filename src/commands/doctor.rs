@@ -1,0 +1,263 @@
+//! `pyusdt doctor`: for each Python process of the host (containers included), whether its
+//! interpreter carries markers, what can fire on its version, whether a tracer has the markers
+//! enabled right now (their semaphores), and what to do when something is missing.
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::DoctorArgs;
+use crate::discover::{process, Binary, Firing};
+use crate::exit::{CliError, CliResult, Exit};
+use crate::report::text::safe;
+
+#[derive(Debug, Serialize)]
+struct Diagnosis {
+    pid: i32,
+    command: String,
+    /// The file with the markers (or the interpreter, when it has none), as the host opens it.
+    interpreter: PathBuf,
+    cpython_version: Option<String>,
+    /// Whether the process's mount namespace differs from pyusdt's (a container).
+    in_container: bool,
+    markers: bool,
+    /// What the function markers give on this version: `entry+return`, `return only (entry in
+    /// line mode)`, `none`, `unverified`.
+    function_markers: &'static str,
+    /// Markers whose semaphore is set in this process now: some tracer has them enabled.
+    enabled_now: Vec<String>,
+    advice: String,
+}
+
+pub fn run(args: &DoctorArgs) -> CliResult<i32> {
+    let own_mnt = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let own_pid = std::process::id() as i32;
+    // Files are opened once each, whatever the number of processes using them.
+    let mut opened: HashMap<PathBuf, Option<Binary>> = HashMap::new();
+    let mut found = Vec::new();
+    let mut unreadable = 0;
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    for pid in process::all_pids() {
+        if pid == own_pid {
+            continue;
+        }
+        let files = match process::files_of(pid) {
+            Ok(f) => f,
+            // As root, only a process exiting meanwhile can refuse.
+            Err(process::ProcessError::PermissionDenied(_)) if !is_root => {
+                unreadable += 1;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        // Plain paths where the host sees the same file (they read better), else through the
+        // process's root.
+        let paths = files.stable();
+        let Some(exe) = paths.first() else {
+            continue;
+        };
+        let python_named = exe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(process::is_python_name);
+        if !python_named && paths.len() < 2 {
+            continue; // neither a python executable nor a libpython mapping
+        }
+        let binaries: Vec<Binary> = paths
+            .iter()
+            .filter_map(|p| {
+                opened
+                    .entry(p.clone())
+                    .or_insert_with(|| Binary::open(p).ok())
+                    .clone()
+            })
+            .collect();
+        let Some(main) = binaries
+            .iter()
+            .find(|b| b.has_python_markers())
+            .or_else(|| binaries.iter().find(|b| b.version.is_some()))
+            .or(binaries.first())
+        else {
+            continue;
+        };
+        let in_container =
+            own_mnt.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != own_mnt;
+        found.push(diagnose(pid, main, in_container));
+    }
+
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "processes": found }))
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        write_table(&mut out, &found, unreadable)
+    };
+    written.map_err(|e| CliError::new(Exit::Failure, format!("writing the report: {e}")))?;
+    Ok(0)
+}
+
+fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| process::join_argv(&c))
+        .unwrap_or_else(|| "(exited)".into());
+    let markers = binary.has_python_markers();
+    let function_markers = match binary.firing("function__entry") {
+        _ if !markers => "none",
+        Firing::Fires => "entry+return",
+        Firing::OnlyWhenLineEnabled => "return only (entry in line mode)",
+        Firing::Unverified | Firing::UnknownVersion => "unverified",
+        Firing::NotInBinary => "none",
+    };
+    Diagnosis {
+        pid,
+        command,
+        interpreter: binary.path.clone(),
+        cpython_version: binary.version.map(|v| v.to_string()),
+        in_container,
+        markers,
+        function_markers,
+        enabled_now: if markers {
+            enabled_markers(pid, binary)
+        } else {
+            Vec::new()
+        },
+        advice: advice(binary, in_container),
+    }
+}
+
+/// What to do, for this interpreter.
+fn advice(binary: &Binary, in_container: bool) -> String {
+    let minor = binary.version.map(|v| (v.major, v.minor));
+    if !binary.has_python_markers() {
+        let path = binary.path.to_string_lossy();
+        return if path.contains("/.pyenv/") {
+            "pyenv build without markers: rebuild with PYTHON_CONFIGURE_OPTS=--with-dtrace, or \
+             use the distribution's python3"
+                .into()
+        } else if in_container {
+            "the image's CPython was built without --with-dtrace (the Docker Hub python:* images \
+             are): use a Debian/Ubuntu/Fedora-based image's python3, or build with --with-dtrace"
+                .into()
+        } else {
+            "built without --with-dtrace: use the distribution's python3 (Debian/Ubuntu/Fedora/\
+             RHEL carry the markers) or rebuild with ./configure --with-dtrace"
+                .into()
+        };
+    }
+    match minor {
+        Some((3, m)) if m <= 10 => "everything works: gc, import, audit and function spans".into(),
+        Some((3, 11)) => "gc, import, audit work; function spans need --line-mode (slow, kept \
+                          within --max-overhead); `top` counts calls through returns"
+            .into(),
+        Some((3, 12..=14)) => "gc, import, audit work; 3.12+ has no function markers (calls: \
+                               sys.monitoring or a sampling profiler)"
+            .into(),
+        _ => "gc, import, audit should work; this version is not verified: function markers \
+              are checked at run time"
+            .into(),
+    }
+}
+
+/// The python markers whose semaphore (a 2-byte counter the kernel raises per attached
+/// tracer) is non-zero in the process: read from its memory at the semaphore's address.
+fn enabled_markers(pid: i32, binary: &Binary) -> Vec<String> {
+    let Ok(maps) = procfs::process::Process::new(pid).and_then(|p| p.maps()) else {
+        return Vec::new();
+    };
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return Vec::new();
+    };
+    let mappings: Vec<_> = maps
+        .iter()
+        .filter(|m| {
+            libc::makedev(m.dev.0 as u32, m.dev.1 as u32) == binary.id.0 && m.inode == binary.id.1
+        })
+        .collect();
+    let mut enabled: Vec<String> = binary
+        .python_markers()
+        .filter_map(|m| {
+            let off = m.semaphore_offset?;
+            let map = mappings.iter().find(|map| {
+                off >= map.offset && off < map.offset + (map.address.1 - map.address.0)
+            })?;
+            let addr = map.address.0 + (off - map.offset);
+            let mut counter = [0u8; 2];
+            mem.read_exact_at(&mut counter, addr).ok()?;
+            (u16::from_ne_bytes(counter) > 0).then(|| m.name.clone())
+        })
+        .collect();
+    enabled.sort();
+    enabled.dedup();
+    enabled
+}
+
+fn write_table(
+    out: &mut impl Write,
+    found: &[Diagnosis],
+    unreadable: usize,
+) -> std::io::Result<()> {
+    if found.is_empty() {
+        writeln!(out, "no Python process found")?;
+    }
+    for d in found {
+        let command: String = d.command.chars().take(60).collect();
+        writeln!(out, "PID {} ({})", d.pid, safe(&command))?;
+        writeln!(
+            out,
+            "  interpreter  {}{}",
+            safe(&d.interpreter.to_string_lossy()),
+            if d.in_container { " (container)" } else { "" }
+        )?;
+        writeln!(
+            out,
+            "  CPython      {}",
+            d.cpython_version.as_deref().unwrap_or("version unknown")
+        )?;
+        writeln!(
+            out,
+            "  markers      {}",
+            if d.markers {
+                format!("yes; function markers: {}", d.function_markers)
+            } else {
+                "none".into()
+            }
+        )?;
+        if d.markers {
+            writeln!(
+                out,
+                "  enabled now  {}",
+                if d.enabled_now.is_empty() {
+                    "none (no tracer attached)".into()
+                } else {
+                    d.enabled_now.join(", ")
+                }
+            )?;
+        }
+        writeln!(out, "  advice       {}", d.advice)?;
+    }
+    if unreadable > 0 {
+        writeln!(
+            out,
+            "{unreadable} processes could not be inspected (permission denied: run as root)"
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn advice_names_the_fix() {
+        let b = Binary::open(Path::new("/bin/sh")).unwrap();
+        assert!(advice(&b, true).contains("python:*"));
+        assert!(advice(&b, false).contains("--with-dtrace"));
+    }
+}
