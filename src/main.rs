@@ -15,6 +15,7 @@ mod model;
 mod preflight;
 mod probes;
 mod report;
+mod serve;
 
 use std::io::IsTerminal;
 

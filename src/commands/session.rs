@@ -197,6 +197,20 @@ impl<'obj> Session<'obj> {
             Box::new(move |pid| runtime_version(pid, &lookup.borrow())),
         )
         .map_err(|e| CliError::new(Exit::Failure, e))?;
+        let prom = match &args.metrics_listen {
+            Some(addr) => {
+                let published = crate::serve::Published::default();
+                let bound = crate::serve::start(addr, published.clone())
+                    .map_err(|e| CliError::new(Exit::Usage, e))?;
+                tracing::info!("serving /metrics and /healthz on http://{bound}");
+                Some(crate::report::prom::PromSink::new(
+                    clock,
+                    published,
+                    args.resource_command_line,
+                ))
+            }
+            None => None,
+        };
         let mut summary = Summary::default();
         if let Some(f) = &per_process_functions {
             let table = Rc::clone(&f.borrow().table);
@@ -222,6 +236,7 @@ impl<'obj> Session<'obj> {
                     .then(|| Console::new(terminal.writer(), clock)),
                 jsonl,
                 otlp,
+                prom,
                 summary,
             },
             terminal,
@@ -493,9 +508,20 @@ impl<'obj> Session<'obj> {
                     s.flush();
                     flushed_at = Instant::now();
                 }
-                let Sinks { otlp, summary, .. } = &mut **s;
+                let Sinks {
+                    otlp,
+                    summary,
+                    prom,
+                    ..
+                } = &mut **s;
                 if let Some(o) = otlp {
                     o.tick(&|| own(summary));
+                }
+                if let Some(p) = prom {
+                    p.tick(&|| {
+                        let o = own(summary);
+                        (o.received, o.dropped)
+                    });
                 }
                 keep_going()
             },

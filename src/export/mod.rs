@@ -5,6 +5,7 @@ pub mod config;
 mod file;
 mod grpc;
 mod http;
+pub mod prometheus;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};

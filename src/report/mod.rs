@@ -3,6 +3,7 @@ pub mod clock;
 pub mod console;
 pub mod jsonl;
 pub mod otlp;
+pub mod prom;
 pub mod summary;
 pub mod text;
 
@@ -44,6 +45,8 @@ pub struct Sinks {
     pub console: Option<console::Console>,
     pub jsonl: Option<jsonl::JsonLines>,
     pub otlp: Option<otlp::OtlpSink>,
+    /// `--metrics-listen`: metrics for `/metrics`.
+    pub prom: Option<prom::PromSink>,
     pub summary: summary::Summary,
 }
 
@@ -66,6 +69,9 @@ impl Sinks {
         if let Some(o) = &mut self.otlp {
             o.describe_process(p);
         }
+        if let Some(m) = &mut self.prom {
+            m.describe_process(p);
+        }
     }
 
     fn event(&mut self, event: &Event<'_>) {
@@ -83,6 +89,9 @@ impl Sinks {
         }
         if let Some(o) = &mut self.otlp {
             o.record(event);
+        }
+        if let Some(m) = &mut self.prom {
+            m.record(event);
         }
     }
 

@@ -113,15 +113,15 @@ pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
-/// Waits (20 s at most) for a line containing `needle`.
-pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+/// Waits (20 s at most) for a line containing `needle`; returns it.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let mut seen = Vec::new();
     loop {
         let line = lines
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("never saw {needle:?}: {seen:#?}"));
         if line.contains(needle) {
-            return;
+            return line;
         }
         seen.push(line);
     }

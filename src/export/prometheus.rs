@@ -1,0 +1,253 @@
+//! OTLP metrics → Prometheus text exposition (format 0.0.4), named as the OpenTelemetry
+//! Collector's `prometheus` exporter names them with `resource_to_telemetry_conversion`
+//! (deploy/README.md): dots become underscores, the unit is a suffix (`_seconds`), counters end
+//! in `_total`, every resource attribute is a label. So the dashboard and alert rules in
+//! deploy/ work on pyusdt's own `/metrics` as on a Collector's.
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+/// One metric family: its type, help and sample lines.
+struct Family {
+    kind: &'static str,
+    help: String,
+    lines: Vec<String>,
+}
+
+/// Renders the metrics of each resource as one exposition, families sorted by name.
+pub fn render(resources: &[(&Resource, &[Metric])]) -> String {
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for (resource, metrics) in resources {
+        let base: Vec<(String, String)> = resource.attributes.iter().filter_map(label).collect();
+        for m in *metrics {
+            add(&mut families, &base, m);
+        }
+    }
+    let mut out = String::new();
+    for (name, f) in families {
+        let _ = writeln!(out, "# HELP {name} {}", escape_help(&f.help));
+        let _ = writeln!(out, "# TYPE {name} {}", f.kind);
+        for l in f.lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn add(families: &mut BTreeMap<String, Family>, base: &[(String, String)], m: &Metric) {
+    let name = metric_name(&m.name, &m.unit);
+    let labels = |attrs: &[KeyValue], extra: Option<(&str, String)>| {
+        let mut all: Vec<(String, String)> = base.to_vec();
+        all.extend(attrs.iter().filter_map(label));
+        if let Some((k, v)) = extra {
+            all.push((k.to_string(), v));
+        }
+        format_labels(&all)
+    };
+    match &m.data {
+        Some(Data::Sum(s)) => {
+            let name = if s.is_monotonic {
+                format!("{name}_total")
+            } else {
+                name
+            };
+            let f = family(
+                families,
+                &name,
+                if s.is_monotonic { "counter" } else { "gauge" },
+                m,
+            );
+            for p in &s.data_points {
+                f.lines.push(format!(
+                    "{name}{} {}",
+                    labels(&p.attributes, None),
+                    number(&p.value)
+                ));
+            }
+        }
+        Some(Data::Gauge(g)) => {
+            let f = family(families, &name, "gauge", m);
+            for p in &g.data_points {
+                f.lines.push(format!(
+                    "{name}{} {}",
+                    labels(&p.attributes, None),
+                    number(&p.value)
+                ));
+            }
+        }
+        Some(Data::Histogram(h)) => {
+            let f = family(families, &name, "histogram", m);
+            for p in &h.data_points {
+                let mut cumulative = 0u64;
+                for (i, count) in p.bucket_counts.iter().enumerate() {
+                    cumulative += count;
+                    let le = p
+                        .explicit_bounds
+                        .get(i)
+                        .map_or_else(|| "+Inf".to_string(), |b| float(*b));
+                    f.lines.push(format!(
+                        "{name}_bucket{} {cumulative}",
+                        labels(&p.attributes, Some(("le", le)))
+                    ));
+                }
+                let l = labels(&p.attributes, None);
+                f.lines
+                    .push(format!("{name}_sum{l} {}", float(p.sum.unwrap_or(0.0))));
+                f.lines.push(format!("{name}_count{l} {}", p.count));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn family<'a>(
+    families: &'a mut BTreeMap<String, Family>,
+    name: &str,
+    kind: &'static str,
+    m: &Metric,
+) -> &'a mut Family {
+    families.entry(name.to_string()).or_insert_with(|| Family {
+        kind,
+        help: m.description.clone(),
+        lines: Vec::new(),
+    })
+}
+
+/// `cpython.gc.duration` in `s` → `cpython_gc_duration_seconds`; `{event}`-style units add
+/// nothing (as the Collector does).
+pub fn metric_name(name: &str, unit: &str) -> String {
+    let base = sanitize(name);
+    let suffix = match unit {
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "By" => "bytes",
+        "1" => "ratio",
+        _ => "",
+    };
+    if suffix.is_empty() || base.ends_with(suffix) {
+        base
+    } else {
+        format!("{base}_{suffix}")
+    }
+}
+
+/// Prometheus names and label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn sanitize(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn label(kv: &KeyValue) -> Option<(String, String)> {
+    let v = match kv.value.as_ref()?.value.as_ref()? {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        Value::DoubleValue(d) => float(*d),
+        _ => return None,
+    };
+    Some((sanitize(&kv.key), v))
+}
+
+fn format_labels(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_value(v)))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// Label values: backslash, double quote and newline escaped, as the format requires.
+fn escape_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn number(v: &Option<number_data_point::Value>) -> String {
+    match v {
+        Some(number_data_point::Value::AsInt(i)) => i.to_string(),
+        Some(number_data_point::Value::AsDouble(d)) => float(*d),
+        None => "0".into(),
+    }
+}
+
+fn float(f: f64) -> String {
+    if f.is_infinite() {
+        if f > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if f.is_nan() {
+        "NaN".into()
+    } else {
+        format!("{f}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::attrs;
+    use crate::model::metrics::{counter, int_point, Temporality};
+
+    #[test]
+    fn names_follow_the_collector() {
+        assert_eq!(
+            metric_name("cpython.gc.duration", "s"),
+            "cpython_gc_duration_seconds"
+        );
+        assert_eq!(
+            metric_name("cpython.gc.collections", "{collection}"),
+            "cpython_gc_collections"
+        );
+        assert_eq!(
+            metric_name("pyusdt.function.sampling.ratio", "1"),
+            "pyusdt_function_sampling_ratio"
+        );
+    }
+
+    #[test]
+    fn counters_carry_resource_and_point_labels() {
+        let resource = Resource {
+            attributes: vec![attrs::string("service.name", "shop \"eu\"")],
+            ..Default::default()
+        };
+        let m = counter(
+            "cpython.gc.collections",
+            "Collections.",
+            "{collection}",
+            Temporality::Cumulative,
+            vec![int_point(
+                vec![attrs::int("cpython.gc.generation", 2)],
+                7,
+                0,
+                0,
+            )],
+        );
+        let text = render(&[(&resource, std::slice::from_ref(&m))]);
+        assert!(
+            text.contains("# TYPE cpython_gc_collections_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cpython_gc_collections_total{service_name=\"shop \\\"eu\\\"\",cpython_gc_generation=\"2\"} 7"
+            ),
+            "{text}"
+        );
+    }
+}

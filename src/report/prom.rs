@@ -1,0 +1,124 @@
+//! `--metrics-listen`: the same metrics as the OTLP export, aggregated here (cumulative) and
+//! published in the Prometheus text format for `/metrics` (src/serve.rs), once a second.
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+
+use super::clock::Clock;
+use crate::decode::{Event, ProcessRecord};
+use crate::model::attrs;
+use crate::model::metrics::{counter, int_point, MetricsAggregator, Temporality};
+use crate::model::resource::{self, ProcessFacts, Resources};
+use crate::serve::Published;
+
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+pub struct PromSink {
+    clock: Clock,
+    metrics: MetricsAggregator,
+    resources: Resources,
+    published: Published,
+    last: Option<Instant>,
+    started_unix_ns: u64,
+    /// Processes found gone at the last publication.
+    dead_before: std::collections::HashSet<u32>,
+}
+
+impl PromSink {
+    pub fn new(clock: Clock, published: Published, with_command_line: bool) -> PromSink {
+        PromSink {
+            clock,
+            metrics: MetricsAggregator::new(Temporality::Cumulative),
+            resources: Resources::new(with_command_line, Box::new(|_| None)),
+            published,
+            last: None,
+            dead_before: Default::default(),
+            started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+        }
+    }
+
+    pub fn describe_process(&mut self, record: &ProcessRecord<'_>) {
+        let mut facts = ProcessFacts {
+            pid: record.pid,
+            command_line: record.command_line(),
+            executable_name: Some(record.comm.to_string()),
+            ..Default::default()
+        };
+        facts.set_environment(record.environment());
+        self.resources.seed(facts);
+    }
+
+    pub fn record(&mut self, event: &Event<'_>) {
+        self.metrics
+            .record(event, self.clock.unix_nanos(event.header().end_ns));
+    }
+
+    /// Publishes when due; `own` gives pyusdt's own counts per marker (received, dropped).
+    pub fn tick(&mut self, own: &dyn Fn() -> ([u64; 3], [u64; 3])) {
+        self.published.beat();
+        if self.last.is_some_and(|t| t.elapsed() < PUBLISH_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let (received, dropped) = own();
+        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let per_process = self.metrics.collect(now);
+        let mut owned = Vec::new();
+        for (pid, metrics) in per_process {
+            owned.push((self.resources.get(pid).clone(), metrics));
+        }
+        let own = resource::own(self.resources.host_name());
+        let own_metrics = self.own_metrics(received, dropped, now);
+        let mut all: Vec<(&_, &[Metric])> = owned.iter().map(|(r, m)| (r, m.as_slice())).collect();
+        all.push((&own, &own_metrics));
+        self.published
+            .set_metrics(crate::export::prometheus::render(&all));
+        // A process seen gone at two publications in a row is forgotten: its series end, and
+        // memory stays bounded however many processes come and go.
+        let dead: std::collections::HashSet<u32> = self
+            .metrics
+            .pids()
+            .into_iter()
+            .filter(|&pid| !crate::discover::process::is_alive(pid))
+            .collect();
+        for pid in dead.intersection(&self.dead_before) {
+            self.metrics.forget(*pid);
+            self.resources.forget(*pid);
+        }
+        self.dead_before = dead;
+    }
+
+    fn own_metrics(&self, received: [u64; 3], dropped: [u64; 3], now: u64) -> Vec<Metric> {
+        let start = self.started_unix_ns;
+        let by_marker = |values: [u64; 3]| {
+            ["gc", "import", "audit"]
+                .iter()
+                .zip(values)
+                .map(|(m, v)| {
+                    int_point(
+                        vec![attrs::string("cpython.marker", *m)],
+                        v as i64,
+                        start,
+                        now,
+                    )
+                })
+                .collect()
+        };
+        vec![
+            counter(
+                "pyusdt.events.received",
+                "Events read from the ring buffer.",
+                "{event}",
+                Temporality::Cumulative,
+                by_marker(received),
+            ),
+            counter(
+                "pyusdt.events.dropped",
+                "Events lost in the kernel because the ring buffer was full.",
+                "{event}",
+                Temporality::Cumulative,
+                by_marker(dropped),
+            ),
+        ]
+    }
+}

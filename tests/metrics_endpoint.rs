@@ -1,0 +1,117 @@
+//! `--metrics-listen`: `/metrics` in the Prometheus text format (valid for `promtool check
+//! metrics`, named as deploy/'s dashboard and alerts expect) with the same counts as the
+//! agent's own event stream, `/healthz` for a liveness probe, nothing else answered.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// (status line, body) of one HTTP request.
+fn request(addr: &str, method: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn agent_serves_prometheus_metrics_and_health() {
+    if !require_bpf("agent_serves_prometheus_metrics_and_health") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("agent.jsonl");
+    let (mut agent, log) = start_agent(&[
+        "--quiet",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--output",
+        out_path.to_str().unwrap(),
+    ]);
+    let line = wait_for_line(&log, "serving /metrics and /healthz on http://");
+    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+    wait_for_line(&log, "tracing ");
+
+    let workload = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import gc\nfor _ in range(5): gc.collect()"])
+        .env("OTEL_SERVICE_NAME", "metrics-endpoint-test")
+        .status()
+        .unwrap();
+    assert!(workload.success());
+    // Published once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, body) = request(&addr, "GET", "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(request(&addr, "GET", "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(request(&addr, "GET", "/nope").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        request(&addr, "POST", "/metrics").0,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
+
+    // The exposition is valid, as Prometheus's own linter reads it.
+    if let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "promtool check metrics: {o}{e}");
+    } else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "promtool missing: scripts/setup.sh installs prometheus"
+        );
+    }
+
+    // The gen-2 collections of the process, as /metrics counts them and as the event stream
+    // saw them: the same (5 explicit ones, and the one at interpreter exit).
+    let records = read_jsonl(&out_path);
+    let pid = records
+        .iter()
+        .find(|r| r["type"] == "gc" && r["generation"] == 2)
+        .map(|r| r["pid"].as_u64().unwrap())
+        .expect("the workload's collections");
+    let events = records
+        .iter()
+        .filter(|r| r["type"] == "gc" && r["generation"] == 2 && r["pid"] == pid)
+        .count();
+    assert!(events >= 5, "{events} gen-2 collections seen");
+    let series = body
+        .lines()
+        .find(|l| {
+            l.starts_with("cpython_gc_collections_total{")
+                && l.contains("service_name=\"metrics-endpoint-test\"")
+                && l.contains(&format!("process_pid=\"{pid}\""))
+                && l.contains("cpython_gc_generation=\"2\"")
+        })
+        .unwrap_or_else(|| panic!("no gen-2 series for PID {pid}:\n{body}"));
+    let value: usize = series.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, events, "{series}");
+    // What the dashboard and alerts query is there.
+    for name in [
+        "cpython_gc_duration_seconds_bucket{",
+        "cpython_import_duration_seconds_count{",
+        "pyusdt_events_dropped_total{",
+    ] {
+        assert!(body.contains(name), "{name} in /metrics");
+    }
+}
