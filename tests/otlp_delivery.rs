@@ -225,6 +225,8 @@ fn audit_arguments_are_decoded_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("written-by-the-workload.txt");
     let target = target.to_str().unwrap();
+    // Every string exported, resources included, for the redaction checks.
+    let everything = std::cell::RefCell::new(String::new());
     let run = |extra: &[&str]| {
         let receiver = otlp::http();
         let out = pyusdt()
@@ -235,10 +237,13 @@ fn audit_arguments_are_decoded_only_when_asked() {
             .args(["--", SYSTEM_PYTHON])
             .arg(workload("audit_args.py"))
             .arg(target)
+            .arg("--token=s3cr3t-tok")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out).1);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
         let r = receiver.received();
+        everything.replace(format!("{:?}{stdout}{stderr}", *r));
         otlp::logs(&r)
             .into_iter()
             .map(|l| {
@@ -267,7 +272,19 @@ fn audit_arguments_are_decoded_only_when_asked() {
                     .all(|(i, a)| get(&format!("cpython.audit.arg.{i}")) == Some(a))
         })
     };
-    let with = run(&["--audit-args"]);
+    let with = run(&["--audit-args", "--resource-command-line"]);
+    // Secrets in arguments and command lines are redacted, everywhere: log attributes,
+    // resources, the summary.
+    assert!(has(&with, "os.system", &["b'true --password=<redacted>'"]));
+    let all = everything.borrow().clone();
+    assert!(
+        !all.contains("hunter2") && !all.contains("s3cr3t-tok"),
+        "a secret leaked"
+    );
+    assert!(
+        all.contains("--token=<redacted>"),
+        "the command line is exported, redacted"
+    );
     assert!(
         has(&with, "open", &[target, "w"]),
         "open(path, 'w') not decoded"

@@ -76,6 +76,8 @@ impl LogBuffer {
                 .enumerate()
             {
                 if let Some(v) = value {
+                    // Arguments carry secrets (a URL with a password, a token in argv).
+                    let v = super::redact::redact(&v).into_owned();
                     attributes.push(attrs::string(&format!("cpython.audit.arg.{i}"), v));
                 }
             }

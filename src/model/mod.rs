@@ -6,6 +6,7 @@ pub mod audit_args;
 pub mod ids;
 pub mod logs;
 pub mod metrics;
+pub mod redact;
 pub mod resource;
 pub mod spans;
 

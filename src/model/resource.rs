@@ -104,7 +104,11 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
     }
     if with_command_line {
         if let Some(c) = &facts.command_line {
-            attributes.push(attrs::string("process.command_line", c.clone()));
+            // Command lines carry secrets (--password …): redacted, like audit arguments.
+            attributes.push(attrs::string(
+                "process.command_line",
+                super::redact::redact(c).into_owned(),
+            ));
         }
     }
     let explicit: Vec<String> = attributes.iter().map(|kv| kv.key.clone()).collect();

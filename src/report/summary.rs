@@ -117,8 +117,9 @@ fn command_of(pid: u32) -> String {
         .map_or_else(|| "(exited)".to_string(), |c| short_command(&c))
 }
 
-/// At most 80 characters, terminal-safe.
+/// At most 80 characters, terminal-safe, secrets redacted.
 fn short_command(command: &str) -> String {
+    let command = crate::model::redact::redact(command);
     let shown = if command.chars().count() > 80 {
         command.chars().take(77).collect::<String>() + "..."
     } else {
