@@ -13,6 +13,7 @@ mod exit;
 mod export;
 mod model;
 mod preflight;
+mod privileges;
 mod probes;
 mod report;
 mod serve;

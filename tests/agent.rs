@@ -235,10 +235,13 @@ fn agent_stays_bounded_over_500_short_lived_processes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("agent.jsonl");
+    // Only the system interpreter: the other tests of this file start containers meanwhile,
+    // whose files a discovering agent would attach and release (descriptors coming and going).
     let (mut agent, log) = start_agent(&[
         "--quiet",
-        "--rescan-interval",
-        "1",
+        "--no-discover",
+        "--python",
+        SYSTEM_PYTHON,
         "--output",
         out_path.to_str().unwrap(),
     ]);
@@ -257,7 +260,7 @@ fn agent_stays_bounded_over_500_short_lived_processes() {
     std::thread::sleep(Duration::from_millis(1500));
     let (fds, rss) = (fd_count(agent_pid), rss_kib(agent_pid));
     run(450);
-    // A rescan and a release pass: what exited is forgotten.
+    // A release pass and the summary's bookkeeping: what exited is forgotten.
     std::thread::sleep(Duration::from_millis(2500));
     let (fds_after, rss_after) = (fd_count(agent_pid), rss_kib(agent_pid));
     let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
@@ -278,4 +281,33 @@ fn agent_stays_bounded_over_500_short_lived_processes() {
         .map(|r| r["pid"].as_u64().unwrap())
         .collect();
     assert!(pids.len() >= 500, "{} of 500 processes traced", pids.len());
+}
+
+/// After loading its BPF programs the agent holds only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE
+/// and CAP_DAC_READ_SEARCH (effective, permitted and bounding sets), cannot regain more through
+/// an exec, and still attaches and traces (the other tests of this file run the same way).
+#[test]
+fn agent_keeps_only_the_capabilities_it_needs() {
+    if !require_bpf("agent_keeps_only_the_capabilities_it_needs") {
+        return;
+    }
+    let (mut agent, log) = start_agent(&["--quiet"]);
+    wait_for_line(&log, "tracing ");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let field = |name: &str| {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(v, 16).unwrap_or_else(|_| v.parse().unwrap())
+    };
+    let expected: u64 = [2u32, 19, 38, 39].iter().map(|c| 1u64 << c).sum();
+    assert_eq!(field("CapEff:"), expected, "effective set");
+    assert_eq!(field("CapPrm:"), expected, "permitted set");
+    assert_eq!(field("CapBnd:"), expected, "bounding set");
+    assert_eq!(field("CapInh:"), 0, "inheritable set");
+    assert_eq!(field("NoNewPrivs:"), 1);
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
 }

@@ -10,7 +10,8 @@ use crate::commands::session::{
 };
 use crate::discover::interpreters::{discover_process, process_file_ids, Scan};
 
-/// How often container files that no process uses any more are released.
+/// How often container files that no process uses any more are released, and exited
+/// processes dropped from the summary's table.
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 use crate::exit::{CliError, CliResult, Exit};
 
@@ -89,6 +90,8 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         }
         if Instant::now() >= next_release {
             session.release_unused_files(&mut examined);
+            // Bounded memory whatever the rescan setting: exited processes leave the table.
+            session.retire_exited_processes();
             next_release = Instant::now() + RELEASE_EVERY;
         }
         if next_rescan.is_some_and(|t| Instant::now() >= t) {
@@ -99,7 +102,6 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
                 tracing::info!("now tracing {} interpreter files", session.attached_files());
             }
             session.follow_running_processes();
-            session.retire_exited_processes();
             next_rescan = rescan.map(|d| Instant::now() + d);
         }
     }

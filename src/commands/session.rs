@@ -181,6 +181,15 @@ impl<'obj> Session<'obj> {
                 report_execs: !follow_processes,
             },
         )?;
+        if !follow_processes {
+            // The agent: the BPF object is loaded and no other thread runs yet.
+            match crate::privileges::keep_only(crate::privileges::AGENT) {
+                Ok(n) => tracing::info!(
+                    "dropped {n} capabilities; kept BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH"
+                ),
+                Err(e) => tracing::warn!("{e}: running with the capabilities given"),
+            }
+        }
         let per_process_functions = function_probes
             .then(|| {
                 let max = args.max_overhead.map_or(default_max_overhead, |m| m.0);
