@@ -11,6 +11,7 @@ mod decode;
 mod discover;
 mod exit;
 mod export;
+mod k8s;
 mod model;
 mod preflight;
 mod privileges;
@@ -27,7 +28,9 @@ use crate::cli::{Cli, Command};
 
 fn main() {
     // Our own diagnostics go to stderr; PYUSDT_LOG=debug (or any EnvFilter directive) for more.
-    let filter = EnvFilter::try_from_env("PYUSDT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's own retry logs are off: src/k8s/watch.rs says once what is wrong and what to do.
+    let filter = EnvFilter::try_from_env("PYUSDT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=off,kube_client=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -206,7 +206,7 @@ impl<'obj> Session<'obj> {
             Box::new(move |pid| runtime_version(pid, &lookup.borrow())),
         )
         .map_err(|e| CliError::new(Exit::Failure, e))?;
-        let prom = match &args.metrics_listen {
+        let mut prom = match &args.metrics_listen {
             Some(addr) => {
                 let published = crate::serve::Published::default();
                 let bound = crate::serve::start(addr, published.clone())
@@ -220,6 +220,17 @@ impl<'obj> Session<'obj> {
             }
             None => None,
         };
+        // The agent in Kubernetes: pod metadata from a node-scoped watch (None elsewhere).
+        if !follow_processes {
+            if let Some(pods) = crate::k8s::watch::start() {
+                if let Some(o) = &mut otlp {
+                    o.set_pods(pods.clone());
+                }
+                if let Some(p) = &mut prom {
+                    p.set_pods(pods);
+                }
+            }
+        }
         let mut summary = Summary::default();
         if let Some(f) = &per_process_functions {
             let table = Rc::clone(&f.borrow().table);

@@ -23,9 +23,32 @@ pub struct ProcessFacts {
     pub command_line: Option<String>,
     /// CPython version of the interpreter file it runs, when known.
     pub runtime_version: Option<String>,
+    /// `container.id` and, in Kubernetes, the pod's attributes (`k8s.*`).
+    pub container: Vec<(String, String)>,
+    /// `service.name` derived from the pod (annotation, labels, owner, pod name), used when
+    /// the process does not set its own.
+    pub k8s_service_name: Option<String>,
 }
 
 impl ProcessFacts {
+    /// Adds the container and pod of the process, from its /proc/PID/cgroup: `container.id`
+    /// whatever the runtime, and with `pods` (the node's pods, in Kubernetes) the pod's
+    /// attributes and a `service.name` for it.
+    pub fn add_container(&mut self, pods: Option<&crate::k8s::cache::PodCacheHandle>) {
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid)) else {
+            return;
+        };
+        if let Some((pod, name, id)) = pods.and_then(|p| p.lookup_cgroup(&cgroup)) {
+            self.container = crate::k8s::metadata::attributes(&pod, id.as_deref().unwrap_or(""));
+            self.k8s_service_name = Some(crate::k8s::metadata::service_name(
+                &pod,
+                name.as_deref().unwrap_or(""),
+            ));
+        } else if let Some(id) = crate::k8s::cgroup::container_id(&cgroup) {
+            self.container = vec![("container.id".into(), id)];
+        }
+    }
+
     /// Reads /proc/PID (environ, exe, cmdline). A process that already exited yields only its PID.
     pub fn read(pid: u32) -> ProcessFacts {
         let mut facts = ProcessFacts {
@@ -82,6 +105,7 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
                 .find(|(k, _)| k == "service.name")
                 .map(|(_, v)| v.clone())
         })
+        .or_else(|| facts.k8s_service_name.clone())
         .unwrap_or_else(|| match &exe_name {
             Some(n) => format!("unknown_service:{n}"),
             None => "unknown_service".into(),
@@ -101,6 +125,9 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
     }
     if !host_name.is_empty() {
         attributes.push(attrs::string("host.name", host_name));
+    }
+    for (k, v) in &facts.container {
+        attributes.push(attrs::string(k, v.clone()));
     }
     if with_command_line {
         if let Some(c) = &facts.command_line {
@@ -186,6 +213,8 @@ pub struct Resources {
     with_command_line: bool,
     /// Finds the CPython version of a process (from the interpreter files it maps).
     runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+    /// The node's pods (agent in Kubernetes): pod attributes and service.name per process.
+    pods: Option<crate::k8s::cache::PodCacheHandle>,
 }
 
 impl Resources {
@@ -199,11 +228,20 @@ impl Resources {
             host_name: host_name(),
             with_command_line,
             runtime_version,
+            pods: None,
         }
     }
 
-    /// Records what is known of a process (its BPF description).
-    pub fn seed(&mut self, facts: ProcessFacts) {
+    /// Adds pod metadata to the resources of processes seen from now on.
+    pub fn set_pods(&mut self, pods: crate::k8s::cache::PodCacheHandle) {
+        self.pods = Some(pods);
+    }
+
+    /// Records what is known of a process (its BPF description), with its container and pod.
+    pub fn seed(&mut self, mut facts: ProcessFacts) {
+        if self.read_proc {
+            facts.add_container(self.pods.as_ref());
+        }
         let r = build(&facts, &self.host_name, self.with_command_line);
         self.by_pid.insert(facts.pid, r);
     }
@@ -228,12 +266,14 @@ impl Resources {
             host_name,
             with_command_line,
             runtime_version,
+            pods,
         } = self;
         // Without a BPF description (the ring buffer had no room for it): /proc, if it is ours.
         by_pid.entry(pid).or_insert_with(|| {
             let facts = if *read_proc {
                 let mut f = ProcessFacts::read(pid);
                 f.runtime_version = runtime_version(pid);
+                f.add_container(pods.as_ref());
                 f
             } else {
                 ProcessFacts {

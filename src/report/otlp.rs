@@ -152,6 +152,11 @@ impl OtlpSink {
         self.resources.forget(pid);
     }
 
+    /// Resources of processes in pods carry the pod's attributes (agent in Kubernetes).
+    pub fn set_pods(&mut self, pods: crate::k8s::cache::PodCacheHandle) {
+        self.resources.set_pods(pods);
+    }
+
     /// Function spans and metrics say how the process's function probes were sampled.
     pub fn set_sampling(&mut self, table: SamplingTable) {
         self.sampling = Some(table);

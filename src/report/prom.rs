@@ -37,6 +37,11 @@ impl PromSink {
         }
     }
 
+    /// Series of processes in pods carry the pod's attributes (agent in Kubernetes).
+    pub fn set_pods(&mut self, pods: crate::k8s::cache::PodCacheHandle) {
+        self.resources.set_pods(pods);
+    }
+
     pub fn describe_process(&mut self, record: &ProcessRecord<'_>) {
         let mut facts = ProcessFacts {
             pid: record.pid,
