@@ -223,6 +223,12 @@ pub fn interpreters() -> Vec<Interpreter> {
 /// except through /proc/PID/root. It waits for `go` to exist, then imports a module named after
 /// its PID and collects.
 pub fn namespaced_python(dir: &Path, go: &Path) -> std::process::Child {
+    namespaced_python_with(dir, go, false)
+}
+
+/// As `namespaced_python`; `own_pids`: also in its own PID namespace (as PID 1 there, so the
+/// module it imports is `pyusdt_ns_1`), like a container without the host's PIDs.
+pub fn namespaced_python_with(dir: &Path, go: &Path, own_pids: bool) -> std::process::Child {
     let code = format!(
         "import os, gc, time\n\
          while not os.path.exists({go:?}): time.sleep(0.02)\n\
@@ -234,7 +240,9 @@ pub fn namespaced_python(dir: &Path, go: &Path) -> std::process::Child {
         "mount -t tmpfs none {d} && cp {SYSTEM_PYTHON} {d}/python3.11 && exec {d}/python3.11 -c \"$0\"",
         d = dir.display()
     );
+    let pid_ns: &[&str] = if own_pids { &["--pid", "--fork"] } else { &[] };
     std::process::Command::new("unshare")
+        .args(pid_ns)
         .args([
             "--mount",
             "--propagation",
