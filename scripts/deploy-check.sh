@@ -14,6 +14,10 @@
 # 4. tests/deploy/check_dashboard.py: dashboard and alert names against what src/ emits;
 #    synthetic series backfilled with promtool into a real Prometheus on 127.0.0.1 (random
 #    port, temporary storage), where every panel and alert expression must return data.
+# 5. Live: a real agent (as root; target/debug/pyusdt, or $PYUSDT) traces
+#    tests/deploy/live_workload.py and serves /metrics; a real Prometheus scrapes it every
+#    second; every panel expression and every alert expression without its threshold must
+#    return a number (the uncollectable-objects alert is prometheus_client's, skipped).
 #
 # Needs the Debian packages of scripts/setup.sh (golang-go, golang-github-masterminds-sprig-dev,
 # prometheus, python3.11-venv); creates target/deploy-venv (kubernetes-validate, jsonschema,
@@ -28,11 +32,14 @@ PROM_PID=""
 START=$(date +%s)
 SUMMARY=()
 
+AGENT_PID=""
 cleanup() {
-  if [ -n "$PROM_PID" ] && kill -0 "$PROM_PID" 2>/dev/null; then
-    kill "$PROM_PID" 2>/dev/null || true
-    wait "$PROM_PID" 2>/dev/null || true
-  fi
+  for pid in "$PROM_PID" "$AGENT_PID"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
 }
 trap cleanup EXIT
 
@@ -150,6 +157,44 @@ step dashboard-queries "$PY" tests/deploy/check_dashboard.py query --repo . --ur
 cleanup
 PROM_PID=""
 SUMMARY+=("dashboard and alerts: $(grep -c '^  ok   panel' $LOGS/dashboard-queries.log) panel and $(grep -c '^  ok   alert' $LOGS/dashboard-queries.log) alert expressions returned data from Prometheus $(prometheus --version 2>&1 | awk 'NR==1{print $3}'); names match src/")
+
+# --- 5. dashboard and alerts against pyusdt's own /metrics, live -------------------------
+# A real agent traces tests/deploy/live_workload.py on Debian's python3.11 (function spans in
+# line mode) and serves /metrics; a real Prometheus scrapes it every second.
+PYUSDT=${PYUSDT:-target/debug/pyusdt}
+if [ "$(id -u)" -ne 0 ]; then
+  [ "${CI:-}" = "true" ] && die "the live dashboard check needs root (BPF)"
+  echo "deploy-check: skipping the live dashboard check: it needs root (BPF)"
+else
+  [ -x "$PYUSDT" ] || step build-pyusdt cargo build --locked
+  free_port() { /usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  APORT=$(free_port)
+  "$PYUSDT" agent --quiet --probes gc,import,audit,function --line-mode --max-overhead off \
+    --exporter file --otlp-file $WORK/live-otlp.jsonl --metrics-listen "127.0.0.1:$APORT" \
+    >$LOGS/live-agent.log 2>&1 &
+  AGENT_PID=$!
+  for _ in $(seq 100); do
+    grep -q "tracing " $LOGS/live-agent.log && break
+    kill -0 "$AGENT_PID" 2>/dev/null || { cat $LOGS/live-agent.log >&2; die "the agent exited at start"; }
+    sleep 0.2
+  done
+  grep -q "tracing " $LOGS/live-agent.log || die "the agent did not start tracing in 20 s"
+  rm -rf $WORK/live-prometheus && mkdir -p $WORK/live-prometheus
+  printf 'global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pyusdt\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$APORT" >$WORK/live-prometheus/prometheus.yml
+  PORT=$(free_port)
+  prometheus --config.file=$WORK/live-prometheus/prometheus.yml --storage.tsdb.path=$WORK/live-prometheus/data \
+    --web.listen-address="127.0.0.1:$PORT" >$LOGS/live-prometheus.log 2>&1 &
+  PROM_PID=$!
+  for _ in $(seq 100); do ready && break; sleep 0.2; done
+  ready || { tail -20 $LOGS/live-prometheus.log >&2; die "prometheus not ready"; }
+  step live-workload env OTEL_SERVICE_NAME=dashboard-live /usr/bin/python3.11 tests/deploy/live_workload.py 20
+  sleep 3
+  step dashboard-live "$PY" tests/deploy/check_dashboard.py live --repo . --url "http://127.0.0.1:$PORT"
+  cleanup
+  PROM_PID=""
+  AGENT_PID=""
+  SUMMARY+=("live: $(grep -c '^  ok   panel' $LOGS/dashboard-live.log) panel and $(grep -c '^  ok   alert' $LOGS/dashboard-live.log) alert expressions returned data from Prometheus scraping pyusdt's /metrics during a GC/import/audit/call workload ($(grep -c '^  skip' $LOGS/dashboard-live.log) skipped: see the log)")
+fi
 
 echo "deploy-check: all steps passed in $(( $(date +%s) - START )) s (logs in $LOGS/)"
 for s in "${SUMMARY[@]}"; do

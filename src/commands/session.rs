@@ -538,10 +538,8 @@ impl<'obj> Session<'obj> {
                     o.tick(&|| own(summary));
                 }
                 if let Some(p) = prom {
-                    p.tick(&|| {
-                        let o = own(summary);
-                        (o.received, o.dropped)
-                    });
+                    let export = otlp.as_ref().map(|o| o.export_stats());
+                    p.tick(&|| (own(summary), export.clone()));
                 }
                 keep_going()
             },

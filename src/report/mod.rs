@@ -3,6 +3,7 @@ pub mod clock;
 pub mod console;
 pub mod jsonl;
 pub mod otlp;
+pub mod own;
 pub mod prom;
 pub mod summary;
 pub mod text;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
@@ -18,7 +17,7 @@ use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
 use crate::model::metrics::{
-    counter, double_point, gauge, int_point, MetricsAggregator, Temporality,
+    counter, double_point, gauge, MetricsAggregator, Temporality,
 };
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::model::spans::SpanAssembler;
@@ -30,16 +29,7 @@ const STALE_PARENT: Duration = Duration::from_secs(30);
 /// that its last spans still find their resource.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
-/// pyusdt's own state, reported as its self-telemetry.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OwnStats {
-    /// Events received per marker (gc, import, audit).
-    pub received: [u64; 3],
-    /// Events lost in the kernel (ring buffer full) per marker.
-    pub dropped: [u64; 3],
-    /// Files that could not be attached.
-    pub attach_failures: u64,
-}
+pub use super::own::OwnStats;
 
 pub struct OtlpSink {
     clock: Clock,
@@ -344,86 +334,20 @@ impl OtlpSink {
 
     /// Cumulative counters of pyusdt itself, under its own resource.
     fn own_metrics(&self, own: &OwnStats, now: u64) -> Vec<Metric> {
-        let start = self.started_unix_ns;
-        let c = Temporality::Cumulative;
-        let markers = ["gc", "import", "audit"];
-        let by_marker = |values: [u64; 3]| -> Vec<_> {
-            markers
-                .iter()
-                .zip(values)
-                .map(|(m, v)| {
-                    int_point(
-                        vec![attrs::string("cpython.marker", *m)],
-                        v as i64,
-                        start,
-                        now,
-                    )
-                })
-                .collect()
-        };
-        let counts = self.exporter.counts();
-        let mut export_points = Vec::new();
-        for (i, signal) in ["traces", "metrics", "logs"].iter().enumerate() {
-            for (outcome, v) in [
-                ("exported", counts.exported[i]),
-                ("failed", counts.failed[i]),
-                ("dropped", counts.dropped[i]),
-            ] {
-                let a: Vec<KeyValue> = vec![
-                    attrs::string("otel.signal", *signal),
-                    attrs::string("outcome", outcome),
-                ];
-                export_points.push(int_point(a, v as i64, start, now));
-            }
-        }
-        vec![
-            counter(
-                "pyusdt.events.received",
-                "Events read from the ring buffer.",
-                "{event}",
-                c,
-                by_marker(own.received),
-            ),
-            counter(
-                "pyusdt.events.dropped",
-                "Events lost in the kernel because the ring buffer was full.",
-                "{event}",
-                c,
-                by_marker(own.dropped),
-            ),
-            counter(
-                "pyusdt.export.items",
-                "Spans, metric points and log records by outcome.",
-                "{item}",
-                c,
-                export_points,
-            ),
-            counter(
-                "pyusdt.attach.failures",
-                "Interpreter files that could not be attached.",
-                "{file}",
-                c,
-                vec![int_point(vec![], own.attach_failures as i64, start, now)],
-            ),
-            counter(
-                "pyusdt.spans.orphaned",
-                "Span subtrees exported without their parent (its end was lost).",
-                "{span}",
-                c,
-                vec![int_point(vec![], self.spans.orphaned as i64, start, now)],
-            ),
-            gauge(
-                "pyusdt.processes.traced",
-                "Processes with metrics in this export.",
-                "{process}",
-                vec![int_point(
-                    vec![],
-                    self.metrics.pids().len() as i64,
-                    start,
-                    now,
-                )],
-            ),
-        ]
+        super::own::metrics(
+            own,
+            &self.exporter.counts(),
+            self.spans.orphaned,
+            self.metrics.pids().len(),
+            self.started_unix_ns,
+            now,
+        )
+    }
+
+    /// What the exporter did, and the span subtrees released without their parent: for the
+    /// self-telemetry of `/metrics`.
+    pub fn export_stats(&self) -> (ExportCounts, u64) {
+        (self.exporter.counts(), self.spans.orphaned)
     }
 }
 

@@ -6,8 +6,9 @@ use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::clock::Clock;
 use crate::decode::{Event, ProcessRecord};
-use crate::model::attrs;
-use crate::model::metrics::{counter, int_point, MetricsAggregator, Temporality};
+use super::own::OwnStats;
+use crate::export::ExportCounts;
+use crate::model::metrics::{MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::serve::Published;
 
@@ -58,14 +59,15 @@ impl PromSink {
             .record(event, self.clock.unix_nanos(event.header().end_ns));
     }
 
-    /// Publishes when due; `own` gives pyusdt's own counts per marker (received, dropped).
-    pub fn tick(&mut self, own: &dyn Fn() -> ([u64; 3], [u64; 3])) {
+    /// Publishes when due. `own`: pyusdt's own state, with the OTLP exporter's counts and the
+    /// orphaned span subtrees when there is an exporter.
+    pub fn tick(&mut self, own: &dyn Fn() -> (OwnStats, Option<(ExportCounts, u64)>)) {
         self.published.beat();
         if self.last.is_some_and(|t| t.elapsed() < PUBLISH_EVERY) {
             return;
         }
         self.last = Some(Instant::now());
-        let (received, dropped) = own();
+        let (stats, export) = own();
         let now = self.clock.unix_nanos(super::clock::monotonic_ns());
         let per_process = self.metrics.collect(now);
         let mut owned = Vec::new();
@@ -73,7 +75,15 @@ impl PromSink {
             owned.push((self.resources.get(pid).clone(), metrics));
         }
         let own = resource::own(self.resources.host_name());
-        let own_metrics = self.own_metrics(received, dropped, now);
+        let (counts, orphaned) = export.unwrap_or_default();
+        let own_metrics = super::own::metrics(
+            &stats,
+            &counts,
+            orphaned,
+            self.metrics.pids().len(),
+            self.started_unix_ns,
+            now,
+        );
         let mut all: Vec<(&_, &[Metric])> = owned.iter().map(|(r, m)| (r, m.as_slice())).collect();
         all.push((&own, &own_metrics));
         self.published
@@ -91,39 +101,5 @@ impl PromSink {
             self.resources.forget(*pid);
         }
         self.dead_before = dead;
-    }
-
-    fn own_metrics(&self, received: [u64; 3], dropped: [u64; 3], now: u64) -> Vec<Metric> {
-        let start = self.started_unix_ns;
-        let by_marker = |values: [u64; 3]| {
-            ["gc", "import", "audit"]
-                .iter()
-                .zip(values)
-                .map(|(m, v)| {
-                    int_point(
-                        vec![attrs::string("cpython.marker", *m)],
-                        v as i64,
-                        start,
-                        now,
-                    )
-                })
-                .collect()
-        };
-        vec![
-            counter(
-                "pyusdt.events.received",
-                "Events read from the ring buffer.",
-                "{event}",
-                Temporality::Cumulative,
-                by_marker(received),
-            ),
-            counter(
-                "pyusdt.events.dropped",
-                "Events lost in the kernel because the ring buffer was full.",
-                "{event}",
-                Temporality::Cumulative,
-                by_marker(dropped),
-            ),
-        ]
     }
 }

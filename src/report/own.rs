@@ -1,0 +1,109 @@
+//! pyusdt's self-telemetry, the same for the OTLP export and `/metrics`.
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+
+use crate::export::ExportCounts;
+use crate::model::attrs;
+use crate::model::metrics::{counter, gauge, int_point, Temporality};
+
+/// pyusdt's own state, reported as its self-telemetry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnStats {
+    /// Events received per marker (gc, import, audit).
+    pub received: [u64; 3],
+    /// Events lost in the kernel (ring buffer full) per marker.
+    pub dropped: [u64; 3],
+    /// Files that could not be attached.
+    pub attach_failures: u64,
+}
+
+/// pyusdt's own counters (cumulative), under its own resource: events received and dropped
+/// per marker, export outcomes per signal, attach failures, orphaned span subtrees, and the
+/// processes with metrics. Shared by the OTLP export and `/metrics`.
+pub fn metrics(
+own: &OwnStats,
+counts: &ExportCounts,
+orphaned: u64,
+processes: usize,
+start: u64,
+now: u64,
+) -> Vec<Metric> {
+    let c = Temporality::Cumulative;
+    let markers = ["gc", "import", "audit"];
+    let by_marker = |values: [u64; 3]| -> Vec<_> {
+        markers
+            .iter()
+            .zip(values)
+            .map(|(m, v)| {
+                int_point(
+                    vec![attrs::string("cpython.marker", *m)],
+                    v as i64,
+                    start,
+                    now,
+                )
+            })
+            .collect()
+    };
+    let mut export_points = Vec::new();
+    for (i, signal) in ["traces", "metrics", "logs"].iter().enumerate() {
+        for (outcome, v) in [
+            ("exported", counts.exported[i]),
+            ("failed", counts.failed[i]),
+            ("dropped", counts.dropped[i]),
+        ] {
+            let a: Vec<KeyValue> = vec![
+                attrs::string("otel.signal", *signal),
+                attrs::string("outcome", outcome),
+            ];
+            export_points.push(int_point(a, v as i64, start, now));
+        }
+    }
+    vec![
+        counter(
+            "pyusdt.events.received",
+            "Events read from the ring buffer.",
+            "{event}",
+            c,
+            by_marker(own.received),
+        ),
+        counter(
+            "pyusdt.events.dropped",
+            "Events lost in the kernel because the ring buffer was full.",
+            "{event}",
+            c,
+            by_marker(own.dropped),
+        ),
+        counter(
+            "pyusdt.export.items",
+            "Spans, metric points and log records by outcome.",
+            "{item}",
+            c,
+            export_points,
+        ),
+        counter(
+            "pyusdt.attach.failures",
+            "Interpreter files that could not be attached.",
+            "{file}",
+            c,
+            vec![int_point(vec![], own.attach_failures as i64, start, now)],
+        ),
+        counter(
+            "pyusdt.spans.orphaned",
+            "Span subtrees exported without their parent (its end was lost).",
+            "{span}",
+            c,
+            vec![int_point(vec![], orphaned as i64, start, now)],
+        ),
+        gauge(
+            "pyusdt.processes.traced",
+            "Processes with metrics in this export.",
+            "{process}",
+            vec![int_point(
+                vec![],
+                processes as i64,
+                start,
+                now,
+            )],
+        ),
+    ]
+}
