@@ -16,9 +16,7 @@ use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
-use crate::model::metrics::{
-    counter, double_point, gauge, MetricsAggregator, Temporality,
-};
+use crate::model::metrics::{counter, double_point, gauge, MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::model::spans::SpanAssembler;
 use crate::model::{attrs, scope};

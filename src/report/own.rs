@@ -21,12 +21,12 @@ pub struct OwnStats {
 /// per marker, export outcomes per signal, attach failures, orphaned span subtrees, and the
 /// processes with metrics. Shared by the OTLP export and `/metrics`.
 pub fn metrics(
-own: &OwnStats,
-counts: &ExportCounts,
-orphaned: u64,
-processes: usize,
-start: u64,
-now: u64,
+    own: &OwnStats,
+    counts: &ExportCounts,
+    orphaned: u64,
+    processes: usize,
+    start: u64,
+    now: u64,
 ) -> Vec<Metric> {
     let c = Temporality::Cumulative;
     let markers = ["gc", "import", "audit"];
@@ -98,12 +98,7 @@ now: u64,
             "pyusdt.processes.traced",
             "Processes with metrics in this export.",
             "{process}",
-            vec![int_point(
-                vec![],
-                processes as i64,
-                start,
-                now,
-            )],
+            vec![int_point(vec![], processes as i64, start, now)],
         ),
     ]
 }

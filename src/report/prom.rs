@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::clock::Clock;
-use crate::decode::{Event, ProcessRecord};
 use super::own::OwnStats;
+use crate::decode::{Event, ProcessRecord};
 use crate::export::ExportCounts;
 use crate::model::metrics::{MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
