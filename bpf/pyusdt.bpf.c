@@ -182,6 +182,12 @@ static __always_inline struct span_stack *thread_stack(__u64 id, __u64 epoch)
 	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
 	if (!st || epoch == EPOCH_ANY || st->epoch == (__u32)epoch)
 		return st;
+	/* Epoch 0: made by an import before any function event; it holds only imports (every
+	 * function event sets an epoch of at least 1), so nothing is stale. */
+	if (st->epoch == 0) {
+		st->epoch = (__u32)epoch;
+		return st;
+	}
 	if (st->depth)
 		count(STAT_STACK_RESET);
 	st->depth = 0;

@@ -23,8 +23,11 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// probes' true share of a call-heavy process's time (1 − untraced/traced throughput: 0.96)
 /// at 1.25× its system-time share (0.77), so the measured share is scaled by this much.
 const USER_SPACE_FACTOR: f64 = 1.25;
-/// The smallest duty ratio: windows at least every 100 s, so the process stays visible.
+/// The smallest duty ratio: a window at least every 50 s (100 ms on, 49.9 s off), so the
+/// process stays visible.
 const MIN_RATIO: f64 = 0.002;
+/// System time a short stretch must show before an always-on process is judged on it.
+const MIN_EVIDENCE_NS: u64 = 50_000_000;
 
 /// What to do with a process's function probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +138,13 @@ impl ProcessBudget {
         if elapsed < window {
             return None;
         }
+        // System time comes in clock ticks (10 ms): an always-on process is judged on a short
+        // stretch only when the evidence is clear (5 ticks of probe-heavy time), else after a
+        // second, so that one busy tick of its own does not switch its probes off.
+        let evidence = cost_ns.saturating_sub(self.phase_cost);
+        if self.ratio >= 1.0 && evidence < MIN_EVIDENCE_NS && elapsed < Duration::from_secs(1) {
+            return None;
+        }
         self.measure(elapsed, cost_ns);
         self.ratio = (max / self.measured_share.max(f64::MIN_POSITIVE)).clamp(MIN_RATIO, 1.0);
         self.on_time += elapsed;
@@ -238,6 +248,20 @@ mod tests {
         assert!(lost > 0.035 && lost < 0.06, "lost {lost}");
         // What is exported for scaling counts is what was observed.
         assert!((b.observed_share(end) - duty).abs() < 0.01);
+    }
+
+    #[test]
+    fn one_busy_tick_does_not_switch_probes_off() {
+        // 10 ms of system time of its own in the first 100 ms, then nothing: 1 % over a
+        // second, far below the budget.
+        let t0 = Instant::now();
+        let mut b = ProcessBudget::new(Some(0.05), t0, 0);
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(b.tick(t0 + ms(100), 10_000_000), None);
+        assert!(b.is_on());
+        assert_eq!(b.tick(t0 + ms(1000), 10_000_000), None);
+        assert!(b.is_on());
+        assert_eq!(b.ratio(), 1.0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The optional HTTP endpoint of `agent` and `run` (`--metrics-listen ADDR`): `/metrics` in the
 //! Prometheus text format, for users without a Collector, and `/healthz` for a liveness probe
-//! (200 while the event loop turns, 503 when it has stalled). One thread, one request per
-//! connection, bounded reads: it answers GETs and nothing else.
+//! (200 while the event loop turns, 503 when it has stalled). One request per connection, a
+//! thread per connection (at most `MAX_CONNECTIONS` at once, so that a slow client cannot hold
+//! up the kubelet's probe), bounded reads with an overall deadline: it answers GETs only.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The event loop is considered stalled when it has not turned for this long.
 const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 8;
+/// A request must have arrived within this long.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the event loop publishes and the server reads.
 #[derive(Clone, Default)]
@@ -53,9 +58,23 @@ pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
     std::thread::Builder::new()
         .name("pyusdt-http".into())
         .spawn(move || {
+            let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             for stream in listener.incoming().flatten() {
                 // A slow or broken client costs one connection, never the server.
-                let _ = answer(stream, &published);
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    continue; // dropped: closed
+                }
+                let (published, this) = (published.clone(), Arc::clone(&active));
+                let spawned = std::thread::Builder::new()
+                    .name("pyusdt-http-conn".into())
+                    .spawn(move || {
+                        let _ = answer(stream, &published);
+                        this.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })
         .map_err(|e| format!("starting the HTTP thread: {e}"))?;
@@ -63,12 +82,18 @@ pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
 }
 
 fn answer(mut stream: TcpStream, published: &Published) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    // The request line and headers: 8 KiB at most, up to the blank line.
+    // The request line and headers: 8 KiB at most, up to the blank line, within the deadline
+    // however slowly the bytes come.
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(()); // too slow: closed
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             break;

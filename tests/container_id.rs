@@ -1,6 +1,8 @@
 //! `container.id` on the resource of a process in a container, from its /proc/PID/cgroup: a
 //! Python process moved into a cgroup laid out as Docker lays it out (`/docker/<64 hex>`), and
-//! traced by an agent exporting over OTLP.
+//! traced by an agent exporting over OTLP. The cgroup is read when the process's first event
+//! is handled: the process lives a second, as a container's would (one that exits before that
+//! has no `container.id`).
 mod common;
 
 use std::path::PathBuf;
@@ -48,7 +50,7 @@ fn resources_of_containerized_processes_carry_container_id() {
     let (mut agent, log) = start_agent(&["--quiet", "--otlp-endpoint", &receiver.endpoint]);
     wait_for_line(&log, "tracing ");
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {SYSTEM_PYTHON} -c 'import gc; gc.collect()'",
+        "echo $$ > {}/cgroup.procs && exec {SYSTEM_PYTHON} -c 'import gc, time; gc.collect(); time.sleep(1)'",
         dir.display()
     );
     let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();

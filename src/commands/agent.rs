@@ -76,17 +76,18 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         // Processes that exec'd: a new container's interpreter is attached now, not at the
         // next rescan. Files examined before cost a stat.
         let pids = std::mem::take(&mut *execs.borrow_mut());
-        if !t.no_discover {
-            let mut attached = 0;
-            for pid in pids {
+        let mut attached = 0;
+        for pid in pids {
+            if !t.no_discover {
                 let found = discover_process(pid as i32, &mut examined);
                 attached += session.attach_all(&found.with_markers);
                 session.note_users(pid, &process_file_ids(pid as i32));
             }
-            if attached > 0 {
-                tracing::info!("now tracing {} interpreter files", session.attached_files());
-                session.follow_running_processes();
-            }
+            session.offer_functions(pid);
+        }
+        if attached > 0 {
+            tracing::info!("now tracing {} interpreter files", session.attached_files());
+            session.follow_running_processes();
         }
         if Instant::now() >= next_release {
             session.release_unused_files(&mut examined);

@@ -30,6 +30,12 @@ pub fn fork_stopped(program: &std::path::Path, argv: &[std::ffi::OsString]) -> C
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
+            // Rust ignores SIGPIPE and pyusdt's threads may block signals: the command
+            // starts with the defaults, as Command::spawn would give it.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::raise(libc::SIGSTOP);
             libc::execv(path.as_ptr(), ptrs.as_ptr());
             libc::_exit(127);

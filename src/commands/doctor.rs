@@ -104,6 +104,7 @@ fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
     let command = std::fs::read(format!("/proc/{pid}/cmdline"))
         .ok()
         .and_then(|c| process::join_argv(&c))
+        .map(|c| crate::model::redact::redact(&c).into_owned())
         .unwrap_or_else(|| "(exited)".into());
     let markers = binary.has_python_markers();
     let function_markers = match binary.firing("function__entry") {
@@ -172,12 +173,20 @@ fn enabled_markers(pid: i32, binary: &Binary) -> Vec<String> {
     let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
         return Vec::new();
     };
-    let mappings: Vec<_> = maps
-        .iter()
-        .filter(|m| {
-            libc::makedev(m.dev.0 as u32, m.dev.1 as u32) == binary.id.0 && m.inode == binary.id.1
-        })
-        .collect();
+    // The file's mappings: by device and inode, or (overlayfs can show the lower layer's in
+    // /proc/PID/maps) by the mapped path, stat'ed through the process's root as the file was.
+    let same_file = |m: &procfs::process::MemoryMap| {
+        if libc::makedev(m.dev.0 as u32, m.dev.1 as u32) == binary.id.0 && m.inode == binary.id.1 {
+            return true;
+        }
+        let procfs::process::MMapPath::Path(inner) = &m.pathname else {
+            return false;
+        };
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(process::host_path(pid, inner))
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == binary.id)
+    };
+    let mappings: Vec<_> = maps.iter().filter(|m| same_file(m)).collect();
     let mut enabled: Vec<String> = binary
         .python_markers()
         .filter_map(|m| {

@@ -10,6 +10,8 @@ use crate::attach::{FunctionHits, Tracer};
 use crate::budget::{ProcessBudget, Switch};
 use crate::discover::{process, Binary, Firing};
 
+/// Processes kept in the sampling table after they exit (for the summary), at most.
+const MAX_TABLE: usize = 4096;
 /// How often processes are looked at (new ones, the budget, exits).
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Returns seen without a single entry before concluding that entries do not fire.
@@ -59,7 +61,9 @@ pub type SamplingTable = Rc<RefCell<HashMap<u32, Sampling>>>;
 struct Followed {
     /// PID as this process sees it (for attaching).
     local_pid: i32,
-    binary: usize,
+    /// The file, as this process reaches it (through its own root: a container's file may
+    /// have been found through another process's root, which may be gone).
+    binary: Binary,
     budget: ProcessBudget,
     hits: FunctionHits,
     markers: FunctionMarkers,
@@ -148,37 +152,31 @@ impl FunctionProbes {
         binary: &Binary,
     ) -> bool {
         self.add_binary(binary);
-        let index = self
-            .binaries
-            .iter()
-            .position(|b| b.id == binary.id)
-            .unwrap_or(0);
-        self.follow_index(tracer, host_pid, local_pid, index)
+        self.follow_file(tracer, host_pid, local_pid, binary.clone())
     }
 
-    fn follow_index(
+    fn follow_file(
         &mut self,
         tracer: &Tracer<'_>,
         host_pid: u32,
         local_pid: i32,
-        index: usize,
+        binary: Binary,
     ) -> bool {
         if self.followed.contains_key(&host_pid) {
             return true;
         }
         let epoch = self.next_epoch();
-        let binary = &self.binaries[index];
-        let Ok(markers) = self.usable(binary) else {
+        let Ok(markers) = self.usable(&binary) else {
             return false;
         };
         let count_hits = markers == FunctionMarkers::Unverified;
         if let Err(e) = tracer.attach_functions(
-            binary,
+            &binary,
             local_pid,
             host_pid,
             epoch,
             count_hits,
-            self.line_mode,
+            markers == FunctionMarkers::LineMode,
         ) {
             tracing::warn!("PID {host_pid}: no function probes: {e}");
             self.ignored.insert(host_pid);
@@ -199,7 +197,7 @@ impl FunctionProbes {
             host_pid,
             Followed {
                 local_pid,
-                binary: index,
+                binary,
                 budget: ProcessBudget::new(self.max_share, now, cost),
                 hits: FunctionHits::default(),
                 markers,
@@ -216,9 +214,10 @@ impl FunctionProbes {
         if self.followed.contains_key(&pid) || (!recheck && self.ignored.contains(&pid)) {
             return;
         }
+        self.ignored.remove(&pid);
         match self.file_of(pid) {
-            Some(index) => {
-                self.follow_index(tracer, pid, pid as i32, index);
+            Some(binary) => {
+                self.follow_file(tracer, pid, pid as i32, binary);
             }
             None => {
                 self.ignored.insert(pid);
@@ -226,15 +225,43 @@ impl FunctionProbes {
         }
     }
 
-    /// Which added file process `pid` maps, from /proc/PID/maps (device and inode).
-    fn file_of(&self, pid: u32) -> Option<usize> {
+    /// Forgets the processes that exited among those looked at and not followed.
+    pub fn prune_ignored(&mut self) {
+        self.ignored.retain(|&pid| process::is_alive(pid));
+    }
+
+    /// Which added file process `pid` maps, as reached through its own root. Mapped paths are
+    /// compared by `stat` through /proc/PID/root, as the files were identified: on overlayfs
+    /// the device and inode that /proc/PID/maps shows can be the lower layer's.
+    fn file_of(&self, pid: u32) -> Option<Binary> {
         let maps = procfs::process::Process::new(pid as i32)
             .ok()?
             .maps()
             .ok()?;
         maps.iter().find_map(|m| {
+            let procfs::process::MMapPath::Path(inner) = &m.pathname else {
+                return None;
+            };
+            let named = inner
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(process::is_python_name);
             let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
-            self.binaries.iter().position(|b| b.id == (dev, m.inode))
+            let by_maps = self.binaries.iter().find(|b| b.id == (dev, m.inode));
+            if by_maps.is_none() && !named {
+                return None;
+            }
+            let host = process::host_path(pid as i32, inner);
+            let by_stat = || {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::metadata(&host).ok()?;
+                self.binaries
+                    .iter()
+                    .find(|b| b.id == (meta.dev(), meta.ino()))
+            };
+            let mut b = by_maps.or_else(by_stat)?.clone();
+            b.path = host;
+            Some(b)
         })
     }
 
@@ -313,15 +340,14 @@ impl FunctionProbes {
                 Switch::Attach => {
                     let epoch = self.next_epoch();
                     let f = &self.followed[&pid];
-                    let binary = &self.binaries[f.binary];
                     let count_hits = f.markers == FunctionMarkers::Unverified;
                     if let Err(e) = tracer.attach_functions(
-                        binary,
+                        &f.binary,
                         f.local_pid,
                         pid,
                         epoch,
                         count_hits,
-                        self.line_mode,
+                        f.markers == FunctionMarkers::LineMode,
                     ) {
                         tracing::warn!("PID {pid}: function probes not attached again: {e}");
                         if let Some(f) = self.followed.get_mut(&pid) {
@@ -335,6 +361,11 @@ impl FunctionProbes {
         for pid in exited {
             tracer.detach_functions(pid);
             self.followed.remove(&pid);
+        }
+        // Exited processes stay in the table for the summary; an agent seeing thousands come
+        // and go keeps only those it still follows.
+        if table.len() > MAX_TABLE {
+            table.retain(|pid, _| self.followed.contains_key(pid));
         }
         for (&pid, f) in &self.followed {
             table.insert(

@@ -237,6 +237,9 @@ impl<'obj> Session<'obj> {
             if let Some(o) = &mut otlp {
                 o.set_sampling(Rc::clone(&table));
             }
+            if let Some(p) = &mut prom {
+                p.set_sampling(Rc::clone(&table));
+            }
             summary.set_sampling(table);
         }
         let jsonl = match &args.output {
@@ -387,12 +390,21 @@ impl<'obj> Session<'obj> {
         }
     }
 
+    /// Function probes for a process that exec'd (`agent`): looked at again even if it was
+    /// not a Python process before.
+    pub fn offer_functions(&mut self, pid: u32) {
+        if let Some(f) = &self.functions {
+            f.borrow_mut().offer(&self.tracer, pid, true);
+        }
+    }
+
     /// Function probes for the running processes that use an attached file (`agent`).
     pub fn follow_running_processes(&mut self) {
         let Some(f) = &self.functions else {
             return;
         };
         let mut f = f.borrow_mut();
+        f.prune_ignored();
         if !f.has_binaries() {
             return;
         }

@@ -162,7 +162,26 @@ fn format_labels(labels: &[(String, String)]) -> String {
     if labels.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = labels
+    // Names that sanitise alike (`a.b`, `a_b`) would be duplicate labels, which make
+    // Prometheus reject the whole scrape: their values are joined with `;`, as the Collector
+    // does. Names Prometheus reserves (`__…`) get a `key` prefix.
+    let mut merged: Vec<(String, String)> = Vec::with_capacity(labels.len());
+    for (k, v) in labels {
+        let k = if k.starts_with("__") {
+            format!("key{k}")
+        } else {
+            k.clone()
+        };
+        match merged.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, existing)) if existing != v => {
+                existing.push(';');
+                existing.push_str(v);
+            }
+            Some(_) => {}
+            None => merged.push((k, v.clone())),
+        }
+    }
+    let parts: Vec<String> = merged
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", escape_value(v)))
         .collect();
@@ -218,6 +237,16 @@ mod tests {
             metric_name("pyusdt.function.sampling.ratio", "1"),
             "pyusdt_function_sampling_ratio"
         );
+    }
+
+    #[test]
+    fn colliding_and_reserved_label_names_do_not_break_the_scrape() {
+        let labels = vec![
+            ("a_b".to_string(), "1".to_string()),
+            ("a_b".to_string(), "2".to_string()),
+            ("__name__".to_string(), "x".to_string()),
+        ];
+        assert_eq!(format_labels(&labels), "{a_b=\"1;2\",key__name__=\"x\"}");
     }
 
     #[test]

@@ -11,41 +11,49 @@ pub const REDACTED: &str = "<redacted>";
 
 /// Each rule: a pattern, and what replaces a match (`$name` groups keep what is not secret).
 static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    // A secret-looking key: password, passwd, pwd, secret, token, api key, access key,
-    // private key, credential(s), auth, session, cookie.
-    let key = r"(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|auth|session|cookie)";
+    // A secret-looking key word, ending at a separator (so `author` and `bypass` are not
+    // `auth` and `pass`): password, passwd, passphrase, pwd, secret, token, api key, access key,
+    // private key, credential(s), auth, authorization, session (id), cookie.
+    let key = r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|auth(?:orization)?|session(?:[_-]?id)?|cookie)";
     [
         // PEM private keys, whole.
         (
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
+                .to_string(),
             REDACTED,
         ),
-        // user:password@ in URLs.
+        // The password of a URL, also with an empty user, also when the value was cut (`…`).
         (
-            r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@",
-            "${scheme}<redacted>@",
+            r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?P<end>@|…$)".to_string(),
+            "${head}<redacted>${end}",
         ),
         // Authorization: Bearer/Basic <credentials>.
         (
-            r"(?i)(?P<kind>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}",
+            r"(?i)(?P<kind>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}".to_string(),
             "${kind}<redacted>",
         ),
-        // KEY=value, key: value, "key": "value", --key=value, --key value, -key value.
+        // KEY=value, key: value, "key": "value", --key=value: the value up to a space or quote.
         (
-            &format!(r#"(?i)(?P<key>[\w.-]*{key}[\w.-]*["']?\s*(?:=|:|\s)\s*["']?)[^\s"'&,;]+"#),
+            format!(r#"(?i)(?P<key>[\w.-]*{key}(?:[_.-][\w.-]*)?["']?\s*[=:]\s*["']?)[^\s"']+"#),
+            "${key}<redacted>",
+        ),
+        // --key value, -key value (a flag, then a value that is not another flag).
+        (
+            format!(r"(?i)(?P<key>(?:^|\s)--?[\w-]*{key}(?:[_-][\w-]*)?\s+)[^\s-]\S*"),
             "${key}<redacted>",
         ),
         // Well-known token shapes, wherever they appear.
-        (r"\bAKIA[0-9A-Z]{16}\b", REDACTED),
-        (r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", REDACTED),
-        (r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b", REDACTED),
+        (r"\bAKIA[0-9A-Z]{16}\b".to_string(), REDACTED),
+        (r"\bgh[pousr]_[A-Za-z0-9]{36,}\b".to_string(), REDACTED),
+        (r"\bgithub_pat_[A-Za-z0-9_]{22,}\b".to_string(), REDACTED),
+        (r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b".to_string(), REDACTED),
         (
-            r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b",
+            r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b".to_string(),
             REDACTED,
         ),
     ]
     .into_iter()
-    .map(|(p, r)| (Regex::new(p).expect("built-in redaction pattern"), r))
+    .map(|(p, r)| (Regex::new(&p).expect("built-in redaction pattern"), r))
     .collect()
 });
 
@@ -81,6 +89,16 @@ mod tests {
         );
         assert_eq!(r(r#"{"token": "abc"}"#), r#"{"token": "<redacted>"}"#);
         assert_eq!(r("open /etc/hosts r"), "open /etc/hosts r");
+        assert_eq!(r("--password=abc;def x"), "--password=<redacted> x");
+        // Not secrets: words that merely contain a key word, and flags after flags.
+        for s in [
+            "pytest tests/test_auth.py -k login",
+            "git log --author Alice",
+            "python bypass.py out.txt",
+            "app --no-session --verbose",
+        ] {
+            assert_eq!(r(s), s);
+        }
     }
 
     #[test]
@@ -88,6 +106,19 @@ mod tests {
         assert_eq!(
             r("postgres://app:pa55@db:5432/shop"),
             "postgres://app:<redacted>@db:5432/shop"
+        );
+        assert_eq!(
+            r("redis://:s3cret@cache:6379/0"),
+            "redis://:<redacted>@cache:6379/0"
+        );
+        // An audit argument cut at 64 characters, before the `@`.
+        assert_eq!(
+            r("postgresql+psycopg2://analytics_service_user:Xk29fj…"),
+            "postgresql+psycopg2://analytics_service_user:<redacted>…"
+        );
+        assert_eq!(
+            r("github_pat_11ABCDEFG0123456789_abcdefghijklmnop"),
+            "<redacted>"
         );
         let header = r("curl -H 'X: Bearer abcdefghijk' https://api");
         assert!(

@@ -16,10 +16,10 @@ use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
-use crate::model::metrics::{counter, double_point, gauge, MetricsAggregator, Temporality};
+use crate::model::metrics::MetricsAggregator;
 use crate::model::resource::{self, ProcessFacts, Resources};
+use crate::model::scope;
 use crate::model::spans::SpanAssembler;
-use crate::model::{attrs, scope};
 
 /// A thread whose spans wait this long for their parent's end releases them as roots.
 const STALE_PARENT: Duration = Duration::from_secs(30);
@@ -311,23 +311,7 @@ impl OtlpSink {
         else {
             return Vec::new();
         };
-        let start = self.started_unix_ns;
-        let markers = vec![attrs::string("pyusdt.function_markers", s.markers.label())];
-        vec![
-            gauge(
-                "pyusdt.function.sampling.ratio",
-                "Share of the time the process's function probes are attached (1: every call).",
-                "1",
-                vec![double_point(markers.clone(), s.ratio, start, now)],
-            ),
-            counter(
-                "pyusdt.function.observed_time",
-                "Time the process's function probes were attached: calls and durations cover it.",
-                "s",
-                Temporality::Cumulative,
-                vec![double_point(markers, s.observed_seconds, start, now)],
-            ),
-        ]
+        super::own::sampling_metrics(&s, self.started_unix_ns, now)
     }
 
     /// Cumulative counters of pyusdt itself, under its own resource.

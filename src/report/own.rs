@@ -102,3 +102,39 @@ pub fn metrics(
         ),
     ]
 }
+
+/// How a process's function probes are sampled (the overhead budget): the current duty ratio,
+/// and the time they were attached (divide call counts by its rate to scale them).
+pub fn sampling_metrics(
+    s: &crate::commands::function_probes::Sampling,
+    start: u64,
+    now: u64,
+) -> Vec<Metric> {
+    let markers = vec![attrs::string("pyusdt.function_markers", s.markers.label())];
+    vec![
+        gauge(
+            "pyusdt.function.sampling.ratio",
+            "Duty ratio of the process's function probes now: the share of the time they are \
+             attached (1: always, every call seen).",
+            "1",
+            vec![crate::model::metrics::double_point(
+                markers.clone(),
+                s.ratio,
+                start,
+                now,
+            )],
+        ),
+        counter(
+            "pyusdt.function.observed_time",
+            "Time the process's function probes were attached: calls and durations cover it.",
+            "s",
+            Temporality::Cumulative,
+            vec![crate::model::metrics::double_point(
+                markers,
+                s.observed_seconds,
+                start,
+                now,
+            )],
+        ),
+    ]
+}

@@ -23,6 +23,7 @@ pub struct PromSink {
     started_unix_ns: u64,
     /// Processes found gone at the last publication.
     dead_before: std::collections::HashSet<u32>,
+    sampling: Option<crate::commands::function_probes::SamplingTable>,
 }
 
 impl PromSink {
@@ -34,8 +35,14 @@ impl PromSink {
             published,
             last: None,
             dead_before: Default::default(),
+            sampling: None,
             started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
         }
+    }
+
+    /// Function-probe sampling per process, published with its metrics.
+    pub fn set_sampling(&mut self, table: crate::commands::function_probes::SamplingTable) {
+        self.sampling = Some(table);
     }
 
     /// Series of processes in pods carry the pod's attributes (agent in Kubernetes).
@@ -71,7 +78,14 @@ impl PromSink {
         let now = self.clock.unix_nanos(super::clock::monotonic_ns());
         let per_process = self.metrics.collect(now);
         let mut owned = Vec::new();
-        for (pid, metrics) in per_process {
+        for (pid, mut metrics) in per_process {
+            let sampling = self
+                .sampling
+                .as_ref()
+                .and_then(|t| t.borrow().get(&pid).copied());
+            if let Some(s) = sampling {
+                metrics.extend(super::own::sampling_metrics(&s, self.started_unix_ns, now));
+            }
             owned.push((self.resources.get(pid).clone(), metrics));
         }
         let own = resource::own(self.resources.host_name());
