@@ -403,4 +403,45 @@ mod tests {
         h.marker = 9;
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(9)));
     }
+
+    // Ring-buffer records are written by the BPF side, but their strings come from the traced
+    // process: whatever the bytes and length, decoding returns a record or an error.
+    mod untrusted {
+        use super::super::decode;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_records_never_panic(data in proptest::collection::vec(any::<u8>(), 0..20000)) {
+                let _ = decode(&data);
+            }
+
+            #[test]
+            fn every_marker_with_arbitrary_bodies_never_panics(
+                marker in 0u8..12,
+                body in proptest::collection::vec(any::<u8>(), 0..20000),
+            ) {
+                // A header that names `marker`, then anything: lengths and strings unchecked.
+                let mut data = vec![0u8; 32];
+                data[24] = marker;
+                data.extend_from_slice(&body);
+                // 8-byte alignment, as libbpf's ring buffer gives.
+                let aligned: Vec<u64> = data
+                    .chunks(8)
+                    .map(|c| {
+                        let mut w = [0u8; 8];
+                        w[..c.len()].copy_from_slice(c);
+                        u64::from_ne_bytes(w)
+                    })
+                    .collect();
+                // SAFETY: viewing a Vec<u64>'s memory as bytes, within its length.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(aligned.as_ptr().cast::<u8>(), aligned.len() * 8)
+                };
+                let _ = decode(bytes);
+            }
+        }
+    }
 }

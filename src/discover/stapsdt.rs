@@ -311,4 +311,57 @@ mod tests {
         );
         assert!(read(b"\x7fELF\x02\x01\x01").is_err());
     }
+
+    // The parser reads untrusted files (any process's executable, through /proc/PID/root):
+    // whatever the bytes, it returns notes or an error, never panics. Failing cases that
+    // proptest finds are kept in proptest-regressions/ and replayed first.
+    mod untrusted {
+        use super::super::read;
+        use object::{Object, ObjectSection};
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        /// A real marker-bearing ELF file (Debian's python3.11, or the test's PIE fixture
+        /// fallback: the test is skipped without one), and its .note.stapsdt range.
+        fn real() -> Option<&'static (Vec<u8>, std::ops::Range<usize>)> {
+            static REAL: OnceLock<Option<(Vec<u8>, std::ops::Range<usize>)>> = OnceLock::new();
+            REAL.get_or_init(|| {
+                let data = std::fs::read("/usr/bin/python3.11").ok()?;
+                let file = object::File::parse(&*data).ok()?;
+                let (start, len) = file.section_by_name(".note.stapsdt")?.file_range()?;
+                Some((data.clone(), start as usize..(start + len) as usize))
+            })
+            .as_ref()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = read(&data);
+            }
+
+            #[test]
+            fn elf_headers_with_arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                // A valid ELF64 identification, so the parser goes past the magic.
+                let mut data = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+                data.extend_from_slice(&[0; 8]);
+                data.extend_from_slice(&body);
+                let _ = read(&data);
+            }
+
+            #[test]
+            fn mutated_real_notes_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..64)) {
+                let Some((real, notes)) = real() else {
+                    return Ok(());
+                };
+                let mut data = real.clone();
+                for (at, byte) in flips {
+                    data[notes.start + at.index(notes.len())] = byte;
+                }
+                let _ = read(&data);
+            }
+        }
+    }
 }
