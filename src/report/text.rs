@@ -57,6 +57,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_characters_never_reach_the_terminal() {
+        // A module or function name from a traced process that tries to clear the screen.
+        assert_eq!(safe("a\u{1b}[2Jb\n"), "a\\x1b[2Jb\\x0a");
+        assert_eq!(safe("c\u{9b}31m"), "c\\x9b31m");
+        assert!(matches!(safe("plain.name"), Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn formats() {
         assert_eq!(duration(450), "450 ns");
         assert_eq!(duration(45_200), "45.2 µs");
