@@ -175,18 +175,10 @@ fn enabled_markers(pid: i32, binary: &Binary) -> Vec<String> {
     };
     // The file's mappings: by device and inode, or (overlayfs can show the lower layer's in
     // /proc/PID/maps) by the mapped path, stat'ed through the process's root as the file was.
-    let same_file = |m: &procfs::process::MemoryMap| {
-        if libc::makedev(m.dev.0 as u32, m.dev.1 as u32) == binary.id.0 && m.inode == binary.id.1 {
-            return true;
-        }
-        let procfs::process::MMapPath::Path(inner) = &m.pathname else {
-            return false;
-        };
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(process::host_path(pid, inner))
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == binary.id)
-    };
-    let mappings: Vec<_> = maps.iter().filter(|m| same_file(m)).collect();
+    let mappings: Vec<_> = maps
+        .iter()
+        .filter(|m| process::mapped_file(pid, m, |id| *id == binary.id).is_some())
+        .collect();
     let mut enabled: Vec<String> = binary
         .python_markers()
         .filter_map(|m| {

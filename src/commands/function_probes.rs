@@ -242,25 +242,11 @@ impl FunctionProbes {
             let procfs::process::MMapPath::Path(inner) = &m.pathname else {
                 return None;
             };
-            let named = inner
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(process::is_python_name);
-            let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
-            let by_maps = self.binaries.iter().find(|b| b.id == (dev, m.inode));
-            if by_maps.is_none() && !named {
-                return None;
-            }
-            let host = process::host_path(pid as i32, inner);
-            let by_stat = || {
-                use std::os::unix::fs::MetadataExt;
-                let meta = std::fs::metadata(&host).ok()?;
-                self.binaries
-                    .iter()
-                    .find(|b| b.id == (meta.dev(), meta.ino()))
-            };
-            let mut b = by_maps.or_else(by_stat)?.clone();
-            b.path = host;
+            let id = process::mapped_file(pid as i32, m, |id| {
+                self.binaries.iter().any(|b| b.id == *id)
+            })?;
+            let mut b = self.binaries.iter().find(|b| b.id == id)?.clone();
+            b.path = process::host_path(pid as i32, inner);
             Some(b)
         })
     }

@@ -377,6 +377,9 @@ impl<'obj> Session<'obj> {
         if let Some(o) = &mut self.sinks.otlp {
             o.pids_are_foreign();
         }
+        if let Some(p) = &mut self.sinks.prom {
+            p.pids_are_foreign();
+        }
     }
 
     /// Function probes for a process about to exec `binary` (`run`'s command, stopped before
@@ -550,8 +553,8 @@ impl<'obj> Session<'obj> {
                     o.tick(&|| own(summary));
                 }
                 if let Some(p) = prom {
-                    let export = otlp.as_ref().map(|o| o.export_stats());
-                    p.tick(&|| (own(summary), export.clone()));
+                    // Asked for only when due (once a second), not per poll.
+                    p.tick(&|| (own(summary), otlp.as_ref().map(|o| o.export_stats())));
                 }
                 keep_going()
             },
@@ -627,7 +630,8 @@ fn runtime_version(pid: u32, versions: &HashMap<(u64, u64), String>) -> Option<S
         .maps()
         .ok()?;
     maps.iter().find_map(|m| {
-        let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
-        versions.get(&(dev, m.inode)).cloned()
+        let id =
+            crate::discover::process::mapped_file(pid as i32, m, |id| versions.contains_key(id))?;
+        versions.get(&id).cloned()
     })
 }

@@ -66,6 +66,35 @@ pub fn is_python_name(name: &str) -> bool {
             && !name.ends_with("-config")
 }
 
+/// The (device, inode) of a mapping of process `pid` that `known` accepts (a `Binary::id`):
+/// what /proc/PID/maps says, then (overlayfs can show the lower layer's there)
+/// the mapped path `stat`'ed through the process's root, as discovery identified the file.
+/// The second costs a `stat`: only for mappings named like an interpreter or libpython.
+pub fn mapped_file(
+    pid: i32,
+    m: &procfs::process::MemoryMap,
+    known: impl Fn(&(u64, u64)) -> bool,
+) -> Option<(u64, u64)> {
+    let id = (libc::makedev(m.dev.0 as u32, m.dev.1 as u32), m.inode);
+    if known(&id) {
+        return Some(id);
+    }
+    let MMapPath::Path(inner) = &m.pathname else {
+        return None;
+    };
+    let named = inner
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_python_name);
+    if !named {
+        return None;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(host_path(pid, inner)).ok()?;
+    let id = (meta.dev(), meta.ino());
+    known(&id).then_some(id)
+}
+
 /// Path of `inner` (a path inside the process's mount namespace) as the host can open it.
 pub fn host_path(pid: i32, inner: &Path) -> PathBuf {
     let rel = inner.strip_prefix("/").unwrap_or(inner);

@@ -31,6 +31,33 @@ pub struct ProcessFacts {
 }
 
 impl ProcessFacts {
+    /// What the BPF side copied from the process at its first event (right even when it has
+    /// exited since), completed from /proc/PID when `read_proc` (its PID is ours): the
+    /// executable's path, and the environment when the copy was truncated.
+    pub fn from_record(record: &crate::decode::ProcessRecord<'_>, read_proc: bool) -> Self {
+        let proc_facts = read_proc
+            .then(|| ProcessFacts::read(record.pid))
+            .filter(|f| f.executable_path.is_some());
+        let mut facts = ProcessFacts {
+            pid: record.pid,
+            command_line: record.command_line(),
+            executable_name: Some(record.comm.to_string()),
+            ..Default::default()
+        };
+        match &proc_facts {
+            // A truncated copy may miss variables that /proc still has.
+            Some(p) if record.env_truncated || record.env.is_empty() => {
+                facts.service_name = p.service_name.clone();
+                facts.resource_attributes = p.resource_attributes.clone();
+            }
+            _ => facts.set_environment(record.environment()),
+        }
+        if let Some(p) = proc_facts {
+            facts.executable_path = p.executable_path;
+        }
+        facts
+    }
+
     /// Adds the container and pod of the process, from its /proc/PID/cgroup: `container.id`
     /// whatever the runtime, and with `pods` (the node's pods, in Kubernetes) the pod's
     /// attributes and a `service.name` for it.

@@ -96,27 +96,7 @@ impl OtlpSink {
         if !self.described.insert(record.pid) {
             self.flush_process(record.pid);
         }
-        let proc_facts = self
-            .pids_are_ours
-            .then(|| ProcessFacts::read(record.pid))
-            .filter(|f| f.executable_path.is_some());
-        let mut facts = ProcessFacts {
-            pid: record.pid,
-            command_line: record.command_line(),
-            executable_name: Some(record.comm.to_string()),
-            ..Default::default()
-        };
-        match &proc_facts {
-            // A truncated copy may miss variables that /proc still has.
-            Some(p) if record.env_truncated || record.env.is_empty() => {
-                facts.service_name = p.service_name.clone();
-                facts.resource_attributes = p.resource_attributes.clone();
-            }
-            _ => facts.set_environment(record.environment()),
-        }
-        if let Some(p) = proc_facts {
-            facts.executable_path = p.executable_path;
-        }
+        let facts = ProcessFacts::from_record(record, self.pids_are_ours);
         self.dead_since.remove(&record.pid);
         self.resources.seed_with_version(facts);
     }

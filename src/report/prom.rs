@@ -24,6 +24,8 @@ pub struct PromSink {
     /// Processes found gone at the last publication.
     dead_before: std::collections::HashSet<u32>,
     sampling: Option<crate::commands::function_probes::SamplingTable>,
+    /// Whether event PIDs are this process's PIDs (see `pids_are_foreign`).
+    pids_are_ours: bool,
 }
 
 impl PromSink {
@@ -36,8 +38,15 @@ impl PromSink {
             last: None,
             dead_before: Default::default(),
             sampling: None,
+            pids_are_ours: true,
             started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
         }
+    }
+
+    /// PIDs in events are not this process's PIDs: /proc/PID is not read for them.
+    pub fn pids_are_foreign(&mut self) {
+        self.pids_are_ours = false;
+        self.resources.never_read_proc();
     }
 
     /// Function-probe sampling per process, published with its metrics.
@@ -51,14 +60,8 @@ impl PromSink {
     }
 
     pub fn describe_process(&mut self, record: &ProcessRecord<'_>) {
-        let mut facts = ProcessFacts {
-            pid: record.pid,
-            command_line: record.command_line(),
-            executable_name: Some(record.comm.to_string()),
-            ..Default::default()
-        };
-        facts.set_environment(record.environment());
-        self.resources.seed(facts);
+        self.resources
+            .seed(ProcessFacts::from_record(record, self.pids_are_ours));
     }
 
     pub fn record(&mut self, event: &Event<'_>) {
@@ -108,7 +111,7 @@ impl PromSink {
             .metrics
             .pids()
             .into_iter()
-            .filter(|&pid| !crate::discover::process::is_alive(pid))
+            .filter(|&pid| self.pids_are_ours && !crate::discover::process::is_alive(pid))
             .collect();
         for pid in dead.intersection(&self.dead_before) {
             self.metrics.forget(*pid);
