@@ -170,15 +170,6 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// With the rescan off, a container's interpreter copy is still found: at its exec (the
 /// sched_process_exec tracepoint), not by scanning /proc. The container has its own mount and
 /// PID namespaces. When its process exits, its attachments are released (no uprobe outlives
