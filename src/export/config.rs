@@ -13,6 +13,7 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 pub const OTEL_EXPORTER_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
 pub const OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: &str =
     "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
 pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
@@ -63,6 +64,8 @@ pub struct SignalConfig {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// PEM certificates trusted for this endpoint besides the system's roots (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +132,8 @@ pub struct FileOtlp {
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout_ms: Option<u64>,
     pub compression: Option<String>,
+    /// PEM file of CA certificates to trust for an https:// endpoint.
+    pub certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,13 +400,48 @@ fn signal_config(
         Some("gzip") => true,
         Some(other) => return Err(format!("OTLP compression `{other}`: use gzip or none")),
     };
+    // Client certificates (mutual TLS) are not implemented: refuse rather than connect without.
+    for suffix in ["CLIENT_CERTIFICATE", "CLIENT_KEY"] {
+        let general = format!("OTEL_EXPORTER_OTLP_{suffix}");
+        if env(&general).is_some() || per(suffix).is_some() {
+            return Err(format!(
+                "{general} (client certificates for mutual TLS) is not supported yet; \
+                 terminate mutual TLS in a local Collector and export to it"
+            ));
+        }
+    }
+    let ca_path = per("CERTIFICATE")
+        .map(PathBuf::from)
+        .or_else(|| env(OTEL_EXPORTER_OTLP_CERTIFICATE).map(PathBuf::from))
+        .or(file.otlp.certificate.clone());
+    let ca_pem = ca_path.map(|p| read_pem_certificates(&p)).transpose()?;
     Ok(SignalConfig {
         protocol,
         url,
         headers,
         timeout: Duration::from_millis(timeout_ms.max(1)),
         gzip,
+        ca_pem,
     })
+}
+
+/// The CA file of OTEL_EXPORTER_OTLP_CERTIFICATE: read now, so that a wrong path or a file that
+/// is not PEM stops pyusdt at start-up instead of failing every export later.
+fn read_pem_certificates(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "OTLP CA certificate {} (OTEL_EXPORTER_OTLP_CERTIFICATE): {e}",
+            path.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "OTLP CA certificate {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(pem)
 }
 
 #[cfg(test)]
@@ -476,6 +516,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(otlp(&c, Signal::Metrics).url, "http://127.0.0.1:4317");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, not_pem) = (dir.path().join("ca.pem"), dir.path().join("notes.txt"));
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&not_pem, "hello").unwrap();
+        let with = |vars: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")];
+            all.extend_from_slice(vars);
+            resolve(ExportFlags::default(), &all)
+        };
+        let pem_s = pem.to_str().unwrap();
+        let c = with(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", pem_s)]).unwrap();
+        assert!(otlp(&c, Signal::Logs).ca_pem.is_some());
+        // The per-signal file wins for its signal only.
+        let c = with(&[("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", pem_s)]).unwrap();
+        assert!(otlp(&c, Signal::Traces).ca_pem.is_some());
+        assert!(otlp(&c, Signal::Metrics).ca_pem.is_none());
+        let e = with(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/no/such/ca.pem")]).unwrap_err();
+        assert!(
+            e.contains("/no/such/ca.pem") && e.contains("No such file"),
+            "{e}"
+        );
+        let e = with(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", not_pem.to_str().unwrap())]).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = with(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", pem_s)]).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
     }
 
     #[test]

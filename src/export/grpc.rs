@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use super::config::{Signal, SignalConfig};
@@ -38,8 +38,13 @@ impl GrpcTransport {
                 .timeout(config.timeout)
                 .connect_timeout(config.timeout);
             if config.url.starts_with("https://") {
+                // System roots, plus the configured CA's certificates. Verification is always on.
+                let mut tls = ClientTlsConfig::new().with_native_roots();
+                if let Some(pem) = &config.ca_pem {
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
                 endpoint = endpoint
-                    .tls_config(ClientTlsConfig::new().with_native_roots())
+                    .tls_config(tls)
                     .map_err(|e| format!("TLS for {}: {e}", config.url))?;
             }
             for (k, v) in &config.headers {
@@ -118,9 +123,20 @@ fn status_error(status: tonic::Status) -> SendError {
             | Code::OutOfRange
             | Code::DataLoss
     );
-    SendError {
-        retryable,
-        message: format!("gRPC {:?}: {}", status.code(), status.message()),
-        retry_after: None,
+    // Transport failures carry their cause (refused, TLS alert …) in the source chain only.
+    let cause = super::error_chain(&status);
+    let message = format!("gRPC {:?}: {cause}", status.code());
+    match super::untrusted_certificate(&cause) {
+        // Retrying cannot make a certificate trusted.
+        Some(hint) => SendError {
+            retryable: false,
+            message: format!("{message}; {hint}"),
+            retry_after: None,
+        },
+        None => SendError {
+            retryable,
+            message,
+            retry_after: None,
+        },
     }
 }

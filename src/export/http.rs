@@ -12,26 +12,24 @@ use super::config::{Signal, SignalConfig};
 use super::{Payload, SendError};
 
 pub struct HttpTransport {
-    client: reqwest::Client,
-    signals: Vec<(Signal, SignalConfig)>,
+    /// One client per signal: each may trust its own CA (OTEL_EXPORTER_OTLP_<SIGNAL>_CERTIFICATE).
+    signals: Vec<(Signal, SignalConfig, reqwest::Client)>,
 }
 
 impl HttpTransport {
     pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<HttpTransport, String> {
         // reqwest is built without a default crypto provider: use ring, as tonic does.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(HttpTransport {
-            client,
-            signals: signals.to_vec(),
-        })
+        let signals = signals
+            .iter()
+            .map(|(signal, config)| Ok((*signal, config.clone(), client(config)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(HttpTransport { signals })
     }
 
     pub async fn send(&mut self, payload: &Payload) -> Result<u64, SendError> {
         let signal = payload.signal();
-        let Some((_, config)) = self.signals.iter().find(|(s, _)| *s == signal) else {
+        let Some((_, config, client)) = self.signals.iter().find(|(s, _, _)| *s == signal) else {
             return Err(fatal(format!("no endpoint for {}", signal.name())));
         };
         let body = match payload {
@@ -39,8 +37,7 @@ impl HttpTransport {
             Payload::Metrics(r) => r.encode_to_vec(),
             Payload::Logs(r) => r.encode_to_vec(),
         };
-        let mut req = self
-            .client
+        let mut req = client
             .post(&config.url)
             .timeout(config.timeout)
             .header("content-type", "application/x-protobuf");
@@ -53,11 +50,18 @@ impl HttpTransport {
         for (k, v) in &config.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req.body(body).send().await.map_err(|e| SendError {
-            // Connection refused, reset, timed out: the collector may come back.
-            retryable: true,
-            message: format!("POST {}: {e}", config.url),
-            retry_after: None,
+        let resp = req.body(body).send().await.map_err(|e| {
+            let cause = super::error_chain(&e);
+            match super::untrusted_certificate(&cause) {
+                // Retrying cannot make a certificate trusted.
+                Some(hint) => fatal(format!("POST {}: {cause}; {hint}", config.url)),
+                // Connection refused, reset, timed out: the collector may come back.
+                None => SendError {
+                    retryable: true,
+                    message: format!("POST {}: {cause}", config.url),
+                    retry_after: None,
+                },
+            }
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -90,6 +94,17 @@ impl HttpTransport {
             retry_after,
         })
     }
+}
+
+/// System roots, plus the configured CA's certificates. Verification is always on.
+fn client(config: &SignalConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = &config.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("OTLP CA certificate for {}: {e}", config.url))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 fn fatal(message: String) -> SendError {

@@ -26,6 +26,27 @@ const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(60);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// An error and its causes, "outer: inner: innermost", without repeats.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The fix to suggest when a send failed because the collector's certificate is not trusted.
+fn untrusted_certificate(cause: &str) -> Option<&'static str> {
+    let c = cause.to_ascii_lowercase();
+    (c.contains("invalid peer certificate") || c.contains("unknownissuer"))
+        .then_some("the collector's certificate is not trusted: set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA")
+}
+
 pub enum Payload {
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),

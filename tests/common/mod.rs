@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

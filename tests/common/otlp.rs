@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +37,8 @@ pub struct Received {
     pub logs: Vec<ExportLogsServiceRequest>,
     /// Export calls refused so far.
     pub refused: usize,
+    /// Request headers (gRPC metadata), lower-case names, the last value seen for each.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Default)]
@@ -51,6 +53,15 @@ struct Store {
 impl Store {
     fn delay(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.delay_ms.load(Ordering::SeqCst))
+    }
+
+    fn keep_headers(&self, md: &tonic::metadata::MetadataMap) {
+        let mut r = self.received.lock().unwrap();
+        for (k, v) in md.clone().into_headers().iter() {
+            if let Ok(v) = v.to_str() {
+                r.headers.insert(k.as_str().to_string(), v.to_string());
+            }
+        }
     }
 
     fn refuse_this_one(&self) -> bool {
@@ -98,6 +109,7 @@ impl TraceService for Store {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         tokio::time::sleep(self.delay()).await;
+        self.keep_headers(request.metadata());
         if self.refuse_this_one() {
             return Err(tonic::Status::unavailable("test receiver refuses"));
         }
@@ -117,6 +129,7 @@ impl MetricsService for Store {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         tokio::time::sleep(self.delay()).await;
+        self.keep_headers(request.metadata());
         if self.refuse_this_one() {
             return Err(tonic::Status::unavailable("test receiver refuses"));
         }
@@ -136,6 +149,7 @@ impl LogsService for Store {
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         tokio::time::sleep(self.delay()).await;
+        self.keep_headers(request.metadata());
         if self.refuse_this_one() {
             return Err(tonic::Status::unavailable("test receiver refuses"));
         }
@@ -150,6 +164,15 @@ impl LogsService for Store {
 
 /// OTLP/gRPC on 127.0.0.1, gzip accepted.
 pub fn grpc() -> Receiver {
+    grpc_with(None)
+}
+
+/// OTLP/gRPC over TLS with the test PKI's server certificate.
+pub fn grpcs(pki: &super::tls::TestPki) -> Receiver {
+    grpc_with(Some(pki))
+}
+
+fn grpc_with(pki: Option<&super::tls::TestPki>) -> Receiver {
     let store = Store::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -161,8 +184,16 @@ pub fn grpc() -> Receiver {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let s = store.clone();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(pki) = pki {
+        let identity =
+            tonic::transport::Identity::from_pem(&pki.server_cert_pem, &pki.server_key_pem);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap();
+    }
     runtime.spawn(async move {
-        tonic::transport::Server::builder()
+        server
             .add_service(
                 TraceServiceServer::new(s.clone()).accept_compressed(CompressionEncoding::Gzip),
             )
@@ -175,7 +206,7 @@ pub fn grpc() -> Receiver {
             .unwrap();
     });
     Receiver {
-        endpoint: format!("http://{addr}"),
+        endpoint: format!("{}://{addr}", if pki.is_some() { "https" } else { "http" }),
         protocol: "grpc",
         store,
         _runtime: Some(runtime),
@@ -189,27 +220,57 @@ pub fn http() -> Receiver {
 
 /// The same on a given address: a collector that comes back on the port pyusdt was given.
 pub fn http_at(addr: &str) -> Receiver {
+    http_with(addr, None)
+}
+
+/// OTLP/HTTP over TLS (rustls) with the test PKI's server certificate.
+pub fn https(pki: &super::tls::TestPki) -> Receiver {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(pki.server_cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key_der.clone())),
+        )
+        .unwrap();
+    http_with("127.0.0.1:0", Some(Arc::new(config)))
+}
+
+fn http_with(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
     let store = Store::default();
     let listener = TcpListener::bind(addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let s = store.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     std::thread::spawn(move || {
         for conn in listener.incoming().map_while(Result::ok) {
             let s = s.clone();
-            std::thread::spawn(move || serve_http(conn, s));
+            let tls = tls.clone();
+            std::thread::spawn(move || match tls {
+                None => serve_http(conn, s),
+                Some(config) => {
+                    // A client that does not trust us aborts the handshake: nothing to serve.
+                    let Ok(session) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    serve_http(rustls::StreamOwned::new(session, conn), s)
+                }
+            });
         }
     });
     Receiver {
-        endpoint: format!("http://{addr}"),
+        endpoint: format!("{scheme}://{addr}"),
         protocol: "http/protobuf",
         store,
         _runtime: None,
     }
 }
 
-fn serve_http(conn: TcpStream, store: Store) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut writer = conn;
+fn serve_http<S: Read + Write>(conn: S, store: Store) {
+    let mut reader = BufReader::new(conn);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -231,6 +292,12 @@ fn serve_http(conn: TcpStream, store: Store) {
                 break;
             }
             let (k, v) = line.split_once(':').unwrap_or((line, ""));
+            store
+                .received
+                .lock()
+                .unwrap()
+                .headers
+                .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = v.trim().parse().unwrap_or(0),
                 "content-encoding" => gzip = v.trim() == "gzip",
@@ -250,8 +317,9 @@ fn serve_http(conn: TcpStream, store: Store) {
         }
         std::thread::sleep(store.delay());
         if store.refuse_this_one() {
-            let _ =
-                writer.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
             continue;
         }
         let response = {
@@ -279,9 +347,11 @@ fn serve_http(conn: TcpStream, store: Store) {
             "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
             response.len()
         );
+        let writer = reader.get_mut();
         let _ = writer
             .write_all(head.as_bytes())
-            .and_then(|()| writer.write_all(&response));
+            .and_then(|()| writer.write_all(&response))
+            .and_then(|()| writer.flush());
     }
 }
 
