@@ -206,8 +206,8 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub flush_timeout: u64,
     /// Serve `/metrics` (Prometheus text format, named as a Collector's prometheus exporter
-    /// names them) and `/healthz` on this address, e.g. 127.0.0.1:9464. Off by default; bind
-    /// to loopback unless the scraper needs otherwise.
+    /// names them) and `/healthz` on this address, e.g. 127.0.0.1:9464; a bare port (9464)
+    /// means loopback. Off by default; bind to loopback unless the scraper needs otherwise.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
     /// Size of the BPF ring buffer (power of two, e.g. 256K, 4M). Events that do not fit are

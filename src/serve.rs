@@ -47,9 +47,21 @@ fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `--metrics-listen` as given, or for a bare port (`9464`, `:9464`) that port on loopback:
+/// the endpoint is reachable from elsewhere only when an address says so.
+fn listen_address(given: &str) -> String {
+    let port = given.strip_prefix(':').unwrap_or(given);
+    if port.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{port}")
+    } else {
+        given.to_string()
+    }
+}
+
 /// Binds `addr` and serves it on a thread of its own; returns the bound address (port 0
 /// picks a free one).
 pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
+    let addr = &listen_address(addr);
     let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
     let local = listener
         .local_addr()
@@ -132,4 +144,17 @@ fn answer(mut stream: TcpStream, published: &Published) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_address;
+
+    #[test]
+    fn a_bare_port_binds_loopback_only() {
+        assert_eq!(listen_address("9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address(":9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address("0.0.0.0:9464"), "0.0.0.0:9464");
+        assert_eq!(listen_address("[::1]:9464"), "[::1]:9464");
+    }
 }

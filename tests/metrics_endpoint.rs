@@ -115,3 +115,56 @@ fn agent_serves_prometheus_metrics_and_health() {
         assert!(body.contains(name), "{name} in /metrics");
     }
 }
+
+/// The listening TCP sockets of a process: (local address as /proc/net/tcp* writes it, port).
+fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A: LISTEN), inode.
+            if f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let (ip, port) = f[1].split_once(':').unwrap();
+                found.push((ip.to_string(), u16::from_str_radix(port, 16).unwrap()));
+            }
+        }
+    }
+    found
+}
+
+/// Without --metrics-listen the agent listens nowhere; with a bare port, on loopback only.
+#[test]
+fn the_agent_listens_only_where_told() {
+    if !require_bpf("the_agent_listens_only_where_told") {
+        return;
+    }
+    let (mut quiet, log) = start_agent(&["--quiet"]);
+    wait_for_line(&log, "tracing ");
+    assert_eq!(
+        listening_sockets(quiet.0.id()),
+        vec![],
+        "a listening socket nobody asked for"
+    );
+    stop(&mut quiet.0, libc::SIGTERM, Duration::from_secs(10));
+
+    let (mut serving, log) = start_agent(&["--quiet", "--metrics-listen", "0"]);
+    let line = wait_for_line(&log, "serving /metrics and /healthz on http://");
+    wait_for_line(&log, "tracing ");
+    let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    // 0100007F: 127.0.0.1 in /proc/net/tcp's byte order.
+    assert_eq!(
+        listening_sockets(serving.0.id()),
+        vec![("0100007F".to_string(), port)],
+        "{line}"
+    );
+    stop(&mut serving.0, libc::SIGTERM, Duration::from_secs(10));
+}
