@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 # prometheus (promtool), golang-go, golang-github-masterminds-sprig-dev: scripts/deploy-check.sh
 # tests the alert rules and dashboard on a real Prometheus and renders the Helm chart with Go's
 # text/template + sprig (what Helm uses; helm itself is not installable here).
+# bpftrace: the reference the benchmarks in bench/ measure pyusdt against.
 PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
           python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux
-          prometheus golang-go golang-github-masterminds-sprig-dev)
+          prometheus golang-go golang-github-masterminds-sprig-dev bpftrace)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -45,6 +46,14 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import opentelemetry.
   echo "setup: creating $VENV (opentelemetry-proto, protobuf from PyPI)"
   /usr/bin/python3.11 -m venv "$VENV"
   "$VENV/bin/pip" install -q "opentelemetry-proto==1.45.2" "protobuf==7.36.2"
+fi
+
+# cargo-deny checks the dependency tree's licenses, sources and bans (scripts/test.sh). Built
+# from crates.io: about 6 minutes cold on two cores, once.
+DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
+  echo "setup: installing cargo-deny $DENY_VERSION (cargo install)"
+  cargo install --quiet --locked cargo-deny --version "$DENY_VERSION"
 fi
 
 # CPython 3.9 and 3.13 with markers, for the version matrix of the tests (cached outside the

@@ -8,4 +8,12 @@ bash scripts/setup.sh --deps-only
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# Dependencies: permissive licenses, crates.io only (deny.toml). Advisories need RustSec's
+# database from github.com, which not every machine reaches: checked when it can be fetched.
+cargo deny --locked check bans licenses sources
+if cargo deny --locked fetch db >/dev/null 2>&1; then
+  cargo deny --locked check advisories
+else
+  echo "NOTE: cargo deny advisories not checked: RustSec's database (github.com) is unreachable from this machine"
+fi
 bash scripts/deploy-check.sh
