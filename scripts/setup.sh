@@ -14,10 +14,11 @@ cd "$(dirname "$0")/.."
 # prometheus (promtool), golang-go, golang-github-masterminds-sprig-dev: scripts/deploy-check.sh
 # tests the alert rules and dashboard on a real Prometheus and renders the Helm chart with Go's
 # text/template + sprig (what Helm uses; helm itself is not installable here).
-# bpftrace: the reference the benchmarks in bench/ measure pyusdt against.
+# bpftrace: the reference the benchmarks in bench/ measure pyusdt against. bpftool: a test
+# reads the agent's BPF maps (tests/faults.rs).
 PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
           python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux
-          prometheus golang-go golang-github-masterminds-sprig-dev bpftrace)
+          prometheus golang-go golang-github-masterminds-sprig-dev bpftrace bpftool)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -18,6 +18,18 @@ use serde_json::Value;
 /// must not push it past that.
 const RSS_CEILING_KIB: u64 = 64 * 1024;
 
+/// One test at a time: `run` attaches gc and import probes to the interpreter file, which sets
+/// their semaphores in every process using it, so a concurrent test would keep semaphores set
+/// in the program whose semaphores the SIGKILL test watches fall to zero. (Serial, the
+/// timing-bound tests also get the machine to themselves.)
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -112,6 +124,7 @@ fn collector_down_for_30_s_then_back() {
     if !require_bpf("collector_down_for_30_s_then_back") {
         return;
     }
+    let _serial = serial();
     // A port nobody listens on until the collector "comes back".
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -200,6 +213,7 @@ fn slow_collector_answering_after_2_s() {
     if !require_bpf("slow_collector_answering_after_2_s") {
         return;
     }
+    let _serial = serial();
     let receiver = otlp::grpc();
     receiver.answer_after(Duration::from_secs(2));
     let dir = tempfile::tempdir().unwrap();
@@ -281,6 +295,7 @@ fn sigkill_of_the_agent_leaves_traced_programs_running() {
     if !require_bpf("sigkill_of_the_agent_leaves_traced_programs_running") {
         return;
     }
+    let _serial = serial();
     let expected = untraced_behaviour();
     let mut program = Reaped(
         Command::new(SYSTEM_PYTHON)
@@ -359,6 +374,7 @@ fn traced_programs_behave_as_untraced() {
     if !require_bpf("traced_programs_behave_as_untraced") {
         return;
     }
+    let _serial = serial();
     let expected = untraced_behaviour();
     let dir = tempfile::tempdir().unwrap();
     let (input, stdout, stderr) = (
@@ -411,6 +427,7 @@ fn spans_of_interleaved_threads_stay_well_nested() {
     if !require_bpf("spans_of_interleaved_threads_stay_well_nested") {
         return;
     }
+    let _serial = serial();
     let receiver = otlp::http();
     let out = pyusdt()
         .args([
@@ -489,5 +506,181 @@ fn spans_of_interleaved_threads_stay_well_nested() {
     assert!(
         gc_under_level2 >= 5,
         "GC spans under level2: {gc_under_level2}"
+    );
+}
+
+/// The keys of one of a process's BPF maps, found by name among its descriptors (bpftool).
+fn bpf_map_keys(pid: u32, name: &str) -> Vec<u64> {
+    let ids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .map(|id| id.trim().to_string())
+        })
+        .collect();
+    let bpftool = |args: &[&str]| -> Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "bpftool {args:?}: {}", text(&out).1);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let id = ids
+        .iter()
+        .find(|id| bpftool(&["map", "show", "id", id])["name"] == name)
+        .unwrap_or_else(|| panic!("process {pid} holds no BPF map named {name}"));
+    bpftool(&["map", "dump", "id", id])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| match entry["formatted"]["key"].as_u64() {
+            Some(key) => key,
+            // Without BTF: the key's bytes, little-endian.
+            None => entry["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .rev()
+                .map(|b| {
+                    u64::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .fold(0, |acc, b| acc << 8 | b),
+        })
+        .collect()
+}
+
+/// Processes that exit in the middle of a collection (a finalizer calls os._exit inside
+/// gc.collect) or of an import (the module's body calls os._exit): pyusdt reports no pause or
+/// import whose end it did not see, keeps no per-thread pairing state of theirs in its BPF
+/// maps (a thread id reused later would pair with it), and traces the next process normally.
+#[test]
+fn processes_exiting_mid_gc_or_mid_import_leave_nothing_behind() {
+    if !require_bpf("processes_exiting_mid_gc_or_mid_import_leave_nothing_behind") {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pyusdt_dies_in_import.py"),
+        "import os\nos._exit(0)\n",
+    )
+    .unwrap();
+    let out = dir.path().join("agent.jsonl");
+    let (mut agent, lines) = start_agent(&[
+        "--rescan-interval",
+        "0",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    wait_for_line(&lines, "tracing ");
+    let agent_pid = agent.0.id();
+
+    // A process stopped inside a collection (its finalizer sleeps): its thread's GC start is
+    // in the agent's map, which shows the check below can see it. Killed there, it is gone.
+    let mut stuck = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args([
+                "-c",
+                "import gc, time\n\
+                 class Slow:\n    def __del__(self):\n        print('in gc', flush=True)\n        time.sleep(60)\n\
+                 s = Slow()\ns.cycle = s\ndel s\ngc.collect()\n",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stuck_pid = stuck.0.id() as u64;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stuck.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "in gc\n");
+    assert!(
+        bpf_map_keys(agent_pid, "gc_starts").contains(&stuck_pid),
+        "the collection in progress is not in the agent's map"
+    );
+    stop(&mut stuck.0, libc::SIGKILL, Duration::from_secs(5));
+
+    let mid_gc = "import gc, os\n\
+                  class Dies:\n    def __del__(self):\n        os._exit(0)\n\
+                  d = Dies()\nd.cycle = d\ndel d\ngc.collect()\nprint('not reached')\n";
+    let (mut died_in_gc, mut died_in_import) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let mut cmd = Command::new(SYSTEM_PYTHON);
+        if i % 2 == 0 {
+            cmd.args(["-c", mid_gc]);
+        } else {
+            cmd.args(["-c", "import pyusdt_dies_in_import\nprint('not reached')"])
+                .current_dir(dir.path());
+        }
+        let child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let done = child.wait_with_output().unwrap();
+        assert!(done.status.success() && done.stdout.is_empty(), "{done:?}");
+        if i % 2 == 0 {
+            died_in_gc.push(pid as u64);
+        } else {
+            died_in_import.push(pid as u64);
+        }
+    }
+    let normal = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import gc, json\ngc.collect()"])
+        .spawn()
+        .unwrap();
+    let normal_pid = normal.id() as u64;
+    assert!(normal.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let gc_starts = bpf_map_keys(agent_pid, "gc_starts");
+    let span_stacks = bpf_map_keys(agent_pid, "span_stacks");
+    for pid in died_in_gc.iter().chain(&died_in_import).chain([&stuck_pid]) {
+        assert!(
+            !gc_starts.contains(pid) && !span_stacks.contains(pid),
+            "pairing state of exited thread {pid} left in the agent's maps"
+        );
+    }
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+
+    let records = read_jsonl(&out);
+    let of = |pid: u64| records.iter().filter(move |r| r["pid"] == pid);
+    for pid in &died_in_import {
+        assert!(
+            !of(*pid).any(|r| r["module"] == "pyusdt_dies_in_import"),
+            "an import of {pid} that never finished was reported"
+        );
+        assert!(
+            of(*pid).any(|r| r["type"] == "import"),
+            "{pid} not traced at all"
+        );
+    }
+    for pid in &died_in_gc {
+        // Its interpreter collected before (start-up); the collection it died in never ended.
+        assert!(
+            of(*pid).any(|r| r["type"] == "gc"),
+            "{pid} not traced at all"
+        );
+        for r in of(*pid).filter(|r| r["type"] == "gc") {
+            assert!(
+                r["duration_ns"].as_u64().unwrap() < 100_000_000,
+                "a GC pause of {pid} that never ended was reported: {r}"
+            );
+        }
+        assert!(
+            !of(*pid).any(|r| r["type"] == "gc" && r["generation"] == 2),
+            "{pid}: the full collection it died in was reported"
+        );
+    }
+    assert!(
+        of(normal_pid).any(|r| r["type"] == "gc" && r["generation"] == 2)
+            && of(normal_pid).any(|r| r["module"] == "json" && r["depth"] == 0),
+        "the process after them was not traced normally"
     );
 }
