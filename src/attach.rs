@@ -13,7 +13,7 @@ use crate::discover::{Binary, PROVIDER};
 use crate::probes::{Probe, ProbeSet};
 
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
-/// since the BPF side only wakes user space once `wakeup_bytes` are pending.
+/// since the BPF side only wakes user space once a CPU has written `wakeup_bytes`.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What can go wrong loading or attaching.
@@ -143,8 +143,11 @@ impl<'obj> Tracer<'obj> {
             .rodata_data
             .as_deref_mut()
             .ok_or_else(|| AttachError::Object("BPF object without .rodata".into()))?;
-        // Wake user space at a quarter of the buffer, and never later than 256 KiB pending.
-        rodata.wakeup_bytes = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
+        // Wake user space at a quarter of the buffer, and never later than 256 KiB pending: each
+        // CPU wakes it after writing its share of that.
+        let pending = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
+        let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1).max(1) as u64;
+        rodata.wakeup_bytes = (pending / cpus).max(1);
         rodata.filter_tgid = options.follow_processes;
         rodata.audit_args = options.audit_args;
         rodata.flow_lines = options.flow == Some(true);
