@@ -112,6 +112,15 @@ struct {
 	__type(value, struct func_hits);
 } func_hits SEC(".maps");
 
+/* Code locations whose names a function record carried, per process image. An evicted entry
+ * only means the names are sent again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct code_ref);
+	__type(value, __u8);
+} code_sent SEC(".maps");
+
 /* Processes that have sent an event. The first event of a process wakes user space at once,
  * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
  * exists: a short-lived process could otherwise be gone before a batched wakeup. */
@@ -555,15 +564,39 @@ int function_return(struct pt_regs *ctx)
 	bpf_usdt_arg(ctx, 0, &file);
 	bpf_usdt_arg(ctx, 1, &name);
 	note_process(id, now);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct code_ref code = {
+		.mm = (__u64)BPF_CORE_READ(task, mm),
+		.name_ptr = (__u64)name,
+		.file_ptr = (__u64)file,
+		.line = first_line,
+		.tgid = id >> 32,
+	};
+	/* Names already sent: a 64-byte record instead of a 264-byte one and no string copies,
+	 * about 400 ns less per call. */
+	if (bpf_map_lookup_elem(&code_sent, &code)) {
+		struct function_ref_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+		if (!r) {
+			count(STAT_DROP_FUNCTION);
+			return 0;
+		}
+		fill_header(&r->h, id, MARKER_FUNCTION_REF, start, now, depth);
+		r->code = code;
+		submit(r, sizeof(*r));
+		return 0;
+	}
 	struct function_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_FUNCTION);
 		return 0;
 	}
 	fill_header(&e->h, id, MARKER_FUNCTION, start, now, depth);
-	e->line = first_line;
-	e->_pad = 0;
+	e->code = code;
 	read_code_names(e->name, e->file, (const char *)name, (const char *)file);
+	/* Marked sent only once this record is reserved (it will be delivered), and before it is
+	 * submitted: a later reference from another thread is reserved after it in the ring. */
+	__u8 one = 1;
+	bpf_map_update_elem(&code_sent, &code, &one, BPF_ANY);
 	submit(e, sizeof(*e));
 	return 0;
 }
@@ -588,6 +621,7 @@ struct func_key _func_key = {};
 struct func_count _func_count = {};
 struct flow_event _flow_event = {};
 struct function_event _function_event = {};
+struct function_ref_event _function_ref_event = {};
 enum flow_kind _flow_kind = FLOW_ENTRY;
 
 /* `pyusdt flow`: one record per entry, return (and line) of the traced process. */

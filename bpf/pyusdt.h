@@ -36,6 +36,8 @@ enum marker {
 	MARKER_FUNCTION = 7,
 	/* A process exec'd a program (`agent`: look for new interpreter files at once). */
 	MARKER_EXEC = 8,
+	/* A completed call of code whose names an earlier MARKER_FUNCTION record carried. */
+	MARKER_FUNCTION_REF = 9,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -155,12 +157,27 @@ struct flow_event {
 };
 
 /* A call of at least `min_function_ns`, sent at its return. */
+/* A code location as the function markers name it: the same names, file and first line in the
+ * same process image. Only the first call of a location carries the names (function_event);
+ * later ones carry this (function_ref_event), and user space looks the names up. */
+struct code_ref {
+	__u64 mm;       /* the process image: a new one after exec */
+	__u64 name_ptr; /* the marker's function-name argument */
+	__u64 file_ptr; /* the marker's file-name argument */
+	__s32 line;     /* first line (from function__entry) */
+	__u32 tgid;
+};
+
 struct function_event {
 	struct event_header h;
-	__s32 line; /* first line (from function__entry) */
-	__u32 _pad;
+	struct code_ref code;
 	char name[FUNC_NAME_LEN];
 	char file[FUNC_FILE_LEN];
+};
+
+struct function_ref_event {
+	struct event_header h;
+	struct code_ref code;
 };
 
 /* Function-marker hits of one process on an interpreter of an unverified version: do entries

@@ -12,8 +12,8 @@
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
-    audit_arg, audit_args_event, audit_event, event_header, flow_event, func_count, func_hits,
-    func_key, function_event, gc_event, import_event, process_event,
+    audit_arg, audit_args_event, audit_event, code_ref, event_header, flow_event, func_count,
+    func_hits, func_key, function_event, function_ref_event, gc_event, import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -39,6 +39,8 @@ unsafe impl plain::Plain for types::flow_event {}
 unsafe impl plain::Plain for types::function_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::func_hits {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::function_ref_event {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};
@@ -52,6 +54,7 @@ pub const MARKER_AUDIT_ARGS: u8 = marker::MARKER_AUDIT_ARGS.0 as u8;
 pub const MARKER_FLOW: u8 = marker::MARKER_FLOW.0 as u8;
 pub const MARKER_FUNCTION: u8 = marker::MARKER_FUNCTION.0 as u8;
 pub const MARKER_EXEC: u8 = marker::MARKER_EXEC.0 as u8;
+pub const MARKER_FUNCTION_REF: u8 = marker::MARKER_FUNCTION_REF.0 as u8;
 
 /// Indexes of the per-CPU `stats` map.
 pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;

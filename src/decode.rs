@@ -3,7 +3,7 @@ use std::borrow::Cow;
 
 use crate::bpf::{
     self, audit_arg, audit_args_event, audit_event, event_header, flow_event, function_event,
-    gc_event, import_event, process_event,
+    function_ref_event, gc_event, import_event, process_event,
 };
 
 /// What every event carries.
@@ -126,10 +126,32 @@ pub enum FlowKind {
     Line,
 }
 
+/// A code location of the function markers in one process image (bpf/pyusdt.h `code_ref`):
+/// the key under which its names were sent once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeRef {
+    pub pid: u32,
+    pub mm: u64,
+    pub name_ptr: u64,
+    pub file_ptr: u64,
+    pub line: i32,
+}
+
 /// A ring-buffer record: a marker's event, a process description, or a flow record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
     Event(Event<'a>),
+    /// A completed call with its code's names (`event` is an `Event::Function`), sent for the
+    /// first call of that code: later calls are `FunctionRef`s.
+    Function {
+        event: Event<'a>,
+        code: CodeRef,
+    },
+    /// A completed call of code whose names an earlier `Function` record carried.
+    FunctionRef {
+        header: Header,
+        code: CodeRef,
+    },
     Process(ProcessRecord<'a>),
     Flow(FlowRecord<'a>),
     /// A process exec'd a program (`agent`): its host PID.
@@ -225,12 +247,22 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         bpf::MARKER_FUNCTION => {
             let e: &function_event = read(data, raw.marker)?;
-            Ok(Record::Event(Event::Function {
+            Ok(Record::Function {
+                event: Event::Function {
+                    header,
+                    name: c_string(&e.name),
+                    file: c_string(&e.file),
+                    line: e.code.line,
+                },
+                code: code_ref(&e.code),
+            })
+        }
+        bpf::MARKER_FUNCTION_REF => {
+            let e: &function_ref_event = read(data, raw.marker)?;
+            Ok(Record::FunctionRef {
                 header,
-                name: c_string(&e.name),
-                file: c_string(&e.file),
-                line: e.line,
-            }))
+                code: code_ref(&e.code),
+            })
         }
         bpf::MARKER_FLOW => {
             let e: &flow_event = read(data, raw.marker)?;
@@ -249,6 +281,16 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         bpf::MARKER_EXEC => Ok(Record::Exec { pid: raw.pid }),
         other => Err(DecodeError::UnknownMarker(other)),
+    }
+}
+
+fn code_ref(c: &crate::bpf::code_ref) -> CodeRef {
+    CodeRef {
+        pid: c.tgid,
+        mm: c.mm,
+        name_ptr: c.name_ptr,
+        file_ptr: c.file_ptr,
+        line: c.line,
     }
 }
 
@@ -399,9 +441,9 @@ mod tests {
                 Err(DecodeError::Truncated { .. })
             ));
         }
-        let mut h = header(9);
-        h.marker = 9;
-        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(9)));
+        let mut h = header(10);
+        h.marker = 10;
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(10)));
     }
 
     // Ring-buffer records are written by the BPF side, but their strings come from the traced

@@ -6,6 +6,7 @@ mod attach;
 mod bpf;
 mod budget;
 mod cli;
+mod code_names;
 mod commands;
 mod decode;
 mod discover;

@@ -110,6 +110,8 @@ pub struct Session<'obj> {
     flush_timeout: Duration,
     /// Records that failed to decode (a BPF/Rust layout mismatch): counted, reported.
     undecodable: u64,
+    /// Names of the code locations of function records (`--probes function`).
+    code_names: crate::code_names::CodeNames,
     /// With --probes function: the per-process function probes and their budget.
     functions: Option<RefCell<FunctionProbes>>,
     /// Files without usable function markers, and why (said when none has them).
@@ -269,6 +271,7 @@ impl<'obj> Session<'obj> {
             attach_failures: 0,
             flush_timeout: Duration::from_secs(args.flush_timeout),
             undecodable: 0,
+            code_names: Default::default(),
             functions: per_process_functions,
             function_refusals: Vec::new(),
             pids_are_ours: true,
@@ -489,6 +492,7 @@ impl<'obj> Session<'obj> {
     pub fn trace(&mut self, mut keep_going: impl FnMut() -> bool) -> CliResult<()> {
         let sinks = RefCell::new(&mut self.sinks);
         let undecodable = Cell::new(self.undecodable);
+        let code_names = RefCell::new(&mut self.code_names);
         let mut flushed_at = Instant::now();
         let tracer = &self.tracer;
         let functions = self.functions.as_ref();
@@ -511,6 +515,29 @@ impl<'obj> Session<'obj> {
                             new_pids.borrow_mut().push(p.pid);
                         }
                         decode::Record::Exec { pid } => execs.borrow_mut().push(*pid),
+                        decode::Record::Function {
+                            event: decode::Event::Function { name, file, .. },
+                            code,
+                        } => code_names.borrow_mut().learn(*code, name, file),
+                        decode::Record::FunctionRef { header, code } => {
+                            let mut names = code_names.borrow_mut();
+                            let Some((name, file)) = names.resolve(code) else {
+                                if names.unresolved == 1 {
+                                    tracing::error!(
+                                        "a call record of code whose names never arrived \
+                                         (counted; further ones not logged)"
+                                    );
+                                }
+                                return;
+                            };
+                            let event = decode::Event::Function {
+                                header: *header,
+                                name: name.into(),
+                                file: file.into(),
+                                line: code.line,
+                            };
+                            return sinks.borrow_mut().handle(&decode::Record::Event(event));
+                        }
                         _ => {}
                     }
                     sinks.borrow_mut().handle(&record)
@@ -528,12 +555,15 @@ impl<'obj> Session<'obj> {
                 if let Some(f) = functions.filter(|f| f.borrow_mut().due()) {
                     let mut f = f.borrow_mut();
                     if pids_are_ours {
-                        let mut pids = std::mem::take(&mut *new_pids.borrow_mut());
-                        if follow_processes {
-                            pids.extend(tracer.traced_pids());
+                        // A process that sent its first event runs an interpreter now, even if
+                        // it was something else (`sh -c 'exec python3 …'`) when last looked at.
+                        for pid in std::mem::take(&mut *new_pids.borrow_mut()) {
+                            f.offer(tracer, pid, true);
                         }
-                        for pid in pids {
-                            f.offer(tracer, pid, !follow_processes);
+                        if follow_processes {
+                            for pid in tracer.traced_pids() {
+                                f.offer(tracer, pid, false);
+                            }
                         }
                     }
                     f.tick(tracer, pids_are_ours);
@@ -584,6 +614,12 @@ impl<'obj> Session<'obj> {
             }
         });
         let mut text = self.sinks.summary.render(&stats, elapsed, export.as_ref());
+        if self.code_names.unresolved > 0 {
+            text.push_str(&format!(
+                "  {} calls not reported: their code's names never arrived (a bug: please report)\n",
+                self.code_names.unresolved
+            ));
+        }
         if self.undecodable > 0 {
             text.push_str(&format!(
                 "  {} undecodable records (a bug: please report)\n",
