@@ -63,8 +63,19 @@ impl OtlpSink {
         let Some(exporter) = Exporter::start(&config.exporter)? else {
             return Ok(None);
         };
+        OtlpSink::with_exporter(config, clock, runtime_version, exporter).map(Some)
+    }
+
+    /// As `new`, handing batches to `exporter` (`Exporter::in_memory` in benchmarks).
+    #[doc(hidden)]
+    pub fn with_exporter(
+        config: ExportConfig,
+        clock: Clock,
+        runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+        exporter: Exporter,
+    ) -> Result<OtlpSink, String> {
         let filter = AuditFilter::parse(&config.audit_log_events)?;
-        Ok(Some(OtlpSink {
+        Ok(OtlpSink {
             clock,
             resources: Resources::new(config.resource_command_line, runtime_version),
             spans: SpanAssembler::new(clock),
@@ -79,7 +90,7 @@ impl OtlpSink {
             pids_are_ours: true,
             sampling: None,
             config,
-        }))
+        })
     }
 
     /// PIDs in events are not this process's PIDs (another PID namespace): never look them
