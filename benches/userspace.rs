@@ -8,9 +8,13 @@
 //! processes × 4 threads whose reported calls (function probes, 300 functions) nest up to 3
 //! deep, with lazy imports (nested, some failing), collections at any depth and audit events
 //! in between. The mix is printed first.
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use prost::Message;
 
@@ -19,7 +23,7 @@ use pyusdt::bpf::{audit_event, event_header, function_event, gc_event, import_ev
 use pyusdt::bpf::{process_event, MARKER_AUDIT, MARKER_FUNCTION, MARKER_GC, MARKER_IMPORT};
 use pyusdt::decode::{decode, Record};
 use pyusdt::export::config::{ExportConfig, ExportFlags};
-use pyusdt::export::{Exporter, Payload};
+use pyusdt::export::{Batch, Exporter, Payload};
 use pyusdt::model::logs::{AuditFilter, LogBuffer};
 use pyusdt::model::metrics::{MetricsAggregator, Temporality};
 use pyusdt::model::spans::SpanAssembler;
@@ -378,10 +382,215 @@ fn encoded_len(payload: &Payload) -> usize {
     }
 }
 
-fn userspace(c: &mut Criterion) {
+/// The CPU time of the benchmarking thread: what one core spends, whatever else runs on the
+/// machine (wall-clock time would count the time the thread waited for a core).
+/// `PYUSDT_BENCH_WALL=1` measures wall-clock time instead.
+struct ThreadCpuTime;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns() - start
+    }
+
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+
+    fn zero(&self) -> u64 {
+        0
+    }
+
+    fn to_f64(&self, ns: &u64) -> f64 {
+        *ns as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Nanoseconds, as wall-clock time's.
+        WallTime.formatter()
+    }
+}
+
+/// Stage (a): ring-buffer bytes to typed, borrowed events.
+fn decode_pass(records: &Records) {
+    for data in records.iter() {
+        black_box(decode(black_box(data)).ok());
+    }
+}
+
+/// Stage (b): decoding, then the OTel model: span pairing (parent/child per thread), metric
+/// aggregation and audit log records; ready spans and logs are taken at every poll.
+struct Model {
+    clock: Clock,
+    spans: SpanAssembler,
+    metrics: MetricsAggregator,
+    logs: LogBuffer,
+}
+
+impl Model {
+    fn new() -> Model {
+        let clock = Clock::now();
+        Model {
+            clock,
+            spans: SpanAssembler::new(clock),
+            metrics: MetricsAggregator::new(Temporality::Cumulative),
+            logs: LogBuffer::new(clock, AuditFilter::parse("*").unwrap(), 2048),
+        }
+    }
+
+    fn pass(&mut self, records: &Records) {
+        for (i, data) in records.iter().enumerate() {
+            if let Ok(Record::Event(e)) = decode(data) {
+                self.spans.record(&e);
+                self.metrics
+                    .record(&e, self.clock.unix_nanos(e.header().end_ns));
+                self.logs.record(&e);
+            }
+            if i % POLL == POLL - 1 {
+                black_box(self.spans.take_ready());
+                black_box(self.logs.take_ready());
+            }
+        }
+        black_box(self.spans.take_ready());
+        black_box(self.logs.take_ready());
+    }
+}
+
+/// Stage (c): the whole path of `pyusdt run/agent --exporter otlp` on one thread: decoding,
+/// OtlpSink::record, its tick between polls (batching per resource), and at the end its finish
+/// (the rest of the spans and logs, and one metrics export), with every request encoded to
+/// protobuf as the exporter thread would. A fresh sink per pass, its processes described
+/// beforehand (`sink_setup`, not timed).
+struct SinkPass {
+    sink: OtlpSink,
+    batches: Receiver<Batch>,
+    /// The records, timestamped now.
+    records: Records,
+}
+
+fn sink_setup(processes: &Records, records: &Records) -> SinkPass {
+    let mut records = records.clone();
+    records.rebase(monotonic_ns());
+    let (exporter, batches) = Exporter::in_memory(64);
+    let mut sink = OtlpSink::with_exporter(
+        config(),
+        Clock::now(),
+        Box::new(|_| Some("3.12.3".into())),
+        exporter,
+    )
+    .unwrap();
+    sink.pids_are_foreign();
+    for data in processes.iter() {
+        if let Ok(Record::Process(p)) = decode(data) {
+            sink.describe_process(&p);
+        }
+    }
+    SinkPass {
+        sink,
+        batches,
+        records,
+    }
+}
+
+/// Returns the bytes encoded, and what is dropped after the measurement.
+fn sink_pass(pass: SinkPass) -> (usize, Receiver<Batch>, Records) {
+    let SinkPass {
+        mut sink,
+        batches,
+        records,
+    } = pass;
+    let own = OwnStats::default();
+    let mut bytes = 0usize;
+    for (i, data) in records.iter().enumerate() {
+        match decode(data) {
+            Ok(Record::Event(e)) => sink.record(&e),
+            Ok(Record::Process(p)) => sink.describe_process(&p),
+            _ => {}
+        }
+        if i % POLL == POLL - 1 {
+            sink.tick(&|| own);
+            bytes += batches
+                .try_iter()
+                .map(|b| encoded_len(&b.payload))
+                .sum::<usize>();
+        }
+    }
+    let (counts, _) = sink.finish(&own, Duration::ZERO);
+    assert_eq!(counts.dropped, [0; 3], "the in-memory queue overflowed");
+    bytes += batches
+        .try_iter()
+        .map(|b| encoded_len(&b.payload))
+        .sum::<usize>();
+    (bytes, batches, records)
+}
+
+/// Counts heap allocations (and reallocations), for the allocations per record of each stage.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator, counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    f();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+fn userspace<M: Measurement>(c: &mut Criterion<M>) {
     let (processes, records) = workload(EVENTS);
     eprintln!("workload: {}", mix(&records));
     let n = records.len() as u64;
+    // Allocations per record of each stage (the model's second pass: its maps are warm).
+    let mut model = Model::new();
+    model.pass(&records);
+    let setup = sink_setup(&processes, &records);
+    let per = |k: u64| k as f64 / n as f64;
+    eprintln!(
+        "allocations per record: decode {:.2}, decode+model {:.2}, decode+otlp_sink+encode {:.2}",
+        per(allocations(|| decode_pass(&records))),
+        per(allocations(|| model.pass(&records))),
+        per(allocations(|| {
+            black_box(sink_pass(setup));
+        })),
+    );
 
     let mut g = c.benchmark_group("userspace");
     g.throughput(Throughput::Elements(n))
@@ -389,89 +598,16 @@ fn userspace(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .sampling_mode(SamplingMode::Flat);
-
-    // (a) Ring-buffer bytes to typed, borrowed events.
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            for data in records.iter() {
-                black_box(decode(black_box(data)).ok());
-            }
-        })
-    });
-
-    // (b) Decoding, then the OTel model: span pairing (parent/child per thread), metric
-    // aggregation and audit log records; ready spans and logs are taken at every poll.
+    g.bench_function("decode", |b| b.iter(|| decode_pass(&records)));
     g.bench_function("decode+model", |b| {
-        let clock = Clock::now();
-        let mut spans = SpanAssembler::new(clock);
-        let mut metrics = MetricsAggregator::new(Temporality::Cumulative);
-        let mut logs = LogBuffer::new(clock, AuditFilter::parse("*").unwrap(), 2048);
-        b.iter(|| {
-            for (i, data) in records.iter().enumerate() {
-                if let Ok(Record::Event(e)) = decode(data) {
-                    spans.record(&e);
-                    metrics.record(&e, clock.unix_nanos(e.header().end_ns));
-                    logs.record(&e);
-                }
-                if i % POLL == POLL - 1 {
-                    black_box(spans.take_ready());
-                    black_box(logs.take_ready());
-                }
-            }
-            black_box(spans.take_ready());
-            black_box(logs.take_ready());
-        })
+        let mut model = Model::new();
+        b.iter(|| model.pass(&records))
     });
-
-    // (c) The whole path of `pyusdt run/agent --exporter otlp` on one thread: decoding,
-    // OtlpSink::record, its tick between polls (batching per resource), and at the end its
-    // finish (the rest of the spans and logs, and one metrics export), with every request
-    // encoded to protobuf as the exporter thread would. A fresh sink per iteration, its
-    // processes described beforehand (not timed).
     g.bench_function("decode+otlp_sink+encode", |b| {
-        let own = OwnStats::default();
         b.iter_batched(
-            || {
-                let mut records = records.clone();
-                records.rebase(monotonic_ns());
-                let (exporter, batches) = Exporter::in_memory(64);
-                let mut sink = OtlpSink::with_exporter(
-                    config(),
-                    Clock::now(),
-                    Box::new(|_| Some("3.12.3".into())),
-                    exporter,
-                )
-                .unwrap();
-                sink.pids_are_foreign();
-                for data in processes.iter() {
-                    if let Ok(Record::Process(p)) = decode(data) {
-                        sink.describe_process(&p);
-                    }
-                }
-                (sink, batches, records)
-            },
-            |(mut sink, batches, records)| {
-                let mut bytes = 0usize;
-                for (i, data) in records.iter().enumerate() {
-                    match decode(data) {
-                        Ok(Record::Event(e)) => sink.record(&e),
-                        Ok(Record::Process(p)) => sink.describe_process(&p),
-                        _ => {}
-                    }
-                    if i % POLL == POLL - 1 {
-                        sink.tick(&|| own);
-                        bytes += batches
-                            .try_iter()
-                            .map(|b| encoded_len(&b.payload))
-                            .sum::<usize>();
-                    }
-                }
-                let (counts, _) = sink.finish(&own, Duration::ZERO);
-                assert_eq!(counts.dropped, [0; 3], "the in-memory queue overflowed");
-                bytes += batches
-                    .try_iter()
-                    .map(|b| encoded_len(&b.payload))
-                    .sum::<usize>();
+            || sink_setup(&processes, &records),
+            |pass| {
+                let (bytes, batches, records) = sink_pass(pass);
                 // Dropped after the measurement.
                 (black_box(bytes), batches, records)
             },
@@ -481,5 +617,17 @@ fn userspace(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, userspace);
+fn cpu_time(c: &mut Criterion) {
+    if std::env::var_os("PYUSDT_BENCH_WALL").is_some() {
+        userspace(c);
+    } else {
+        userspace(
+            &mut Criterion::default()
+                .with_measurement(ThreadCpuTime)
+                .configure_from_args(),
+        );
+    }
+}
+
+criterion_group!(benches, cpu_time);
 criterion_main!(benches);
