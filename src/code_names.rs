@@ -3,7 +3,7 @@
 //! function's name and file once per process image, not at every call (bpf: `code_sent`).
 use std::collections::HashMap;
 
-use crate::decode::CodeRef;
+use crate::decode::{CodeRef, Event, Record};
 
 /// Entries kept before those of exited processes are dropped: the BPF side remembers at most
 /// 65,536 locations, so more than twice that means processes have come and gone.
@@ -17,6 +17,31 @@ pub struct CodeNames {
 }
 
 impl CodeNames {
+    /// The event a record carries: a function record's names are learnt, a reference's looked
+    /// up. None for records that are not events, and for a reference whose names never arrived
+    /// (counted in `unresolved`).
+    pub fn event_of<'a>(&'a mut self, record: &'a Record<'a>) -> Option<Event<'a>> {
+        match record {
+            Record::Event(event) => Some(event.clone()),
+            Record::Function { event, code } => {
+                if let Event::Function { name, file, .. } = event {
+                    self.learn(*code, name, file);
+                }
+                Some(event.clone())
+            }
+            Record::FunctionRef { header, code } => {
+                let (name, file) = self.resolve(code)?;
+                Some(Event::Function {
+                    header: *header,
+                    name: name.into(),
+                    file: file.into(),
+                    line: code.line,
+                })
+            }
+            Record::Process(_) | Record::Flow(_) | Record::Exec { .. } => None,
+        }
+    }
+
     /// Remembers the names of `code` (again, if the BPF side forgot it had sent them).
     pub fn learn(&mut self, code: CodeRef, name: &str, file: &str) {
         if self.names.len() >= PRUNE_ABOVE {

@@ -1,31 +1,15 @@
 //! pyusdt: CPython's USDT markers (gc, import, audit) as events, from a sidecar process.
 //!
-//! Data path: `discover` (which files carry markers) → `attach` (BPF programs on them) →
-//! `decode` (ring buffer records) → `report` (console, JSON lines, summary).
-mod attach;
-mod bpf;
-mod budget;
-mod cli;
-mod code_names;
-mod commands;
-mod decode;
-mod discover;
-mod exit;
-mod export;
-mod k8s;
-mod model;
-mod preflight;
-mod privileges;
-mod probes;
-mod report;
-mod serve;
+//! The command line; the data path (`discover` → `attach` → `decode` → `report`) is the
+//! library's (src/lib.rs).
 
 use std::io::IsTerminal;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use pyusdt::cli::{Cli, Command};
+use pyusdt::commands;
 
 fn main() {
     // Our own diagnostics go to stderr; PYUSDT_LOG=debug (or any EnvFilter directive) for more.

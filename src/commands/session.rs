@@ -515,28 +515,18 @@ impl<'obj> Session<'obj> {
                             new_pids.borrow_mut().push(p.pid);
                         }
                         decode::Record::Exec { pid } => execs.borrow_mut().push(*pid),
-                        decode::Record::Function {
-                            event: decode::Event::Function { name, file, .. },
-                            code,
-                        } => code_names.borrow_mut().learn(*code, name, file),
-                        decode::Record::FunctionRef { header, code } => {
+                        decode::Record::Function { .. } | decode::Record::FunctionRef { .. } => {
                             let mut names = code_names.borrow_mut();
-                            let Some((name, file)) = names.resolve(code) else {
-                                if names.unresolved == 1 {
-                                    tracing::error!(
-                                        "a call record of code whose names never arrived \
-                                         (counted; further ones not logged)"
-                                    );
-                                }
-                                return;
-                            };
-                            let event = decode::Event::Function {
-                                header: *header,
-                                name: name.into(),
-                                file: file.into(),
-                                line: code.line,
-                            };
-                            return sinks.borrow_mut().handle(&decode::Record::Event(event));
+                            if let Some(event) = names.event_of(&record) {
+                                return sinks.borrow_mut().handle(&decode::Record::Event(event));
+                            }
+                            if names.unresolved == 1 {
+                                tracing::error!(
+                                    "a call record of code whose names never arrived \
+                                     (counted; further ones not logged)"
+                                );
+                            }
+                            return;
                         }
                         _ => {}
                     }

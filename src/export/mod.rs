@@ -209,6 +209,21 @@ impl Exporter {
         }))
     }
 
+    /// An exporter without a thread or transport: batches wait in a queue of `capacity` for
+    /// the caller to take from the receiver, as the exporter thread would (benchmarks).
+    #[doc(hidden)]
+    pub fn in_memory(capacity: usize) -> (Exporter, Receiver<Batch>) {
+        let (tx, rx) = sync_channel(capacity);
+        let exporter = Exporter {
+            tx: Some(tx),
+            thread: None,
+            stats: Arc::default(),
+            stopping: Arc::default(),
+            shutdown_deadline: Arc::default(),
+        };
+        (exporter, rx)
+    }
+
     /// Queues a batch without blocking the event loop; a full queue drops it (counted).
     pub fn submit(&self, batch: Batch) {
         let Some(tx) = &self.tx else { return };

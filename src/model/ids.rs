@@ -35,7 +35,8 @@ impl IdGenerator {
 
     pub fn trace_id(&self) -> Vec<u8> {
         let (hi, lo) = (self.next(), self.next().max(1));
-        let mut id = hi.to_be_bytes().to_vec();
+        let mut id = Vec::with_capacity(16);
+        id.extend_from_slice(&hi.to_be_bytes());
         id.extend_from_slice(&lo.to_be_bytes());
         id
     }

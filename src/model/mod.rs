@@ -3,7 +3,7 @@
 //! the SDK's one-resource-per-provider does not fit an agent that speaks for many processes).
 pub mod attrs;
 pub mod audit_args;
-pub mod ids;
+pub(crate) mod ids;
 pub mod logs;
 pub mod metrics;
 pub mod redact;

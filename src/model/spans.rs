@@ -35,12 +35,12 @@ impl ThreadState {
         self.pending.iter().flatten().map(Vec::len).sum()
     }
 
-    /// The subtrees waiting at `level` or deeper, taken out.
-    fn take_from(&mut self, level: usize) -> Vec<Vec<Subtree>> {
-        if level >= self.pending.len() {
-            return Vec::new();
+    /// The subtrees waiting at `level` or deeper, moved to `out` (shallowest level first).
+    /// The emptied levels keep their memory for the next subtrees.
+    fn take_from(&mut self, level: usize, out: &mut Vec<Subtree>) {
+        for waiting in self.pending.iter_mut().skip(level) {
+            out.append(waiting);
         }
-        self.pending.drain(level..).collect()
     }
 }
 
@@ -90,20 +90,27 @@ impl SpanAssembler {
         let h = *event.header();
         let depth = usize::from(h.depth);
         let is_parent = matches!(event, Event::Import { .. } | Event::Function { .. });
+        let span = self.span_of(event);
+        // One lookup of the thread; spans are released through `out`, beside it.
         let state = self.threads.entry((h.pid, h.tid)).or_default();
+        let mut out = Release {
+            ids: &self.ids,
+            ready: &mut self.ready,
+            orphaned: &mut self.orphaned,
+            pid: h.pid,
+        };
         state.last_ns = h.end_ns;
         // What waits at `depth` or deeper ran inside an import or call ending at `depth`.
-        let candidates: Vec<Subtree> = if is_parent {
-            state.take_from(depth).into_iter().flatten().collect()
-        } else {
-            Vec::new()
-        };
-        let mut orphans = Vec::new();
+        let mut candidates: Vec<Subtree> = Vec::new();
+        if is_parent {
+            state.take_from(depth, &mut candidates);
+        }
 
-        let Some(span) = self.span_of(event) else {
+        let Some(span) = span else {
             self.without_start += 1;
-            orphans.extend(candidates);
-            self.release(h.pid, orphans, true);
+            for orphan in candidates {
+                out.subtree(orphan, true);
+            }
             return;
         };
         // Only what ran within this span is its child. A subtree that started before it ran
@@ -113,49 +120,54 @@ impl SpanAssembler {
             .into_iter()
             .partition(|c| c[0].start_time_unix_nano >= span.start_time_unix_nano);
         if depth == 0 {
-            orphans.extend(earlier);
+            for orphan in earlier {
+                out.subtree(orphan, true);
+            }
         } else if !earlier.is_empty() {
-            let state = self.threads.entry((h.pid, h.tid)).or_default();
             if state.pending.len() < depth {
                 state.pending.resize_with(depth, Vec::new);
             }
             state.pending[depth - 1].extend(earlier);
         }
-        self.release(h.pid, orphans, true);
+        if depth == 0 && children.is_empty() {
+            // A root without children (most spans): no subtree to build.
+            out.subtree(std::iter::once(span), false);
+            return;
+        }
         let mut subtree = Vec::with_capacity(1 + children.iter().map(Vec::len).sum::<usize>());
-        let parent_id = span.span_id.clone();
         subtree.push(span);
         for mut child in children {
-            child[0].parent_span_id = parent_id.clone();
+            child[0].parent_span_id = subtree[0].span_id.clone();
             subtree.append(&mut child);
         }
         if depth == 0 {
-            self.release(h.pid, vec![subtree], false);
+            out.subtree(subtree, false);
             return;
         }
-        let state = self.threads.entry((h.pid, h.tid)).or_default();
         let level = depth - 1;
         if state.pending.len() <= level {
             state.pending.resize_with(level + 1, Vec::new);
         }
         state.pending[level].push(subtree);
         if state.pending_len() > MAX_PENDING_PER_THREAD {
-            let all = state.take_from(0).into_iter().flatten().collect();
-            self.release(h.pid, all, true);
+            let mut all = Vec::new();
+            state.take_from(0, &mut all);
+            for orphan in all {
+                out.subtree(orphan, true);
+            }
         }
     }
 
     /// Gives each subtree a trace ID and makes it ready; `orphans` are counted as such.
     fn release(&mut self, pid: u32, subtrees: Vec<Subtree>, orphans: bool) {
+        let mut out = Release {
+            ids: &self.ids,
+            ready: &mut self.ready,
+            orphaned: &mut self.orphaned,
+            pid,
+        };
         for subtree in subtrees {
-            if orphans {
-                self.orphaned += 1;
-            }
-            let trace_id = self.ids.trace_id();
-            for mut span in subtree {
-                span.trace_id = trace_id.clone();
-                self.ready.push((pid, span));
-            }
+            out.subtree(subtree, orphans);
         }
     }
 
@@ -170,7 +182,8 @@ impl SpanAssembler {
             .collect();
         for key in stale {
             if let Some(mut state) = self.threads.remove(&key) {
-                let all = state.take_from(0).into_iter().flatten().collect();
+                let mut all = Vec::new();
+                state.take_from(0, &mut all);
                 self.release(key.0, all, true);
             }
         }
@@ -256,6 +269,34 @@ impl SpanAssembler {
             Event::Audit { .. } => return None,
         }
         Some(span)
+    }
+}
+
+/// Where completed subtrees go: the ready spans of one process, beside a borrowed thread state.
+struct Release<'a> {
+    ids: &'a IdGenerator,
+    ready: &'a mut Vec<(u32, Span)>,
+    orphaned: &'a mut u64,
+    pid: u32,
+}
+
+impl Release<'_> {
+    /// Gives the subtree a trace ID and makes it ready; an orphan is counted as such.
+    fn subtree(&mut self, subtree: impl IntoIterator<Item = Span>, orphan: bool) {
+        if orphan {
+            *self.orphaned += 1;
+        }
+        let mut trace_id = self.ids.trace_id();
+        let mut spans = subtree.into_iter().peekable();
+        while let Some(mut span) = spans.next() {
+            // The last span takes the ID itself, the others a copy.
+            span.trace_id = if spans.peek().is_some() {
+                trace_id.clone()
+            } else {
+                std::mem::take(&mut trace_id)
+            };
+            self.ready.push((self.pid, span));
+        }
     }
 }
 

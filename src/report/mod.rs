@@ -54,10 +54,11 @@ pub struct Sinks {
 impl Sinks {
     pub fn handle(&mut self, record: &Record<'_>) {
         match record {
-            Record::Event(e) | Record::Function { event: e, .. } => self.event(e),
+            Record::Event(e) => self.event(e),
             Record::Process(p) => self.process(p),
-            // The session looks up their names (src/code_names.rs) and hands them on as events.
-            Record::FunctionRef { .. } => {}
+            // The session learns and looks up code names (src/code_names.rs) and hands these
+            // on as events.
+            Record::Function { .. } | Record::FunctionRef { .. } => {}
             // Only `pyusdt flow` loads the flow programs, and it reads its records itself;
             // exec records are for discovery (the session).
             Record::Flow(_) | Record::Exec { .. } => {}

@@ -63,8 +63,19 @@ impl OtlpSink {
         let Some(exporter) = Exporter::start(&config.exporter)? else {
             return Ok(None);
         };
+        OtlpSink::with_exporter(config, clock, runtime_version, exporter).map(Some)
+    }
+
+    /// As `new`, handing batches to `exporter` (`Exporter::in_memory` in benchmarks).
+    #[doc(hidden)]
+    pub fn with_exporter(
+        config: ExportConfig,
+        clock: Clock,
+        runtime_version: Box<dyn Fn(u32) -> Option<String>>,
+        exporter: Exporter,
+    ) -> Result<OtlpSink, String> {
         let filter = AuditFilter::parse(&config.audit_log_events)?;
-        Ok(Some(OtlpSink {
+        Ok(OtlpSink {
             clock,
             resources: Resources::new(config.resource_command_line, runtime_version),
             spans: SpanAssembler::new(clock),
@@ -79,7 +90,7 @@ impl OtlpSink {
             pids_are_ours: true,
             sampling: None,
             config,
-        }))
+        })
     }
 
     /// PIDs in events are not this process's PIDs (another PID namespace): never look them
@@ -316,16 +327,24 @@ impl OtlpSink {
 /// Export batches of at most `size` items, each grouped by PID (order kept within a process),
 /// with its item count. Items are moved, not copied.
 fn batches<T>(items: Vec<(u32, T)>, size: usize) -> Vec<(u64, BTreeMap<u32, Vec<T>>)> {
-    let mut out = Vec::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let mut map: BTreeMap<u32, Vec<T>> = BTreeMap::new();
-        let mut n = 0u64;
-        for (pid, item) in items.by_ref().take(size.max(1)) {
-            map.entry(pid).or_default().push(item);
-            n += 1;
+    let size = size.max(1);
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut items = items.into_iter();
+    while items.len() > 0 {
+        let n = items.len().min(size);
+        // Each process's share of the batch first, so that its Vec is allocated once.
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (pid, _) in &items.as_slice()[..n] {
+            *counts.entry(*pid).or_default() += 1;
         }
-        out.push((n, map));
+        let mut map: BTreeMap<u32, Vec<T>> = counts
+            .into_iter()
+            .map(|(pid, count)| (pid, Vec::with_capacity(count)))
+            .collect();
+        for (pid, item) in items.by_ref().take(n) {
+            map.entry(pid).or_default().push(item);
+        }
+        out.push((n as u64, map));
     }
     out
 }

@@ -1,0 +1,24 @@
+//! pyusdt: CPython's USDT markers (gc, import, audit) as events, from a sidecar process.
+//!
+//! Data path: `discover` (which files carry markers) → `attach` (BPF programs on them) →
+//! `decode` (ring buffer records) → `report` (console, JSON lines, summary).
+//!
+//! The library holds everything; the `pyusdt` binary (src/main.rs) parses the command line and
+//! runs a subcommand. The modules the binary and the benchmarks (benches/) use are public.
+mod attach;
+pub mod bpf;
+mod budget;
+pub mod cli;
+pub mod code_names;
+pub mod commands;
+pub mod decode;
+mod discover;
+pub mod exit;
+pub mod export;
+mod k8s;
+pub mod model;
+mod preflight;
+mod privileges;
+mod probes;
+pub mod report;
+mod serve;
