@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every benchmark of the README's "Overhead" section, one after the other (about 10 minutes on
+# a 2-core machine; run it on a quiet one). Needs root, bpftrace, Debian's python3.11 and the
+# 3.9 build of scripts/python-matrix.sh (scripts/setup.sh provides them all); any missing
+# prerequisite stops it with an error, never a partial table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY39=/var/cache/pyusdt-test/python-3.9/bin/python3.9
+[ -x "$PY39" ] || { echo "bench: $PY39 missing: run scripts/setup.sh" >&2; exit 1; }
+cargo build --release --locked -q
+
+echo "== default probes and the audit marker: bench/overhead.py"
+python3 bench/overhead.py --runs 7
+echo
+echo "== function probes, cost per call: bench/function_cost.py (3.9, then Debian's 3.11)"
+python3 bench/function_cost.py --runs 5 --python "$PY39"
+python3 bench/function_cost.py --runs 5
+echo
+echo "== the overhead budget: bench/budget.py"
+python3 bench/budget.py --runs 3 --seconds 10
+echo
+echo "== the agent's footprint: bench/footprint.py"
+python3 bench/footprint.py --runs 3
+echo
+echo "== the user-space path: cargo bench --bench userspace"
+cargo bench --locked --bench userspace 2>&1 | grep -E "^workload|^allocations|^userspace|thrpt"
