@@ -5,15 +5,28 @@ use std::collections::HashMap;
 
 use crate::decode::{CodeRef, Event, Record};
 
-/// Entries kept before those of exited processes are dropped: the BPF side remembers at most
-/// 65,536 locations, so more than twice that means processes have come and gone.
-const PRUNE_ABOVE: usize = 2 * 65_536;
+/// The BPF side remembers at most this many locations (`code_sent`): more entries here than
+/// twice that cannot all be of live processes.
+const BPF_REMEMBERS: usize = 65_536;
+/// Entries of exited processes are dropped when the table reaches a size, at least this one,
+/// then twice what is left: the table stays within twice what live processes use.
+const FIRST_PRUNE: usize = 8192;
 
-#[derive(Default)]
 pub struct CodeNames {
     names: HashMap<CodeRef, (Box<str>, Box<str>)>,
+    next_prune: usize,
     /// References whose names were never received (a bug, or a record lost in between).
     pub unresolved: u64,
+}
+
+impl Default for CodeNames {
+    fn default() -> Self {
+        CodeNames {
+            names: HashMap::new(),
+            next_prune: FIRST_PRUNE,
+            unresolved: 0,
+        }
+    }
 }
 
 impl CodeNames {
@@ -44,8 +57,9 @@ impl CodeNames {
 
     /// Remembers the names of `code` (again, if the BPF side forgot it had sent them).
     pub fn learn(&mut self, code: CodeRef, name: &str, file: &str) {
-        if self.names.len() >= PRUNE_ABOVE {
+        if self.names.len() >= self.next_prune {
             self.prune(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            self.next_prune = (2 * self.names.len()).max(FIRST_PRUNE);
         }
         match self.names.get(&code) {
             Some((n, f)) if **n == *name && **f == *file => {}
@@ -71,9 +85,9 @@ impl CodeNames {
         let mut verdicts: HashMap<u32, bool> = HashMap::new();
         self.names
             .retain(|code, _| *verdicts.entry(code.pid).or_insert_with(|| alive(code.pid)));
-        if self.names.len() >= PRUNE_ABOVE {
-            // Live processes with more locations than the BPF side remembers: it sends the
-            // names again for what it forgot, and what we forget now comes back the same way.
+        if self.names.len() >= 2 * BPF_REMEMBERS {
+            // More than the BPF side can remember: it sends the names again for what it
+            // forgot, and what we forget now comes back the same way.
             self.names.clear();
         }
     }
