@@ -492,15 +492,22 @@ int BPF_USDT(audit, const char *event, void *args)
 	return 0;
 }
 
-/* A code object's function and file names, bounded copies of the marker's arguments. */
-static __always_inline void read_code_names(char name_dst[FUNC_NAME_LEN],
+/* A code object's function and file names, bounded copies of the marker's arguments; false
+ * when either could not be read (then it is empty). */
+static __always_inline bool read_code_names(char name_dst[FUNC_NAME_LEN],
 					    char file_dst[FUNC_FILE_LEN], const char *name,
 					    const char *file)
 {
-	if (bpf_probe_read_user_str(name_dst, FUNC_NAME_LEN, name) < 0)
+	bool ok = true;
+	if (bpf_probe_read_user_str(name_dst, FUNC_NAME_LEN, name) <= 1) {
 		name_dst[0] = '\0';
-	if (bpf_probe_read_user_str(file_dst, FUNC_FILE_LEN, file) < 0)
+		ok = false;
+	}
+	if (bpf_probe_read_user_str(file_dst, FUNC_FILE_LEN, file) <= 1) {
 		file_dst[0] = '\0';
+		ok = false;
+	}
+	return ok;
 }
 
 enum hit { HIT_ENTRY, HIT_RETURN };
@@ -572,8 +579,7 @@ int function_return(struct pt_regs *ctx)
 		.line = first_line,
 		.tgid = id >> 32,
 	};
-	/* Names already sent: a 64-byte record instead of a 264-byte one and no string copies,
-	 * about 400 ns less per call. */
+	/* Names already sent: a 64-byte record instead of a 256-byte one and no string copies. */
 	if (bpf_map_lookup_elem(&code_sent, &code)) {
 		struct function_ref_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 		if (!r) {
@@ -592,11 +598,13 @@ int function_return(struct pt_regs *ctx)
 	}
 	fill_header(&e->h, id, MARKER_FUNCTION, start, now, depth);
 	e->code = code;
-	read_code_names(e->name, e->file, (const char *)name, (const char *)file);
 	/* Marked sent only once this record is reserved (it will be delivered), and before it is
-	 * submitted: a later reference from another thread is reserved after it in the ring. */
-	__u8 one = 1;
-	bpf_map_update_elem(&code_sent, &code, &one, BPF_ANY);
+	 * submitted: a later reference from another thread is reserved after it in the ring.
+	 * Names that could not be read (a page out, say) are read again at the next call. */
+	if (read_code_names(e->name, e->file, (const char *)name, (const char *)file)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&code_sent, &code, &one, BPF_ANY);
+	}
 	submit(e, sizeof(*e));
 	return 0;
 }

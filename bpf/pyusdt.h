@@ -156,7 +156,6 @@ struct flow_event {
 	char file[FUNC_FILE_LEN];
 };
 
-/* A call of at least `min_function_ns`, sent at its return. */
 /* A code location as the function markers name it: the same names, file and first line in the
  * same process image. Only the first call of a location carries the names (function_event);
  * later ones carry this (function_ref_event), and user space looks the names up. */
@@ -168,6 +167,7 @@ struct code_ref {
 	__u32 tgid;
 };
 
+/* A call of at least `min_function_ns`, sent at its return, with its code's names. */
 struct function_event {
 	struct event_header h;
 	struct code_ref code;

@@ -146,7 +146,11 @@ impl<'obj> Tracer<'obj> {
         // Wake user space at a quarter of the buffer, and never later than 256 KiB pending: each
         // CPU wakes it after writing its share of that.
         let pending = (u64::from(options.ring_buffer_bytes) / 4).min(256 * 1024);
-        let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1).max(1) as u64;
+        // Online CPUs, not possible ones: a VM with many hot-plug slots would otherwise wake
+        // user space every few records.
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let cpus = u64::try_from(online).unwrap_or(1).max(1);
         rodata.wakeup_bytes = (pending / cpus).max(1);
         rodata.filter_tgid = options.follow_processes;
         rodata.audit_args = options.audit_args;
@@ -174,6 +178,17 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .count_return
             .set_autoload(options.count_functions);
+        if !options.probes.iter().any(|p| p == Probe::Function) {
+            // An LRU is preallocated too: keep it minimal (one entry per CPU) when unused.
+            let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1).max(1) as u32;
+            open.maps
+                .code_sent
+                .set_max_entries(cpus)
+                .map_err(|source| AttachError::Map {
+                    map: "code_sent",
+                    source,
+                })?;
+        }
         if !options.count_functions {
             // The counting table is preallocated: keep it minimal when unused.
             open.maps
@@ -297,6 +312,28 @@ impl<'obj> Tracer<'obj> {
                 drop(link);
             }
         }
+    }
+
+    /// Makes the BPF side send the names of `code` again at its next call (user space does not
+    /// have them).
+    pub fn forget_code(&self, code: &crate::decode::CodeRef) {
+        let key = bpf::code_ref {
+            mm: code.mm,
+            name_ptr: code.name_ptr,
+            file_ptr: code.file_ptr,
+            line: code.line,
+            tgid: code.pid,
+        };
+        // SAFETY: code_ref is a #[repr(C)] struct of integers without padding (bpf/pyusdt.h),
+        // so all its bytes are initialised; the slice covers exactly it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&key as *const bpf::code_ref).cast::<u8>(),
+                std::mem::size_of::<bpf::code_ref>(),
+            )
+        };
+        // Absent already (evicted): nothing to do.
+        let _ = self.skel.maps.code_sent.delete(bytes);
     }
 
     /// The processes `run` follows (its command and their descendants), as host PIDs.

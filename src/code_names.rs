@@ -1,38 +1,33 @@
 //! The names of code locations, learnt from the first record of each (`Record::Function`), for
 //! the compact records of its later calls (`Record::FunctionRef`): the BPF side copies a
 //! function's name and file once per process image, not at every call (bpf: `code_sent`).
-use std::collections::HashMap;
+//!
+//! A reference whose names are not here (forgotten below, or a bug) is counted, never given
+//! made-up names, and its key is deleted from the BPF map (`forget`), so that the next call of
+//! that code sends the names again.
+use std::collections::{HashMap, HashSet};
 
 use crate::decode::{CodeRef, Event, Record};
 
-/// The BPF side remembers at most this many locations (`code_sent`): more entries here than
-/// twice that cannot all be of live processes.
-const BPF_REMEMBERS: usize = 65_536;
-/// Entries of exited processes are dropped when the table reaches a size, at least this one,
-/// then twice what is left: the table stays within twice what live processes use.
-const FIRST_PRUNE: usize = 8192;
+/// Beyond this many entries, all are dropped: four times what the BPF side can remember, so
+/// only a process with far more code locations than that gets here. Its references then
+/// re-send the names, at the cost of one call per location (counted).
+const MAX_ENTRIES: usize = 4 * 65_536;
 
+#[derive(Default)]
 pub struct CodeNames {
     names: HashMap<CodeRef, (Box<str>, Box<str>)>,
-    next_prune: usize,
-    /// References whose names were never received (a bug, or a record lost in between).
+    /// PIDs found exited at the last `prune_exited`: dropped at the next one, once the ring
+    /// buffer has been drained of their records in between.
+    exited: HashSet<u32>,
+    /// References whose names were not here: calls lost (counted with the dropped calls).
     pub unresolved: u64,
-}
-
-impl Default for CodeNames {
-    fn default() -> Self {
-        CodeNames {
-            names: HashMap::new(),
-            next_prune: FIRST_PRUNE,
-            unresolved: 0,
-        }
-    }
 }
 
 impl CodeNames {
     /// The event a record carries: a function record's names are learnt, a reference's looked
-    /// up. None for records that are not events, and for a reference whose names never arrived
-    /// (counted in `unresolved`).
+    /// up. None for records that are not events, and for a reference whose names are not here
+    /// (counted in `unresolved`; the caller deletes its key from the BPF map).
     pub fn event_of<'a>(&'a mut self, record: &'a Record<'a>) -> Option<Event<'a>> {
         match record {
             Record::Event(event) => Some(event.clone()),
@@ -57,9 +52,8 @@ impl CodeNames {
 
     /// Remembers the names of `code` (again, if the BPF side forgot it had sent them).
     pub fn learn(&mut self, code: CodeRef, name: &str, file: &str) {
-        if self.names.len() >= self.next_prune {
-            self.prune(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-            self.next_prune = (2 * self.names.len()).max(FIRST_PRUNE);
+        if self.names.len() >= MAX_ENTRIES {
+            self.names.clear();
         }
         match self.names.get(&code) {
             Some((n, f)) if **n == *name && **f == *file => {}
@@ -69,7 +63,7 @@ impl CodeNames {
         }
     }
 
-    /// The function name and file of `code`; None (counted) when they were never received.
+    /// The function name and file of `code`; None (counted) when they are not here.
     pub fn resolve(&mut self, code: &CodeRef) -> Option<(&str, &str)> {
         match self.names.get(code) {
             Some((name, file)) => Some((name, file)),
@@ -80,16 +74,14 @@ impl CodeNames {
         }
     }
 
-    /// Drops the names of processes `alive` says are gone; everything if that is not enough.
-    fn prune(&mut self, alive: impl Fn(u32) -> bool) {
-        let mut verdicts: HashMap<u32, bool> = HashMap::new();
-        self.names
-            .retain(|code, _| *verdicts.entry(code.pid).or_insert_with(|| alive(code.pid)));
-        if self.names.len() >= 2 * BPF_REMEMBERS {
-            // More than the BPF side can remember: it sends the names again for what it
-            // forgot, and what we forget now comes back the same way.
-            self.names.clear();
-        }
+    /// Drops the names of processes that `alive` found exited at the previous call too: a
+    /// process's last records may still be in the ring buffer when it is first found gone.
+    /// Call it between polls, every second or so, and only when PIDs are this namespace's.
+    pub fn prune_exited(&mut self, alive: impl Fn(u32) -> bool) {
+        let exited = std::mem::take(&mut self.exited);
+        self.names.retain(|code, _| !exited.contains(&code.pid));
+        let pids: HashSet<u32> = self.names.keys().map(|c| c.pid).collect();
+        self.exited = pids.into_iter().filter(|&pid| !alive(pid)).collect();
     }
 }
 
@@ -127,12 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_live_processes() {
+    fn exited_processes_are_dropped_one_prune_later() {
         let mut names = CodeNames::default();
         names.learn(code(1, 0x10), "a", "a.py");
         names.learn(code(2, 0x10), "b", "b.py");
-        names.prune(|pid| pid == 2);
-        assert_eq!(names.names.len(), 1);
+        // 1 is found gone, but its queued records may still need its names.
+        names.prune_exited(|pid| pid == 2);
+        assert_eq!(names.resolve(&code(1, 0x10)), Some(("a", "a.py")));
+        names.prune_exited(|pid| pid == 2);
+        assert_eq!(names.resolve(&code(1, 0x10)), None);
         assert_eq!(names.resolve(&code(2, 0x10)), Some(("b", "b.py")));
     }
 }

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 
 /// 100,000 `builtins.id` audit events (plus start-up's), a deterministic storm, with a full
-/// collection every 1,000 of them.
-const STORM: &str =
-    "import gc\nfor i in range(100000):\n    id(i)\n    if i % 1000 == 0: gc.collect()";
+/// collection every 1,000 of them, then a 50 ms sleep: a start paired with the done of another
+/// collection would make a pause of at least that.
+const STORM: &str = "import gc, time\nfor i in range(100000):\n    id(i)\n    if i % 1000 == 0:\n        gc.collect()\n        time.sleep(0.05)";
 
 /// (received, dropped) of the audit and the gc markers.
 fn traced_counts(ring: &str) -> [(u64, u64); 2] {
@@ -47,12 +47,12 @@ fn traced_counts(ring: &str) -> [(u64, u64); 2] {
         }
         (received, dropped)
     });
-    // A collection of this heap takes milliseconds: a longer one pairs a start with the done
-    // of another collection.
+    // A collection of this small heap takes a few milliseconds; collections are 50 ms apart,
+    // so a pause of 40 ms or more pairs a start with the done of another collection.
     for gc in records.iter().filter(|r| r["type"] == "gc") {
         let ns = gc["duration_ns"].as_u64().unwrap();
         assert!(
-            ns < 200_000_000,
+            ns < 40_000_000,
             "phantom GC pause of {ns} ns with a {ring} ring"
         );
     }

@@ -60,6 +60,7 @@ fn otlp_over_tls_verifies_the_collector_and_trusts_a_given_ca() {
             "tracing must not fail because the export does: {stderr}"
         );
         let records = read_jsonl(&out);
+        assert!(span_count(&records) > 0, "the workload made no span");
         let e = &summary(&records)["export"];
         {
             let r = receiver.received();

@@ -502,11 +502,16 @@ impl<'obj> Session<'obj> {
         let new_pids = RefCell::new(Vec::new());
         let execs = Rc::clone(&self.execs);
         let attach_failures = self.attach_failures;
-        let own = |summary: &Summary| OwnStats {
-            received: summary.received(),
-            dropped: tracer.stats().map(|s| s.dropped).unwrap_or_default(),
-            attach_failures,
+        let own = |summary: &Summary| {
+            let stats = tracer.stats().unwrap_or_default();
+            OwnStats {
+                received: summary.received(),
+                dropped: stats.dropped,
+                function_dropped: stats.function_dropped + code_names.borrow().unresolved,
+                attach_failures,
+            }
         };
+        let mut pruned_at = Instant::now();
         tracer.run(
             |data| match decode::decode(data) {
                 Ok(record) => {
@@ -520,10 +525,14 @@ impl<'obj> Session<'obj> {
                             if let Some(event) = names.event_of(&record) {
                                 return sinks.borrow_mut().handle(&decode::Record::Event(event));
                             }
+                            if let decode::Record::FunctionRef { code, .. } = &record {
+                                // Its next call sends the names again.
+                                tracer.forget_code(code);
+                            }
                             if names.unresolved == 1 {
-                                tracing::error!(
-                                    "a call record of code whose names never arrived \
-                                     (counted; further ones not logged)"
+                                tracing::warn!(
+                                    "a call whose code's names are not known was dropped \
+                                     (counted with the dropped calls; further ones not logged)"
                                 );
                             }
                             return;
@@ -558,6 +567,13 @@ impl<'obj> Session<'obj> {
                     }
                     f.tick(tracer, pids_are_ours);
                 }
+                // Between polls, once a second: the names of processes gone since the last time.
+                if pids_are_ours && pruned_at.elapsed() >= Duration::from_secs(1) {
+                    code_names
+                        .borrow_mut()
+                        .prune_exited(crate::discover::process::is_alive);
+                    pruned_at = Instant::now();
+                }
                 let mut s = sinks.borrow_mut();
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
                     s.flush();
@@ -587,12 +603,15 @@ impl<'obj> Session<'obj> {
     /// Prints the summary (and writes the JSON summary record); returns an error when the
     /// JSON output could not be written.
     pub fn finish(mut self) -> CliResult<()> {
-        let stats = self.tracer.stats()?;
+        let mut stats = self.tracer.stats()?;
+        // Calls whose code names were not known are lost calls, like those the ring dropped.
+        stats.function_dropped += self.code_names.unresolved;
         let elapsed = self.started.elapsed().as_secs_f64();
         self.sinks.flush();
         let own = OwnStats {
             received: self.sinks.summary.received(),
             dropped: stats.dropped,
+            function_dropped: stats.function_dropped,
             attach_failures: self.attach_failures,
         };
         let export = self.sinks.otlp.take().map(|o| {
@@ -606,7 +625,7 @@ impl<'obj> Session<'obj> {
         let mut text = self.sinks.summary.render(&stats, elapsed, export.as_ref());
         if self.code_names.unresolved > 0 {
             text.push_str(&format!(
-                "  {} calls not reported: their code's names never arrived (a bug: please report)\n",
+                "  of the calls dropped, {} because their code's names were not known\n",
                 self.code_names.unresolved
             ));
         }

@@ -410,11 +410,22 @@ fn signal_config(
             ));
         }
     }
-    let ca_path = per("CERTIFICATE")
-        .map(PathBuf::from)
-        .or_else(|| env(OTEL_EXPORTER_OTLP_CERTIFICATE).map(PathBuf::from))
-        .or(file.otlp.certificate.clone());
-    let ca_pem = ca_path.map(|p| read_pem_certificates(&p)).transpose()?;
+    let per_signal = format!("OTEL_EXPORTER_OTLP_{}_CERTIFICATE", signal.env_infix());
+    let ca = per("CERTIFICATE")
+        .map(|p| (PathBuf::from(p), per_signal))
+        .or_else(|| {
+            env(OTEL_EXPORTER_OTLP_CERTIFICATE)
+                .map(|p| (PathBuf::from(p), OTEL_EXPORTER_OTLP_CERTIFICATE.to_string()))
+        })
+        .or_else(|| {
+            file.otlp
+                .certificate
+                .clone()
+                .map(|p| (p, "`certificate` in --config".to_string()))
+        });
+    let ca_pem = ca
+        .map(|(path, source)| read_pem_certificates(&path, &source))
+        .transpose()?;
     Ok(SignalConfig {
         protocol,
         url,
@@ -427,21 +438,22 @@ fn signal_config(
 
 /// The CA file of OTEL_EXPORTER_OTLP_CERTIFICATE: read now, so that a wrong path or a file that
 /// is not PEM stops pyusdt at start-up instead of failing every export later.
-fn read_pem_certificates(path: &Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path).map_err(|e| {
-        format!(
-            "OTLP CA certificate {} (OTEL_EXPORTER_OTLP_CERTIFICATE): {e}",
+fn read_pem_certificates(path: &Path, source: &str) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("OTLP CA certificate {} ({source}): {e}", path.display()))?;
+    // Parsed now: the gRPC client would skip a certificate it cannot parse, and then every
+    // export would fail on an untrusted collector although the CA was given.
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(format!(
+            "OTLP CA certificate {} ({source}): no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
             path.display()
-        )
-    })?;
-    let text = String::from_utf8_lossy(&pem);
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "OTLP CA certificate {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+        )),
+        Err(e) => Err(format!(
+            "OTLP CA certificate {} ({source}): not a valid PEM certificate: {e}",
             path.display()
-        ));
+        )),
     }
-    Ok(pem)
 }
 
 #[cfg(test)]
@@ -521,13 +533,23 @@ mod tests {
     #[test]
     fn tls_settings_are_checked_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let (pem, not_pem) = (dir.path().join("ca.pem"), dir.path().join("notes.txt"));
+        let (pem, not_pem, corrupt) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("notes.txt"),
+            dir.path().join("corrupt.pem"),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&pem, ca.pem()).unwrap();
+        std::fs::write(&not_pem, "hello").unwrap();
         std::fs::write(
-            &pem,
-            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            &corrupt,
+            "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        std::fs::write(&not_pem, "hello").unwrap();
         let with = |vars: &[(&str, &str)]| {
             let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")];
             all.extend_from_slice(vars);
@@ -547,6 +569,15 @@ mod tests {
         );
         let e = with(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", not_pem.to_str().unwrap())]).unwrap_err();
         assert!(e.contains("no PEM certificate"), "{e}");
+        let e = with(&[(
+            "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+            corrupt.to_str().unwrap(),
+        )])
+        .unwrap_err();
+        assert!(
+            e.contains("not a valid PEM") && e.contains("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE"),
+            "{e}"
+        );
         let e = with(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", pem_s)]).unwrap_err();
         assert!(e.contains("not supported"), "{e}");
     }

@@ -40,11 +40,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// The fix to suggest when a send failed because the collector's certificate is not trusted.
+/// What to say when a send failed on the collector's certificate (None: it did not). Retrying
+/// cannot fix a certificate, so such a failure is not retried.
 fn untrusted_certificate(cause: &str) -> Option<&'static str> {
     let c = cause.to_ascii_lowercase();
-    (c.contains("invalid peer certificate") || c.contains("unknownissuer"))
-        .then_some("the collector's certificate is not trusted: set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA")
+    if c.contains("unknownissuer") || c.contains("unknown issuer") {
+        Some("the collector's certificate is not trusted: set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA")
+    } else if c.contains("invalid peer certificate") {
+        // Expired, not yet valid, or for another name: the CA file would not help.
+        Some("the collector's certificate was refused (see the reason above)")
+    } else {
+        None
+    }
 }
 
 pub enum Payload {

@@ -13,6 +13,8 @@ pub struct OwnStats {
     pub received: [u64; 3],
     /// Events lost in the kernel (ring buffer full) per marker.
     pub dropped: [u64; 3],
+    /// Function spans lost: ring buffer full, or their code's names not known.
+    pub function_dropped: u64,
     /// Files that could not be attached.
     pub attach_failures: u64,
 }
@@ -68,10 +70,18 @@ pub fn metrics(
         ),
         counter(
             "pyusdt.events.dropped",
-            "Events lost in the kernel because the ring buffer was full.",
+            "Events lost because the ring buffer was full (function: also calls whose code names were not known).",
             "{event}",
             c,
-            by_marker(own.dropped),
+            by_marker(own.dropped)
+                .into_iter()
+                .chain([int_point(
+                    vec![attrs::string("cpython.marker", "function")],
+                    own.function_dropped as i64,
+                    start,
+                    now,
+                )])
+                .collect(),
         ),
         counter(
             "pyusdt.export.items",
