@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +79,8 @@ fn start_steady_run(endpoint: &str, protocol: &str, seconds: u32, out: &std::pat
         .arg(seconds.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // Its own group: a failing test ends the traced workload too (Reaped).
+        .process_group(0)
         .spawn()
         .unwrap()
 }

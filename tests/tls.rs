@@ -116,3 +116,49 @@ fn otlp_over_tls_verifies_the_collector_and_trusts_a_given_ca() {
         );
     }
 }
+
+/// A host (or minimal image) without system CA certificates: OTLP/gRPC over TLS works with the
+/// private CA alone, and without one pyusdt says what is missing before it traces anything.
+#[test]
+fn grpc_over_tls_without_system_roots() {
+    if !require_bpf("grpc_over_tls_without_system_roots") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::tls::pki(dir.path());
+    let empty = dir.path().join("no-roots");
+    std::fs::create_dir(&empty).unwrap();
+    let receiver = otlp::grpcs(&pki);
+    let run = |ca: Option<&Path>| {
+        let mut cmd = pyusdt();
+        cmd.args(["run", "--quiet", "--flush-timeout", "3"])
+            .args([
+                "--otlp-endpoint",
+                &receiver.endpoint,
+                "--otlp-protocol",
+                "grpc",
+            ])
+            // rustls-native-certs reads the system roots from these, when set.
+            .env("SSL_CERT_FILE", dir.path().join("none.pem"))
+            .env("SSL_CERT_DIR", &empty)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .args(["--", SYSTEM_PYTHON, "-c", "import json, gc; gc.collect()"]);
+        if let Some(ca) = ca {
+            cmd.env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(None);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no system CA certificates") && stderr.contains("ca-certificates"),
+        "{stderr}"
+    );
+    let out = run(Some(&pki.ca_file));
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        !otlp::spans(&receiver.received()).is_empty(),
+        "nothing delivered with the private CA alone"
+    );
+}

@@ -39,9 +39,26 @@ impl GrpcTransport {
                 .connect_timeout(config.timeout);
             if config.url.starts_with("https://") {
                 // System roots, plus the configured CA's certificates. Verification is always on.
-                let mut tls = ClientTlsConfig::new().with_native_roots();
-                if let Some(pem) = &config.ca_pem {
-                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                // tonic refuses to connect when the system has no roots at all, even with a CA
+                // given: look first (a minimal image may carry only the private CA).
+                let system_roots = !rustls_native_certs::load_native_certs().certs.is_empty();
+                let mut tls = ClientTlsConfig::new();
+                match (&config.ca_pem, system_roots) {
+                    (Some(pem), true) => {
+                        tls = tls
+                            .with_native_roots()
+                            .ca_certificate(Certificate::from_pem(pem))
+                    }
+                    (Some(pem), false) => tls = tls.ca_certificate(Certificate::from_pem(pem)),
+                    (None, true) => tls = tls.with_native_roots(),
+                    (None, false) => {
+                        return Err(format!(
+                            "{}: no system CA certificates to verify the collector with: \
+                             install them (Debian: ca-certificates) or set \
+                             OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA",
+                            config.url
+                        ))
+                    }
                 }
                 endpoint = endpoint
                     .tls_config(tls)

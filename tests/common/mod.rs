@@ -53,12 +53,22 @@ pub fn require_bpf(test: &str) -> bool {
     }
 }
 
-/// A child process ended by its PID when the guard drops (never by name).
+/// A child process ended by its PID when the guard drops (never by name). A child started as
+/// the leader of its own process group (`Command::process_group(0)`) is ended with its group,
+/// so that what it started (`pyusdt run`'s command) does not outlive the test either.
 pub struct Reaped(pub Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
+            let pid = self.0.id() as i32;
+            // SAFETY: getpgid and kill have no memory-safety preconditions; the child is ours
+            // and not yet reaped, so its PID (and group ID) cannot have been reused.
+            unsafe {
+                if libc::getpgid(pid) == pid {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
