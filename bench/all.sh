@@ -19,6 +19,9 @@ echo
 echo "== the overhead budget: bench/budget.py"
 python3 bench/budget.py --runs 3 --seconds 10
 echo
+echo "== BPF time per program run: bench/bpf_time.sh"
+bash bench/bpf_time.sh
+echo
 echo "== the agent's footprint: bench/footprint.py"
 python3 bench/footprint.py --runs 3
 echo
