@@ -31,34 +31,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {} still running after {limit:?}",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
-}
-
-/// GC and import records of a JSON-lines output: each one is a span in the OTLP export.
-fn span_records(records: &[Value]) -> Vec<&Value> {
-    records
-        .iter()
-        .filter(|r| (r["type"] == "gc" || r["type"] == "import") && r["duration_ns"].is_u64())
-        .collect()
 }
 
 fn counts(v: &Value) -> [u64; 3] {

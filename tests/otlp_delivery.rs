@@ -100,10 +100,7 @@ fn refused_exports_are_retried_and_nothing_is_lost() {
         assert!(out.status.success(), "{stderr}");
         let records = read_jsonl(&out_path);
         let s = summary(&records);
-        let spans_expected = records
-            .iter()
-            .filter(|r| (r["type"] == "gc" || r["type"] == "import") && r["duration_ns"].is_u64())
-            .count();
+        let spans_expected = span_records(&records).len();
         let r = receiver.received();
         assert_eq!(
             r.refused, 3,
@@ -152,10 +149,7 @@ fn what_the_retry_budget_cannot_save_is_counted() {
     );
     let records = read_jsonl(&out_path);
     let s = summary(&records);
-    let spans_expected = records
-        .iter()
-        .filter(|r| (r["type"] == "gc" || r["type"] == "import") && r["duration_ns"].is_u64())
-        .count() as u64;
+    let spans_expected = span_records(&records).len() as u64;
     let e = &s["export"];
     let (exported, failed, dropped) = (&e["exported"], &e["failed"], &e["dropped"]);
     assert_eq!(exported, &serde_json::json!([0, 0, 0]));

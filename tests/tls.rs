@@ -37,10 +37,7 @@ fn traced_run(receiver: &otlp::Receiver, ca: Option<&Path>, out: &Path) -> (bool
 }
 
 fn span_count(records: &[serde_json::Value]) -> u64 {
-    records
-        .iter()
-        .filter(|r| (r["type"] == "gc" || r["type"] == "import") && r["duration_ns"].is_u64())
-        .count() as u64
+    span_records(records).len() as u64
 }
 
 #[test]

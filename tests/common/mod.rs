@@ -79,6 +79,11 @@ impl Drop for Reaped {
 pub fn stop(child: &mut Child, signal: i32, limit: Duration) -> std::process::ExitStatus {
     // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
     unsafe { libc::kill(child.id() as i32, signal) };
+    wait_at_most(child, limit)
+}
+
+/// Waits at most `limit` for a child to exit (the test fails otherwise).
+pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -86,7 +91,7 @@ pub fn stop(child: &mut Child, signal: i32, limit: Duration) -> std::process::Ex
         }
         assert!(
             Instant::now() < deadline,
-            "process {} ignored signal {signal}",
+            "process {} still running after {limit:?}",
             child.id()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -168,6 +173,15 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// GC and import records of a JSON-lines output that have a duration: each one is a span in
+/// the OTLP export.
+pub fn span_records(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| (r["type"] == "gc" || r["type"] == "import") && r["duration_ns"].is_u64())
         .collect()
 }
 
