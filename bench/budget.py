@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""The overhead budget of function probes, measured side by side: the throughput of a
-call-heavy workload (bench/call_heavy.py, fib(15) in a loop for a fixed time) untraced, under
-`pyusdt run --probes function` without a budget, and with `--max-overhead 5`, interleaved.
+"""The overhead budget (--max-overhead), measured side by side, for the two probes it governs.
+
+function: the throughput of a call-heavy workload (bench/call_heavy.py, fib(15) in a loop for a
+fixed time) untraced, under `pyusdt run --probes function` without a budget, and with
+`--max-overhead 5`, interleaved.
+
+audit: the throughput of an audit-heavy workload (bench/audit_heavy.py: dataclasses.asdict in
+a loop, one `builtins.id` audit event per object, on Debian's python3.11) untraced, under
+`pyusdt run --probes audit` (every event), and with `--max-overhead 5`, interleaved. Both it
+and a light child process raise a rare audit event (`bench.rare`); the table says how many of
+each arrived: all of the light process's, and about the observed share of the sampled one's.
 
 Prints the median throughput of each mode and its ratio to untraced, and what pyusdt's summary
 says of the sampling. Needs root and a release build; fails loudly otherwise.
 
-    python3 bench/budget.py [--runs 3] [--seconds 10] [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9]
+    python3 bench/budget.py [--only function|audit] [--runs 3] [--seconds 10]
+        [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9] [--audit-python /usr/bin/python3.11]
 
 Function spans need function__entry: a 3.8-3.10 interpreter (the default, built by
 scripts/python-matrix.sh), or Debian's 3.11 with `--line-mode` (added automatically).
@@ -21,11 +30,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
-WORKLOAD = os.path.join(ROOT, "bench", "call_heavy.py")
-
-
-def throughput(stdout):
-    return float(stdout.split()[0])
+CALL_HEAVY = os.path.join(ROOT, "bench", "call_heavy.py")
+AUDIT_HEAVY = os.path.join(ROOT, "bench", "audit_heavy.py")
 
 
 def run(cmd):
@@ -35,20 +41,27 @@ def run(cmd):
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--python", default="/var/cache/pyusdt-test/python-3.9/bin/python3.9")
-    args = parser.parse_args()
-    for need in (PYUSDT, args.python):
-        if not os.path.exists(need):
-            sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
-    if os.geteuid() != 0:
-        sys.exit("needs root (BPF)")
+def summary(path):
+    """The closing summary record: the last line of pyusdt's -o file."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - (1 << 20)))
+        return json.loads(f.read().strip().splitlines()[-1])
+
+
+def table(title, unit, results):
+    base = statistics.median(results["untraced"])
+    print(title)
+    print(f"{'mode':<36} {unit:>10} {'vs untraced':>12}")
+    for name, values in results.items():
+        m = statistics.median(values)
+        print(f"{name:<36} {m:>10.1f} {m / base:>11.3f}x")
+
+
+def function_budget(args):
     minor = int(run([args.python, "-c", "import sys; print(sys.version_info[1])"]).stdout)
     mode = ["--line-mode"] if minor == 11 else []
-    workload = [args.python, WORKLOAD, str(args.seconds)]
+    workload = [args.python, CALL_HEAVY, str(args.seconds)]
     trace = [PYUSDT, "run", "--quiet", "--probes", "function"] + mode
     modes = {
         "untraced": lambda out: workload,
@@ -64,21 +77,88 @@ def main():
         for i in range(args.runs):
             for name, cmd in modes.items():
                 done = run(cmd(out_path))
-                results[name].append(throughput(done.stdout))
+                results[name].append(float(done.stdout.split()[0]))
                 if "--max-overhead 5" in name:
-                    with open(out_path) as f:
-                        record = [json.loads(l) for l in f if l.strip()][-1]
-                    probes = record["processes"][0]["function_probes"]
+                    probes = summary(out_path)["processes"][0]["function_probes"]
                     observed.append(probes["observed_share"])
-            print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
-    base = statistics.median(results["untraced"])
-    print(f"CPython 3.{minor}, {args.seconds:g} s per run, median of {args.runs} runs")
-    print(f"{'mode':<36} {'fib(15)/s':>10} {'vs untraced':>12}")
-    for name, values in results.items():
-        m = statistics.median(values)
-        print(f"{name:<36} {m:>10.1f} {m / base:>11.3f}x")
+            print(f"function: run {i + 1}/{args.runs} done", file=sys.stderr)
+    table(f"function probes: CPython 3.{minor}, {args.seconds:g} s per run, median of {args.runs} runs",
+          "fib(15)/s", results)
     print(f"function probes attached {statistics.median(observed) * 100:.1f} % of the time "
           f"under --max-overhead 5 (median)")
+
+
+def audit_budget(args):
+    workload = [args.audit_python, AUDIT_HEAVY, str(args.seconds)]
+    # The summary (-o) has the audit events per process and name. The events themselves are
+    # written too, so the file goes to a temporary directory.
+    trace = [PYUSDT, "run", "--quiet", "--probes", "audit"]
+    modes = {
+        "untraced": lambda out: workload,
+        "audit, every event": lambda out: trace + ["-o", out, "--"] + workload,
+        "audit, --max-overhead 5": lambda out: trace
+        + ["--max-overhead", "5", "-o", out, "--"]
+        + workload,
+    }
+    results = {name: [] for name in modes}
+    rare = {name: [] for name in modes if name != "untraced"}
+    observed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "events.jsonl")
+        for i in range(args.runs):
+            for name, cmd in modes.items():
+                done = run(cmd(out_path))
+                rate, own_rare, child_pid, child_rare = done.stdout.split()
+                results[name].append(float(rate))
+                if name == "untraced":
+                    continue
+                record = summary(out_path)
+                by_pid = {p["pid"]: p for p in record["processes"]}
+                child = by_pid.get(int(child_pid), {})
+                heavy = [p for pid, p in by_pid.items() if pid != int(child_pid)]
+                got_child = child.get("audit_by_name", {}).get("bench.rare", 0)
+                got_heavy = sum(p.get("audit_by_name", {}).get("bench.rare", 0) for p in heavy)
+                rare[name].append((got_heavy, int(own_rare), got_child, int(child_rare)))
+                if "--max-overhead" in name:
+                    observed.append(heavy[0]["audit_marker"]["observed_share"])
+                    if got_child != int(child_rare):
+                        sys.exit(f"the light process raised {child_rare} bench.rare events, "
+                                 f"{got_child} arrived")
+            print(f"audit: run {i + 1}/{args.runs} done", file=sys.stderr)
+    minor = run([args.audit_python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
+    table(f"audit marker: CPython 3.{minor}, {args.seconds:g} s per run, median of {args.runs} runs",
+          "batches/CPU s", results)
+    print(f"audit marker attached {statistics.median(observed) * 100:.1f} % of the time in the "
+          f"heavy process under --max-overhead 5 (median)")
+    for name, runs in rare.items():
+        heavy = sum(r[0] for r in runs), sum(r[1] for r in runs)
+        child = sum(r[2] for r in runs), sum(r[3] for r in runs)
+        print(f"bench.rare arrived, {name}: heavy process {heavy[0]}/{heavy[1]}, "
+              f"light process {child[0]}/{child[1]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["function", "audit"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--python", default="/var/cache/pyusdt-test/python-3.9/bin/python3.9")
+    parser.add_argument("--audit-python", default="/usr/bin/python3.11")
+    args = parser.parse_args()
+    needs = [PYUSDT]
+    if args.only != "audit":
+        needs.append(args.python)
+    if args.only != "function":
+        needs.append(args.audit_python)
+    for need in needs:
+        if not os.path.exists(need):
+            sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
+    if os.geteuid() != 0:
+        sys.exit("needs root (BPF)")
+    if args.only != "audit":
+        function_budget(args)
+    if args.only != "function":
+        audit_budget(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ use crate::probes::{Probe, ProbeSet};
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
 /// since the BPF side only wakes user space once a CPU has written `wakeup_bytes`.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Records handled between two looks at `keep_going` (a few ms of work).
+const CONSUME_BATCH: usize = 8192;
 
 /// What can go wrong loading or attaching.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,31 @@ pub struct TracerOptions {
     pub min_function_ns: u64,
     /// Report every exec (`agent`: new interpreter files are looked for at once).
     pub report_execs: bool,
+    /// Attach the audit marker per process (`attach_process`), not per file: the overhead
+    /// budget then switches it off for a process whose audit events cost too much.
+    pub audit_per_process: bool,
+}
+
+/// What `attach_process` attaches for one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessPlan {
+    /// Function probes: `Some` with their settings.
+    pub functions: Option<FunctionPlan>,
+    /// The audit marker (with `TracerOptions::audit_per_process`).
+    pub audit: bool,
+}
+
+/// Settings of one attachment of a process's function probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionPlan {
+    /// New for each attachment of a process: a thread stack from before is emptied, so that
+    /// nothing pairs across a gap.
+    pub epoch: u32,
+    /// Count entries and returns (are entries firing at all?).
+    pub count_hits: bool,
+    /// Also attach the line marker, whose semaphore makes 3.11 fire function__entry for
+    /// every call (slow).
+    pub line_mode: bool,
 }
 
 /// `FUNC_COUNT_HITS` of bpf/pyusdt.h: a function probe's cookie bit asking for hit counts.
@@ -122,9 +149,10 @@ pub struct Tracer<'obj> {
     /// when no process uses a file any more (a container's copy).
     file_links: HashMap<(u64, u64), Vec<Link>>,
     _process_links: Vec<Link>,
-    /// Function probes, per process (host PID): switched off and on by the overhead budget,
-    /// between ring-buffer polls (hence a RefCell: `run` holds the tracer shared).
-    function_links: RefCell<HashMap<u32, Vec<Link>>>,
+    /// Probes attached per process (host PID), function probes and the governed audit marker:
+    /// switched off and on by the overhead budget, between ring-buffer polls (hence a
+    /// RefCell: `run` holds the tracer shared).
+    process_links: RefCell<HashMap<u32, Vec<Link>>>,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -214,7 +242,7 @@ impl<'obj> Tracer<'obj> {
             links: Vec::new(),
             file_links: HashMap::new(),
             _process_links: process_links,
-            function_links: RefCell::default(),
+            process_links: RefCell::default(),
             options,
             skel,
         })
@@ -226,17 +254,16 @@ impl<'obj> Tracer<'obj> {
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
-        // The audit program reads the argument tuple's ob_size at this offset (0: unknown); the
-        // CPython minor version rides along for decoding audit arguments in user space.
-        let minor = binary.version.map_or(0, |v| u64::from(v.minor.min(255)));
         let opts = || UsdtOpts {
-            cookie: ob_size_offset(binary) | (minor << 8),
+            cookie: audit_cookie(binary),
             ..Default::default()
         };
         for probe in self.options.probes.iter() {
-            // Function probes are attached per process (`attach_functions`), so that the
-            // overhead budget can switch them off for one process.
-            if probe == Probe::Function {
+            // Function probes, and audit under a budget, are attached per process
+            // (`attach_process`), so that the overhead budget can switch them off for one
+            // process.
+            if probe == Probe::Function || (probe == Probe::Audit && self.options.audit_per_process)
+            {
                 continue;
             }
             for &marker in probe.markers() {
@@ -266,46 +293,44 @@ impl<'obj> Tracer<'obj> {
         }
     }
 
-    /// Attaches the function probes to `binary` for one process: `pid` as this process sees
-    /// it, `host_pid` as events report it (the key to detach with). `epoch` is new for each
-    /// attachment of a process: a thread stack from before is emptied, so nothing pairs across
-    /// a gap. `count_hits`: count entries and returns (are entries firing at all?).
-    /// `line_mode` also attaches the line marker, whose semaphore makes 3.11 fire
-    /// function__entry for every call (slow).
-    pub fn attach_functions(
+    /// Attaches the per-process probes of `plan` to `binary` for one process: `pid` as this
+    /// process sees it, `host_pid` as events report it (the key to detach with).
+    pub fn attach_process(
         &self,
         binary: &Binary,
         pid: i32,
         host_pid: u32,
-        epoch: u32,
-        count_hits: bool,
-        line_mode: bool,
+        plan: ProcessPlan,
     ) -> Result<(), AttachError> {
-        let cookie = u64::from(epoch) | if count_hits { FUNC_COUNT_HITS } else { 0 };
         let p = &self.skel.progs;
-        let mut plan = vec![
-            ("function__return", &p.function_return),
-            ("function__entry", &p.function_entry),
-        ];
-        if line_mode {
-            plan.push(("line", &p.function_line));
+        let mut steps = Vec::new();
+        if let Some(f) = plan.functions {
+            let cookie = u64::from(f.epoch) | if f.count_hits { FUNC_COUNT_HITS } else { 0 };
+            steps.push(("function__return", &p.function_return, cookie));
+            steps.push(("function__entry", &p.function_entry, cookie));
+            if f.line_mode {
+                steps.push(("line", &p.function_line, cookie));
+            }
+        }
+        if plan.audit && binary.has_marker("audit") {
+            steps.push(("audit", &p.audit, audit_cookie(binary)));
         }
         let mut links = Vec::new();
-        for (marker, prog) in plan {
+        for (marker, prog, cookie) in steps {
             let opts = UsdtOpts {
                 cookie,
                 ..Default::default()
             };
             links.push(attach_marker(prog, pid, binary, marker, Some(opts))?);
         }
-        self.function_links.borrow_mut().insert(host_pid, links);
+        self.process_links.borrow_mut().insert(host_pid, links);
         Ok(())
     }
 
-    /// Detaches the function probes of one process: the kernel releases their semaphores, so
-    /// that the interpreter stops calling the markers at all.
-    pub fn detach_functions(&self, host_pid: u32) {
-        if let Some(mut links) = self.function_links.borrow_mut().remove(&host_pid) {
+    /// Detaches the per-process probes of one process: the kernel releases their semaphores,
+    /// so that the interpreter stops calling the markers at all (and builds no audit tuples).
+    pub fn detach_process(&self, host_pid: u32) {
+        if let Some(mut links) = self.process_links.borrow_mut().remove(&host_pid) {
             // Entries go before returns (the reverse of attaching): a return without its entry
             // is ignored, while entries without returns would fill the thread's stack.
             while let Some(link) = links.pop() {
@@ -561,9 +586,29 @@ impl<'obj> Tracer<'obj> {
             Ok(())
         };
         while keep_going() {
-            check(ring.poll_raw(DRAIN_INTERVAL))?;
-            // Without a wakeup poll returns empty-handed: records below the threshold wait here.
-            check(ring.consume_raw())?;
+            // Waits for a wakeup or the drain timer without consuming: libbpf's poll consumes
+            // until the ring is empty, which under a flood the producers outpace for seconds,
+            // and `keep_going` (the budget, new processes, exports) would wait as long.
+            let mut ready = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: the epoll descriptor belongs to `ring`, alive here; `ready` is one
+            // writable event, as maxevents says.
+            let n = unsafe {
+                libc::epoll_wait(
+                    ring.epoll_fd(),
+                    &mut ready,
+                    1,
+                    DRAIN_INTERVAL.as_millis() as i32,
+                )
+            };
+            if n < 0 {
+                check(
+                    -std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                )?;
+            }
+            // Records below the wakeup threshold are taken here too, on the timer.
+            check(ring.consume_raw_n(CONSUME_BATCH))?;
         }
         check(ring.consume_raw())
     }
@@ -586,6 +631,13 @@ fn attach_marker(
         path: binary.path.clone(),
         source,
     })
+}
+
+/// The audit program's cookie: it reads the argument tuple's ob_size at this offset (0:
+/// unknown); the CPython minor version rides along for decoding audit arguments in user space.
+fn audit_cookie(binary: &Binary) -> u64 {
+    let minor = binary.version.map_or(0, |v| u64::from(v.minor.min(255)));
+    ob_size_offset(binary) | (minor << 8)
 }
 
 /// Where a CPython build keeps a tuple's `ob_size`: offset 16 on 64-bit GIL builds (after

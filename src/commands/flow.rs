@@ -74,6 +74,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
             flow: Some(args.lines),
             min_function_ns: 0,
             report_execs: false,
+            audit_per_process: false,
         },
     )?;
 

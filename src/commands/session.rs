@@ -13,7 +13,7 @@ use libbpf_rs::OpenObject;
 
 use crate::attach::{Tracer, TracerOptions};
 use crate::cli::TraceArgs;
-use crate::commands::function_probes::FunctionProbes;
+use crate::commands::process_probes::ProcessProbes;
 use crate::decode;
 use crate::discover::interpreters::{discover, Scan};
 use crate::discover::{Binary, NO_MARKERS_HINT};
@@ -112,8 +112,9 @@ pub struct Session<'obj> {
     undecodable: u64,
     /// Names of the code locations of function records (`--probes function`).
     code_names: crate::code_names::CodeNames,
-    /// With --probes function: the per-process function probes and their budget.
-    functions: Option<RefCell<FunctionProbes>>,
+    /// With --probes function, or audit under --max-overhead: the probes attached per
+    /// process and their budget.
+    functions: Option<RefCell<ProcessProbes>>,
     /// Files without usable function markers, and why (said when none has them).
     function_refusals: Vec<String>,
     /// Whether event PIDs are this process's PIDs (not when `run` is in a container).
@@ -162,12 +163,23 @@ impl<'obj> Session<'obj> {
             ));
         }
         let function_probes = args.probes.iter().any(|p| p == Probe::Function);
-        if !function_probes && (args.line_mode || args.max_overhead.is_some()) {
+        let audit_probe = args.probes.iter().any(|p| p == Probe::Audit);
+        if !function_probes && args.line_mode {
             return Err(CliError::new(
                 Exit::Usage,
-                "--line-mode and --max-overhead concern function probes: add --probes …,function",
+                "--line-mode concerns function probes: add --probes …,function",
             ));
         }
+        if !function_probes && !audit_probe && args.max_overhead.is_some() {
+            return Err(CliError::new(
+                Exit::Usage,
+                "--max-overhead governs the costly probes, function and audit: add --probes \
+                 …,function or --probes …,audit",
+            ));
+        }
+        // The audit marker is governed when a budget is asked for explicitly: it is then
+        // attached per process (one uprobe each), rather than once per interpreter file.
+        let audit_budget = args.max_overhead.and_then(|m| m.0).filter(|_| audit_probe);
         // Only the agent reads other processes' /proc entries; `run` follows its own children.
         crate::preflight::check_tracing(!follow_processes)?;
         let tracer = Tracer::load(
@@ -181,6 +193,7 @@ impl<'obj> Session<'obj> {
                 flow: None,
                 min_function_ns: args.min_duration.as_nanos() as u64,
                 report_execs: !follow_processes,
+                audit_per_process: audit_budget.is_some(),
             },
         )?;
         if !follow_processes {
@@ -192,10 +205,15 @@ impl<'obj> Session<'obj> {
                 Err(e) => tracing::warn!("{e}: running with the capabilities given"),
             }
         }
-        let per_process_functions = function_probes
+        let per_process_functions = (function_probes || audit_budget.is_some())
             .then(|| {
                 let max = args.max_overhead.map_or(default_max_overhead, |m| m.0);
-                function_probes_with_budget(args.line_mode, max)
+                process_probes_with_budget(
+                    function_probes,
+                    args.line_mode,
+                    audit_budget.is_some(),
+                    max,
+                )
             })
             .map(RefCell::new);
         let clock = Clock::now();
@@ -290,26 +308,26 @@ impl<'obj> Session<'obj> {
             if self.attached_ids.contains(&b.id) {
                 continue;
             }
-            // Function probes are attached per process, later: the file counts as attached.
+            // Per-process probes are attached later, per process: the file counts as attached.
             let mut per_process = false;
             if let Some(f) = &self.functions {
                 let mut f = f.borrow_mut();
-                match f.usable(b) {
-                    Ok(_) => {
-                        f.add_binary(b);
-                        per_process = true;
-                    }
-                    Err(why) => {
+                if f.wants_functions() {
+                    if let Err(why) = f.function_markers(b) {
                         tracing::info!("{}: no function spans: {why}", b.path.display());
                         self.function_refusals
                             .push(format!("{}: {why}", b.path.display()));
                     }
                 }
+                if f.covers(b) {
+                    f.add_binary(b);
+                    per_process = true;
+                }
             }
             match self.tracer.attach(b) {
                 Ok(markers) if markers.is_empty() && per_process => {
                     tracing::info!(
-                        "{}: function probes are attached per process using it",
+                        "{}: function or audit probes are attached per process using it",
                         b.path.display()
                     );
                     self.attached_ids.insert(b.id);
@@ -358,7 +376,7 @@ impl<'obj> Session<'obj> {
         let Some(f) = &self.functions else {
             return;
         };
-        if f.borrow().has_binaries() {
+        if !f.borrow().wants_functions() || f.borrow().has_function_binaries() {
             return;
         }
         for why in &self.function_refusals {
@@ -385,12 +403,12 @@ impl<'obj> Session<'obj> {
         }
     }
 
-    /// Function probes for a process about to exec `binary` (`run`'s command, stopped before
-    /// its exec): `local_pid` as this process sees it, `host_pid` as events report it.
+    /// Per-process probes for a process about to exec `binary` (`run`'s command, stopped
+    /// before its exec): `local_pid` as this process sees it, `host_pid` as events report it.
     pub fn follow_functions(&mut self, host_pid: u32, local_pid: i32, binary: &Binary) {
         if let Some(f) = &self.functions {
             let mut f = f.borrow_mut();
-            if f.usable(binary).is_ok() {
+            if f.covers(binary) {
                 f.follow(&self.tracer, host_pid, local_pid, binary);
             }
         }
@@ -646,16 +664,27 @@ impl<'obj> Session<'obj> {
     }
 }
 
-/// Function probes within the budget `max_share` (none: every call, whatever it costs).
-fn function_probes_with_budget(line_mode: bool, max_share: Option<f64>) -> FunctionProbes {
+/// Per-process probes (function probes, the governed audit marker) within the budget
+/// `max_share` (none: every call, whatever it costs).
+fn process_probes_with_budget(
+    functions: bool,
+    line_mode: bool,
+    audit: bool,
+    max_share: Option<f64>,
+) -> ProcessProbes {
+    let what = match (functions, audit) {
+        (true, true) => "function and audit probes",
+        (true, false) => "function probes",
+        _ => "the audit marker",
+    };
     match max_share {
         Some(max) => tracing::info!(
-            "function probes limited to {:.1} % of each process's time (--max-overhead)",
+            "{what} limited to {:.1} % of each process's time (--max-overhead)",
             max * 100.0
         ),
-        None => tracing::info!("function probes on every call (--max-overhead off)"),
+        None => tracing::info!("{what} on every call (--max-overhead off)"),
     }
-    FunctionProbes::new(line_mode, max_share)
+    ProcessProbes::new(functions, line_mode, audit, max_share)
 }
 
 /// The PID whose root a file was found through (`/proc/PID/root/…`): a container's file.

@@ -79,6 +79,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             flow: None,
             min_function_ns: 0,
             report_execs: false,
+            audit_per_process: false,
         },
     )?;
     let mut counted_on = Vec::new();

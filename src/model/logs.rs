@@ -52,6 +52,13 @@ impl LogBuffer {
     }
 
     pub fn record(&mut self, event: &Event<'_>) {
+        self.record_sampled(event, None);
+    }
+
+    /// As `record`, for an audit event seen while its process's audit marker was sampled at
+    /// `ratio` (the overhead budget): the record says so (`pyusdt.sampling.ratio`), so that
+    /// counts can be scaled.
+    pub fn record_sampled(&mut self, event: &Event<'_>, ratio: Option<f64>) {
         let Event::Audit {
             header, name, args, ..
         } = event
@@ -70,6 +77,9 @@ impl LogBuffer {
             attrs::string(attrs::AUDIT_EVENT, name.as_ref()),
             attrs::int(attrs::THREAD_ID, i64::from(header.tid)),
         ];
+        if let Some(r) = ratio {
+            attributes.push(attrs::double("pyusdt.sampling.ratio", r));
+        }
         if let Some(raw) = args {
             for (i, value) in super::audit_args::decode(name, raw.layout, raw.args)
                 .into_iter()

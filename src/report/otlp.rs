@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetr
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::clock::Clock;
-use crate::commands::function_probes::SamplingTable;
+use crate::commands::process_probes::SamplingTable;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
@@ -46,7 +46,7 @@ pub struct OtlpSink {
     dead_since: HashMap<u32, Instant>,
     /// Whether event PIDs are this process's PIDs (same PID namespace).
     pids_are_ours: bool,
-    /// Function probes per process and their sampling (--probes function).
+    /// Per-process probes and their sampling (--probes function, audit under a budget).
     sampling: Option<SamplingTable>,
 }
 
@@ -136,25 +136,31 @@ impl OtlpSink {
         self.resources.set_pods(pods);
     }
 
-    /// Function spans and metrics say how the process's function probes were sampled.
+    /// Function spans, audit log records and metrics say how the process's per-process
+    /// probes were sampled.
     pub fn set_sampling(&mut self, table: SamplingTable) {
         self.sampling = Some(table);
     }
 
     pub fn record(&mut self, event: &Event<'_>) {
-        if let (Event::Function { .. }, Some(table)) = (event, &self.sampling) {
-            let ratio = table
-                .borrow()
-                .get(&event.header().pid)
-                .map(|s| s.ratio)
-                .filter(|r| *r < 1.0);
-            self.spans.record_sampled(event, ratio);
-        } else {
-            self.spans.record(event);
+        // The sampling ratio of a process's per-process probes (below 1: sampled).
+        let sampled = |of_audit: bool| {
+            let table = self.sampling.as_ref()?.borrow();
+            let s = table.get(&event.header().pid)?;
+            let governed = if of_audit {
+                s.audit
+            } else {
+                s.functions.is_some()
+            };
+            Some(s.ratio).filter(|r| governed && *r < 1.0)
+        };
+        match event {
+            Event::Function { .. } => self.spans.record_sampled(event, sampled(false)),
+            Event::Audit { .. } => self.logs.record_sampled(event, sampled(true)),
+            _ => self.spans.record(event),
         }
         self.metrics
             .record(event, self.clock.unix_nanos(event.header().end_ns));
-        self.logs.record(event);
         // Bounded memory: a full queue is shipped now rather than grown.
         if self.spans.ready_len() >= self.config.max_queue_size
             || self.logs.ready_len() >= self.config.max_queue_size
@@ -292,8 +298,9 @@ impl OtlpSink {
         }
     }
 
-    /// How the process's function probes were sampled: the current ratio, and the time they
-    /// were attached (divide call counts by its rate to scale them to the whole time).
+    /// How the process's per-process probes were sampled: the current ratio, and the time
+    /// they were attached (divide call or audit counts by its rate to scale them to the whole
+    /// time).
     fn sampling_metrics(&self, pid: u32, now: u64) -> Vec<Metric> {
         let Some(s) = self
             .sampling

@@ -113,14 +113,56 @@ pub fn metrics(
     ]
 }
 
-/// How a process's function probes are sampled (the overhead budget): the current duty ratio,
-/// and the time they were attached (divide call counts by its rate to scale them).
+/// How a process's per-process probes are sampled (the overhead budget): the current duty
+/// ratio, and the time they were attached (divide call or audit counts by its rate to scale
+/// them), for its function probes and its governed audit marker.
 pub fn sampling_metrics(
-    s: &crate::commands::function_probes::Sampling,
+    s: &crate::commands::process_probes::Sampling,
     start: u64,
     now: u64,
 ) -> Vec<Metric> {
-    let markers = vec![attrs::string("pyusdt.function_markers", s.markers.label())];
+    let mut out = Vec::new();
+    if let Some(markers) = s.functions {
+        out.extend(function_sampling_metrics(s, markers, start, now));
+    }
+    if s.audit {
+        out.extend([
+            gauge(
+                "pyusdt.audit.sampling.ratio",
+                "Duty ratio of the process's audit marker now (--max-overhead): the share of \
+                 the time it is attached (1: always, every audit event seen).",
+                "1",
+                vec![crate::model::metrics::double_point(
+                    vec![],
+                    s.ratio,
+                    start,
+                    now,
+                )],
+            ),
+            counter(
+                "pyusdt.audit.observed_time",
+                "Time the process's audit marker was attached: audit counts cover it.",
+                "s",
+                Temporality::Cumulative,
+                vec![crate::model::metrics::double_point(
+                    vec![],
+                    s.observed_seconds,
+                    start,
+                    now,
+                )],
+            ),
+        ]);
+    }
+    out
+}
+
+fn function_sampling_metrics(
+    s: &crate::commands::process_probes::Sampling,
+    markers: crate::commands::process_probes::FunctionMarkers,
+    start: u64,
+    now: u64,
+) -> Vec<Metric> {
+    let markers = vec![attrs::string("pyusdt.function_markers", markers.label())];
     vec![
         gauge(
             "pyusdt.function.sampling.ratio",

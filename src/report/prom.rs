@@ -23,7 +23,7 @@ pub struct PromSink {
     started_unix_ns: u64,
     /// Processes found gone at the last publication.
     dead_before: std::collections::HashSet<u32>,
-    sampling: Option<crate::commands::function_probes::SamplingTable>,
+    sampling: Option<crate::commands::process_probes::SamplingTable>,
     /// Whether event PIDs are this process's PIDs (see `pids_are_foreign`).
     pids_are_ours: bool,
 }
@@ -50,7 +50,7 @@ impl PromSink {
     }
 
     /// Function-probe sampling per process, published with its metrics.
-    pub fn set_sampling(&mut self, table: crate::commands::function_probes::SamplingTable) {
+    pub fn set_sampling(&mut self, table: crate::commands::process_probes::SamplingTable) {
         self.sampling = Some(table);
     }
 

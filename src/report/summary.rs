@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::text::{count, duration, safe};
 use crate::attach::KernelStats;
-use crate::commands::function_probes::{Sampling, SamplingTable};
+use crate::commands::process_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
 
@@ -318,12 +318,13 @@ impl Summary {
                     p.slowest_imports
                 );
             }
-            if let Some(s) = self.sampling_of(*pid) {
+            let sampling = self.sampling_of(*pid);
+            if let Some((s, markers)) = sampling.and_then(|s| Some((s, s.functions?))) {
                 let _ = writeln!(
                     out,
                     "  calls   function markers: {}; {}",
-                    s.markers.label(),
-                    sampling_text(&s)
+                    markers.label(),
+                    sampling_text(&s, "call")
                 );
             }
             if p.functions > 0 {
@@ -359,6 +360,13 @@ impl Summary {
                     } else {
                         String::new()
                     }
+                );
+            }
+            if let Some(s) = sampling.filter(|s| s.audit) {
+                let _ = writeln!(
+                    out,
+                    "  audit   marker under --max-overhead: {}",
+                    sampling_text(&s, "audit event")
                 );
             }
         }
@@ -416,13 +424,14 @@ impl Summary {
                     imports: p.imports,
                     imports_not_found: p.imports_not_found,
                     audit_events: p.audit_total,
-                    function_probes: self.sampling_of(*pid).map(|s| FunctionProbesRecord {
-                        markers: s.markers.label(),
-                        sampling_ratio: s.ratio,
-                        observed_share: s.observed_share,
-                        observed_seconds: s.observed_seconds,
-                        measured_cost_share: s.measured_share,
-                    }),
+                    audit_by_name: p.audit.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                    function_probes: self
+                        .sampling_of(*pid)
+                        .and_then(|s| Some(SamplingRecord::of(&s, Some(s.functions?.label())))),
+                    audit_marker: self
+                        .sampling_of(*pid)
+                        .filter(|s| s.audit)
+                        .map(|s| SamplingRecord::of(&s, None)),
                 })
                 .collect(),
         }
@@ -467,13 +476,22 @@ struct ProcessRecord {
     imports: u64,
     imports_not_found: u64,
     audit_events: u64,
+    /// Audit events per event name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    audit_by_name: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    function_probes: Option<FunctionProbesRecord>,
+    function_probes: Option<SamplingRecord>,
+    /// The audit marker under --max-overhead (attached per process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_marker: Option<SamplingRecord>,
 }
 
+/// How a process's per-process probes (function probes, governed audit marker) were sampled.
 #[derive(Serialize)]
-struct FunctionProbesRecord {
-    markers: &'static str,
+struct SamplingRecord {
+    /// What the function markers do (function probes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    markers: Option<&'static str>,
     /// The duty ratio at the end (1: every call seen).
     sampling_ratio: f64,
     /// Share of the time the probes were attached: counts are this share of the truth.
@@ -483,16 +501,28 @@ struct FunctionProbesRecord {
     measured_cost_share: f64,
 }
 
-/// How much of a process's calls its function probes saw.
-fn sampling_text(s: &Sampling) -> String {
+impl SamplingRecord {
+    fn of(s: &Sampling, markers: Option<&'static str>) -> SamplingRecord {
+        SamplingRecord {
+            markers,
+            sampling_ratio: s.ratio,
+            observed_share: s.observed_share,
+            observed_seconds: s.observed_seconds,
+            measured_cost_share: s.measured_share,
+        }
+    }
+}
+
+/// How much of a process's calls (or audit events: `what`) its per-process probes saw.
+fn sampling_text(s: &Sampling, what: &str) -> String {
     if s.observed_share >= 0.999 {
         if s.measured_share > 0.0 {
             return format!(
-                "every call seen (probes cost about {:.1} % of its time)",
+                "every {what} seen (probes cost about {:.1} % of its time)",
                 s.measured_share * 100.0
             );
         }
-        return "every call seen".into();
+        return format!("every {what} seen");
     }
     format!(
         "sampled to stay within --max-overhead: probes on {:.1} % of the time ({:.1} s), \

@@ -1,13 +1,15 @@
-//! Function probes of `run` and `agent` (`--probes function`), attached per process so that
-//! the overhead budget (src/budget.rs) can switch them off for one process, and so that 3.11's
-//! line mode slows down only the processes it is meant for.
+//! Probes of `run` and `agent` attached per process, so that the overhead budget
+//! (src/budget.rs) can switch them off for one process: function probes (`--probes function`,
+//! and 3.11's line mode then slows down only the processes it is meant for), and the audit
+//! marker when a budget is set (`--probes audit --max-overhead PCT`), since each audit event
+//! costs the interpreter a tuple and a uprobe trap.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::attach::{FunctionHits, Tracer};
-use crate::budget::{ProcessBudget, Switch};
+use crate::attach::{FunctionHits, FunctionPlan, ProcessPlan, Tracer};
+use crate::budget::{self, ProcessBudget, Switch};
 use crate::discover::{process, Binary, Firing};
 
 /// Processes kept in the sampling table after they exit (for the summary), at most.
@@ -42,18 +44,22 @@ impl FunctionMarkers {
     }
 }
 
-/// How a process's function probes were sampled, shared with the sinks.
+/// How a process's per-process probes were sampled, shared with the sinks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
-    /// The current duty ratio (1.0: every call seen).
+    /// The current duty ratio (1.0: every call and audit event seen).
     pub ratio: f64,
     /// Share of the time the probes were attached so far.
     pub observed_share: f64,
     /// Seconds the probes were attached so far.
     pub observed_seconds: f64,
-    /// The probe cost measured with the probes on, as a share of the process's time.
+    /// The probes' cost measured with them on, as a share of the process's time (mean over
+    /// the stretches measured).
     pub measured_share: f64,
-    pub markers: FunctionMarkers,
+    /// What the function markers do, when the process has function probes.
+    pub functions: Option<FunctionMarkers>,
+    /// Whether its audit marker is governed by the budget (attached per process).
+    pub audit: bool,
 }
 
 pub type SamplingTable = Rc<RefCell<HashMap<u32, Sampling>>>;
@@ -66,13 +72,20 @@ struct Followed {
     binary: Binary,
     budget: ProcessBudget,
     hits: FunctionHits,
-    markers: FunctionMarkers,
-    /// Probes detached for good (entries never fire, or attaching failed).
+    /// Function probes and what its markers do (`None`: none, or given up on).
+    functions: Option<FunctionMarkers>,
+    /// Its audit marker is attached per process.
+    audit: bool,
+    /// Probes detached for good (attaching failed).
     given_up: bool,
 }
 
-pub struct FunctionProbes {
+pub struct ProcessProbes {
+    /// Function probes are selected (`--probes function`).
+    functions: bool,
     line_mode: bool,
+    /// The audit marker is attached per process, under the budget.
+    audit: bool,
     max_share: Option<f64>,
     binaries: Vec<Binary>,
     followed: HashMap<u32, Followed>,
@@ -86,11 +99,19 @@ pub struct FunctionProbes {
     pub table: SamplingTable,
 }
 
-impl FunctionProbes {
+impl ProcessProbes {
+    /// `functions`: function probes are selected; `audit`: the audit marker is governed too;
     /// `max_share`: the budget (--max-overhead), `None` for none.
-    pub fn new(line_mode: bool, max_share: Option<f64>) -> FunctionProbes {
-        FunctionProbes {
+    pub fn new(
+        functions: bool,
+        line_mode: bool,
+        audit: bool,
+        max_share: Option<f64>,
+    ) -> ProcessProbes {
+        ProcessProbes {
+            functions,
             line_mode,
+            audit,
             max_share,
             binaries: Vec::new(),
             followed: HashMap::new(),
@@ -109,8 +130,33 @@ impl FunctionProbes {
         Some(stat.stime * self.ns_per_tick)
     }
 
+    /// Whether function probes are selected.
+    pub fn wants_functions(&self) -> bool {
+        self.functions
+    }
+
+    /// Whether processes using `binary` get per-process probes: function probes it can
+    /// carry, or its audit marker when governed.
+    pub fn covers(&self, binary: &Binary) -> bool {
+        (self.functions && self.function_markers(binary).is_ok())
+            || (self.audit && binary.has_marker("audit"))
+    }
+
+    /// What a process using `binary` gets attached now: its function probes (new `epoch`)
+    /// when `functions` says what its markers do, and the governed audit marker.
+    fn plan(&self, functions: Option<FunctionMarkers>, audit: bool, epoch: u32) -> ProcessPlan {
+        ProcessPlan {
+            functions: functions.map(|m| FunctionPlan {
+                epoch,
+                count_hits: m == FunctionMarkers::Unverified,
+                line_mode: m == FunctionMarkers::LineMode,
+            }),
+            audit,
+        }
+    }
+
     /// Whether function probes can be attached for processes using `binary`; says why not.
-    pub fn usable(&self, binary: &Binary) -> Result<FunctionMarkers, String> {
+    pub fn function_markers(&self, binary: &Binary) -> Result<FunctionMarkers, String> {
         if !binary.has_marker("function__return") || !binary.has_marker("function__entry") {
             return Err(binary
                 .firing("function__entry")
@@ -131,7 +177,7 @@ impl FunctionProbes {
         }
     }
 
-    /// Adds a file whose processes get function probes (checked with `usable`).
+    /// Adds a file whose processes get per-process probes (checked with `covers`).
     pub fn add_binary(&mut self, binary: &Binary) {
         if !self.binaries.iter().any(|b| b.id == binary.id) {
             self.binaries.push(binary.clone());
@@ -140,6 +186,15 @@ impl FunctionProbes {
 
     pub fn has_binaries(&self) -> bool {
         !self.binaries.is_empty()
+    }
+
+    /// Whether any added file can give function spans.
+    pub fn has_function_binaries(&self) -> bool {
+        self.functions
+            && self
+                .binaries
+                .iter()
+                .any(|b| self.function_markers(b).is_ok())
     }
 
     /// Follows process `host_pid` (`local_pid` here) that runs `binary` (an added file), or
@@ -166,23 +221,21 @@ impl FunctionProbes {
             return true;
         }
         let epoch = self.next_epoch();
-        let Ok(markers) = self.usable(&binary) else {
+        let functions = self
+            .functions
+            .then(|| self.function_markers(&binary).ok())
+            .flatten();
+        let audit = self.audit && binary.has_marker("audit");
+        if functions.is_none() && !audit {
             return false;
-        };
-        let count_hits = markers == FunctionMarkers::Unverified;
-        if let Err(e) = tracer.attach_functions(
-            &binary,
-            local_pid,
-            host_pid,
-            epoch,
-            count_hits,
-            markers == FunctionMarkers::LineMode,
-        ) {
-            tracing::warn!("PID {host_pid}: no function probes: {e}");
+        }
+        let plan = self.plan(functions, audit, epoch);
+        if let Err(e) = tracer.attach_process(&binary, local_pid, host_pid, plan) {
+            tracing::warn!("PID {host_pid}: no per-process probes: {e}");
             self.ignored.insert(host_pid);
             return false;
         }
-        if markers == FunctionMarkers::LineMode {
+        if functions == Some(FunctionMarkers::LineMode) {
             tracing::warn!(
                 "PID {host_pid} (CPython {}): line mode on for this process alone, so that \
                  function__entry fires; its code runs on the interpreter's slow tracing path",
@@ -198,9 +251,20 @@ impl FunctionProbes {
             Followed {
                 local_pid,
                 binary,
-                budget: ProcessBudget::new(self.max_share, now, cost),
+                // The audit marker's hidden user-space share is the larger.
+                budget: ProcessBudget::new(
+                    self.max_share,
+                    if audit {
+                        budget::AUDIT_USER_SPACE_FACTOR
+                    } else {
+                        budget::FUNCTION_USER_SPACE_FACTOR
+                    },
+                    now,
+                    cost,
+                ),
                 hits: FunctionHits::default(),
-                markers,
+                functions,
+                audit,
                 given_up: false,
             },
         );
@@ -301,18 +365,23 @@ impl FunctionProbes {
             if f.given_up {
                 continue;
             }
-            if f.markers == FunctionMarkers::Unverified {
+            if f.functions == Some(FunctionMarkers::Unverified) {
                 if f.hits.entries > 0 {
-                    f.markers = FunctionMarkers::EntryAndReturn;
+                    f.functions = Some(FunctionMarkers::EntryAndReturn);
                 } else if f.hits.returns >= ENTRY_EVIDENCE {
-                    f.markers = FunctionMarkers::EntriesDoNotFire;
-                    f.given_up = true;
                     tracing::warn!(
                         "PID {pid}: {} returns and no function__entry: this interpreter does \
                          not fire entries, so calls have no duration; function probes detached",
                         f.hits.returns
                     );
-                    switches.push((pid, Switch::Detach));
+                    // Reported as such; its governed audit marker, if any, stays.
+                    f.functions = None;
+                    tracer.detach_process(pid);
+                    if f.audit && f.budget.is_on() {
+                        switches.push((pid, Switch::Attach));
+                    } else if !f.audit {
+                        f.given_up = true;
+                    }
                     continue;
                 }
             }
@@ -322,20 +391,13 @@ impl FunctionProbes {
         }
         for (pid, switch) in switches {
             match switch {
-                Switch::Detach => tracer.detach_functions(pid),
+                Switch::Detach => tracer.detach_process(pid),
                 Switch::Attach => {
                     let epoch = self.next_epoch();
                     let f = &self.followed[&pid];
-                    let count_hits = f.markers == FunctionMarkers::Unverified;
-                    if let Err(e) = tracer.attach_functions(
-                        &f.binary,
-                        f.local_pid,
-                        pid,
-                        epoch,
-                        count_hits,
-                        f.markers == FunctionMarkers::LineMode,
-                    ) {
-                        tracing::warn!("PID {pid}: function probes not attached again: {e}");
+                    let plan = self.plan(f.functions, f.audit, epoch);
+                    if let Err(e) = tracer.attach_process(&f.binary, f.local_pid, pid, plan) {
+                        tracing::warn!("PID {pid}: probes not attached again: {e}");
                         if let Some(f) = self.followed.get_mut(&pid) {
                             f.given_up = true;
                         }
@@ -345,7 +407,7 @@ impl FunctionProbes {
         }
         let mut table = self.table.borrow_mut();
         for pid in exited {
-            tracer.detach_functions(pid);
+            tracer.detach_process(pid);
             self.followed.remove(&pid);
         }
         // Exited processes stay in the table for the summary; an agent seeing thousands come
@@ -360,8 +422,9 @@ impl FunctionProbes {
                     ratio: f.budget.ratio(),
                     observed_share: f.budget.observed_share(now),
                     observed_seconds: f.budget.observed(now).as_secs_f64(),
-                    measured_share: f.budget.measured_share,
-                    markers: f.markers,
+                    measured_share: f.budget.mean_measured_share(),
+                    functions: f.functions,
+                    audit: f.audit,
                 },
             );
         }

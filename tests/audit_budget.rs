@@ -1,0 +1,122 @@
+//! The overhead budget governing the audit marker (`--probes audit --max-overhead PCT`): an
+//! audit-heavy process is sampled (its marker attached per process, on in short windows), its
+//! log records and metrics say so, while a light process beside it keeps every audit event.
+mod common;
+
+use common::otlp;
+use common::*;
+
+#[test]
+fn audit_heavy_process_is_sampled_and_light_one_is_not() {
+    if !require_bpf("audit_heavy_process_is_sampled_and_light_one_is_not") {
+        return;
+    }
+    let receiver = otlp::http();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("out.jsonl");
+    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/audit_heavy.py");
+    let out = pyusdt()
+        .args(["run", "--quiet", "--probes", "audit", "--max-overhead", "5"])
+        // Room for the heavy process's bursts while the test's debug build exports them: a
+        // full ring would drop (and count) some of the light process's events too.
+        .args(["--ring-buffer-size", "64M"])
+        .args(["--otlp-endpoint", &receiver.endpoint, "-o"])
+        .arg(&jsonl)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .arg("--")
+        .arg(SYSTEM_PYTHON)
+        .arg(&bench)
+        .arg("3")
+        .output()
+        .unwrap();
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    // batches/CPU s, rare events raised by the heavy process, the light child's PID and its
+    // rare events.
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    let [_, _, child_pid, child_rare] = fields[..] else {
+        panic!("workload output: {stdout}");
+    };
+    let child_pid: u64 = child_pid.parse().unwrap();
+    let child_rare: u64 = child_rare.parse().unwrap();
+    assert!(child_rare >= 10, "{stdout}");
+    assert!(
+        err.contains("audit   marker under --max-overhead: sampled"),
+        "{err}"
+    );
+
+    let records = read_jsonl(&jsonl);
+    assert_eq!(summary(&records)["dropped"]["audit"], 0, "{err}");
+    let processes = summary(&records)["processes"].as_array().unwrap();
+    let child = processes
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(child_pid))
+        .expect("the light process in the summary");
+    let heavy = processes
+        .iter()
+        .find(|p| p["pid"].as_u64() != Some(child_pid))
+        .expect("the heavy process in the summary");
+    // Every builtins.id event costs the heavy process a tuple and a trap: far above 5 % of
+    // its time, so its marker is on for a small share of the run.
+    let observed = heavy["audit_marker"]["observed_share"].as_f64().unwrap();
+    assert!(
+        observed > 0.0 && observed < 0.5,
+        "observed share {observed}"
+    );
+    assert!(heavy.get("function_probes").is_none(), "{heavy}");
+    // The light process raises ten events a second: within budget, every one arrives.
+    assert_eq!(child["audit_marker"]["observed_share"].as_f64(), Some(1.0));
+    assert_eq!(
+        child["audit_by_name"]["bench.rare"].as_u64(),
+        Some(child_rare),
+        "{child}"
+    );
+
+    let r = receiver.received();
+    let logs = otlp::logs(&r);
+    let heavy_pid = heavy["pid"].as_i64().unwrap();
+    let sampled = logs
+        .iter()
+        .filter(|l| l.pid == heavy_pid)
+        .filter(|l| otlp::attr(&l.item.attributes, "pyusdt.sampling.ratio").is_some())
+        .count();
+    assert!(
+        sampled > 0,
+        "no audit log record of the heavy process marked as sampled"
+    );
+    // The light process's records are never marked: all of them were seen.
+    assert!(logs
+        .iter()
+        .filter(|l| l.pid == child_pid as i64)
+        .all(|l| otlp::attr(&l.item.attributes, "pyusdt.sampling.ratio").is_none()));
+    let names: Vec<String> = otlp::metrics(&r)
+        .into_iter()
+        .filter(|m| m.pid == heavy_pid)
+        .map(|m| m.item.name)
+        .collect();
+    for n in ["pyusdt.audit.sampling.ratio", "pyusdt.audit.observed_time"] {
+        assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|x| x == "pyusdt.function.sampling.ratio"),
+        "{names:?}"
+    );
+}
+
+/// Without a budget the audit marker stays attached once per file, and --max-overhead needs
+/// a probe it can govern.
+#[test]
+fn max_overhead_needs_function_or_audit_probes() {
+    let out = pyusdt()
+        .args(["run", "--probes", "gc", "--max-overhead", "5", "--", "true"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--max-overhead governs the costly probes, function and audit"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
