@@ -2,7 +2,8 @@
 # BPF time per program run, as the kernel accounts it (kernel.bpf_stats_enabled; bpftool's
 # run_time_ns / run_cnt), for pyusdt's programs and bpftrace's count() on the same markers:
 #   - function probes with a span per call, on the 3.9 build's fib (function_entry/return);
-#   - the audit marker on Debian's python3.11, a loop of id() calls (one audit event each).
+#   - the audit marker on Debian's python3.11, a loop of id() calls (one audit event each),
+#     with a record per event and counted in the kernel (--metrics-only).
 # Needs root, bpftool, bpftrace, the 3.9 build (scripts/setup.sh) and a release build.
 #
 #     bash bench/bpf_time.sh
@@ -74,5 +75,7 @@ measure "bpftrace count() on function__entry and function__return (3.9 fib)" "$P
   bpftrace -q -e "usdt:$LIB39:python:function__entry,usdt:$LIB39:python:function__return { @c = count(); }"
 measure "pyusdt agent --probes gc,import,audit (3.11, id() loop)" "$PY311" "$IDS" \
   "$PYUSDT" agent --quiet --probes gc,import,audit
+measure "pyusdt agent --probes gc,import,audit --metrics-only (3.11, id() loop, counted in the kernel)" "$PY311" "$IDS" \
+  "$PYUSDT" agent --quiet --probes gc,import,audit --metrics-only
 measure "bpftrace count() on audit (3.11, id() loop)" "$PY311" "$IDS" \
   bpftrace -q -e "usdt:$PY311:python:audit { @c = count(); }"

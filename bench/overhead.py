@@ -22,6 +22,9 @@ CONFIGS = [
     ("untraced", []),
     ("pyusdt --probes gc,import", [PYUSDT, "run", "--quiet", "--probes", "gc,import", "--"]),
     ("pyusdt --probes gc,import,audit", [PYUSDT, "run", "--quiet", "--probes", "gc,import,audit", "--"]),
+    # Audit events counted in the kernel, no record per event (metrics only).
+    ("pyusdt … audit --metrics-only",
+     [PYUSDT, "run", "--quiet", "--probes", "gc,import,audit", "--metrics-only", "--"]),
 ]
 # The floor any USDT tracer pays for the audit marker: the interpreter builds each event's
 # argument tuple and takes a uprobe trap. bpftrace's in-kernel count() is the reference.
@@ -50,7 +53,8 @@ def main():
     if not os.path.exists(PYUSDT):
         sys.exit("build first: cargo build --release")
     audit = subprocess.run([PYTHON, WORKLOAD, "--count-audit"], capture_output=True, text=True, check=True)
-    print(f"workload raises {int(audit.stdout.split()[1]):,} audit events per run (sys.addaudithook count)")
+    events = int(audit.stdout.split()[1])
+    print(f"workload raises {events:,} audit events per run (sys.addaudithook count)")
     times = {name: [] for name, _ in CONFIGS}
     for _ in range(args.runs):
         for name, prefix in CONFIGS:
@@ -60,6 +64,14 @@ def main():
     for name, _ in CONFIGS:
         m = statistics.median(times[name])
         print(f"{name:<34} {m:>9.4f} {m / base:>6.2f}x")
+    # Per audit event: the time added to the workload, over the events it raised.
+    floor = "bpftrace count() on audit"
+    if floor in times:
+        per = {name: (statistics.median(times[name]) - base) / events * 1e6
+               for name, _ in CONFIGS if "audit" in name}
+        print(f"per audit event (added time / {events:,} events):")
+        for name, us in per.items():
+            print(f"  {name:<32} {us:>6.2f} µs  {us / per[floor]:>5.2f}x bpftrace count()")
 
 
 if __name__ == "__main__":

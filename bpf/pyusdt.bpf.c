@@ -21,6 +21,16 @@ const volatile bool audit_args = false;        /* copy audit arguments (--audit-
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
 const volatile bool report_execs = false;      /* agent: tell user space of every exec */
+const volatile bool count_audit = false;       /* --metrics-only: count audit events here */
+
+/* Audit events per process and name (--metrics-only), per CPU so that no increment races;
+ * user space sums the CPUs and deletes a process's keys once it has exited. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct audit_count_key);
+	__type(value, __u64);
+} audit_counts SEC(".maps");
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
@@ -458,6 +468,24 @@ int BPF_USDT(audit, const char *event, void *args)
 	if (!wanted(id >> 32))
 		return 0;
 	note_process(id, now);
+	if (count_audit) {
+		struct audit_count_key key = { .tgid = id >> 32 };
+		if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
+			key.name[0] = '\0';
+		__u64 *n = bpf_map_lookup_elem(&audit_counts, &key);
+		if (n) {
+			(*n)++;
+			return 0;
+		}
+		__u64 one = 1;
+		/* A full table loses the event: counted as a drop, like a full ring. */
+		if (bpf_map_update_elem(&audit_counts, &key, &one, BPF_NOEXIST) &&
+		    !(n = bpf_map_lookup_elem(&audit_counts, &key)))
+			count(STAT_DROP_AUDIT);
+		else if (n)
+			(*n)++;
+		return 0;
+	}
 	/* The argument tuple's ob_size: its offset comes with the attachment (the cookie), set
 	 * by user space per interpreter build; 0 where the layout is not known. */
 	__u64 layout = bpf_usdt_cookie(ctx);

@@ -81,6 +81,13 @@ struct import_event {
 	char module[MODULE_LEN];
 };
 
+/* --metrics-only: audit events counted here per process and event name, no record each. */
+struct audit_count_key {
+	__u32 tgid;
+	__u32 _pad;
+	char name[AUDIT_NAME_LEN];
+};
+
 struct audit_event {
 	struct event_header h;
 	__s64 nargs; /* size of the argument tuple */

@@ -1,6 +1,6 @@
 //! Loads the BPF programs, attaches them to interpreter files and drains the ring buffer.
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,6 +68,17 @@ pub struct TracerOptions {
     /// Attach the audit marker per process (`attach_process`), not per file: the overhead
     /// budget then switches it off for a process whose audit events cost too much.
     pub audit_per_process: bool,
+    /// Count audit events in the kernel per process and name (--metrics-only): no record per
+    /// event; read with `audit_counts`.
+    pub count_audit: bool,
+}
+
+/// Audit events of one process and name, counted in the kernel so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCount {
+    pub pid: u32,
+    pub name: String,
+    pub count: u64,
 }
 
 /// What `attach_process` attaches for one process.
@@ -185,6 +196,7 @@ impl<'obj> Tracer<'obj> {
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
         rodata.report_execs = options.report_execs;
+        rodata.count_audit = options.count_audit;
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -214,6 +226,16 @@ impl<'obj> Tracer<'obj> {
                 .set_max_entries(cpus)
                 .map_err(|source| AttachError::Map {
                     map: "code_sent",
+                    source,
+                })?;
+        }
+        if !options.count_audit {
+            // Preallocated too.
+            open.maps
+                .audit_counts
+                .set_max_entries(1)
+                .map_err(|source| AttachError::Map {
+                    map: "audit_counts",
                     source,
                 })?;
         }
@@ -359,6 +381,49 @@ impl<'obj> Tracer<'obj> {
         };
         // Absent already (evicted): nothing to do.
         let _ = self.skel.maps.code_sent.delete(bytes);
+    }
+
+    /// Audit events counted in the kernel so far (--metrics-only), per process and name,
+    /// summed over the CPUs.
+    pub fn audit_counts(&self) -> Vec<AuditCount> {
+        let map = &self.skel.maps.audit_counts;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
+                continue; // deleted meanwhile
+            };
+            let Ok(k) = plain::from_bytes::<bpf::audit_count_key>(&key) else {
+                continue;
+            };
+            let name: Vec<u8> = k
+                .name
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            let count = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+            out.push(AuditCount {
+                pid: k.tgid,
+                name: String::from_utf8_lossy(&name).into_owned(),
+                count,
+            });
+        }
+        out
+    }
+
+    /// Deletes the audit counts of processes that exited, once read for the last time.
+    pub fn forget_audit_counts(&self, pids: &HashSet<u32>) {
+        let map = &self.skel.maps.audit_counts;
+        for key in map.keys() {
+            let tgid = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+            if tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t))) {
+                let _ = map.delete(&key);
+            }
+        }
     }
 
     /// The processes `run` follows (its command and their descendants), as host PIDs.

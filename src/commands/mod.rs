@@ -1,5 +1,6 @@
 //! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
 pub mod agent;
+pub mod audit_counts;
 pub mod child;
 pub mod doctor;
 pub mod flow;

@@ -119,6 +119,8 @@ pub struct Session<'obj> {
     function_refusals: Vec<String>,
     /// Whether event PIDs are this process's PIDs (not when `run` is in a container).
     pids_are_ours: bool,
+    /// --metrics-only with the audit marker: the audit counts kept in the kernel.
+    audit_counts: Option<crate::commands::audit_counts::AuditCounts>,
     /// `run`: follow the processes of the traced set (else: those that send events).
     follow_processes: bool,
     /// `agent`: PIDs that exec'd since the last look (new interpreter files?).
@@ -156,6 +158,13 @@ impl<'obj> Session<'obj> {
             args.function_exclude.as_deref(),
         )
         .map_err(|e| CliError::new(Exit::Usage, e))?;
+        if args.metrics_only && (export.audit_args || args.audit_logs.is_some()) {
+            return Err(CliError::new(
+                Exit::Usage,
+                "--audit-args and --audit-logs shape audit log records, which --metrics-only \
+                 does not export",
+            ));
+        }
         if export.audit_args && !args.probes.iter().any(|p| p == Probe::Audit) {
             return Err(CliError::new(
                 Exit::Usage,
@@ -194,6 +203,7 @@ impl<'obj> Session<'obj> {
                 min_function_ns: args.min_duration.as_nanos() as u64,
                 report_execs: !follow_processes,
                 audit_per_process: audit_budget.is_some(),
+                count_audit: args.metrics_only && audit_probe,
             },
         )?;
         if !follow_processes {
@@ -251,6 +261,11 @@ impl<'obj> Session<'obj> {
                 }
             }
         }
+        if args.metrics_only {
+            if let Some(o) = &mut otlp {
+                o.metrics_only();
+            }
+        }
         let mut summary = Summary::default();
         if let Some(f) = &per_process_functions {
             let table = Rc::clone(&f.borrow().table);
@@ -293,6 +308,7 @@ impl<'obj> Session<'obj> {
             functions: per_process_functions,
             function_refusals: Vec::new(),
             pids_are_ours: true,
+            audit_counts: (args.metrics_only && audit_probe).then(Default::default),
             follow_processes,
             execs: Rc::default(),
             container_files: HashMap::new(),
@@ -520,6 +536,7 @@ impl<'obj> Session<'obj> {
         let new_pids = RefCell::new(Vec::new());
         let execs = Rc::clone(&self.execs);
         let attach_failures = self.attach_failures;
+        let mut audit_counts = self.audit_counts.as_mut();
         let own = |summary: &Summary| {
             let stats = tracer.stats().unwrap_or_default();
             OwnStats {
@@ -593,6 +610,9 @@ impl<'obj> Session<'obj> {
                     pruned_at = Instant::now();
                 }
                 let mut s = sinks.borrow_mut();
+                if let Some(a) = audit_counts.as_deref_mut() {
+                    a.read(tracer, &mut s, pids_are_ours, false);
+                }
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
                     s.flush();
                     flushed_at = Instant::now();
@@ -625,6 +645,10 @@ impl<'obj> Session<'obj> {
         // Calls whose code names were not known are lost calls, like those the ring dropped.
         stats.function_dropped += self.code_names.unresolved;
         let elapsed = self.started.elapsed().as_secs_f64();
+        if let Some(a) = &mut self.audit_counts {
+            // The last counts, before the summary and the final metrics export.
+            a.read(&self.tracer, &mut self.sinks, self.pids_are_ours, true);
+        }
         self.sinks.flush();
         let own = OwnStats {
             received: self.sinks.summary.received(),

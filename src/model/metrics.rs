@@ -98,17 +98,31 @@ impl MetricsAggregator {
         }
     }
 
+    fn process(&mut self, pid: u32, now_unix_ns: u64) -> &mut ProcessMetrics {
+        let p = self.processes.entry(pid).or_insert_with(|| ProcessMetrics {
+            start_ns: now_unix_ns,
+            ..Default::default()
+        });
+        p.dirty = true;
+        p
+    }
+
+    /// `n` audit events named `name` of process `pid`, counted in the kernel
+    /// (--metrics-only), read at `now_unix_ns`.
+    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_unix_ns: u64) {
+        let p = self.process(pid, now_unix_ns);
+        match p.audit_events.get_mut(name) {
+            Some(c) => *c += n,
+            None => {
+                p.audit_events.insert(name.to_string(), n);
+            }
+        }
+    }
+
     /// `now_unix_ns`: the event's end in wall-clock time.
     pub fn record(&mut self, event: &Event<'_>, now_unix_ns: u64) {
         let h = event.header();
-        let p = self
-            .processes
-            .entry(h.pid)
-            .or_insert_with(|| ProcessMetrics {
-                start_ns: now_unix_ns,
-                ..Default::default()
-            });
-        p.dirty = true;
+        let p = self.process(h.pid, now_unix_ns);
         match event {
             Event::Gc {
                 generation,

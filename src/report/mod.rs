@@ -99,6 +99,18 @@ impl Sinks {
         }
     }
 
+    /// `n` more audit events named `name` of process `pid`, counted in the kernel
+    /// (--metrics-only: no record per event), read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+        self.summary.add_audit(pid, name, n, now_ns);
+        if let Some(o) = &mut self.otlp {
+            o.audit_counted(pid, name, n, now_ns);
+        }
+        if let Some(m) = &mut self.prom {
+            m.audit_counted(pid, name, n, now_ns);
+        }
+    }
+
     /// Pushes buffered output out; JSON write errors are kept and reported by `finish`.
     pub fn flush(&mut self) {
         if let Some(c) = &mut self.console {

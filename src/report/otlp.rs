@@ -48,6 +48,8 @@ pub struct OtlpSink {
     pids_are_ours: bool,
     /// Per-process probes and their sampling (--probes function, audit under a budget).
     sampling: Option<SamplingTable>,
+    /// --metrics-only: no spans, no log records.
+    metrics_only: bool,
 }
 
 impl OtlpSink {
@@ -89,6 +91,7 @@ impl OtlpSink {
             dead_since: HashMap::new(),
             pids_are_ours: true,
             sampling: None,
+            metrics_only: false,
             config,
         })
     }
@@ -142,7 +145,23 @@ impl OtlpSink {
         self.sampling = Some(table);
     }
 
+    /// --metrics-only: exports metrics alone, no spans and no log records.
+    pub fn metrics_only(&mut self) {
+        self.metrics_only = true;
+    }
+
+    /// See `Sinks::audit_counted`.
+    pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+        self.metrics
+            .add_audit(pid, name, n, self.clock.unix_nanos(now_ns));
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
+        if self.metrics_only {
+            self.metrics
+                .record(event, self.clock.unix_nanos(event.header().end_ns));
+            return;
+        }
         // The sampling ratio of a process's per-process probes (below 1: sampled).
         let sampled = |of_audit: bool| {
             let table = self.sampling.as_ref()?.borrow();

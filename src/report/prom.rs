@@ -69,6 +69,12 @@ impl PromSink {
             .record(event, self.clock.unix_nanos(event.header().end_ns));
     }
 
+    /// See `Sinks::audit_counted`.
+    pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+        self.metrics
+            .add_audit(pid, name, n, self.clock.unix_nanos(now_ns));
+    }
+
     /// Publishes when due. `own`: pyusdt's own state, with the OTLP exporter's counts and the
     /// orphaned span subtrees when there is an exporter.
     pub fn tick(&mut self, own: &dyn Fn() -> (OwnStats, Option<(ExportCounts, u64)>)) {

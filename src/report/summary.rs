@@ -210,6 +210,23 @@ impl Summary {
         }
     }
 
+    /// `n` audit events named `name` of process `pid`, counted in the kernel
+    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+        let p = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessSummary::new(command_of(pid), now_ns));
+        p.last_ns = p.last_ns.max(now_ns);
+        p.audit_total += n;
+        match p.audit.get_mut(name) {
+            Some(c) => *c += n,
+            None => {
+                p.audit.insert(name.into(), n);
+            }
+        }
+    }
+
     /// Number of events recorded per marker (gc, import, audit).
     pub fn received(&self) -> [u64; 3] {
         let mut r = self.retired_received;
