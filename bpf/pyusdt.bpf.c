@@ -21,7 +21,68 @@ const volatile bool audit_args = false;        /* copy audit arguments (--audit-
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
 const volatile bool report_execs = false;      /* agent: tell user space of every exec */
-const volatile bool count_audit = false;       /* --metrics-only: count audit events here */
+const volatile bool metrics_only = false;      /* --metrics-only: aggregate here, no records */
+
+/* GC and import durations per process and series (--metrics-only), per CPU; user space sums
+ * the CPUs and deletes a process's keys once it has exited. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct duration_key);
+	__type(value, struct duration_agg);
+} gc_agg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct duration_key);
+	__type(value, struct duration_agg);
+} import_agg SEC(".maps");
+
+/* DURATION_BOUNDS of src/model/metrics.rs in ns: a duration d falls in bucket i, the number of
+ * bounds below d (bounds are inclusive upper limits, as OTLP's explicit buckets). */
+static const __u64 duration_bounds_ns[DURATION_BUCKETS - 1] = {
+	10000ULL,     25000ULL,     50000ULL,      100000ULL,     250000ULL,
+	500000ULL,    1000000ULL,   2500000ULL,    5000000ULL,    10000000ULL,
+	25000000ULL,  50000000ULL,  100000000ULL,  250000000ULL,  500000000ULL,
+	1000000000ULL, 2500000000ULL, 5000000000ULL, 10000000000ULL,
+};
+
+/* Adds one done to `map`'s series `key`: `start` 0 when its start was not seen. Returns false
+ * when the table is full (the event is lost, and the caller counts it). */
+static __always_inline bool aggregate(void *map, struct duration_key *key, __u64 start,
+				      __u64 now, __s64 extra)
+{
+	struct duration_agg *a = bpf_map_lookup_elem(map, key);
+	if (!a) {
+		struct duration_agg zero = {};
+		/* EEXIST: another CPU added the key, this CPU's slot is there (zeroed). */
+		bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
+		a = bpf_map_lookup_elem(map, key);
+		if (!a)
+			return false;
+	}
+	a->events++;
+	a->extra += extra;
+	if (!start || now < start)
+		return true;
+	__u64 d = now - start;
+	__u32 i = 0;
+#pragma unroll
+	for (int k = 0; k < DURATION_BUCKETS - 1; k++)
+		if (d > duration_bounds_ns[k])
+			i++;
+	if (i < DURATION_BUCKETS)
+		a->buckets[i]++;
+	/* A slot created on another CPU is zeroed: its first timed event sets the minimum. */
+	if (a->timed == 0 || d < a->min_ns)
+		a->min_ns = d;
+	if (d > a->max_ns)
+		a->max_ns = d;
+	a->sum_ns += d;
+	a->timed++;
+	return true;
+}
 
 /* Audit events per process and name (--metrics-only), per CPU so that no increment races;
  * user space sums the CPUs and deletes a process's keys once it has exited. */
@@ -365,6 +426,12 @@ int BPF_USDT(gc_done, long collected)
 		bpf_map_delete_elem(&gc_starts, &tid);
 	}
 	note_process(id, now);
+	if (metrics_only) {
+		struct duration_key key = { .tgid = id >> 32, .series = generation };
+		if (!aggregate(&gc_agg, &key, start, now, collected))
+			count(STAT_DROP_GC);
+		return 0;
+	}
 	struct gc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_GC);
@@ -416,6 +483,15 @@ int BPF_USDT(import_done, const char *module, int found)
 		st->imports = nesting;
 	}
 	note_process(id, now);
+	if (metrics_only) {
+		struct duration_key key = {
+			.tgid = id >> 32,
+			.series = (found ? 1 : 0) | (nesting == 0 ? 2 : 0),
+		};
+		if (!aggregate(&import_agg, &key, start, now, 0))
+			count(STAT_DROP_IMPORT);
+		return 0;
+	}
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_IMPORT);
@@ -468,7 +544,7 @@ int BPF_USDT(audit, const char *event, void *args)
 	if (!wanted(id >> 32))
 		return 0;
 	note_process(id, now);
-	if (count_audit) {
+	if (metrics_only) {
 		struct audit_count_key key = { .tgid = id >> 32 };
 		if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
 			key.name[0] = '\0';

@@ -81,7 +81,27 @@ struct import_event {
 	char module[MODULE_LEN];
 };
 
-/* --metrics-only: audit events counted here per process and event name, no record each. */
+/* --metrics-only: GC and import durations aggregated in the kernel, per process and series,
+ * into the buckets of the exported histogram (DURATION_BOUNDS of src/model/metrics.rs), and
+ * audit events counted per process and event name: no record per event. */
+#define DURATION_BUCKETS 20
+
+struct duration_key {
+	__u32 tgid;
+	/* gc: the generation (-1: start not seen); import: found (bit 0) | top-level (bit 1) */
+	__s32 series;
+};
+
+struct duration_agg {
+	__u64 events;  /* dones seen */
+	__u64 timed;   /* of them, those whose start was seen: in the buckets */
+	__u64 sum_ns;  /* of the timed ones */
+	__u64 min_ns;  /* of the timed ones (meaningful when timed > 0) */
+	__u64 max_ns;
+	__s64 extra;   /* gc: objects collected */
+	__u64 buckets[DURATION_BUCKETS];
+};
+
 struct audit_count_key {
 	__u32 tgid;
 	__u32 _pad;

@@ -10,6 +10,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts
 
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
 use crate::discover::{Binary, PROVIDER};
+use crate::model::metrics::KernelDurations;
 use crate::probes::{Probe, ProbeSet};
 
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
@@ -68,9 +69,20 @@ pub struct TracerOptions {
     /// Attach the audit marker per process (`attach_process`), not per file: the overhead
     /// budget then switches it off for a process whose audit events cost too much.
     pub audit_per_process: bool,
-    /// Count audit events in the kernel per process and name (--metrics-only): no record per
-    /// event; read with `audit_counts`.
-    pub count_audit: bool,
+    /// --metrics-only: aggregate GC and import durations and count audit events in the
+    /// kernel, with no record per event; read with `gc_aggregates`, `import_aggregates` and
+    /// `audit_counts`.
+    pub metrics_only: bool,
+}
+
+/// One series of durations aggregated in the kernel so far (--metrics-only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationAggregate {
+    pub pid: u32,
+    /// GC: the generation (-1: start not seen); imports: found (bit 0) | top-level (bit 1).
+    pub series: i32,
+    /// Cumulative totals (min and max over the process's life).
+    pub totals: KernelDurations,
 }
 
 /// Audit events of one process and name, counted in the kernel so far.
@@ -196,7 +208,7 @@ impl<'obj> Tracer<'obj> {
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
         rodata.report_execs = options.report_execs;
-        rodata.count_audit = options.count_audit;
+        rodata.metrics_only = options.metrics_only;
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -229,15 +241,16 @@ impl<'obj> Tracer<'obj> {
                     source,
                 })?;
         }
-        if !options.count_audit {
+        if !options.metrics_only {
             // Preallocated too.
-            open.maps
-                .audit_counts
-                .set_max_entries(1)
-                .map_err(|source| AttachError::Map {
-                    map: "audit_counts",
-                    source,
-                })?;
+            for (map, name) in [
+                (&mut open.maps.audit_counts, "audit_counts"),
+                (&mut open.maps.gc_agg, "gc_agg"),
+                (&mut open.maps.import_agg, "import_agg"),
+            ] {
+                map.set_max_entries(1)
+                    .map_err(|source| AttachError::Map { map: name, source })?;
+            }
         }
         if !options.count_functions {
             // The counting table is preallocated: keep it minimal when unused.
@@ -415,13 +428,26 @@ impl<'obj> Tracer<'obj> {
         out
     }
 
-    /// Deletes the audit counts of processes that exited, once read for the last time.
-    pub fn forget_audit_counts(&self, pids: &HashSet<u32>) {
-        let map = &self.skel.maps.audit_counts;
-        for key in map.keys() {
-            let tgid = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
-            if tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t))) {
-                let _ = map.delete(&key);
+    /// GC durations aggregated in the kernel so far (--metrics-only).
+    pub fn gc_aggregates(&self) -> Vec<DurationAggregate> {
+        durations(&self.skel.maps.gc_agg)
+    }
+
+    /// Import durations aggregated in the kernel so far (--metrics-only).
+    pub fn import_aggregates(&self) -> Vec<DurationAggregate> {
+        durations(&self.skel.maps.import_agg)
+    }
+
+    /// Deletes the kernel aggregates (--metrics-only) of processes that exited, once read
+    /// for the last time. Every key of these maps starts with the process's tgid.
+    pub fn forget_aggregates(&self, pids: &HashSet<u32>) {
+        let m = &self.skel.maps;
+        for map in [&m.audit_counts, &m.gc_agg, &m.import_agg] {
+            for key in map.keys() {
+                let tgid = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+                if tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t))) {
+                    let _ = map.delete(&key);
+                }
             }
         }
     }
@@ -677,6 +703,42 @@ impl<'obj> Tracer<'obj> {
         }
         check(ring.consume_raw())
     }
+}
+
+/// The series of a `duration_agg` map, summed over the CPUs.
+fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
+            continue; // deleted meanwhile
+        };
+        let Ok(k) = plain::from_bytes::<bpf::duration_key>(&key) else {
+            continue;
+        };
+        let mut t = KernelDurations::default();
+        for v in &per_cpu {
+            let Ok(a) = plain::from_bytes::<bpf::duration_agg>(v) else {
+                continue;
+            };
+            t.events += a.events;
+            t.sum_ns += a.sum_ns;
+            t.extra += a.extra;
+            for (b, n) in t.buckets.iter_mut().zip(a.buckets) {
+                *b += n;
+            }
+            if a.timed > 0 {
+                t.min_ns = Some(t.min_ns.map_or(a.min_ns, |m| m.min(a.min_ns)));
+                t.max_ns = Some(t.max_ns.map_or(a.max_ns, |m| m.max(a.max_ns)));
+            }
+            t.timed += a.timed;
+        }
+        out.push(DurationAggregate {
+            pid: k.tgid,
+            series: k.series,
+            totals: t,
+        });
+    }
+    out
 }
 
 /// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file).

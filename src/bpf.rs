@@ -12,9 +12,9 @@
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
-    audit_arg, audit_args_event, audit_count_key, audit_event, code_ref, event_header, flow_event,
-    func_count, func_hits, func_key, function_event, function_ref_event, gc_event, import_event,
-    process_event,
+    audit_arg, audit_args_event, audit_count_key, audit_event, code_ref, duration_agg,
+    duration_key, event_header, flow_event, func_count, func_hits, func_key, function_event,
+    function_ref_event, gc_event, import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -44,6 +44,10 @@ unsafe impl plain::Plain for types::func_hits {}
 unsafe impl plain::Plain for types::function_ref_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::audit_count_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::duration_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::duration_agg {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};

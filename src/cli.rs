@@ -188,10 +188,10 @@ pub struct TraceArgs {
     /// deploy/pyusdt.toml). Flags win over the environment, which wins over the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Export metrics only: no spans, no log records. Audit events are then counted in the
-    /// kernel per process and name (cpython.audit.events), with no record per event sent to
-    /// pyusdt: the cheapest way to watch the audit marker. GC and import events, a few per
-    /// second, still come one by one for their duration histograms.
+    /// Export metrics only: no spans, no log records. The BPF programs then aggregate in the
+    /// kernel, with no record per event: audit events counted per process and name, GC and
+    /// import durations in the buckets of the exported histograms (the summary gives mean and
+    /// max pauses, not percentiles).
     #[arg(long)]
     pub metrics_only: bool,
     /// Audit event names exported as log records: comma-separated globs (default `*`). All

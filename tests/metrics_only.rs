@@ -1,15 +1,18 @@
-//! `--metrics-only`: metrics alone over OTLP, with audit events counted in the kernel per
-//! process and name (no record per event): the counts are exact, and no span or log record
-//! is sent.
+//! `--metrics-only`: metrics alone over OTLP, aggregated in the kernel with no record per
+//! event: audit events counted per process and name (exactly), GC and import durations in
+//! the buckets of the exported histograms. No span or log record is sent.
 mod common;
 
 use common::otlp::{self, attr_str};
 use common::*;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
 
-/// Raises `AUDITS` custom audit events from 3 threads, imports a module and collects.
+/// Raises `AUDITS` custom audit events from 3 threads, imports a module, makes garbage and
+/// collects 5 times explicitly; prints the collections per generation the interpreter made
+/// (gc.get_stats() counts them where the markers fire), then leaves without the shutdown's
+/// own collections.
 const SCRIPT: &str = r#"
-import sys, threading, gc
+import os, sys, threading, gc
 def raise_some(n):
     for i in range(n):
         sys.audit("pyusdt.test", i)
@@ -17,7 +20,13 @@ threads = [threading.Thread(target=raise_some, args=(10_000,)) for _ in range(3)
 for t in threads: t.start()
 for t in threads: t.join()
 import json
-gc.collect()
+for _ in range(50_000):
+    a = []
+    a.append(a)
+for _ in range(5):
+    gc.collect()
+print(*(s["collections"] for s in gc.get_stats()), flush=True)
+os._exit(0)
 "#;
 const AUDITS: i64 = 30_000;
 
@@ -43,20 +52,30 @@ fn audit_events_are_counted_in_the_kernel_and_exported_as_metrics_only() {
         .args(["--", SYSTEM_PYTHON, "-c", SCRIPT])
         .output()
         .unwrap();
-    let (_, err) = text(&out);
+    let (stdout, err) = text(&out);
     assert!(out.status.success(), "{err}");
+    let made: Vec<i64> = stdout
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(made.len() == 3 && made[2] >= 5, "{stdout}");
 
-    // No record per audit event reached pyusdt: the -o file has GC and import events only.
+    // No record per event reached pyusdt: the -o file has the summary alone.
     let records = read_jsonl(&jsonl);
-    assert!(
-        records.iter().all(|r| r["type"] != "audit"),
-        "audit records in -o"
-    );
-    assert!(records.iter().any(|r| r["type"] == "gc"));
+    assert_eq!(records.len(), 1, "event records in -o: {records:?}");
     let s = summary(&records);
-    assert_eq!(s["dropped"]["audit"], 0, "{err}");
+    assert_eq!(
+        s["dropped"],
+        serde_json::json!({"gc": 0, "import": 0, "audit": 0}),
+        "{err}"
+    );
     let process = &s["processes"][0];
     assert_eq!(process["audit_by_name"]["pyusdt.test"], AUDITS, "{process}");
+    // Every collection the interpreter made.
+    let collections = process["gc_collections"].as_i64().unwrap();
+    assert_eq!(collections, made.iter().sum::<i64>(), "{stdout}");
+    assert!(process["imports"].as_u64().unwrap() >= 1, "{process}");
+    assert!(err.contains("aggregated in the kernel"), "{err}");
 
     let r = receiver.received();
     assert!(
@@ -73,16 +92,52 @@ fn audit_events_are_counted_in_the_kernel_and_exported_as_metrics_only() {
             _ => None,
         })
         .flatten()
-        .filter(|p| {
-            attr_str(&p.attributes, "cpython.audit.event").as_deref() == Some("pyusdt.test")
-        })
-        .last()
+        .rfind(|p| attr_str(&p.attributes, "cpython.audit.event").as_deref() == Some("pyusdt.test"))
         .expect("cpython.audit.events{cpython.audit.event=pyusdt.test}");
     assert_eq!(last.value, Some(Value::AsInt(AUDITS)));
-    // GC still has its duration histogram.
-    assert!(otlp::metrics(&r)
-        .iter()
-        .any(|m| m.item.name == "cpython.gc.duration"));
+
+    // The last export of the GC metrics holds every collection the summary counted, and the
+    // histograms are consistent: bucket counts add up, min <= max, sum within them.
+    let last_of = |name: &str| {
+        otlp::metrics(&r)
+            .into_iter()
+            .rfind(|m| m.item.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .item
+            .data
+    };
+    let Some(Data::Sum(c)) = last_of("cpython.gc.collections") else {
+        panic!("cpython.gc.collections is not a sum")
+    };
+    // Per generation, as the interpreter counted them.
+    for (g, n) in made.iter().enumerate() {
+        let point = c
+            .data_points
+            .iter()
+            .find(|p| otlp::attr_int(&p.attributes, "cpython.gc.generation") == Some(g as i64));
+        let counted = match point.and_then(|p| p.value) {
+            Some(Value::AsInt(k)) => k,
+            _ => 0,
+        };
+        assert_eq!(counted, *n, "generation {g}");
+    }
+    for name in ["cpython.gc.duration", "cpython.import.duration"] {
+        let Some(Data::Histogram(h)) = last_of(name) else {
+            panic!("{name} is not a histogram")
+        };
+        assert!(!h.data_points.is_empty(), "{name}");
+        for p in &h.data_points {
+            assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count, "{name}");
+            assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1, "{name}");
+            let (min, max, sum) = (p.min.unwrap(), p.max.unwrap(), p.sum.unwrap());
+            assert!(min > 0.0 && min <= max, "{name}: min {min} max {max}");
+            let n = p.count as f64;
+            assert!(
+                sum >= min * n * 0.999 && sum <= max * n * 1.001,
+                "{name}: sum {sum}"
+            );
+        }
+    }
 }
 
 #[test]

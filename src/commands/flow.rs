@@ -75,7 +75,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
             min_function_ns: 0,
             report_execs: false,
             audit_per_process: false,
-            count_audit: false,
+            metrics_only: false,
         },
     )?;
 

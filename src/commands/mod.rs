@@ -1,9 +1,9 @@
 //! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
 pub mod agent;
-pub mod audit_counts;
 pub mod child;
 pub mod doctor;
 pub mod flow;
+pub mod kernel_metrics;
 pub mod list;
 pub mod process_probes;
 pub mod run;

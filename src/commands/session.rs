@@ -119,8 +119,8 @@ pub struct Session<'obj> {
     function_refusals: Vec<String>,
     /// Whether event PIDs are this process's PIDs (not when `run` is in a container).
     pids_are_ours: bool,
-    /// --metrics-only with the audit marker: the audit counts kept in the kernel.
-    audit_counts: Option<crate::commands::audit_counts::AuditCounts>,
+    /// --metrics-only: the aggregates kept in the kernel.
+    kernel_metrics: Option<crate::commands::kernel_metrics::KernelMetrics>,
     /// `run`: follow the processes of the traced set (else: those that send events).
     follow_processes: bool,
     /// `agent`: PIDs that exec'd since the last look (new interpreter files?).
@@ -203,7 +203,7 @@ impl<'obj> Session<'obj> {
                 min_function_ns: args.min_duration.as_nanos() as u64,
                 report_execs: !follow_processes,
                 audit_per_process: audit_budget.is_some(),
-                count_audit: args.metrics_only && audit_probe,
+                metrics_only: args.metrics_only,
             },
         )?;
         if !follow_processes {
@@ -308,7 +308,7 @@ impl<'obj> Session<'obj> {
             functions: per_process_functions,
             function_refusals: Vec::new(),
             pids_are_ours: true,
-            audit_counts: (args.metrics_only && audit_probe).then(Default::default),
+            kernel_metrics: args.metrics_only.then(Default::default),
             follow_processes,
             execs: Rc::default(),
             container_files: HashMap::new(),
@@ -536,7 +536,7 @@ impl<'obj> Session<'obj> {
         let new_pids = RefCell::new(Vec::new());
         let execs = Rc::clone(&self.execs);
         let attach_failures = self.attach_failures;
-        let mut audit_counts = self.audit_counts.as_mut();
+        let mut kernel_metrics = self.kernel_metrics.as_mut();
         let own = |summary: &Summary| {
             let stats = tracer.stats().unwrap_or_default();
             OwnStats {
@@ -610,7 +610,7 @@ impl<'obj> Session<'obj> {
                     pruned_at = Instant::now();
                 }
                 let mut s = sinks.borrow_mut();
-                if let Some(a) = audit_counts.as_deref_mut() {
+                if let Some(a) = kernel_metrics.as_deref_mut() {
                     a.read(tracer, &mut s, pids_are_ours, false);
                 }
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
@@ -645,7 +645,7 @@ impl<'obj> Session<'obj> {
         // Calls whose code names were not known are lost calls, like those the ring dropped.
         stats.function_dropped += self.code_names.unresolved;
         let elapsed = self.started.elapsed().as_secs_f64();
-        if let Some(a) = &mut self.audit_counts {
+        if let Some(a) = &mut self.kernel_metrics {
             // The last counts, before the summary and the final metrics export.
             a.read(&self.tracer, &mut self.sinks, self.pids_are_ours, true);
         }

@@ -80,7 +80,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             min_function_ns: 0,
             report_execs: false,
             audit_per_process: false,
-            count_audit: false,
+            metrics_only: false,
         },
     )?;
     let mut counted_on = Vec::new();

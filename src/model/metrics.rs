@@ -27,6 +27,24 @@ pub enum Temporality {
     Delta,
 }
 
+/// Durations of one series aggregated in the kernel (--metrics-only, bpf/pyusdt.h
+/// `duration_agg`): the increase since the last read, with the lifetime minimum and maximum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelDurations {
+    /// Ends seen (collections, imports).
+    pub events: u64,
+    /// Of them, those whose start was seen: in the buckets.
+    pub timed: u64,
+    pub sum_ns: u64,
+    /// Per bucket of DURATION_BOUNDS (and one above the last bound).
+    pub buckets: [u64; DURATION_BOUNDS.len() + 1],
+    /// GC: objects collected.
+    pub extra: i64,
+    /// Over the process's life (the kernel cannot tell an interval's), when any was timed.
+    pub min_ns: Option<u64>,
+    pub max_ns: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Hist {
     counts: [u64; DURATION_BOUNDS.len() + 1],
@@ -34,6 +52,9 @@ struct Hist {
     sum: f64,
     min: f64,
     max: f64,
+    /// Kernel aggregates merged under delta temporality: the interval's min and max are not
+    /// known (only the lifetime ones), so none is exported.
+    min_max_unknown: bool,
 }
 
 impl Hist {
@@ -50,7 +71,33 @@ impl Hist {
         self.sum += seconds;
     }
 
+    /// Adds kernel aggregates; `lifetime_min_max`: the lifetime min and max are this
+    /// histogram's (cumulative temporality).
+    fn merge(&mut self, d: &KernelDurations, lifetime_min_max: bool) {
+        if d.timed == 0 {
+            return;
+        }
+        for (c, n) in self.counts.iter_mut().zip(d.buckets) {
+            *c += n;
+        }
+        match (lifetime_min_max, d.min_ns, d.max_ns) {
+            (true, Some(lo), Some(hi)) => {
+                let (lo, hi) = (lo as f64 / 1e9, hi as f64 / 1e9);
+                if self.count == 0 || lo < self.min {
+                    self.min = lo;
+                }
+                if self.count == 0 || hi > self.max {
+                    self.max = hi;
+                }
+            }
+            _ => self.min_max_unknown = true,
+        }
+        self.count += d.timed;
+        self.sum += d.sum_ns as f64 / 1e9;
+    }
+
     fn point(&self, attributes: Vec<KeyValue>, start: u64, now: u64) -> HistogramDataPoint {
+        let min_max = self.count > 0 && !self.min_max_unknown;
         HistogramDataPoint {
             attributes,
             start_time_unix_nano: start,
@@ -59,8 +106,8 @@ impl Hist {
             sum: Some(self.sum),
             bucket_counts: self.counts.to_vec(),
             explicit_bounds: DURATION_BOUNDS.to_vec(),
-            min: (self.count > 0).then_some(self.min),
-            max: (self.count > 0).then_some(self.max),
+            min: min_max.then_some(self.min),
+            max: min_max.then_some(self.max),
             ..Default::default()
         }
     }
@@ -105,6 +152,34 @@ impl MetricsAggregator {
         });
         p.dirty = true;
         p
+    }
+
+    /// Collections of generation `generation` (-1: start not seen) of process `pid`,
+    /// aggregated in the kernel (--metrics-only), read at `now_unix_ns`.
+    pub fn add_gc(&mut self, pid: u32, generation: i64, d: &KernelDurations, now_unix_ns: u64) {
+        let lifetime = self.temporality == Temporality::Cumulative;
+        let p = self.process(pid, now_unix_ns);
+        *p.gc_collections.entry(generation).or_default() += d.events;
+        *p.gc_collected.entry(generation).or_default() += d.extra;
+        if d.timed > 0 {
+            p.gc_duration
+                .entry(generation)
+                .or_default()
+                .merge(d, lifetime);
+        }
+    }
+
+    /// Imports of process `pid` (`found`: the module loaded), aggregated in the kernel
+    /// (--metrics-only), read at `now_unix_ns`.
+    pub fn add_import(&mut self, pid: u32, found: bool, d: &KernelDurations, now_unix_ns: u64) {
+        let lifetime = self.temporality == Temporality::Cumulative;
+        let p = self.process(pid, now_unix_ns);
+        if d.timed > 0 {
+            p.import_duration
+                .entry(found)
+                .or_default()
+                .merge(d, lifetime);
+        }
     }
 
     /// `n` audit events named `name` of process `pid`, counted in the kernel

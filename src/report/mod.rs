@@ -9,6 +9,7 @@ pub mod summary;
 pub mod text;
 
 use crate::decode::{Event, ProcessRecord, Record};
+use crate::model::metrics::KernelDurations;
 
 /// `--function-include` / `--function-exclude`: which calls are reported.
 #[derive(Default)]
@@ -96,6 +97,37 @@ impl Sinks {
         }
         if let Some(m) = &mut self.prom {
             m.record(event);
+        }
+    }
+
+    /// More collections of `generation` of process `pid`, aggregated in the kernel
+    /// (--metrics-only: no record per event), read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn gc_aggregated(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+        self.summary.add_gc(pid, generation, d, now_ns);
+        if let Some(o) = &mut self.otlp {
+            o.gc_aggregated(pid, generation, d, now_ns);
+        }
+        if let Some(m) = &mut self.prom {
+            m.gc_aggregated(pid, generation, d, now_ns);
+        }
+    }
+
+    /// More imports of process `pid`, aggregated in the kernel (--metrics-only): `found`,
+    /// and `top_level` (not nested in another import).
+    pub fn imports_aggregated(
+        &mut self,
+        pid: u32,
+        found: bool,
+        top_level: bool,
+        d: &KernelDurations,
+        now_ns: u64,
+    ) {
+        self.summary.add_import(pid, found, top_level, d, now_ns);
+        if let Some(o) = &mut self.otlp {
+            o.imports_aggregated(pid, found, d, now_ns);
+        }
+        if let Some(m) = &mut self.prom {
+            m.imports_aggregated(pid, found, d, now_ns);
         }
     }
 

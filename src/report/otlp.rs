@@ -16,7 +16,7 @@ use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::logs::{AuditFilter, LogBuffer};
-use crate::model::metrics::MetricsAggregator;
+use crate::model::metrics::{KernelDurations, MetricsAggregator};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::model::scope;
 use crate::model::spans::SpanAssembler;
@@ -148,6 +148,18 @@ impl OtlpSink {
     /// --metrics-only: exports metrics alone, no spans and no log records.
     pub fn metrics_only(&mut self) {
         self.metrics_only = true;
+    }
+
+    /// See `Sinks::gc_aggregated`.
+    pub fn gc_aggregated(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+        self.metrics
+            .add_gc(pid, i64::from(generation), d, self.clock.unix_nanos(now_ns));
+    }
+
+    /// See `Sinks::imports_aggregated`.
+    pub fn imports_aggregated(&mut self, pid: u32, found: bool, d: &KernelDurations, now_ns: u64) {
+        self.metrics
+            .add_import(pid, found, d, self.clock.unix_nanos(now_ns));
     }
 
     /// See `Sinks::audit_counted`.

@@ -8,7 +8,7 @@ use super::clock::Clock;
 use super::own::OwnStats;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::ExportCounts;
-use crate::model::metrics::{MetricsAggregator, Temporality};
+use crate::model::metrics::{KernelDurations, MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::serve::Published;
 
@@ -67,6 +67,18 @@ impl PromSink {
     pub fn record(&mut self, event: &Event<'_>) {
         self.metrics
             .record(event, self.clock.unix_nanos(event.header().end_ns));
+    }
+
+    /// See `Sinks::gc_aggregated`.
+    pub fn gc_aggregated(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+        self.metrics
+            .add_gc(pid, i64::from(generation), d, self.clock.unix_nanos(now_ns));
+    }
+
+    /// See `Sinks::imports_aggregated`.
+    pub fn imports_aggregated(&mut self, pid: u32, found: bool, d: &KernelDurations, now_ns: u64) {
+        self.metrics
+            .add_import(pid, found, d, self.clock.unix_nanos(now_ns));
     }
 
     /// See `Sinks::audit_counted`.

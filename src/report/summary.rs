@@ -11,6 +11,7 @@ use crate::attach::KernelStats;
 use crate::commands::process_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
+use crate::model::metrics::KernelDurations;
 
 /// How many of the slowest imports (and calls) the summary names.
 const SLOWEST: usize = 5;
@@ -66,6 +67,8 @@ struct ProcessSummary {
     imports_not_found: u64,
     import_total_ns: u64,
     slowest_imports: Slowest,
+    /// Imports aggregated in the kernel (--metrics-only): no module names.
+    imports_in_kernel: bool,
     audit: HashMap<Box<str>, u64>,
     audit_total: u64,
     /// Calls reported by function probes (those of at least --min-duration).
@@ -77,6 +80,25 @@ struct GcStats {
     pauses: Histogram<u32>,
     collections: u64,
     collected: i64,
+    /// --metrics-only: pauses aggregated in the kernel (no percentiles): how many were
+    /// timed, their total and the longest.
+    kernel_timed: u64,
+    kernel_sum_ns: u64,
+    kernel_max_ns: u64,
+}
+
+impl GcStats {
+    fn new() -> GcStats {
+        GcStats {
+            pauses: Histogram::new_with_bounds(MIN_NS, MAX_NS, 2)
+                .expect("static histogram bounds are valid"),
+            collections: 0,
+            collected: 0,
+            kernel_timed: 0,
+            kernel_sum_ns: 0,
+            kernel_max_ns: 0,
+        }
+    }
 }
 
 impl ProcessSummary {
@@ -102,6 +124,7 @@ impl ProcessSummary {
             imports_not_found: 0,
             import_total_ns: 0,
             slowest_imports: Slowest::default(),
+            imports_in_kernel: false,
             audit: HashMap::new(),
             audit_total: 0,
             functions: 0,
@@ -164,12 +187,7 @@ impl Summary {
             } => {
                 let g =
                     p.gc.entry(generation.unwrap_or(-1))
-                        .or_insert_with(|| GcStats {
-                            pauses: Histogram::new_with_bounds(MIN_NS, MAX_NS, 2)
-                                .expect("static histogram bounds are valid"),
-                            collections: 0,
-                            collected: 0,
-                        });
+                        .or_insert_with(GcStats::new);
                 g.collections += 1;
                 g.collected += collected;
                 if let Some(d) = h.duration_ns() {
@@ -210,14 +228,52 @@ impl Summary {
         }
     }
 
-    /// `n` audit events named `name` of process `pid`, counted in the kernel
-    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
-    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+    fn process_at(&mut self, pid: u32, now_ns: u64) -> &mut ProcessSummary {
         let p = self
             .processes
             .entry(pid)
             .or_insert_with(|| ProcessSummary::new(command_of(pid), now_ns));
         p.last_ns = p.last_ns.max(now_ns);
+        p
+    }
+
+    /// Collections of `generation` of process `pid` aggregated in the kernel
+    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn add_gc(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+        let p = self.process_at(pid, now_ns);
+        let g = p.gc.entry(generation).or_insert_with(GcStats::new);
+        g.collections += d.events;
+        g.collected += d.extra;
+        g.kernel_timed += d.timed;
+        g.kernel_sum_ns += d.sum_ns;
+        g.kernel_max_ns = g.kernel_max_ns.max(d.max_ns.unwrap_or(0));
+    }
+
+    /// Imports of process `pid` aggregated in the kernel (--metrics-only): `found`, and
+    /// `top_level` (not nested in another import).
+    pub fn add_import(
+        &mut self,
+        pid: u32,
+        found: bool,
+        top_level: bool,
+        d: &KernelDurations,
+        now_ns: u64,
+    ) {
+        let p = self.process_at(pid, now_ns);
+        p.imports += d.events;
+        p.imports_in_kernel = true;
+        if !found {
+            p.imports_not_found += d.events;
+        }
+        if top_level {
+            p.import_total_ns += d.sum_ns;
+        }
+    }
+
+    /// `n` audit events named `name` of process `pid`, counted in the kernel
+    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
+        let p = self.process_at(pid, now_ns);
         p.audit_total += n;
         match p.audit.get_mut(name) {
             Some(c) => *c += n,
@@ -308,7 +364,13 @@ impl Summary {
                 } else {
                     format!("gen {gen}")
                 };
-                let pauses = if g.pauses.is_empty() {
+                let pauses = if g.pauses.is_empty() && g.kernel_timed > 0 {
+                    format!(
+                        "pause mean {}, max {} (aggregated in the kernel: no percentiles)",
+                        duration(g.kernel_sum_ns / g.kernel_timed),
+                        duration(g.kernel_max_ns)
+                    )
+                } else if g.pauses.is_empty() {
                     "pause unknown (start not seen)".to_string()
                 } else {
                     format!(
@@ -326,13 +388,17 @@ impl Summary {
                 );
             }
             if p.imports > 0 {
+                let slowest = if p.imports_in_kernel {
+                    "not known (aggregated in the kernel)".to_string()
+                } else {
+                    p.slowest_imports.to_string()
+                };
                 let _ = writeln!(
                     out,
-                    "  import  {} modules ({} not found), {} in top-level imports; slowest: {}",
+                    "  import  {} modules ({} not found), {} in top-level imports; slowest: {slowest}",
                     count(p.imports),
                     count(p.imports_not_found),
                     duration(p.import_total_ns),
-                    p.slowest_imports
                 );
             }
             let sampling = self.sampling_of(*pid);

@@ -1,0 +1,148 @@
+//! `--metrics-only`: GC and import durations are aggregated in the kernel per process and
+//! series, and audit events counted per process and name (bpf/pyusdt.bpf.c `gc_agg`,
+//! `import_agg`, `audit_counts`). This reads them between ring-buffer polls and hands the
+//! increase since the last read to the sinks. A process's aggregates are deleted from the
+//! kernel once it has exited and they were read for the last time.
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::attach::Tracer;
+use crate::model::metrics::KernelDurations;
+use crate::report::Sinks;
+
+/// How often the aggregates are read (the metrics export interval is longer).
+const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// Which kernel table a series comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Table {
+    Gc,
+    Import,
+}
+
+#[derive(Default)]
+pub struct KernelMetrics {
+    /// What the kernel had at the last read, per (table, PID, series).
+    durations: HashMap<(Table, u32, i32), KernelDurations>,
+    /// Audit counts at the last read, per (PID, event name).
+    audits: HashMap<(u32, String), u64>,
+    read_at: Option<Instant>,
+}
+
+impl KernelMetrics {
+    /// Reads the aggregates when due (`force`: now, e.g. before the summary).
+    pub fn read(
+        &mut self,
+        tracer: &Tracer<'_>,
+        sinks: &mut Sinks,
+        pids_are_ours: bool,
+        force: bool,
+    ) {
+        if !force && self.read_at.is_some_and(|t| t.elapsed() < READ_EVERY) {
+            return;
+        }
+        self.read_at = Some(Instant::now());
+        let now = crate::report::clock::monotonic_ns();
+        // Processes gone before this read (looked at first): nothing can add to their
+        // aggregates any more, so this read is their last.
+        let exited: HashSet<u32> = if pids_are_ours {
+            self.pids()
+                .filter(|&pid| !crate::discover::process::is_alive(pid))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        for (table, all) in [
+            (Table::Gc, tracer.gc_aggregates()),
+            (Table::Import, tracer.import_aggregates()),
+        ] {
+            for a in all {
+                let last = self.durations.entry((table, a.pid, a.series)).or_default();
+                let d = increase(&a.totals, last);
+                *last = a.totals;
+                if d.events == 0 {
+                    continue;
+                }
+                match table {
+                    Table::Gc => sinks.gc_aggregated(a.pid, a.series, &d, now),
+                    Table::Import => sinks.imports_aggregated(
+                        a.pid,
+                        a.series & 1 != 0,
+                        a.series & 2 != 0,
+                        &d,
+                        now,
+                    ),
+                }
+            }
+        }
+        for c in tracer.audit_counts() {
+            let seen = self.audits.entry((c.pid, c.name.clone())).or_insert(0);
+            // The kernel's counts only grow while the key lives.
+            if c.count > *seen {
+                sinks.audit_counted(c.pid, &c.name, c.count - *seen, now);
+                *seen = c.count;
+            }
+        }
+        if !exited.is_empty() {
+            tracer.forget_aggregates(&exited);
+            self.durations
+                .retain(|(_, pid, _), _| !exited.contains(pid));
+            self.audits.retain(|(pid, _), _| !exited.contains(pid));
+        }
+    }
+
+    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut pids: HashSet<u32> = self.durations.keys().map(|&(_, pid, _)| pid).collect();
+        pids.extend(self.audits.keys().map(|(pid, _)| *pid));
+        pids.into_iter()
+    }
+}
+
+/// What was added to a series since `last` (the kernel's totals only grow while its key
+/// lives); the minimum and maximum stay the lifetime ones.
+fn increase(now: &KernelDurations, last: &KernelDurations) -> KernelDurations {
+    let mut buckets = now.buckets;
+    for (b, l) in buckets.iter_mut().zip(last.buckets) {
+        *b = b.saturating_sub(l);
+    }
+    KernelDurations {
+        events: now.events.saturating_sub(last.events),
+        timed: now.timed.saturating_sub(last.timed),
+        sum_ns: now.sum_ns.saturating_sub(last.sum_ns),
+        buckets,
+        extra: now.extra - last.extra,
+        min_ns: now.min_ns,
+        max_ns: now.max_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increases_are_differences_and_keep_lifetime_extremes() {
+        let mut a = KernelDurations {
+            events: 3,
+            timed: 2,
+            sum_ns: 30,
+            extra: 7,
+            min_ns: Some(10),
+            max_ns: Some(20),
+            ..Default::default()
+        };
+        a.buckets[0] = 2;
+        let mut b = a.clone();
+        b.events = 5;
+        b.timed = 4;
+        b.sum_ns = 100;
+        b.extra = 9;
+        b.buckets[0] = 3;
+        b.buckets[4] = 1;
+        b.max_ns = Some(40);
+        let d = increase(&b, &a);
+        assert_eq!((d.events, d.timed, d.sum_ns, d.extra), (2, 2, 70, 2));
+        assert_eq!((d.buckets[0], d.buckets[4]), (1, 1));
+        assert_eq!((d.min_ns, d.max_ns), (Some(10), Some(40)));
+    }
+}
