@@ -28,6 +28,7 @@ const volatile bool metrics_only = false;      /* --metrics-only: aggregate here
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* as audit_counts */
 	__type(key, struct duration_key);
 	__type(value, struct duration_agg);
 } gc_agg SEC(".maps");
@@ -35,6 +36,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct duration_key);
 	__type(value, struct duration_agg);
 } import_agg SEC(".maps");
@@ -50,8 +52,8 @@ static const __u64 duration_bounds_ns[DURATION_BUCKETS - 1] = {
 
 /* Adds one done to `map`'s series `key`: `start` 0 when its start was not seen. Returns false
  * when the table is full (the event is lost, and the caller counts it). */
-static __always_inline bool aggregate(void *map, struct duration_key *key, __u64 start,
-				      __u64 now, __s64 extra)
+static __always_inline bool aggregate(void *map, void *key, __u64 start, __u64 now,
+				      __s64 extra)
 {
 	struct duration_agg *a = bpf_map_lookup_elem(map, key);
 	if (!a) {
@@ -89,6 +91,9 @@ static __always_inline bool aggregate(void *map, struct duration_key *key, __u64
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
+	/* Entries allocated as they come: a preallocated per-CPU table costs its size times
+	 * the CPUs of the node, in use or not. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct audit_count_key);
 	__type(value, __u64);
 } audit_counts SEC(".maps");
@@ -191,6 +196,17 @@ struct {
 	__type(key, struct code_ref);
 	__type(value, __u8);
 } code_sent SEC(".maps");
+
+/* --metrics-only with function probes: durations of the calls of each code location whose
+ * names were sent (code_sent), in the buckets of cpython.function.duration. The first call
+ * of a location still comes as a record, carrying the names. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* as audit_counts */
+	__type(key, struct code_ref);
+	__type(value, struct duration_agg);
+} func_agg SEC(".maps");
 
 /* Processes that have sent an event. The first event of a process wakes user space at once,
  * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
@@ -685,6 +701,12 @@ int function_return(struct pt_regs *ctx)
 	};
 	/* Names already sent: a 64-byte record instead of a 256-byte one and no string copies. */
 	if (bpf_map_lookup_elem(&code_sent, &code)) {
+		/* --metrics-only: into the code location's histogram, no record. */
+		if (metrics_only) {
+			if (!aggregate(&func_agg, &code, start, now, 0))
+				count(STAT_DROP_FUNCTION);
+			return 0;
+		}
 		struct function_ref_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 		if (!r) {
 			count(STAT_DROP_FUNCTION);

@@ -247,6 +247,7 @@ impl<'obj> Tracer<'obj> {
                 (&mut open.maps.audit_counts, "audit_counts"),
                 (&mut open.maps.gc_agg, "gc_agg"),
                 (&mut open.maps.import_agg, "import_agg"),
+                (&mut open.maps.func_agg, "func_agg"),
             ] {
                 map.set_max_entries(1)
                     .map_err(|source| AttachError::Map { map: name, source })?;
@@ -438,8 +439,30 @@ impl<'obj> Tracer<'obj> {
         durations(&self.skel.maps.import_agg)
     }
 
+    /// Call durations per code location aggregated in the kernel so far (--metrics-only
+    /// with function probes): the calls after each location's first, whose record carried
+    /// its names.
+    pub fn function_aggregates(&self) -> Vec<(crate::decode::CodeRef, KernelDurations)> {
+        let mut out = Vec::new();
+        for (key, totals) in sum_durations(&self.skel.maps.func_agg) {
+            let Ok(k) = plain::from_bytes::<bpf::code_ref>(&key) else {
+                continue;
+            };
+            let code = crate::decode::CodeRef {
+                pid: k.tgid,
+                mm: k.mm,
+                name_ptr: k.name_ptr,
+                file_ptr: k.file_ptr,
+                line: k.line,
+            };
+            out.push((code, totals));
+        }
+        out
+    }
+
     /// Deletes the kernel aggregates (--metrics-only) of processes that exited, once read
-    /// for the last time. Every key of these maps starts with the process's tgid.
+    /// for the last time. Every key of the audit, GC and import maps starts with the
+    /// process's tgid; the code locations' keys carry it too.
     pub fn forget_aggregates(&self, pids: &HashSet<u32>) {
         let m = &self.skel.maps;
         for map in [&m.audit_counts, &m.gc_agg, &m.import_agg] {
@@ -448,6 +471,11 @@ impl<'obj> Tracer<'obj> {
                 if tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t))) {
                     let _ = map.delete(&key);
                 }
+            }
+        }
+        for key in m.func_agg.keys() {
+            if plain::from_bytes::<bpf::code_ref>(&key).is_ok_and(|k| pids.contains(&k.tgid)) {
+                let _ = m.func_agg.delete(&key);
             }
         }
     }
@@ -705,15 +733,27 @@ impl<'obj> Tracer<'obj> {
     }
 }
 
-/// The series of a `duration_agg` map, summed over the CPUs.
+/// The series of a `duration_agg` map keyed by `duration_key`, summed over the CPUs.
 fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
+    sum_durations(map)
+        .into_iter()
+        .filter_map(|(key, totals)| {
+            let k = plain::from_bytes::<bpf::duration_key>(&key).ok()?;
+            Some(DurationAggregate {
+                pid: k.tgid,
+                series: k.series,
+                totals,
+            })
+        })
+        .collect()
+}
+
+/// The entries of a `duration_agg` map, each summed over the CPUs, with their raw keys.
+fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     let mut out = Vec::new();
     for key in map.keys() {
         let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
             continue; // deleted meanwhile
-        };
-        let Ok(k) = plain::from_bytes::<bpf::duration_key>(&key) else {
-            continue;
         };
         let mut t = KernelDurations::default();
         for v in &per_cpu {
@@ -732,11 +772,7 @@ fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
             }
             t.timed += a.timed;
         }
-        out.push(DurationAggregate {
-            pid: k.tgid,
-            series: k.series,
-            totals: t,
-        });
+        out.push((key, t));
     }
     out
 }

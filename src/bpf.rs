@@ -48,6 +48,8 @@ unsafe impl plain::Plain for types::audit_count_key {}
 unsafe impl plain::Plain for types::duration_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::duration_agg {}
+// SAFETY: as above (no padding: two u64 pointers after the u64 mm, then two 32-bit fields).
+unsafe impl plain::Plain for types::code_ref {}
 
 // `enum marker` and `enum stat` of bpf/pyusdt.h, as the skeleton generated them from BTF.
 use types::{marker, stat};

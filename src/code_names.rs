@@ -63,6 +63,11 @@ impl CodeNames {
         }
     }
 
+    /// The function name and file of `code`, if known (not counted when not).
+    pub fn names_of(&self, code: &CodeRef) -> Option<(&str, &str)> {
+        self.names.get(code).map(|(n, f)| (n.as_ref(), f.as_ref()))
+    }
+
     /// The function name and file of `code`; None (counted) when they are not here.
     pub fn resolve(&mut self, code: &CodeRef) -> Option<(&str, &str)> {
         match self.names.get(code) {

@@ -162,3 +162,73 @@ fn metrics_only_refuses_audit_log_options() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Function probes under --metrics-only: each code location's first call comes as a record
+/// carrying its names, the others are aggregated in the kernel under them; every call is in
+/// cpython.function.calls and in the duration histogram, and no span is sent.
+#[test]
+fn function_calls_are_aggregated_in_the_kernel() {
+    if !require_bpf("function_calls_are_aggregated_in_the_kernel") {
+        return;
+    }
+    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
+        eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): not checked");
+        return;
+    };
+    const CALLS: i64 = 20_000;
+    let script = format!(
+        "def leaf(i):\n    return i\ndef work(n):\n    return sum(leaf(i) for i in range(n))\n\
+         import threading\nts = [threading.Thread(target=work, args=({},)) for _ in range(2)]\n\
+         [t.start() for t in ts]\n[t.join() for t in ts]\n",
+        CALLS / 2
+    );
+    let receiver = otlp::http();
+    let out = pyusdt()
+        .args(["run", "--quiet", "--probes", "function", "--metrics-only"])
+        .args(["--min-duration", "0", "--function-include", "leaf,work"])
+        .args(["--otlp-endpoint", &receiver.endpoint])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .arg("--")
+        .arg(&interp.python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("calls dropped"), "{err}");
+    let r = receiver.received();
+    assert!(otlp::spans(&r).is_empty(), "spans under --metrics-only");
+    let series = |metric: &str, function: &str| {
+        otlp::metrics(&r)
+            .into_iter()
+            .filter(|m| m.item.name == metric)
+            .filter_map(|m| m.item.data)
+            .flat_map(|d| match d {
+                Data::Sum(s) => s
+                    .data_points
+                    .into_iter()
+                    .filter(|p| {
+                        attr_str(&p.attributes, "code.function.name").as_deref() == Some(function)
+                    })
+                    .map(|p| match p.value {
+                        Some(Value::AsInt(n)) => n,
+                        _ => -1,
+                    })
+                    .collect::<Vec<_>>(),
+                Data::Histogram(h) => h
+                    .data_points
+                    .into_iter()
+                    .filter(|p| {
+                        attr_str(&p.attributes, "code.function.name").as_deref() == Some(function)
+                    })
+                    .map(|p| p.count as i64)
+                    .collect(),
+                _ => vec![],
+            })
+            .next_back()
+            .unwrap_or_else(|| panic!("no {metric} for {function}"))
+    };
+    assert_eq!(series("cpython.function.calls", "leaf"), CALLS);
+    assert_eq!(series("cpython.function.duration", "leaf"), CALLS);
+    assert_eq!(series("cpython.function.calls", "work"), 2);
+}

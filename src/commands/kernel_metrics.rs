@@ -1,17 +1,22 @@
 //! `--metrics-only`: GC and import durations are aggregated in the kernel per process and
-//! series, and audit events counted per process and name (bpf/pyusdt.bpf.c `gc_agg`,
-//! `import_agg`, `audit_counts`). This reads them between ring-buffer polls and hands the
+//! series, call durations per code location, and audit events counted per process and name
+//! (bpf/pyusdt.bpf.c `gc_agg`, `import_agg`, `func_agg`, `audit_counts`). This reads them between ring-buffer polls and hands the
 //! increase since the last read to the sinks. A process's aggregates are deleted from the
 //! kernel once it has exited and they were read for the last time.
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::attach::Tracer;
+use crate::code_names::CodeNames;
+use crate::decode::CodeRef;
 use crate::model::metrics::KernelDurations;
 use crate::report::Sinks;
 
 /// How often the aggregates are read (the metrics export interval is longer).
 const READ_EVERY: Duration = Duration::from_secs(1);
+/// How long calls of a code location wait for its names: the record carrying them can still
+/// be on its way through the ring buffer when its later calls are read here.
+const NAMES_GRACE: Duration = Duration::from_secs(3);
 
 /// Which kernel table a series comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,21 +31,50 @@ pub struct KernelMetrics {
     durations: HashMap<(Table, u32, i32), KernelDurations>,
     /// Audit counts at the last read, per (PID, event name).
     audits: HashMap<(u32, String), u64>,
+    /// Call durations at the last read, per code location.
+    calls: HashMap<CodeRef, KernelDurations>,
+    /// Code locations whose calls wait for their names, since when.
+    unnamed_since: HashMap<CodeRef, Instant>,
     read_at: Option<Instant>,
 }
 
 impl KernelMetrics {
-    /// Reads the aggregates when due (`force`: now, e.g. before the summary).
+    /// Reads the aggregates when due (`force`: now). Calls are named from `names` (learnt
+    /// from each location's first record); those of a location whose names have not come
+    /// within NAMES_GRACE are counted as lost, and its names asked for again.
     pub fn read(
         &mut self,
         tracer: &Tracer<'_>,
         sinks: &mut Sinks,
+        names: &mut CodeNames,
         pids_are_ours: bool,
         force: bool,
     ) {
         if !force && self.read_at.is_some_and(|t| t.elapsed() < READ_EVERY) {
             return;
         }
+        self.read_now(tracer, sinks, names, pids_are_ours, false);
+    }
+
+    /// The last read, once the ring buffer is drained: names that have not come never will.
+    pub fn finish(
+        &mut self,
+        tracer: &Tracer<'_>,
+        sinks: &mut Sinks,
+        names: &mut CodeNames,
+        pids_are_ours: bool,
+    ) {
+        self.read_now(tracer, sinks, names, pids_are_ours, true);
+    }
+
+    fn read_now(
+        &mut self,
+        tracer: &Tracer<'_>,
+        sinks: &mut Sinks,
+        names: &mut CodeNames,
+        pids_are_ours: bool,
+        last_read: bool,
+    ) {
         self.read_at = Some(Instant::now());
         let now = crate::report::clock::monotonic_ns();
         // Processes gone before this read (looked at first): nothing can add to their
@@ -75,6 +109,27 @@ impl KernelMetrics {
                 }
             }
         }
+        for (code, totals) in tracer.function_aggregates() {
+            let last = self.calls.entry(code).or_default();
+            let d = increase(&totals, last);
+            if d.events == 0 {
+                continue;
+            }
+            if let Some((name, file)) = names.names_of(&code) {
+                sinks.functions_aggregated(code.pid, name, file, &d, now);
+                self.unnamed_since.remove(&code);
+            } else {
+                let since = *self.unnamed_since.entry(code).or_insert_with(Instant::now);
+                let gone = exited.contains(&code.pid);
+                if !last_read && !gone && since.elapsed() < NAMES_GRACE {
+                    continue; // read again next time, `last` unchanged
+                }
+                names.unresolved += d.events;
+                tracer.forget_code(&code);
+                self.unnamed_since.remove(&code);
+            }
+            *last = totals;
+        }
         for c in tracer.audit_counts() {
             let seen = self.audits.entry((c.pid, c.name.clone())).or_insert(0);
             // The kernel's counts only grow while the key lives.
@@ -88,12 +143,16 @@ impl KernelMetrics {
             self.durations
                 .retain(|(_, pid, _), _| !exited.contains(pid));
             self.audits.retain(|(pid, _), _| !exited.contains(pid));
+            self.calls.retain(|code, _| !exited.contains(&code.pid));
+            self.unnamed_since
+                .retain(|code, _| !exited.contains(&code.pid));
         }
     }
 
     fn pids(&self) -> impl Iterator<Item = u32> + '_ {
         let mut pids: HashSet<u32> = self.durations.keys().map(|&(_, pid, _)| pid).collect();
         pids.extend(self.audits.keys().map(|(pid, _)| *pid));
+        pids.extend(self.calls.keys().map(|code| code.pid));
         pids.into_iter()
     }
 }

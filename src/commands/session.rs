@@ -296,6 +296,7 @@ impl<'obj> Session<'obj> {
                 otlp,
                 prom,
                 summary,
+                metrics_only: args.metrics_only,
             },
             terminal,
             started: Instant::now(),
@@ -602,16 +603,24 @@ impl<'obj> Session<'obj> {
                     }
                     f.tick(tracer, pids_are_ours);
                 }
+                let prune = pids_are_ours && pruned_at.elapsed() >= Duration::from_secs(1);
+                let mut s = sinks.borrow_mut();
+                if let Some(a) = kernel_metrics.as_deref_mut() {
+                    // Before names are pruned: an exited process's calls are read with them.
+                    a.read(
+                        tracer,
+                        &mut s,
+                        &mut code_names.borrow_mut(),
+                        pids_are_ours,
+                        prune,
+                    );
+                }
                 // Between polls, once a second: the names of processes gone since the last time.
-                if pids_are_ours && pruned_at.elapsed() >= Duration::from_secs(1) {
+                if prune {
                     code_names
                         .borrow_mut()
                         .prune_exited(crate::discover::process::is_alive);
                     pruned_at = Instant::now();
-                }
-                let mut s = sinks.borrow_mut();
-                if let Some(a) = kernel_metrics.as_deref_mut() {
-                    a.read(tracer, &mut s, pids_are_ours, false);
                 }
                 if flushed_at.elapsed() >= FLUSH_INTERVAL {
                     s.flush();
@@ -641,14 +650,19 @@ impl<'obj> Session<'obj> {
     /// Prints the summary (and writes the JSON summary record); returns an error when the
     /// JSON output could not be written.
     pub fn finish(mut self) -> CliResult<()> {
+        if let Some(a) = &mut self.kernel_metrics {
+            // The last counts, before the summary and the final metrics export.
+            a.finish(
+                &self.tracer,
+                &mut self.sinks,
+                &mut self.code_names,
+                self.pids_are_ours,
+            );
+        }
         let mut stats = self.tracer.stats()?;
         // Calls whose code names were not known are lost calls, like those the ring dropped.
         stats.function_dropped += self.code_names.unresolved;
         let elapsed = self.started.elapsed().as_secs_f64();
-        if let Some(a) = &mut self.kernel_metrics {
-            // The last counts, before the summary and the final metrics export.
-            a.read(&self.tracer, &mut self.sinks, self.pids_are_ours, true);
-        }
         self.sinks.flush();
         let own = OwnStats {
             received: self.sinks.summary.received(),

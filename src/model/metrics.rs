@@ -131,6 +131,34 @@ struct ProcessMetrics {
     dirty: bool,
 }
 
+impl ProcessMetrics {
+    /// The calls and durations of one function. Bounded cardinality: beyond the limit, one
+    /// overflow series.
+    fn function_series(&mut self, file: &str, name: &str) -> &mut (u64, Hist) {
+        let known = self
+            .function_series
+            .get(file)
+            .is_some_and(|by_name| by_name.contains_key(name));
+        if known {
+            return self
+                .function_series
+                .get_mut(file)
+                .and_then(|by_name| by_name.get_mut(name))
+                .expect("looked up above");
+        }
+        if self.function_series_count < MAX_FUNCTION_SERIES {
+            self.function_series_count += 1;
+            return self
+                .function_series
+                .entry(file.to_string())
+                .or_default()
+                .entry(name.to_string())
+                .or_default();
+        }
+        self.function_overflow.get_or_insert_with(Default::default)
+    }
+}
+
 /// Per-process aggregates, turned into OTLP metrics on `collect`.
 pub struct MetricsAggregator {
     temporality: Temporality,
@@ -182,6 +210,22 @@ impl MetricsAggregator {
         }
     }
 
+    /// Calls of function `name` of `file` of process `pid` aggregated in the kernel
+    /// (--metrics-only), read at `now_unix_ns`.
+    pub fn add_function(
+        &mut self,
+        pid: u32,
+        name: &str,
+        file: &str,
+        d: &KernelDurations,
+        now_unix_ns: u64,
+    ) {
+        let lifetime = self.temporality == Temporality::Cumulative;
+        let s = self.process(pid, now_unix_ns).function_series(file, name);
+        s.0 += d.events;
+        s.1.merge(d, lifetime);
+    }
+
     /// `n` audit events named `name` of process `pid`, counted in the kernel
     /// (--metrics-only), read at `now_unix_ns`.
     pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_unix_ns: u64) {
@@ -221,23 +265,7 @@ impl MetricsAggregator {
                 }
             }
             Event::Function { name, file, .. } => {
-                // Bounded cardinality: beyond the limit, one overflow series.
-                let known = p
-                    .function_series
-                    .get_mut(file.as_ref())
-                    .and_then(|by_name| by_name.get_mut(name.as_ref()));
-                let s = match known {
-                    Some(s) => s,
-                    None if p.function_series_count < MAX_FUNCTION_SERIES => {
-                        p.function_series_count += 1;
-                        p.function_series
-                            .entry(file.to_string())
-                            .or_default()
-                            .entry(name.to_string())
-                            .or_default()
-                    }
-                    None => p.function_overflow.get_or_insert_with(Default::default),
-                };
+                let s = p.function_series(file, name);
                 s.0 += 1;
                 if let Some(ns) = h.duration_ns() {
                     s.1.record(ns as f64 / 1e9);

@@ -50,6 +50,9 @@ pub struct Sinks {
     /// `--metrics-listen`: metrics for `/metrics`.
     pub prom: Option<prom::PromSink>,
     pub summary: summary::Summary,
+    /// --metrics-only: the few records that still come (a code location's first call,
+    /// carrying its names) feed the metrics and summary alone, not the event streams.
+    pub metrics_only: bool,
 }
 
 impl Sinks {
@@ -86,6 +89,15 @@ impl Sinks {
             }
         }
         self.summary.record(event);
+        if self.metrics_only {
+            if let Some(o) = &mut self.otlp {
+                o.record(event);
+            }
+            if let Some(m) = &mut self.prom {
+                m.record(event);
+            }
+            return;
+        }
         if let Some(c) = &mut self.console {
             c.write(event);
         }
@@ -128,6 +140,28 @@ impl Sinks {
         }
         if let Some(m) = &mut self.prom {
             m.imports_aggregated(pid, found, d, now_ns);
+        }
+    }
+
+    /// More calls of function `name` of `file` of process `pid`, aggregated in the kernel
+    /// (--metrics-only), if the function filters select them.
+    pub fn functions_aggregated(
+        &mut self,
+        pid: u32,
+        name: &str,
+        file: &str,
+        d: &KernelDurations,
+        now_ns: u64,
+    ) {
+        if !self.functions.selects(name, file) {
+            return;
+        }
+        self.summary.add_functions(pid, d.events, now_ns);
+        if let Some(o) = &mut self.otlp {
+            o.functions_aggregated(pid, name, file, d, now_ns);
+        }
+        if let Some(m) = &mut self.prom {
+            m.functions_aggregated(pid, name, file, d, now_ns);
         }
     }
 

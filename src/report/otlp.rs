@@ -162,6 +162,19 @@ impl OtlpSink {
             .add_import(pid, found, d, self.clock.unix_nanos(now_ns));
     }
 
+    /// See `Sinks::functions_aggregated`.
+    pub fn functions_aggregated(
+        &mut self,
+        pid: u32,
+        name: &str,
+        file: &str,
+        d: &KernelDurations,
+        now_ns: u64,
+    ) {
+        self.metrics
+            .add_function(pid, name, file, d, self.clock.unix_nanos(now_ns));
+    }
+
     /// See `Sinks::audit_counted`.
     pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
         self.metrics

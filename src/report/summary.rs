@@ -270,6 +270,11 @@ impl Summary {
         }
     }
 
+    /// `n` calls of process `pid` aggregated in the kernel (--metrics-only).
+    pub fn add_functions(&mut self, pid: u32, n: u64, now_ns: u64) {
+        self.process_at(pid, now_ns).functions += n;
+    }
+
     /// `n` audit events named `name` of process `pid`, counted in the kernel
     /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
     pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
