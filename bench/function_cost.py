@@ -79,6 +79,10 @@ def main():
             ("pyusdt spans of every call", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
                                             "--min-duration", "0", "--exporter", "file",
                                             "--otlp-file", "/dev/null", "--ring-buffer-size", "64M", "--"]),
+            # Every call in the metrics, aggregated in the kernel per code location.
+            ("pyusdt function metrics, --metrics-only", [PYUSDT, "run", "-q", "--no-discover", "--probes",
+                                                         "function", "--min-duration", "0", "--metrics-only",
+                                                         "--exporter", "file", "--otlp-file", "/dev/null", "--"]),
         ]
     times = {name: [] for name, _ in configs}
     calls = None

@@ -690,7 +690,6 @@ int function_return(struct pt_regs *ctx)
 	long file = 0, name = 0;
 	bpf_usdt_arg(ctx, 0, &file);
 	bpf_usdt_arg(ctx, 1, &name);
-	note_process(id, now);
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct code_ref code = {
 		.mm = (__u64)BPF_CORE_READ(task, mm),
@@ -717,6 +716,9 @@ int function_return(struct pt_regs *ctx)
 		submit(r, sizeof(*r));
 		return 0;
 	}
+	/* Not for the calls above: their location's names went out in a record of this process
+	 * (the key holds its tgid), after it was noted. */
+	note_process(id, now);
 	struct function_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_FUNCTION);
