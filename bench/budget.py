@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""The overhead budget (--max-overhead), measured side by side, for the two probes it governs.
+"""The overhead budget (--max-overhead), measured side by side, for the probes it governs.
 
 function: the throughput of a call-heavy workload (bench/call_heavy.py, fib(15) in a loop for a
 fixed time) untraced, under `pyusdt run --probes function` without a budget, and with
 `--max-overhead 5`, interleaved.
+
+top: the same call-heavy workload untraced, under `pyusdt top --once` counting every call,
+and under `top --once --max-overhead 5`, interleaved; and whether the table still names fib.
 
 audit: the throughput of an audit-heavy workload (bench/audit_heavy.py: dataclasses.asdict in
 a loop, one `builtins.id` audit event per object, on Debian's python3.11) untraced, under
@@ -14,7 +17,7 @@ each arrived: all of the light process's, and about the observed share of the sa
 Prints the median throughput of each mode and its ratio to untraced, and what pyusdt's summary
 says of the sampling. Needs root and a release build; fails loudly otherwise.
 
-    python3 bench/budget.py [--only function|audit] [--runs 3] [--seconds 10]
+    python3 bench/budget.py [--only function|top|audit] [--runs 3] [--seconds 10]
         [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9] [--audit-python /usr/bin/python3.11]
 
 Function spans need function__entry: a 3.8-3.10 interpreter (the default, built by
@@ -88,6 +91,37 @@ def function_budget(args):
           f"under --max-overhead 5 (median)")
 
 
+def top_budget(args):
+    """`top` counting every call, and within --max-overhead 5, on the call-heavy loop."""
+    workload = [args.python, CALL_HEAVY, str(args.seconds)]
+    top = [PYUSDT, "top", "--once", "--no-discover"]
+    modes = {
+        "untraced": workload,
+        "top, every call counted": top + ["--"] + workload,
+        "top, --max-overhead 5": top + ["--max-overhead", "5", "--"] + workload,
+    }
+    results = {name: [] for name in modes}
+    covered, named = [], 0
+    for i in range(args.runs):
+        for name, cmd in modes.items():
+            out = run(cmd).stdout
+            results[name].append(float(out.split()[0]))
+            if "--max-overhead" in name:
+                # The first row of the table names the hot function; the note gives the share.
+                rows = [l for l in out.splitlines() if l.strip().endswith(" fib")]
+                named += bool(rows)
+                note = [l for l in out.splitlines() if "counted " in l and "% of the time" in l]
+                if note:
+                    covered.append(float(note[0].split("counted ")[1].split(" %")[0]))
+        print(f"top: run {i + 1}/{args.runs} done", file=sys.stderr)
+    minor = run([args.python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
+    table(f"top: CPython 3.{minor}, {args.seconds:g} s per run, median of {args.runs} runs",
+          "fib(15)/s", results)
+    share = f"{statistics.median(covered):.1f} %" if covered else "-"
+    print(f"the counter was attached {share} of the time (median); the table named fib in "
+          f"{named} of {args.runs} runs")
+
+
 def audit_budget(args):
     workload = [args.audit_python, AUDIT_HEAVY, str(args.seconds)]
     # The summary (-o) has the audit events per process and name. The events themselves are
@@ -139,25 +173,27 @@ def audit_budget(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["function", "audit"])
+    parser.add_argument("--only", choices=["function", "top", "audit"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--python", default="/var/cache/pyusdt-test/python-3.9/bin/python3.9")
     parser.add_argument("--audit-python", default="/usr/bin/python3.11")
     args = parser.parse_args()
     needs = [PYUSDT]
-    if args.only != "audit":
+    if args.only in (None, "function", "top"):
         needs.append(args.python)
-    if args.only != "function":
+    if args.only in (None, "audit"):
         needs.append(args.audit_python)
     for need in needs:
         if not os.path.exists(need):
             sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
     if os.geteuid() != 0:
         sys.exit("needs root (BPF)")
-    if args.only != "audit":
+    if args.only in (None, "function"):
         function_budget(args)
-    if args.only != "function":
+    if args.only in (None, "top"):
+        top_budget(args)
+    if args.only in (None, "audit"):
         audit_budget(args)
 
 

@@ -100,6 +100,9 @@ pub struct ProcessPlan {
     pub functions: Option<FunctionPlan>,
     /// The audit marker (with `TracerOptions::audit_per_process`).
     pub audit: bool,
+    /// The call counter of `top` (with `TracerOptions::count_functions`): at function__entry
+    /// where it fires for every call, else at function__return.
+    pub counter: bool,
 }
 
 /// Settings of one attachment of a process's function probes.
@@ -350,6 +353,13 @@ impl<'obj> Tracer<'obj> {
         }
         if plan.audit && binary.has_marker("audit") {
             steps.push(("audit", &p.audit, audit_cookie(binary)));
+        }
+        if plan.counter {
+            if binary.entries_fire() {
+                steps.push(("function__entry", &p.count_entry, 0));
+            } else if binary.has_marker("function__return") {
+                steps.push(("function__return", &p.count_return, 0));
+            }
         }
         let mut links = Vec::new();
         for (marker, prog, cookie) in steps {

@@ -87,6 +87,12 @@ pub struct TopArgs {
     /// Attach only to the files given with --python (and the command's interpreter).
     #[arg(long)]
     pub no_discover: bool,
+    /// The share of a process's time the call counter may cost, in percent (e.g. 5), or `off`
+    /// (the default). With a budget the counter is attached per process, and a process it
+    /// would cost more is counted in short windows only: the table says so, and its counts
+    /// cover that share of the time.
+    #[arg(long, value_name = "PCT", value_parser = parse_max_overhead)]
+    pub max_overhead: Option<MaxOverhead>,
     /// A command to run and count the calls of (and of the processes it starts), after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
@@ -149,7 +155,8 @@ pub struct TraceArgs {
     /// With --probes function: the share of a traced process's time its function probes may
     /// cost, in percent (e.g. 5), or `off`. A process whose probes would cost more is
     /// sampled: probes off, and on again in short windows, with the sampling ratio exported.
-    /// Default: 5 for `agent`, off for `run`.
+    /// Default: 5 for `agent`, off for `run`. Given with --probes audit, it governs the audit
+    /// marker too (attached per process then).
     #[arg(long, value_name = "PCT", value_parser = parse_max_overhead)]
     pub max_overhead: Option<MaxOverhead>,
     /// Interpreter or libpython file to attach to (repeatable). By default pyusdt also finds the

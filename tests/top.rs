@@ -197,3 +197,36 @@ fn top_tells_apart_same_named_functions_where_it_counts_entries() {
         "{stdout}"
     );
 }
+
+/// `top --max-overhead 5` on a call-heavy command: the counter is attached per process and
+/// sampled, the table still names the hot function and says which share of the time it
+/// covers. (What it saves the command is measured by bench/budget.py, not here.)
+#[test]
+fn top_within_a_budget_samples_and_still_names_the_hot_function() {
+    if !require_bpf("top_within_a_budget_samples_and_still_names_the_hot_function") {
+        return;
+    }
+    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/call_heavy.py");
+    let out = pyusdt()
+        .args(["top", "--once", "--max-overhead", "5", "--"])
+        .arg(SYSTEM_PYTHON)
+        .arg(&bench)
+        .arg("3")
+        .output()
+        .unwrap();
+    let (table, stderr) = text(&out);
+    assert!(out.status.success(), "{table}{stderr}");
+    // The workload's line (fib(15)/s, calls made), then the table.
+    let made: u64 = table.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let counted = calls(&table, "fib").unwrap_or_else(|| panic!("no fib row: {table}"));
+    // Counted in the sampling windows only: fewer than half the calls made.
+    assert!(
+        counted > 0 && counted < made / 2,
+        "{counted} of {made}: {table}"
+    );
+    let share: f64 = table
+        .lines()
+        .find_map(|l| l.split("counted ").nth(1)?.split(" %").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sampling note: {table}"));
+    assert!(share > 0.0 && share < 50.0, "{table}");
+}

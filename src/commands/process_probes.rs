@@ -76,6 +76,8 @@ struct Followed {
     functions: Option<FunctionMarkers>,
     /// Its audit marker is attached per process.
     audit: bool,
+    /// `top`'s call counter is attached per process.
+    counter: bool,
     /// Probes detached for good (attaching failed).
     given_up: bool,
 }
@@ -86,6 +88,8 @@ pub struct ProcessProbes {
     line_mode: bool,
     /// The audit marker is attached per process, under the budget.
     audit: bool,
+    /// `top --max-overhead`: its call counter is attached per process, under the budget.
+    counter: bool,
     max_share: Option<f64>,
     binaries: Vec<Binary>,
     followed: HashMap<u32, Followed>,
@@ -112,6 +116,7 @@ impl ProcessProbes {
             functions,
             line_mode,
             audit,
+            counter: false,
             max_share,
             binaries: Vec::new(),
             followed: HashMap::new(),
@@ -130,6 +135,14 @@ impl ProcessProbes {
         Some(stat.stime * self.ns_per_tick)
     }
 
+    /// `top --max-overhead`: the call counter of each process using an added file, within
+    /// the budget `max_share`.
+    pub fn counters(max_share: Option<f64>) -> ProcessProbes {
+        let mut p = ProcessProbes::new(false, false, false, max_share);
+        p.counter = true;
+        p
+    }
+
     /// Whether function probes are selected.
     pub fn wants_functions(&self) -> bool {
         self.functions
@@ -140,6 +153,7 @@ impl ProcessProbes {
     pub fn covers(&self, binary: &Binary) -> bool {
         (self.functions && self.function_markers(binary).is_ok())
             || (self.audit && binary.has_marker("audit"))
+            || (self.counter && binary.has_marker("function__return"))
     }
 
     /// What a process using `binary` gets attached now: its function probes (new `epoch`)
@@ -152,6 +166,7 @@ impl ProcessProbes {
                 line_mode: m == FunctionMarkers::LineMode,
             }),
             audit,
+            counter: self.counter,
         }
     }
 
@@ -226,7 +241,8 @@ impl ProcessProbes {
             .then(|| self.function_markers(&binary).ok())
             .flatten();
         let audit = self.audit && binary.has_marker("audit");
-        if functions.is_none() && !audit {
+        let counter = self.counter && binary.has_marker("function__return");
+        if functions.is_none() && !audit && !counter {
             return false;
         }
         let plan = self.plan(functions, audit, epoch);
@@ -265,6 +281,7 @@ impl ProcessProbes {
                 hits: FunctionHits::default(),
                 functions,
                 audit,
+                counter,
                 given_up: false,
             },
         );
@@ -377,9 +394,9 @@ impl ProcessProbes {
                     // Reported as such; its governed audit marker, if any, stays.
                     f.functions = None;
                     tracer.detach_process(pid);
-                    if f.audit && f.budget.is_on() {
+                    if (f.audit || f.counter) && f.budget.is_on() {
                         switches.push((pid, Switch::Attach));
-                    } else if !f.audit {
+                    } else if !f.audit && !f.counter {
                         f.given_up = true;
                     }
                     continue;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::attach::{FunctionCount, Tracer, TracerOptions};
 use crate::cli::TopArgs;
+use crate::commands::process_probes::{ProcessProbes, SamplingTable};
 use crate::commands::run::{exit_code, forward, in_terminal_foreground, resolve_command, spawn};
 use crate::commands::session::{interpreters_to_trace, no_interpreter_error, signal_flag};
 use crate::discover::interpreters::Scan;
@@ -83,11 +84,32 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             metrics_only: false,
         },
     )?;
+    // --max-overhead: counters per process, switched off and on by the budget.
+    let budget = args.max_overhead.and_then(|m| m.0);
+    let mut governor = budget.map(|max| Governor {
+        probes: ProcessProbes::counters(Some(max)),
+        pid: args.pid,
+        every_process: args.pid.is_none() && !with_command,
+        children: with_command,
+        scanned_at: None,
+    });
     let mut counted_on = Vec::new();
     for b in &binaries {
         let version = b
             .version
             .map_or_else(|| "unknown version".into(), |v| format!("CPython {v}"));
+        if let Some(g) = &mut governor {
+            if g.probes.covers(b) {
+                g.probes.add_binary(b);
+                tracing::info!(
+                    "counting calls of {} ({version}) per process, within --max-overhead {:.1} %",
+                    b.path.display(),
+                    budget.unwrap_or(0.0) * 100.0
+                );
+                counted_on.push(version);
+            }
+            continue;
+        }
         match tracer.attach_function_counter(b, attach_pid)? {
             Some(marker) => {
                 tracing::info!(
@@ -116,13 +138,20 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     let terminated = signal_flag(libc::SIGTERM)?;
     let mut out = std::io::stdout().lock();
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
+    let sampling = governor.as_ref().map(|g| g.probes.table.clone());
+    let mut govern = |tracer: &Tracer<'_>| {
+        if let Some(g) = &mut governor {
+            g.tick(tracer);
+        }
+    };
 
     let Some(resolved) = resolved else {
         // All processes, table per interval, until SIGINT/SIGTERM (or one table with --once);
         // a full-screen view on a terminal.
-        let mut view = View::new(args);
+        let mut view = View::new(args, sampling);
         if !args.once && std::io::stdout().is_terminal() {
-            crate::commands::top_tui::run(&mut view, &tracer, interval, &|| {
+            crate::commands::top_tui::run(&mut view, &tracer, interval, &mut || {
+                govern(&tracer);
                 interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed)
             })
             .map_err(|e| CliError::new(Exit::Failure, format!("terminal: {e}")))?;
@@ -136,7 +165,8 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
                     report_lost(&tracer)?;
                     return Ok(0);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                govern(&tracer);
+                std::thread::sleep(Duration::from_millis(GOVERN_STEP_MS));
             }
             view.print(&mut out, &tracer, started.elapsed());
             if args.once {
@@ -151,7 +181,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     let mut child = spawn(&args.command, &resolved)?;
     let child_pid = child.id() as libc::pid_t;
     let terminal_delivers_sigint = in_terminal_foreground();
-    let mut view = View::new(args);
+    let mut view = View::new(args, sampling);
     view.cumulative = true;
     let started = Instant::now();
     let mut last_table = Instant::now();
@@ -174,11 +204,59 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             view.print(&mut out, &tracer, started.elapsed());
             last_table = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        govern(&tracer);
+        std::thread::sleep(Duration::from_millis(GOVERN_STEP_MS));
     };
     view.print(&mut out, &tracer, started.elapsed());
     report_lost(&tracer)?;
     Ok(exit_code(status))
+}
+
+/// How long the loops sleep between looks at the signals and the budget.
+const GOVERN_STEP_MS: u64 = 20;
+/// How often a governed `top` looks for new processes to count.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// `top --max-overhead`: follows the processes to count, and applies the budget.
+struct Governor {
+    probes: ProcessProbes,
+    /// --pid: that process alone.
+    pid: Option<u32>,
+    /// Every process using a counted file (no --pid, no command).
+    every_process: bool,
+    /// A command: it and its descendants (the kernel's set of traced PIDs).
+    children: bool,
+    scanned_at: Option<Instant>,
+}
+
+impl Governor {
+    fn tick(&mut self, tracer: &Tracer<'_>) {
+        if !self.probes.due() {
+            return;
+        }
+        if self.scanned_at.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
+            self.scanned_at = Some(Instant::now());
+            self.probes.prune_ignored();
+            if let Some(pid) = self.pid {
+                self.probes.offer(tracer, pid, false);
+            }
+            if self.every_process {
+                let own = std::process::id();
+                for pid in crate::discover::process::all_pids() {
+                    if pid as u32 != own {
+                        self.probes.offer(tracer, pid as u32, false);
+                    }
+                }
+            }
+        }
+        if self.children {
+            // A process that sent its first event is a Python process by now.
+            for pid in tracer.traced_pids() {
+                self.probes.offer(tracer, pid, true);
+            }
+        }
+        self.probes.tick(tracer, true);
+    }
 }
 
 /// Says how many calls the full counting table could not count, if any.
@@ -211,16 +289,35 @@ pub struct View {
     pub pid: Option<u32>,
     /// Totals since the start instead of per interval (a command's whole run).
     cumulative: bool,
+    /// --max-overhead: how each process's counter was sampled.
+    sampling: Option<SamplingTable>,
 }
 
 impl View {
-    fn new(args: &TopArgs) -> View {
+    fn new(args: &TopArgs, sampling: Option<SamplingTable>) -> View {
         View {
             previous: HashMap::new(),
             limit: args.limit,
             pid: args.pid,
             cumulative: false,
+            sampling,
         }
+    }
+
+    /// The processes among `pids` whose counter was sampled (--max-overhead), with the share
+    /// of the time it was attached, sorted by PID.
+    pub fn sampled(&self, pids: impl Iterator<Item = u32>) -> Vec<(u32, f64)> {
+        let Some(table) = &self.sampling else {
+            return Vec::new();
+        };
+        let table = table.borrow();
+        let mut out: Vec<(u32, f64)> = pids
+            .filter_map(|pid| Some((pid, table.get(&pid)?.observed_share)))
+            .filter(|(_, share)| *share < 0.999)
+            .collect();
+        out.sort_by_key(|(pid, _)| *pid);
+        out.dedup_by_key(|(pid, _)| *pid);
+        out
     }
 
     /// The rows since the last call (or since the start when cumulative), busiest first,
@@ -305,6 +402,14 @@ impl View {
                 r.share,
                 r.location,
                 r.function
+            );
+        }
+        for (pid, share) in self.sampled(rows.iter().take(self.limit).map(|r| r.pid)) {
+            let _ = writeln!(
+                out,
+                "  PID {pid}: counted {:.1} % of the time (--max-overhead): its calls are that \
+                 share of the truth",
+                share * 100.0
             );
         }
         let _ = writeln!(out);

@@ -54,7 +54,7 @@ pub fn run(
     view: &mut View,
     tracer: &Tracer<'_>,
     interval: Duration,
-    stop: &dyn Fn() -> bool,
+    stop: &mut dyn FnMut() -> bool,
 ) -> std::io::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let result = (|| {
@@ -72,6 +72,7 @@ pub fn run(
                 sort.apply(&mut rows);
                 refreshed = Instant::now();
             }
+            let sampled = view.sampled(rows.iter().map(|r| r.pid)).len();
             terminal.draw(|frame| {
                 let [header, body, footer] = Layout::vertical([
                     Constraint::Length(1),
@@ -82,11 +83,15 @@ pub fn run(
                 let filter = view.pid.map_or_else(|| "all processes".into(), |p| format!("PID {p}"));
                 frame.render_widget(
                     Line::from(format!(
-                        "pyusdt top: {} calls in {:.1} s ({filter}), sorted by {}{}",
+                        "pyusdt top: {} calls in {:.1} s ({filter}), sorted by {}{}{}",
                         count(total),
                         elapsed.as_secs_f64(),
                         sort.name(),
-                        if paused { " — PAUSED" } else { "" }
+                        if paused { " — PAUSED" } else { "" },
+                        match sampled {
+                            0 => String::new(),
+                            n => format!(" — {n} sampled (--max-overhead): their counts cover part of the time"),
+                        }
                     )),
                     header,
                 );
