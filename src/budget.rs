@@ -1,7 +1,9 @@
-//! The overhead budget of function probes (`--max-overhead PCT`).
+//! The overhead budget (`--max-overhead PCT`) of the probes attached per process
+//! (src/commands/process_probes.rs): function probes, the governed audit marker, `top`'s
+//! counter.
 //!
-//! Every Python call under function probes takes uprobe traps, so a call-heavy process can run
-//! tens of times slower. pyusdt measures what the probes cost each process: a uprobe trap and
+//! Every Python call under function probes takes uprobe traps (and every audit event a tuple
+//! and a trap), so a call-heavy process can run tens of times slower. pyusdt measures what the probes cost each process: a uprobe trap and
 //! the BPF program run in the kernel, in the process's own context, so they show as its system
 //! time (above what it spends there with the probes off). When that share of its time exceeds
 //! the budget, pyusdt detaches the process's function probes and attaches them again in short

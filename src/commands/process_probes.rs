@@ -1,8 +1,8 @@
-//! Probes of `run` and `agent` attached per process, so that the overhead budget
-//! (src/budget.rs) can switch them off for one process: function probes (`--probes function`,
-//! and 3.11's line mode then slows down only the processes it is meant for), and the audit
-//! marker when a budget is set (`--probes audit --max-overhead PCT`), since each audit event
-//! costs the interpreter a tuple and a uprobe trap.
+//! Probes attached per process, so that the overhead budget (src/budget.rs) can switch them
+//! off for one process: function probes (`--probes function`, and 3.11's line mode then slows
+//! down only the processes it is meant for), the audit marker when a budget is set
+//! (`--probes audit --max-overhead PCT`), since each audit event costs the interpreter a tuple
+//! and a uprobe trap, and `top`'s call counter (`top --max-overhead PCT`).
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
