@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::decode::{CodeRef, Event, Record};
+use crate::model::FastHash;
 
 /// Beyond this many entries, all are dropped: four times what the BPF side can remember, so
 /// only a process with far more code locations than that gets here. Its references then
@@ -16,7 +17,7 @@ const MAX_ENTRIES: usize = 4 * 65_536;
 
 #[derive(Default)]
 pub struct CodeNames {
-    names: HashMap<CodeRef, (Box<str>, Box<str>)>,
+    names: HashMap<CodeRef, (Box<str>, Box<str>), FastHash>,
     /// PIDs found exited at the last `prune_exited`: dropped at the next one, once the ring
     /// buffer has been drained of their records in between.
     exited: HashSet<u32>,

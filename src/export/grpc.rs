@@ -2,16 +2,18 @@
 //! TLS for https endpoints, headers as metadata.
 use std::str::FromStr;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
 use super::config::{Signal, SignalConfig};
 use super::{Payload, SendError};
+use crate::model::wire::Encoded;
 
 struct Target {
     channel: Channel,
@@ -103,13 +105,59 @@ impl GrpcTransport {
             }};
         }
         match payload {
-            Payload::Traces(r) => export!(self.traces, TraceServiceClient, r, rejected_spans),
+            Payload::Traces(r) => {
+                let resp: ExportTraceServiceResponse =
+                    unary(&self.traces, r, TRACE_SERVICE, TRACE_EXPORT).await?;
+                Ok(resp
+                    .partial_success
+                    .map_or(0, |p| p.rejected_spans.max(0) as u64))
+            }
             Payload::Metrics(r) => {
                 export!(self.metrics, MetricsServiceClient, r, rejected_data_points)
             }
-            Payload::Logs(r) => export!(self.logs, LogsServiceClient, r, rejected_log_records),
+            Payload::Logs(r) => {
+                let resp: ExportLogsServiceResponse =
+                    unary(&self.logs, r, LOGS_SERVICE, LOGS_EXPORT).await?;
+                Ok(resp
+                    .partial_success
+                    .map_or(0, |p| p.rejected_log_records.max(0) as u64))
+            }
         }
     }
+}
+
+const TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const LOGS_SERVICE: &str = "opentelemetry.proto.collector.logs.v1.LogsService";
+const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// One Export call with an already encoded request, as the generated client makes it.
+async fn unary<Req, Resp>(
+    t: &Target,
+    request_bytes: &Encoded<Req>,
+    service: &'static str,
+    path: &'static str,
+) -> Result<Resp, SendError>
+where
+    Req: Send + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(t.channel.clone());
+    if t.config.gzip {
+        grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+    }
+    grpc.ready().await.map_err(|e| {
+        status_error(tonic::Status::unknown(format!(
+            "Service was not ready: {e}"
+        )))
+    })?;
+    let codec = tonic_prost::ProstCodec::<Encoded<Req>, Resp>::default();
+    let mut req = request(request_bytes.clone(), &t.config);
+    req.extensions_mut()
+        .insert(tonic::GrpcMethod::new(service, "Export"));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let resp = grpc.unary(req, path, codec).await.map_err(status_error)?;
+    Ok(resp.into_inner())
 }
 
 fn request<T>(message: T, config: &SignalConfig) -> tonic::Request<T> {

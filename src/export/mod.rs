@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+use crate::model::wire::Encoded;
 use config::{ExporterKind, Signal};
 
 /// Batches waiting for the exporter thread; beyond this, new batches are dropped and counted.
@@ -54,10 +55,12 @@ fn untrusted_certificate(cause: &str) -> Option<&'static str> {
     }
 }
 
+/// Spans and log records arrive encoded (`model::wire`: written without building the prost
+/// messages); metrics, exported once per interval, as prost messages.
 pub enum Payload {
-    Traces(ExportTraceServiceRequest),
+    Traces(Encoded<ExportTraceServiceRequest>),
     Metrics(ExportMetricsServiceRequest),
-    Logs(ExportLogsServiceRequest),
+    Logs(Encoded<ExportLogsServiceRequest>),
 }
 
 impl Payload {

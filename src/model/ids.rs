@@ -28,17 +28,13 @@ impl IdGenerator {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    pub fn span_id(&self) -> Vec<u8> {
-        let id = self.next().max(1);
-        id.to_be_bytes().to_vec()
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        self.next().max(1).to_be_bytes()
     }
 
-    pub fn trace_id(&self) -> Vec<u8> {
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
         let (hi, lo) = (self.next(), self.next().max(1));
-        let mut id = Vec::with_capacity(16);
-        id.extend_from_slice(&hi.to_be_bytes());
-        id.extend_from_slice(&lo.to_be_bytes());
-        id
+        (u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()
     }
 }
 
@@ -49,11 +45,10 @@ mod tests {
     #[test]
     fn ids_are_nonzero_and_distinct() {
         let g = IdGenerator::new();
-        let a = g.trace_id();
-        let b = g.trace_id();
+        let a = g.trace_id_bytes();
+        let b = g.trace_id_bytes();
         assert_eq!(a.len(), 16);
         assert_ne!(a, b);
-        assert_eq!(g.span_id().len(), 8);
-        assert!(g.span_id().iter().any(|&b| b != 0));
+        assert!(g.span_id_bytes().iter().any(|&b| b != 0));
     }
 }

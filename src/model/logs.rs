@@ -3,19 +3,24 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 
 use super::attrs;
+use super::wire::{self, Value};
 use crate::decode::Event;
 use crate::report::clock::Clock;
 
 /// Which audit event names become log records (all are counted in metrics regardless).
 pub struct AuditFilter {
     globs: GlobSet,
+    /// One of the patterns is `*` (the default): every name matches, no glob to run.
+    all: bool,
 }
 
 impl AuditFilter {
     /// Comma-separated globs such as `open,subprocess.*,socket.*`.
     pub fn parse(list: &str) -> Result<AuditFilter, String> {
         let mut builder = GlobSetBuilder::new();
+        let mut all = false;
         for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            all |= pattern == "*";
             let glob = Glob::new(pattern)
                 .map_err(|e| format!("bad audit event pattern `{pattern}`: {e}"))?;
             builder.add(glob);
@@ -23,11 +28,78 @@ impl AuditFilter {
         let globs = builder
             .build()
             .map_err(|e| format!("bad audit event patterns `{list}`: {e}"))?;
-        Ok(AuditFilter { globs })
+        Ok(AuditFilter { globs, all })
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.globs.is_match(name)
+        self.all || self.globs.is_match(name)
+    }
+}
+
+/// An audit event's log record as pyusdt makes them: `to_proto` builds the OTLP message,
+/// `encode` writes its protobuf bytes directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogData {
+    pub time_unix_nano: u64,
+    pub tid: u32,
+    /// The audit event's name.
+    pub name: Box<str>,
+    pub sampling_ratio: Option<f64>,
+    /// Decoded and redacted arguments (--audit-args), by position.
+    pub args: Vec<(usize, String)>,
+}
+
+const SEVERITY_TEXT: &str = "INFO";
+const EVENT_NAME: &str = "cpython.audit";
+
+impl LogData {
+    /// The OTLP message of the record.
+    pub fn to_proto(&self) -> LogRecord {
+        let mut attributes = vec![
+            attrs::string(attrs::AUDIT_EVENT, self.name.as_ref()),
+            attrs::int(attrs::THREAD_ID, i64::from(self.tid)),
+        ];
+        if let Some(r) = self.sampling_ratio {
+            attributes.push(attrs::double("pyusdt.sampling.ratio", r));
+        }
+        for (i, v) in &self.args {
+            attributes.push(attrs::string(&format!("cpython.audit.arg.{i}"), v.clone()));
+        }
+        LogRecord {
+            time_unix_nano: self.time_unix_nano,
+            observed_time_unix_nano: self.time_unix_nano,
+            severity_number: SeverityNumber::Info as i32,
+            severity_text: SEVERITY_TEXT.into(),
+            event_name: EVENT_NAME.into(),
+            body: Some(attrs::any_string(self.name.as_ref())),
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    /// Writes the record as a `LogRecord` message in field `field`: the bytes prost writes
+    /// for `to_proto()`.
+    pub fn encode(&self, buf: &mut Vec<u8>, field: u32) {
+        wire::message(buf, field, 1, |buf| {
+            let name = Value::Str(self.name.as_bytes());
+            // In tag order, as prost writes them.
+            wire::fixed64_opt(buf, 1, self.time_unix_nano);
+            wire::varint_opt(buf, 2, SeverityNumber::Info as u64);
+            wire::bytes_opt(buf, 3, SEVERITY_TEXT.as_bytes());
+            wire::any_value(buf, 5, name);
+            wire::attribute(buf, 6, attrs::AUDIT_EVENT, name);
+            let tid = Value::Int(i64::from(self.tid));
+            wire::attribute(buf, 6, attrs::THREAD_ID, tid);
+            if let Some(r) = self.sampling_ratio {
+                wire::attribute(buf, 6, "pyusdt.sampling.ratio", Value::Double(r));
+            }
+            for (i, v) in &self.args {
+                let k = format!("cpython.audit.arg.{i}");
+                wire::attribute(buf, 6, &k, Value::Str(v.as_bytes()));
+            }
+            wire::fixed64_opt(buf, 11, self.time_unix_nano);
+            wire::bytes_opt(buf, 12, EVENT_NAME.as_bytes());
+        });
     }
 }
 
@@ -35,7 +107,7 @@ pub struct LogBuffer {
     clock: Clock,
     filter: AuditFilter,
     max_queue: usize,
-    ready: Vec<(u32, LogRecord)>,
+    ready: Vec<(u32, LogData)>,
     /// Records not kept because the queue was full (exporter behind).
     pub dropped: u64,
 }
@@ -72,14 +144,7 @@ impl LogBuffer {
             self.dropped += 1;
             return;
         }
-        let time = self.clock.unix_nanos(header.end_ns);
-        let mut attributes = vec![
-            attrs::string(attrs::AUDIT_EVENT, name.as_ref()),
-            attrs::int(attrs::THREAD_ID, i64::from(header.tid)),
-        ];
-        if let Some(r) = ratio {
-            attributes.push(attrs::double("pyusdt.sampling.ratio", r));
-        }
+        let mut decoded = Vec::new();
         if let Some(raw) = args {
             for (i, value) in super::audit_args::decode(name, raw.layout, raw.args)
                 .into_iter()
@@ -87,25 +152,21 @@ impl LogBuffer {
             {
                 if let Some(v) = value {
                     // Arguments carry secrets (a URL with a password, a token in argv).
-                    let v = super::redact::redact(&v).into_owned();
-                    attributes.push(attrs::string(&format!("cpython.audit.arg.{i}"), v));
+                    decoded.push((i, super::redact::redact(&v).into_owned()));
                 }
             }
         }
-        let record = LogRecord {
-            time_unix_nano: time,
-            observed_time_unix_nano: time,
-            severity_number: SeverityNumber::Info as i32,
-            severity_text: "INFO".into(),
-            event_name: "cpython.audit".into(),
-            body: Some(attrs::any_string(name.as_ref())),
-            attributes,
-            ..Default::default()
+        let record = LogData {
+            time_unix_nano: self.clock.unix_nanos(header.end_ns),
+            tid: header.tid,
+            name: name.as_ref().into(),
+            sampling_ratio: ratio,
+            args: decoded,
         };
         self.ready.push((header.pid, record));
     }
 
-    pub fn take_ready(&mut self) -> Vec<(u32, LogRecord)> {
+    pub fn take_ready(&mut self) -> Vec<(u32, LogData)> {
         std::mem::take(&mut self.ready)
     }
 
@@ -125,5 +186,32 @@ mod tests {
         assert!(!f.matches("builtins.id") && !f.matches("os.open"));
         assert!(AuditFilter::parse("*").unwrap().matches("anything.at.all"));
         assert!(AuditFilter::parse("[").is_err());
+    }
+
+    #[test]
+    fn encoded_records_are_the_bytes_prost_writes() {
+        let records = [
+            LogData {
+                time_unix_nano: 1_700_000_000_000_000_000,
+                tid: 42,
+                name: "open".into(),
+                sampling_ratio: None,
+                args: Vec::new(),
+            },
+            LogData {
+                time_unix_nano: 0,
+                tid: 0,
+                name: "".into(),
+                sampling_ratio: Some(0.5),
+                args: vec![(0, "/etc/passwd".into()), (2, "x".repeat(200))],
+            },
+        ];
+        for r in &records {
+            let mut buf = vec![7];
+            r.encode(&mut buf, 2);
+            let mut want = vec![7];
+            prost::encoding::message::encode(2, &r.to_proto(), &mut want);
+            assert_eq!(buf, want);
+        }
     }
 }

@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use super::attrs;
+use super::FastHash;
 use crate::decode::Event;
 
 /// Function series per process before new functions go to the overflow series.
@@ -162,14 +163,14 @@ impl ProcessMetrics {
 /// Per-process aggregates, turned into OTLP metrics on `collect`.
 pub struct MetricsAggregator {
     temporality: Temporality,
-    processes: HashMap<u32, ProcessMetrics>,
+    processes: HashMap<u32, ProcessMetrics, FastHash>,
 }
 
 impl MetricsAggregator {
     pub fn new(temporality: Temporality) -> MetricsAggregator {
         MetricsAggregator {
             temporality,
-            processes: HashMap::new(),
+            processes: HashMap::default(),
         }
     }
 

@@ -16,11 +16,190 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, 
 
 use super::attrs;
 use super::ids::IdGenerator;
+use super::wire::{self, Value};
+use super::FastHash;
 use crate::decode::Event;
 use crate::report::clock::Clock;
 
+/// A span as pyusdt makes them: what tells it apart, without the OTLP message's strings
+/// (`to_proto` builds that, `encode` writes its protobuf bytes directly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanData {
+    /// Zero until the span's subtree is released.
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Zero for a root (span IDs are never zero).
+    pub parent_span_id: [u8; 8],
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub tid: u32,
+    pub what: What,
+    /// `pyusdt.sampling.ratio` of a function span.
+    pub sampling_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    Gc {
+        generation: i32,
+        collected: i64,
+    },
+    Import {
+        module: Box<str>,
+        found: bool,
+    },
+    /// `text`: the function's name, then its file (one allocation).
+    Function {
+        text: Box<str>,
+        name_len: usize,
+        line: i32,
+    },
+}
+
+const IMPORT_NOT_FOUND: &str = "module not found (the import raised)";
+
+impl SpanData {
+    /// The span's name as `to_proto` gives it (allocates; for tests and debugging).
+    pub fn name(&self) -> String {
+        match &self.what {
+            What::Gc { .. } => "gc.collect".into(),
+            What::Import { module, .. } => format!("import {module}"),
+            What::Function { text, name_len, .. } => text[..*name_len].to_string(),
+        }
+    }
+
+    /// The OTLP message of the span.
+    pub fn to_proto(&self) -> Span {
+        let tid = attrs::int(attrs::THREAD_ID, i64::from(self.tid));
+        let mut span = Span {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.span_id.to_vec(),
+            parent_span_id: if self.parent_span_id == [0; 8] {
+                Vec::new()
+            } else {
+                self.parent_span_id.to_vec()
+            },
+            name: self.name(),
+            kind: SpanKind::Internal as i32,
+            start_time_unix_nano: self.start_time_unix_nano,
+            end_time_unix_nano: self.end_time_unix_nano,
+            ..Default::default()
+        };
+        match &self.what {
+            What::Gc {
+                generation,
+                collected,
+            } => {
+                span.attributes = vec![
+                    attrs::int(attrs::GC_GENERATION, i64::from(*generation)),
+                    attrs::int(attrs::GC_COLLECTED_OBJECTS, *collected),
+                    tid,
+                ];
+            }
+            What::Import { module, found } => {
+                span.attributes = vec![
+                    attrs::string(attrs::IMPORT_MODULE, module.as_ref()),
+                    attrs::boolean(attrs::IMPORT_FOUND, *found),
+                    tid,
+                ];
+                if !found {
+                    span.status = Some(Status {
+                        code: StatusCode::Error as i32,
+                        message: IMPORT_NOT_FOUND.into(),
+                    });
+                }
+            }
+            What::Function {
+                text,
+                name_len,
+                line,
+            } => {
+                let (name, file) = text.split_at(*name_len);
+                span.attributes = vec![
+                    attrs::string("code.function.name", name),
+                    attrs::string("code.file.path", file),
+                    attrs::int("code.line.number", i64::from(*line)),
+                    tid,
+                ];
+                if let Some(r) = self.sampling_ratio {
+                    span.attributes
+                        .push(attrs::double("pyusdt.sampling.ratio", r));
+                }
+            }
+        }
+        span
+    }
+
+    /// Writes the span as a `Span` message in field `field`: the bytes prost writes for
+    /// `to_proto()`.
+    pub fn encode(&self, buf: &mut Vec<u8>, field: u32) {
+        wire::message(buf, field, 2, |buf| {
+            wire::bytes(buf, 1, &self.trace_id);
+            wire::bytes(buf, 2, &self.span_id);
+            if self.parent_span_id != [0; 8] {
+                wire::bytes(buf, 4, &self.parent_span_id);
+            }
+            match &self.what {
+                What::Gc { .. } => wire::bytes(buf, 5, b"gc.collect"),
+                What::Import { module, .. } => {
+                    const PREFIX: &[u8] = b"import ";
+                    wire::key(buf, 5, 2);
+                    wire::varint(buf, (PREFIX.len() + module.len()) as u64);
+                    buf.extend_from_slice(PREFIX);
+                    buf.extend_from_slice(module.as_bytes());
+                }
+                What::Function { text, name_len, .. } => {
+                    wire::bytes_opt(buf, 5, &text.as_bytes()[..*name_len])
+                }
+            }
+            wire::varint_opt(buf, 6, SpanKind::Internal as u64);
+            wire::fixed64_opt(buf, 7, self.start_time_unix_nano);
+            wire::fixed64_opt(buf, 8, self.end_time_unix_nano);
+            let tid = Value::Int(i64::from(self.tid));
+            match &self.what {
+                What::Gc {
+                    generation,
+                    collected,
+                } => {
+                    let g = Value::Int(i64::from(*generation));
+                    wire::attribute(buf, 9, attrs::GC_GENERATION, g);
+                    wire::attribute(buf, 9, attrs::GC_COLLECTED_OBJECTS, Value::Int(*collected));
+                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                }
+                What::Import { module, found } => {
+                    let m = Value::Str(module.as_bytes());
+                    wire::attribute(buf, 9, attrs::IMPORT_MODULE, m);
+                    wire::attribute(buf, 9, attrs::IMPORT_FOUND, Value::Bool(*found));
+                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                    if !found {
+                        wire::message(buf, 15, 1, |buf| {
+                            wire::bytes(buf, 2, IMPORT_NOT_FOUND.as_bytes());
+                            wire::varint_opt(buf, 3, StatusCode::Error as u64);
+                        });
+                    }
+                }
+                What::Function {
+                    text,
+                    name_len,
+                    line,
+                } => {
+                    let (name, file) = text.as_bytes().split_at(*name_len);
+                    wire::attribute(buf, 9, "code.function.name", Value::Str(name));
+                    wire::attribute(buf, 9, "code.file.path", Value::Str(file));
+                    let line = Value::Int(i64::from(*line));
+                    wire::attribute(buf, 9, "code.line.number", line);
+                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                    if let Some(r) = self.sampling_ratio {
+                        wire::attribute(buf, 9, "pyusdt.sampling.ratio", Value::Double(r));
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// A completed span and its descendants, the subtree root first.
-type Subtree = Vec<Span>;
+type Subtree = Vec<SpanData>;
 
 #[derive(Default)]
 struct ThreadState {
@@ -47,15 +226,17 @@ impl ThreadState {
 pub struct SpanAssembler {
     ids: IdGenerator,
     clock: Clock,
-    threads: HashMap<(u32, u32), ThreadState>,
+    threads: HashMap<(u32, u32), ThreadState, FastHash>,
     /// Spans ready for export, with the PID whose resource they belong under.
-    ready: Vec<(u32, Span)>,
+    ready: Vec<(u32, SpanData)>,
     /// Subtrees released without their parent (lost end, exited thread, pairing bound).
     pub orphaned: u64,
     /// Events without a span: their start was not seen, so they have no duration.
     pub without_start: u64,
     /// The sampling ratio of the function event being recorded (`record_sampled`).
     sampling_ratio: Option<f64>,
+    /// The subtrees a span may adopt, kept between events for its memory.
+    scratch: Vec<Subtree>,
 }
 
 /// A thread holding more waiting spans than this releases them (bounded memory).
@@ -66,11 +247,12 @@ impl SpanAssembler {
         SpanAssembler {
             ids: IdGenerator::new(),
             clock,
-            threads: HashMap::new(),
+            threads: HashMap::default(),
             ready: Vec::new(),
             orphaned: 0,
             without_start: 0,
             sampling_ratio: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -101,54 +283,60 @@ impl SpanAssembler {
         };
         state.last_ns = h.end_ns;
         // What waits at `depth` or deeper ran inside an import or call ending at `depth`.
-        let mut candidates: Vec<Subtree> = Vec::new();
+        let mut candidates = std::mem::take(&mut self.scratch);
         if is_parent {
             state.take_from(depth, &mut candidates);
         }
 
         let Some(span) = span else {
             self.without_start += 1;
-            for orphan in candidates {
+            for orphan in candidates.drain(..) {
                 out.subtree(orphan, true);
             }
+            self.scratch = candidates;
             return;
         };
         // Only what ran within this span is its child. A subtree that started before it ran
         // in an earlier sibling that was not reported (too short, excluded, or its end lost):
         // it keeps waiting for the enclosing span, one level up (a root at depth 0).
-        let (children, earlier): (Vec<Subtree>, Vec<Subtree>) = candidates
-            .into_iter()
-            .partition(|c| c[0].start_time_unix_nano >= span.start_time_unix_nano);
-        if depth == 0 {
-            for orphan in earlier {
+        let start = span.start_time_unix_nano;
+        let is_child = |c: &Subtree| c[0].start_time_unix_nano >= start;
+        let child_spans: usize = candidates
+            .iter()
+            .filter(|c| is_child(c))
+            .map(Vec::len)
+            .sum();
+        if depth > 0 && state.pending.len() < depth {
+            state.pending.resize_with(depth, Vec::new);
+        }
+        if depth == 0 && child_spans == 0 {
+            // A root without children (most spans): no subtree to build.
+            for orphan in candidates.drain(..) {
                 out.subtree(orphan, true);
             }
-        } else if !earlier.is_empty() {
-            if state.pending.len() < depth {
-                state.pending.resize_with(depth, Vec::new);
-            }
-            state.pending[depth - 1].extend(earlier);
-        }
-        if depth == 0 && children.is_empty() {
-            // A root without children (most spans): no subtree to build.
+            self.scratch = candidates;
             out.subtree(std::iter::once(span), false);
             return;
         }
-        let mut subtree = Vec::with_capacity(1 + children.iter().map(Vec::len).sum::<usize>());
+        let mut subtree = Vec::with_capacity(1 + child_spans);
+        let span_id = span.span_id;
         subtree.push(span);
-        for mut child in children {
-            child[0].parent_span_id = subtree[0].span_id.clone();
-            subtree.append(&mut child);
+        for mut c in candidates.drain(..) {
+            if is_child(&c) {
+                c[0].parent_span_id = span_id;
+                subtree.append(&mut c);
+            } else if depth == 0 {
+                out.subtree(c, true);
+            } else {
+                state.pending[depth - 1].push(c);
+            }
         }
+        self.scratch = candidates;
         if depth == 0 {
             out.subtree(subtree, false);
             return;
         }
-        let level = depth - 1;
-        if state.pending.len() <= level {
-            state.pending.resize_with(level + 1, Vec::new);
-        }
-        state.pending[level].push(subtree);
+        state.pending[depth - 1].push(subtree);
         if state.pending_len() > MAX_PENDING_PER_THREAD {
             let mut all = Vec::new();
             state.take_from(0, &mut all);
@@ -193,6 +381,9 @@ impl SpanAssembler {
         let mut old = Vec::new();
         for ((pid, _), state) in &mut self.threads {
             for level in &mut state.pending {
+                if level.iter().all(|t| t[0].end_time_unix_nano >= cutoff) {
+                    continue;
+                }
                 let (keep, stale): (Vec<Subtree>, Vec<Subtree>) = std::mem::take(level)
                     .into_iter()
                     .partition(|t| t[0].end_time_unix_nano >= cutoff);
@@ -206,7 +397,7 @@ impl SpanAssembler {
     }
 
     /// Spans ready for export (drained).
-    pub fn take_ready(&mut self) -> Vec<(u32, Span)> {
+    pub fn take_ready(&mut self) -> Vec<(u32, SpanData)> {
         std::mem::take(&mut self.ready)
     }
 
@@ -214,87 +405,76 @@ impl SpanAssembler {
         self.ready.len()
     }
 
-    fn span_of(&self, event: &Event<'_>) -> Option<Span> {
+    fn span_of(&self, event: &Event<'_>) -> Option<SpanData> {
         let h = event.header();
         let start = h.start_ns?;
-        let mut span = Span {
-            span_id: self.ids.span_id(),
-            kind: SpanKind::Internal as i32,
-            start_time_unix_nano: self.clock.unix_nanos(start),
-            end_time_unix_nano: self.clock.unix_nanos(h.end_ns),
-            ..Default::default()
-        };
-        match event {
+        let span_id = self.ids.span_id_bytes();
+        let (what, sampling_ratio) = match event {
             Event::Gc {
                 generation,
                 collected,
                 ..
-            } => {
-                span.name = "gc.collect".into();
-                span.attributes = vec![
-                    attrs::int(attrs::GC_GENERATION, i64::from((*generation)?)),
-                    attrs::int(attrs::GC_COLLECTED_OBJECTS, *collected),
-                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
-                ];
-            }
-            Event::Import { module, found, .. } => {
-                span.name = format!("import {module}");
-                span.attributes = vec![
-                    attrs::string(attrs::IMPORT_MODULE, module.as_ref()),
-                    attrs::boolean(attrs::IMPORT_FOUND, *found),
-                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
-                ];
-                if !found {
-                    span.status = Some(Status {
-                        code: StatusCode::Error as i32,
-                        message: "module not found (the import raised)".into(),
-                    });
-                }
-            }
+            } => (
+                What::Gc {
+                    generation: (*generation)?,
+                    collected: *collected,
+                },
+                None,
+            ),
+            Event::Import { module, found, .. } => (
+                What::Import {
+                    module: module.as_ref().into(),
+                    found: *found,
+                },
+                None,
+            ),
             Event::Function {
                 name, file, line, ..
             } => {
-                span.name = name.to_string();
-                span.attributes = vec![
-                    attrs::string("code.function.name", name.as_ref()),
-                    attrs::string("code.file.path", file.as_ref()),
-                    attrs::int("code.line.number", i64::from(*line)),
-                    attrs::int(attrs::THREAD_ID, i64::from(h.tid)),
-                ];
-                if let Some(r) = self.sampling_ratio {
-                    span.attributes
-                        .push(attrs::double("pyusdt.sampling.ratio", r));
-                }
+                let mut text = String::with_capacity(name.len() + file.len());
+                text.push_str(name);
+                text.push_str(file);
+                (
+                    What::Function {
+                        text: text.into_boxed_str(),
+                        name_len: name.len(),
+                        line: *line,
+                    },
+                    self.sampling_ratio,
+                )
             }
             Event::Audit { .. } => return None,
-        }
-        Some(span)
+        };
+        Some(SpanData {
+            trace_id: [0; 16],
+            span_id,
+            parent_span_id: [0; 8],
+            start_time_unix_nano: self.clock.unix_nanos(start),
+            end_time_unix_nano: self.clock.unix_nanos(h.end_ns),
+            tid: h.tid,
+            what,
+            sampling_ratio,
+        })
     }
 }
 
 /// Where completed subtrees go: the ready spans of one process, beside a borrowed thread state.
 struct Release<'a> {
     ids: &'a IdGenerator,
-    ready: &'a mut Vec<(u32, Span)>,
+    ready: &'a mut Vec<(u32, SpanData)>,
     orphaned: &'a mut u64,
     pid: u32,
 }
 
 impl Release<'_> {
     /// Gives the subtree a trace ID and makes it ready; an orphan is counted as such.
-    fn subtree(&mut self, subtree: impl IntoIterator<Item = Span>, orphan: bool) {
+    fn subtree(&mut self, subtree: impl IntoIterator<Item = SpanData>, orphan: bool) {
         if orphan {
             *self.orphaned += 1;
         }
-        let mut trace_id = self.ids.trace_id();
-        let mut spans = subtree.into_iter().peekable();
-        while let Some(mut span) = spans.next() {
-            // The last span takes the ID itself, the others a copy.
-            span.trace_id = if spans.peek().is_some() {
-                trace_id.clone()
-            } else {
-                std::mem::take(&mut trace_id)
-            };
+        let trace_id = self.ids.trace_id_bytes();
+        for mut span in subtree {
+            span.trace_id = trace_id;
             self.ready.push((self.pid, span));
         }
     }
@@ -334,13 +514,13 @@ mod tests {
         }
     }
 
-    fn by_name(spans: &[(u32, Span)], name: &str) -> Span {
+    fn by_name(spans: &[(u32, SpanData)], name: &str) -> Span {
         spans
             .iter()
-            .find(|(_, s)| s.name == name)
+            .find(|(_, s)| s.name() == name)
             .unwrap()
             .1
-            .clone()
+            .to_proto()
     }
 
     #[test]
@@ -360,16 +540,16 @@ mod tests {
         assert_eq!(sb.parent_span_id, sa.span_id);
         let gcs: Vec<_> = spans
             .iter()
-            .filter(|(_, s)| s.name == "gc.collect")
-            .map(|(_, s)| s)
+            .filter(|(_, s)| s.name() == "gc.collect")
+            .map(|(_, s)| s.to_proto())
             .collect();
         assert_eq!(gcs.len(), 2);
         assert!(gcs.iter().any(|g| g.parent_span_id == sb.span_id));
         assert!(gcs.iter().any(|g| g.parent_span_id == sa.span_id));
         assert!(spans
             .iter()
-            .filter(|(_, s)| s.name != "import other")
-            .all(|(_, s)| s.trace_id == sa.trace_id));
+            .filter(|(_, s)| s.name() != "import other")
+            .all(|(_, s)| s.trace_id[..] == sa.trace_id[..]));
         assert_ne!(by_name(&spans, "import other").trace_id, sa.trace_id);
         assert_eq!(a.orphaned, 0);
     }
@@ -418,5 +598,44 @@ mod tests {
         a.release_stale(0, 0);
         assert_eq!(a.take_ready().len(), 1);
         assert_eq!(a.orphaned, 1);
+    }
+
+    #[test]
+    fn encoded_spans_are_the_bytes_prost_writes() {
+        let mut a = SpanAssembler::new(Clock::now());
+        a.record(&gc(1, 30, 31, 1));
+        a.record(&Event::Import {
+            header: header(1, 20, 40, 0),
+            module: Cow::Borrowed("missing.module"),
+            found: false,
+            nesting: 0,
+        });
+        a.record(&import(2, "json", 10, 50, 0));
+        let long = "x".repeat(300);
+        a.record_sampled(
+            &Event::Function {
+                header: header(3, 5, 6, 0),
+                name: Cow::Borrowed("handle"),
+                file: Cow::Borrowed(&long),
+                line: 12,
+            },
+            Some(0.25),
+        );
+        a.record(&Event::Function {
+            header: header(3, 7, 9, 0),
+            name: Cow::Borrowed(""),
+            file: Cow::Borrowed("a.py"),
+            line: 0,
+        });
+        let spans = a.take_ready();
+        assert_eq!(spans.len(), 5);
+        assert!(spans.iter().any(|(_, s)| s.parent_span_id != [0; 8]));
+        for (_, span) in &spans {
+            let mut buf = vec![1, 2];
+            span.encode(&mut buf, 2);
+            let mut want = vec![1, 2];
+            prost::encoding::message::encode(2, &span.to_proto(), &mut want);
+            assert_eq!(buf, want, "{}", span.name());
+        }
     }
 }

@@ -3,12 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::clock::Clock;
 use crate::commands::process_probes::SamplingTable;
@@ -20,6 +16,7 @@ use crate::model::metrics::{KernelDurations, MetricsAggregator};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::model::scope;
 use crate::model::spans::SpanAssembler;
+use crate::model::wire::{self, Encoded};
 
 /// A thread whose spans wait this long for their parent's end releases them as roots.
 const STALE_PARENT: Duration = Duration::from_secs(30);
@@ -244,36 +241,43 @@ impl OtlpSink {
     fn ship_spans_and_logs(&mut self) {
         self.last_batch = Instant::now();
         let size = self.config.max_export_batch_size;
+        // Requests are written as protobuf directly (model::wire), each field of
+        // ExportTraceServiceRequest / ExportLogsServiceRequest as prost writes it.
+        let scope = scope();
         for (items, by_pid) in batches(self.spans.take_ready(), size) {
-            let resource_spans = by_pid
-                .into_iter()
-                .map(|(pid, spans)| ResourceSpans {
-                    resource: Some(self.resources.get(pid).clone()),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(scope()),
-                        spans,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                })
-                .collect();
-            let payload = Payload::Traces(ExportTraceServiceRequest { resource_spans });
+            let mut buf = Vec::with_capacity(256 * items as usize);
+            for (pid, spans) in by_pid {
+                let resource = self.resources.get(pid);
+                // ResourceSpans { resource, scope_spans: [ScopeSpans { scope, spans }] }
+                wire::message(&mut buf, 1, 3, |buf| {
+                    wire::prost_message(buf, 1, resource);
+                    wire::message(buf, 2, 3, |buf| {
+                        wire::prost_message(buf, 1, &scope);
+                        for span in &spans {
+                            span.encode(buf, 2);
+                        }
+                    });
+                });
+            }
+            let payload = Payload::Traces(Encoded::new(buf));
             self.exporter.submit(Batch { payload, items });
         }
         for (items, by_pid) in batches(self.logs.take_ready(), size) {
-            let resource_logs = by_pid
-                .into_iter()
-                .map(|(pid, log_records)| ResourceLogs {
-                    resource: Some(self.resources.get(pid).clone()),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(scope()),
-                        log_records,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                })
-                .collect();
-            let payload = Payload::Logs(ExportLogsServiceRequest { resource_logs });
+            let mut buf = Vec::with_capacity(128 * items as usize);
+            for (pid, records) in by_pid {
+                let resource = self.resources.get(pid);
+                // ResourceLogs { resource, scope_logs: [ScopeLogs { scope, log_records }] }
+                wire::message(&mut buf, 1, 3, |buf| {
+                    wire::prost_message(buf, 1, resource);
+                    wire::message(buf, 2, 3, |buf| {
+                        wire::prost_message(buf, 1, &scope);
+                        for record in &records {
+                            record.encode(buf, 2);
+                        }
+                    });
+                });
+            }
+            let payload = Payload::Logs(Encoded::new(buf));
             self.exporter.submit(Batch { payload, items });
         }
     }
@@ -425,5 +429,71 @@ mod tests {
         assert_eq!(b[0].1[&2], ['a']);
         assert_eq!(b[1].1[&1], ['d']);
         assert!(batches(Vec::<(u32, char)>::new(), 2).is_empty());
+    }
+
+    #[test]
+    fn requests_are_the_bytes_prost_writes() {
+        use crate::decode::Header;
+        use crate::export::config::ExportFlags;
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        use std::borrow::Cow;
+        let flags = ExportFlags {
+            exporter: Some("file".into()),
+            otlp_file: Some("/dev/null".into()),
+            ..Default::default()
+        };
+        let config = ExportConfig::resolve(&flags, &|_| None).unwrap();
+        let (exporter, rx) = Exporter::in_memory(16);
+        let mut sink =
+            OtlpSink::with_exporter(config, Clock::now(), Box::new(|_| None), exporter).unwrap();
+        sink.pids_are_foreign();
+        for pid in [7, 3] {
+            let header = |depth| Header {
+                start_ns: Some(10),
+                end_ns: 20,
+                pid,
+                tid: pid,
+                depth,
+            };
+            sink.record(&Event::Gc {
+                header: header(1),
+                generation: Some(1),
+                collected: 3,
+            });
+            sink.record(&Event::Import {
+                header: header(0),
+                module: Cow::Borrowed("json"),
+                found: true,
+                nesting: 0,
+            });
+            sink.record(&Event::Audit {
+                header: header(0),
+                name: Cow::Borrowed("open"),
+                nargs: Some(1),
+                args: None,
+            });
+        }
+        sink.finish(&OwnStats::default(), Duration::ZERO);
+        let (mut traces, mut logs) = (0, 0);
+        for batch in rx.try_iter() {
+            match batch.payload {
+                Payload::Traces(r) => {
+                    let decoded = ExportTraceServiceRequest::decode(r.as_bytes()).unwrap();
+                    assert_eq!(decoded.resource_spans.len(), 2);
+                    assert_eq!(decoded.encode_to_vec(), r.as_bytes());
+                    traces += 1;
+                }
+                Payload::Logs(r) => {
+                    let decoded = ExportLogsServiceRequest::decode(r.as_bytes()).unwrap();
+                    assert_eq!(decoded.resource_logs.len(), 2);
+                    assert_eq!(decoded.encode_to_vec(), r.as_bytes());
+                    logs += 1;
+                }
+                Payload::Metrics(_) => {}
+            }
+        }
+        assert_eq!((traces, logs), (1, 1));
     }
 }
