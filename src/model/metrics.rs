@@ -122,15 +122,20 @@ struct ProcessMetrics {
     gc_collected: BTreeMap<i64, i64>,
     gc_duration: BTreeMap<i64, Hist>,
     import_duration: BTreeMap<bool, Hist>,
-    audit_events: BTreeMap<String, u64>,
-    /// file → function → calls and durations (two levels: looked up without allocating).
-    function_series: BTreeMap<String, BTreeMap<String, (u64, Hist)>>,
+    /// Looked up per event: hashed (FastHash), sorted at export.
+    audit_events: HashMap<Box<str>, u64, FastHash>,
+    /// file → function → calls and durations (two levels: looked up without allocating),
+    /// hashed, as they are looked up per call; sorted at export.
+    function_series: HashMap<Box<str>, FunctionsOfFile, FastHash>,
     function_series_count: usize,
     /// Calls of functions beyond MAX_FUNCTION_SERIES.
     function_overflow: Option<(u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
 }
+
+/// One file's functions: name → calls and durations.
+type FunctionsOfFile = HashMap<Box<str>, (u64, Hist), FastHash>;
 
 impl ProcessMetrics {
     /// The calls and durations of one function. Bounded cardinality: beyond the limit, one
@@ -151,13 +156,20 @@ impl ProcessMetrics {
             self.function_series_count += 1;
             return self
                 .function_series
-                .entry(file.to_string())
+                .entry(file.into())
                 .or_default()
-                .entry(name.to_string())
+                .entry(name.into())
                 .or_default();
         }
         self.function_overflow.get_or_insert_with(Default::default)
     }
+}
+
+/// The counts of a hashed map, by name (a stable order in the export).
+fn sorted_by_name(counts: &HashMap<Box<str>, u64, FastHash>) -> Vec<(&str, u64)> {
+    let mut v: Vec<(&str, u64)> = counts.iter().map(|(k, n)| (k.as_ref(), *n)).collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v
 }
 
 /// Per-process aggregates, turned into OTLP metrics on `collect`.
@@ -234,7 +246,7 @@ impl MetricsAggregator {
         match p.audit_events.get_mut(name) {
             Some(c) => *c += n,
             None => {
-                p.audit_events.insert(name.to_string(), n);
+                p.audit_events.insert(name.into(), n);
             }
         }
     }
@@ -275,7 +287,7 @@ impl MetricsAggregator {
             Event::Audit { name, .. } => match p.audit_events.get_mut(name.as_ref()) {
                 Some(n) => *n += 1,
                 None => {
-                    p.audit_events.insert(name.to_string(), 1);
+                    p.audit_events.insert(name.as_ref().into(), 1);
                 }
             },
         }
@@ -380,17 +392,24 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
         ));
     }
     if p.function_series_count > 0 || p.function_overflow.is_some() {
-        let series: Vec<(Vec<KeyValue>, &(u64, Hist))> = p
+        let mut sorted: Vec<(&str, &str, &(u64, Hist))> = p
             .function_series
             .iter()
             .flat_map(|(file, by_name)| {
-                by_name.iter().map(move |(name, s)| {
-                    let a = vec![
-                        attrs::string("code.function.name", name.clone()),
-                        attrs::string("code.file.path", file.clone()),
-                    ];
-                    (a, s)
-                })
+                by_name
+                    .iter()
+                    .map(move |(name, s)| (file.as_ref(), name.as_ref(), s))
+            })
+            .collect();
+        sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let series: Vec<(Vec<KeyValue>, &(u64, Hist))> = sorted
+            .into_iter()
+            .map(|(file, name, s)| {
+                let a = vec![
+                    attrs::string("code.function.name", name),
+                    attrs::string("code.file.path", file),
+                ];
+                (a, s)
             })
             .chain(
                 p.function_overflow
@@ -424,12 +443,12 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
             "Audit events raised (sys.audit and the interpreter's own).",
             "{event}",
             t,
-            p.audit_events
-                .iter()
+            sorted_by_name(&p.audit_events)
+                .into_iter()
                 .map(|(name, n)| {
                     int_point(
-                        vec![attrs::string(attrs::AUDIT_EVENT, name.clone())],
-                        *n as i64,
+                        vec![attrs::string(attrs::AUDIT_EVENT, name)],
+                        n as i64,
                         p.start_ns,
                         now,
                     )
