@@ -86,8 +86,10 @@ static __always_inline bool aggregate(void *map, void *key, __u64 start, __u64 n
 	return true;
 }
 
-/* Audit events per process and name (--metrics-only), per CPU so that no increment races;
- * user space sums the CPUs and deletes a process's keys once it has exited. */
+/* Audit events per process and name (--metrics-only), per CPU so that CPUs do not race on
+ * an increment (a uprobe program runs with migration disabled; on a fully preemptible kernel
+ * two tasks preempting each other on one CPU could still interleave, and an increment be
+ * lost); user space sums the CPUs and deletes a process's keys once it has exited. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);

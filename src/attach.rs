@@ -474,19 +474,30 @@ impl<'obj> Tracer<'obj> {
     /// for the last time. Every key of the audit, GC and import maps starts with the
     /// process's tgid; the code locations' keys carry it too.
     pub fn forget_aggregates(&self, pids: &HashSet<u32>) {
+        // Keys are collected before any is deleted: the kernel's walk restarts from the first
+        // key once the one it continues from is gone.
         let m = &self.skel.maps;
         for map in [&m.audit_counts, &m.gc_agg, &m.import_agg] {
-            for key in map.keys() {
-                let tgid = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
-                if tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t))) {
-                    let _ = map.delete(&key);
-                }
+            let doomed: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|key| {
+                    let tgid = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+                    tgid.is_some_and(|t| pids.contains(&u32::from_ne_bytes(t)))
+                })
+                .collect();
+            for key in doomed {
+                let _ = map.delete(&key);
             }
         }
-        for key in m.func_agg.keys() {
-            if plain::from_bytes::<bpf::code_ref>(&key).is_ok_and(|k| pids.contains(&k.tgid)) {
-                let _ = m.func_agg.delete(&key);
-            }
+        let doomed: Vec<Vec<u8>> = m
+            .func_agg
+            .keys()
+            .filter(|key| {
+                plain::from_bytes::<bpf::code_ref>(key).is_ok_and(|k| pids.contains(&k.tgid))
+            })
+            .collect();
+        for key in doomed {
+            let _ = m.func_agg.delete(&key);
         }
     }
 
@@ -770,6 +781,8 @@ fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
             let Ok(a) = plain::from_bytes::<bpf::duration_agg>(v) else {
                 continue;
             };
+            // The slot is copied while its CPU may be updating it: the buckets are the count
+            // (a torn copy could hold a bucket's increment before `timed`'s).
             t.events += a.events;
             t.sum_ns += a.sum_ns;
             t.extra += a.extra;
@@ -780,7 +793,7 @@ fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
                 t.min_ns = Some(t.min_ns.map_or(a.min_ns, |m| m.min(a.min_ns)));
                 t.max_ns = Some(t.max_ns.map_or(a.max_ns, |m| m.max(a.max_ns)));
             }
-            t.timed += a.timed;
+            t.timed += a.buckets.iter().sum::<u64>();
         }
         out.push((key, t));
     }

@@ -94,7 +94,7 @@ impl KernelMetrics {
                 let last = self.durations.entry((table, a.pid, a.series)).or_default();
                 let d = increase(&a.totals, last);
                 *last = a.totals;
-                if d.events == 0 {
+                if d.events == 0 && d.timed == 0 {
                     continue;
                 }
                 match table {
@@ -112,16 +112,17 @@ impl KernelMetrics {
         for (code, totals) in tracer.function_aggregates() {
             let last = self.calls.entry(code).or_default();
             let d = increase(&totals, last);
-            if d.events == 0 {
+            if d.events == 0 && d.timed == 0 {
                 continue;
             }
             if let Some((name, file)) = names.names_of(&code) {
                 sinks.functions_aggregated(code.pid, name, file, &d, now);
                 self.unnamed_since.remove(&code);
             } else {
+                // The record with the names may still be in the ring, even once the process
+                // has exited: its aggregates are kept until then (see below).
                 let since = *self.unnamed_since.entry(code).or_insert_with(Instant::now);
-                let gone = exited.contains(&code.pid);
-                if !last_read && !gone && since.elapsed() < NAMES_GRACE {
+                if !last_read && since.elapsed() < NAMES_GRACE {
                     continue; // read again next time, `last` unchanged
                 }
                 names.unresolved += d.events;
@@ -138,6 +139,11 @@ impl KernelMetrics {
                 *seen = c.count;
             }
         }
+        // An exited process whose calls still wait for their names is forgotten later.
+        let exited: HashSet<u32> = exited
+            .into_iter()
+            .filter(|pid| !self.unnamed_since.keys().any(|code| code.pid == *pid))
+            .collect();
         if !exited.is_empty() {
             tracer.forget_aggregates(&exited);
             self.durations

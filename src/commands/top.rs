@@ -234,7 +234,8 @@ impl Governor {
         if !self.probes.due() {
             return;
         }
-        if self.scanned_at.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
+        let scan = self.scanned_at.is_none_or(|t| t.elapsed() >= SCAN_EVERY);
+        if scan {
             self.scanned_at = Some(Instant::now());
             self.probes.prune_ignored();
             if let Some(pid) = self.pid {
@@ -250,9 +251,10 @@ impl Governor {
             }
         }
         if self.children {
-            // A process that sent its first event is a Python process by now.
+            // New descendants at once; those that were not Python processes when looked at
+            // (an exec may have come since) again once a second, not at every look.
             for pid in tracer.traced_pids() {
-                self.probes.offer(tracer, pid, true);
+                self.probes.offer(tracer, pid, scan);
             }
         }
         self.probes.tick(tracer, true);
