@@ -702,12 +702,10 @@ int function_return(struct pt_regs *ctx)
 	};
 	/* Names already sent: a 64-byte record instead of a 256-byte one and no string copies. */
 	if (bpf_map_lookup_elem(&code_sent, &code)) {
-		/* --metrics-only: into the code location's histogram, no record. */
-		if (metrics_only) {
-			if (!aggregate(&func_agg, &code, start, now, 0))
-				count(STAT_DROP_FUNCTION);
+		/* --metrics-only: into the code location's histogram, no record; when the table
+		 * is full, the call goes as a record (below), as without --metrics-only. */
+		if (metrics_only && aggregate(&func_agg, &code, start, now, 0))
 			return 0;
-		}
 		struct function_ref_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 		if (!r) {
 			count(STAT_DROP_FUNCTION);
