@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::attach::Tracer;
 use crate::code_names::CodeNames;
 use crate::decode::CodeRef;
-use crate::model::metrics::KernelDurations;
+use crate::model::metrics::{KernelDurations, KernelUpdate};
 use crate::report::Sinks;
 
 /// How often the aggregates are read (the metrics export interval is longer).
@@ -97,16 +97,18 @@ impl KernelMetrics {
                 if d.events == 0 && d.timed == 0 {
                     continue;
                 }
-                match table {
-                    Table::Gc => sinks.gc_aggregated(a.pid, a.series, &d, now),
-                    Table::Import => sinks.imports_aggregated(
-                        a.pid,
-                        a.series & 1 != 0,
-                        a.series & 2 != 0,
-                        &d,
-                        now,
-                    ),
-                }
+                let update = match table {
+                    Table::Gc => KernelUpdate::Gc {
+                        generation: a.series,
+                        d: &d,
+                    },
+                    Table::Import => KernelUpdate::Import {
+                        found: a.series & 1 != 0,
+                        top_level: a.series & 2 != 0,
+                        d: &d,
+                    },
+                };
+                sinks.kernel_aggregated(a.pid, update, now);
             }
         }
         for (code, totals) in tracer.function_aggregates() {
@@ -116,7 +118,11 @@ impl KernelMetrics {
                 continue;
             }
             if let Some((name, file)) = names.names_of(&code) {
-                sinks.functions_aggregated(code.pid, name, file, &d, now);
+                sinks.kernel_aggregated(
+                    code.pid,
+                    KernelUpdate::Function { name, file, d: &d },
+                    now,
+                );
                 self.unnamed_since.remove(&code);
             } else {
                 // The record with the names may still be in the ring, even once the process
@@ -135,7 +141,8 @@ impl KernelMetrics {
             let seen = self.audits.entry((c.pid, c.name.clone())).or_insert(0);
             // The kernel's counts only grow while the key lives.
             if c.count > *seen {
-                sinks.audit_counted(c.pid, &c.name, c.count - *seen, now);
+                let n = c.count - *seen;
+                sinks.kernel_aggregated(c.pid, KernelUpdate::Audit { name: &c.name, n }, now);
                 *seen = c.count;
             }
         }

@@ -46,6 +46,30 @@ pub struct KernelDurations {
     pub max_ns: Option<u64>,
 }
 
+/// One series' increase read from the kernel (--metrics-only), as every sink takes it.
+#[derive(Debug, Clone, Copy)]
+pub enum KernelUpdate<'a> {
+    /// Collections of `generation` (-1: start not seen).
+    Gc {
+        generation: i32,
+        d: &'a KernelDurations,
+    },
+    /// Imports: `found` (the module loaded), `top_level` (not nested in another import).
+    Import {
+        found: bool,
+        top_level: bool,
+        d: &'a KernelDurations,
+    },
+    /// Calls of function `name` of `file`.
+    Function {
+        name: &'a str,
+        file: &'a str,
+        d: &'a KernelDurations,
+    },
+    /// `n` audit events named `name`.
+    Audit { name: &'a str, n: u64 },
+}
+
 #[derive(Debug, Clone, Default)]
 struct Hist {
     counts: [u64; DURATION_BOUNDS.len() + 1],
@@ -195,59 +219,39 @@ impl MetricsAggregator {
         p
     }
 
-    /// Collections of generation `generation` (-1: start not seen) of process `pid`,
-    /// aggregated in the kernel (--metrics-only), read at `now_unix_ns`.
-    pub fn add_gc(&mut self, pid: u32, generation: i64, d: &KernelDurations, now_unix_ns: u64) {
+    /// What the kernel aggregated for process `pid` since the last read (--metrics-only),
+    /// read at `now_unix_ns`.
+    pub fn add_kernel(&mut self, pid: u32, update: KernelUpdate<'_>, now_unix_ns: u64) {
         let lifetime = self.temporality == Temporality::Cumulative;
         let p = self.process(pid, now_unix_ns);
-        *p.gc_collections.entry(generation).or_default() += d.events;
-        *p.gc_collected.entry(generation).or_default() += d.extra;
-        if d.timed > 0 {
-            p.gc_duration
-                .entry(generation)
-                .or_default()
-                .merge(d, lifetime);
-        }
-    }
-
-    /// Imports of process `pid` (`found`: the module loaded), aggregated in the kernel
-    /// (--metrics-only), read at `now_unix_ns`.
-    pub fn add_import(&mut self, pid: u32, found: bool, d: &KernelDurations, now_unix_ns: u64) {
-        let lifetime = self.temporality == Temporality::Cumulative;
-        let p = self.process(pid, now_unix_ns);
-        if d.timed > 0 {
-            p.import_duration
-                .entry(found)
-                .or_default()
-                .merge(d, lifetime);
-        }
-    }
-
-    /// Calls of function `name` of `file` of process `pid` aggregated in the kernel
-    /// (--metrics-only), read at `now_unix_ns`.
-    pub fn add_function(
-        &mut self,
-        pid: u32,
-        name: &str,
-        file: &str,
-        d: &KernelDurations,
-        now_unix_ns: u64,
-    ) {
-        let lifetime = self.temporality == Temporality::Cumulative;
-        let s = self.process(pid, now_unix_ns).function_series(file, name);
-        s.0 += d.events;
-        s.1.merge(d, lifetime);
-    }
-
-    /// `n` audit events named `name` of process `pid`, counted in the kernel
-    /// (--metrics-only), read at `now_unix_ns`.
-    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_unix_ns: u64) {
-        let p = self.process(pid, now_unix_ns);
-        match p.audit_events.get_mut(name) {
-            Some(c) => *c += n,
-            None => {
-                p.audit_events.insert(name.into(), n);
+        match update {
+            KernelUpdate::Gc { generation, d } => {
+                let g = i64::from(generation);
+                *p.gc_collections.entry(g).or_default() += d.events;
+                *p.gc_collected.entry(g).or_default() += d.extra;
+                if d.timed > 0 {
+                    p.gc_duration.entry(g).or_default().merge(d, lifetime);
+                }
             }
+            KernelUpdate::Import { found, d, .. } => {
+                if d.timed > 0 {
+                    p.import_duration
+                        .entry(found)
+                        .or_default()
+                        .merge(d, lifetime);
+                }
+            }
+            KernelUpdate::Function { name, file, d } => {
+                let s = p.function_series(file, name);
+                s.0 += d.events;
+                s.1.merge(d, lifetime);
+            }
+            KernelUpdate::Audit { name, n } => match p.audit_events.get_mut(name) {
+                Some(c) => *c += n,
+                None => {
+                    p.audit_events.insert(name.into(), n);
+                }
+            },
         }
     }
 

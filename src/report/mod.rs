@@ -9,7 +9,7 @@ pub mod summary;
 pub mod text;
 
 use crate::decode::{Event, ProcessRecord, Record};
-use crate::model::metrics::KernelDurations;
+use crate::model::metrics::KernelUpdate;
 
 /// `--function-include` / `--function-exclude`: which calls are reported.
 #[derive(Default)]
@@ -112,68 +112,21 @@ impl Sinks {
         }
     }
 
-    /// More collections of `generation` of process `pid`, aggregated in the kernel
-    /// (--metrics-only: no record per event), read at `now_ns` (CLOCK_MONOTONIC).
-    pub fn gc_aggregated(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
-        self.summary.add_gc(pid, generation, d, now_ns);
+    /// What the kernel aggregated for process `pid` since the last read (--metrics-only:
+    /// no record per event), read at `now_ns` (CLOCK_MONOTONIC). Calls go through the
+    /// function filters, as recorded calls do.
+    pub fn kernel_aggregated(&mut self, pid: u32, update: KernelUpdate<'_>, now_ns: u64) {
+        if let KernelUpdate::Function { name, file, .. } = update {
+            if !self.functions.selects(name, file) {
+                return;
+            }
+        }
+        self.summary.add_kernel(pid, update, now_ns);
         if let Some(o) = &mut self.otlp {
-            o.gc_aggregated(pid, generation, d, now_ns);
+            o.kernel_aggregated(pid, update, now_ns);
         }
         if let Some(m) = &mut self.prom {
-            m.gc_aggregated(pid, generation, d, now_ns);
-        }
-    }
-
-    /// More imports of process `pid`, aggregated in the kernel (--metrics-only): `found`,
-    /// and `top_level` (not nested in another import).
-    pub fn imports_aggregated(
-        &mut self,
-        pid: u32,
-        found: bool,
-        top_level: bool,
-        d: &KernelDurations,
-        now_ns: u64,
-    ) {
-        self.summary.add_import(pid, found, top_level, d, now_ns);
-        if let Some(o) = &mut self.otlp {
-            o.imports_aggregated(pid, found, d, now_ns);
-        }
-        if let Some(m) = &mut self.prom {
-            m.imports_aggregated(pid, found, d, now_ns);
-        }
-    }
-
-    /// More calls of function `name` of `file` of process `pid`, aggregated in the kernel
-    /// (--metrics-only), if the function filters select them.
-    pub fn functions_aggregated(
-        &mut self,
-        pid: u32,
-        name: &str,
-        file: &str,
-        d: &KernelDurations,
-        now_ns: u64,
-    ) {
-        if !self.functions.selects(name, file) {
-            return;
-        }
-        self.summary.add_functions(pid, d.events, now_ns);
-        if let Some(o) = &mut self.otlp {
-            o.functions_aggregated(pid, name, file, d, now_ns);
-        }
-        if let Some(m) = &mut self.prom {
-            m.functions_aggregated(pid, name, file, d, now_ns);
-        }
-    }
-
-    /// `n` more audit events named `name` of process `pid`, counted in the kernel
-    /// (--metrics-only: no record per event), read at `now_ns` (CLOCK_MONOTONIC).
-    pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
-        self.summary.add_audit(pid, name, n, now_ns);
-        if let Some(o) = &mut self.otlp {
-            o.audit_counted(pid, name, n, now_ns);
-        }
-        if let Some(m) = &mut self.prom {
-            m.audit_counted(pid, name, n, now_ns);
+            m.kernel_aggregated(pid, update, now_ns);
         }
     }
 

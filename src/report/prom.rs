@@ -8,7 +8,7 @@ use super::clock::Clock;
 use super::own::OwnStats;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::ExportCounts;
-use crate::model::metrics::{KernelDurations, MetricsAggregator, Temporality};
+use crate::model::metrics::{KernelUpdate, MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::serve::Published;
 
@@ -69,35 +69,10 @@ impl PromSink {
             .record(event, self.clock.unix_nanos(event.header().end_ns));
     }
 
-    /// See `Sinks::gc_aggregated`.
-    pub fn gc_aggregated(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+    /// See `Sinks::kernel_aggregated`.
+    pub fn kernel_aggregated(&mut self, pid: u32, update: KernelUpdate<'_>, now_ns: u64) {
         self.metrics
-            .add_gc(pid, i64::from(generation), d, self.clock.unix_nanos(now_ns));
-    }
-
-    /// See `Sinks::imports_aggregated`.
-    pub fn imports_aggregated(&mut self, pid: u32, found: bool, d: &KernelDurations, now_ns: u64) {
-        self.metrics
-            .add_import(pid, found, d, self.clock.unix_nanos(now_ns));
-    }
-
-    /// See `Sinks::functions_aggregated`.
-    pub fn functions_aggregated(
-        &mut self,
-        pid: u32,
-        name: &str,
-        file: &str,
-        d: &KernelDurations,
-        now_ns: u64,
-    ) {
-        self.metrics
-            .add_function(pid, name, file, d, self.clock.unix_nanos(now_ns));
-    }
-
-    /// See `Sinks::audit_counted`.
-    pub fn audit_counted(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
-        self.metrics
-            .add_audit(pid, name, n, self.clock.unix_nanos(now_ns));
+            .add_kernel(pid, update, self.clock.unix_nanos(now_ns));
     }
 
     /// Publishes when due. `own`: pyusdt's own state, with the OTLP exporter's counts and the

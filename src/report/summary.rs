@@ -11,7 +11,7 @@ use crate::attach::KernelStats;
 use crate::commands::process_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
-use crate::model::metrics::KernelDurations;
+use crate::model::metrics::KernelUpdate;
 
 /// How many of the slowest imports (and calls) the summary names.
 const SLOWEST: usize = 5;
@@ -237,53 +237,42 @@ impl Summary {
         p
     }
 
-    /// Collections of `generation` of process `pid` aggregated in the kernel
-    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
-    pub fn add_gc(&mut self, pid: u32, generation: i32, d: &KernelDurations, now_ns: u64) {
+    /// What the kernel aggregated for process `pid` since the last read (--metrics-only),
+    /// read at `now_ns` (CLOCK_MONOTONIC).
+    pub fn add_kernel(&mut self, pid: u32, update: KernelUpdate<'_>, now_ns: u64) {
         let p = self.process_at(pid, now_ns);
-        let g = p.gc.entry(generation).or_insert_with(GcStats::new);
-        g.collections += d.events;
-        g.collected += d.extra;
-        g.kernel_timed += d.timed;
-        g.kernel_sum_ns += d.sum_ns;
-        g.kernel_max_ns = g.kernel_max_ns.max(d.max_ns.unwrap_or(0));
-    }
-
-    /// Imports of process `pid` aggregated in the kernel (--metrics-only): `found`, and
-    /// `top_level` (not nested in another import).
-    pub fn add_import(
-        &mut self,
-        pid: u32,
-        found: bool,
-        top_level: bool,
-        d: &KernelDurations,
-        now_ns: u64,
-    ) {
-        let p = self.process_at(pid, now_ns);
-        p.imports += d.events;
-        p.imports_in_kernel = true;
-        if !found {
-            p.imports_not_found += d.events;
-        }
-        if top_level {
-            p.import_total_ns += d.sum_ns;
-        }
-    }
-
-    /// `n` calls of process `pid` aggregated in the kernel (--metrics-only).
-    pub fn add_functions(&mut self, pid: u32, n: u64, now_ns: u64) {
-        self.process_at(pid, now_ns).functions += n;
-    }
-
-    /// `n` audit events named `name` of process `pid`, counted in the kernel
-    /// (--metrics-only), read at `now_ns` (CLOCK_MONOTONIC).
-    pub fn add_audit(&mut self, pid: u32, name: &str, n: u64, now_ns: u64) {
-        let p = self.process_at(pid, now_ns);
-        p.audit_total += n;
-        match p.audit.get_mut(name) {
-            Some(c) => *c += n,
-            None => {
-                p.audit.insert(name.into(), n);
+        match update {
+            KernelUpdate::Gc { generation, d } => {
+                let g = p.gc.entry(generation).or_insert_with(GcStats::new);
+                g.collections += d.events;
+                g.collected += d.extra;
+                g.kernel_timed += d.timed;
+                g.kernel_sum_ns += d.sum_ns;
+                g.kernel_max_ns = g.kernel_max_ns.max(d.max_ns.unwrap_or(0));
+            }
+            KernelUpdate::Import {
+                found,
+                top_level,
+                d,
+            } => {
+                p.imports += d.events;
+                p.imports_in_kernel = true;
+                if !found {
+                    p.imports_not_found += d.events;
+                }
+                if top_level {
+                    p.import_total_ns += d.sum_ns;
+                }
+            }
+            KernelUpdate::Function { d, .. } => p.functions += d.events,
+            KernelUpdate::Audit { name, n } => {
+                p.audit_total += n;
+                match p.audit.get_mut(name) {
+                    Some(c) => *c += n,
+                    None => {
+                        p.audit.insert(name.into(), n);
+                    }
+                }
             }
         }
     }
