@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 
 use super::clock::Clock;
@@ -220,38 +221,24 @@ impl OtlpSink {
         // ExportTraceServiceRequest / ExportLogsServiceRequest as prost writes it.
         let scope = scope();
         for (items, by_pid) in batches(self.spans.take_ready(), size) {
-            let mut buf = Vec::with_capacity(256 * items as usize);
-            for (pid, spans) in by_pid {
-                let resource = self.resources.get(pid);
-                // ResourceSpans { resource, scope_spans: [ScopeSpans { scope, spans }] }
-                wire::message(&mut buf, 1, 3, |buf| {
-                    wire::prost_message(buf, 1, resource);
-                    wire::message(buf, 2, 3, |buf| {
-                        wire::prost_message(buf, 1, &scope);
-                        for span in &spans {
-                            span.encode(buf, 2);
-                        }
-                    });
-                });
-            }
+            let buf = encode_request(
+                &mut self.resources,
+                &scope,
+                by_pid,
+                256 * items as usize,
+                |s, buf| s.encode(buf, 2),
+            );
             let payload = Payload::Traces(Encoded::new(buf));
             self.exporter.submit(Batch { payload, items });
         }
         for (items, by_pid) in batches(self.logs.take_ready(), size) {
-            let mut buf = Vec::with_capacity(128 * items as usize);
-            for (pid, records) in by_pid {
-                let resource = self.resources.get(pid);
-                // ResourceLogs { resource, scope_logs: [ScopeLogs { scope, log_records }] }
-                wire::message(&mut buf, 1, 3, |buf| {
-                    wire::prost_message(buf, 1, resource);
-                    wire::message(buf, 2, 3, |buf| {
-                        wire::prost_message(buf, 1, &scope);
-                        for record in &records {
-                            record.encode(buf, 2);
-                        }
-                    });
-                });
-            }
+            let buf = encode_request(
+                &mut self.resources,
+                &scope,
+                by_pid,
+                128 * items as usize,
+                |r, buf| r.encode(buf, 2),
+            );
             let payload = Payload::Logs(Encoded::new(buf));
             self.exporter.submit(Batch { payload, items });
         }
@@ -356,6 +343,32 @@ impl OtlpSink {
 
 /// Export batches of at most `size` items, each grouped by PID (order kept within a process),
 /// with its item count. Items are moved, not copied.
+/// The body of an ExportTraceServiceRequest or ExportLogsServiceRequest, which share their
+/// layout: per process, `ResourceX { resource, scope_X: [ScopeX { scope, items }] }` (field 1
+/// each time, and 1, 2 inside), as prost writes it. `encode` writes one item as field 2.
+fn encode_request<T>(
+    resources: &mut Resources,
+    scope: &InstrumentationScope,
+    by_pid: BTreeMap<u32, Vec<T>>,
+    capacity: usize,
+    encode: impl Fn(&T, &mut Vec<u8>),
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity);
+    for (pid, items) in by_pid {
+        let resource = resources.get(pid);
+        wire::message(&mut buf, 1, 3, |buf| {
+            wire::prost_message(buf, 1, resource);
+            wire::message(buf, 2, 3, |buf| {
+                wire::prost_message(buf, 1, scope);
+                for item in &items {
+                    encode(item, buf);
+                }
+            });
+        });
+    }
+    buf
+}
+
 fn batches<T>(items: Vec<(u32, T)>, size: usize) -> Vec<(u64, BTreeMap<u32, Vec<T>>)> {
     let size = size.max(1);
     let mut out = Vec::with_capacity(items.len().div_ceil(size));
