@@ -261,11 +261,6 @@ impl<'obj> Session<'obj> {
                 }
             }
         }
-        if args.metrics_only {
-            if let Some(o) = &mut otlp {
-                o.metrics_only();
-            }
-        }
         let mut summary = Summary::default();
         if let Some(f) = &per_process_functions {
             let table = Rc::clone(&f.borrow().table);

@@ -91,7 +91,7 @@ impl Sinks {
         self.summary.record(event);
         if self.metrics_only {
             if let Some(o) = &mut self.otlp {
-                o.record(event);
+                o.record_metrics(event);
             }
             if let Some(m) = &mut self.prom {
                 m.record(event);

@@ -46,8 +46,6 @@ pub struct OtlpSink {
     pids_are_ours: bool,
     /// Per-process probes and their sampling (--probes function, audit under a budget).
     sampling: Option<SamplingTable>,
-    /// --metrics-only: no spans, no log records.
-    metrics_only: bool,
 }
 
 impl OtlpSink {
@@ -89,7 +87,6 @@ impl OtlpSink {
             dead_since: HashMap::new(),
             pids_are_ours: true,
             sampling: None,
-            metrics_only: false,
             config,
         })
     }
@@ -143,23 +140,19 @@ impl OtlpSink {
         self.sampling = Some(table);
     }
 
-    /// --metrics-only: exports metrics alone, no spans and no log records.
-    pub fn metrics_only(&mut self) {
-        self.metrics_only = true;
-    }
-
     /// See `Sinks::kernel_aggregated`.
     pub fn kernel_aggregated(&mut self, pid: u32, update: KernelUpdate<'_>, now_ns: u64) {
         self.metrics
             .add_kernel(pid, update, self.clock.unix_nanos(now_ns));
     }
 
+    /// --metrics-only: the event counts in the metrics alone (no span, no log record).
+    pub fn record_metrics(&mut self, event: &Event<'_>) {
+        self.metrics
+            .record(event, self.clock.unix_nanos(event.header().end_ns));
+    }
+
     pub fn record(&mut self, event: &Event<'_>) {
-        if self.metrics_only {
-            self.metrics
-                .record(event, self.clock.unix_nanos(event.header().end_ns));
-            return;
-        }
         // The sampling ratio of a process's per-process probes (below 1: sampled).
         let sampled = |of_audit: bool| {
             let table = self.sampling.as_ref()?.borrow();
@@ -176,8 +169,7 @@ impl OtlpSink {
             Event::Audit { .. } => self.logs.record_sampled(event, sampled(true)),
             _ => self.spans.record(event),
         }
-        self.metrics
-            .record(event, self.clock.unix_nanos(event.header().end_ns));
+        self.record_metrics(event);
         // Bounded memory: a full queue is shipped now rather than grown.
         if self.spans.ready_len() >= self.config.max_queue_size
             || self.logs.ready_len() >= self.config.max_queue_size
