@@ -23,6 +23,7 @@ fn main() {
             });
         println!("cargo:rerun-if-changed={src}");
         println!("cargo:rerun-if-changed=bpf/{prog}.h");
+        println!("cargo:rerun-if-changed=bpf/usdt_args.h");
     }
 }
 

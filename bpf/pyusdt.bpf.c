@@ -9,6 +9,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/usdt.bpf.h>
 #include "pyusdt.h"
+#include "usdt_args.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -164,22 +165,16 @@ struct span_stack {
 	__u64 import_ts[IMPORT_STACK_DEPTH];
 };
 
-/* Not preallocated: memory for the threads that exist. Entries go at thread exit or exec. */
+/* Task-local storage: every function event looks its thread's stack up, and a hash keyed by
+ * tid cost about 100 ns more per lookup here than this (a pointer held by the task itself).
+ * Created zeroed at the thread's first push; freed by the kernel with the thread, and dropped
+ * at exec. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32); /* tid */
+	__type(key, int);
 	__type(value, struct span_stack);
 } span_stacks SEC(".maps");
-
-/* Scratch space: a span_stack is too large for the 512-byte BPF stack to zero-init. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct span_stack);
-} span_stack_zero SEC(".maps");
 
 /* Marker hits per process under function probes, counted only where user space asks (an
  * interpreter of an unverified version: do entries fire at all?). */
@@ -233,6 +228,13 @@ struct task_struct {
 	int tgid;
 	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
+
+/* The current thread's span stack, created (zeroed) when `create`. */
+static __always_inline struct span_stack *current_stack(bool create)
+{
+	return bpf_task_storage_get(&span_stacks, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
 
 static __always_inline void count(__u32 stat)
 {
@@ -297,10 +299,9 @@ static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 m
 #define EPOCH_ANY 0xffffffffffffffffULL
 
 /* The thread's stack; emptied first when `epoch` is given and differs from the stack's. */
-static __always_inline struct span_stack *thread_stack(__u64 id, __u64 epoch)
+static __always_inline struct span_stack *thread_stack(bool create, __u64 epoch)
 {
-	__u32 tid = (__u32)id;
-	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	struct span_stack *st = current_stack(create);
 	if (!st || epoch == EPOCH_ANY || st->epoch == (__u32)epoch)
 		return st;
 	/* Epoch 0: made by an import before any function event; it holds only imports (every
@@ -317,27 +318,18 @@ static __always_inline struct span_stack *thread_stack(__u64 id, __u64 epoch)
 	return st;
 }
 
-static __always_inline __u32 spans_in_progress(__u64 id)
+static __always_inline __u32 spans_in_progress(void)
 {
-	struct span_stack *st = thread_stack(id, EPOCH_ANY);
+	struct span_stack *st = current_stack(false);
 	return st ? st->depth : 0;
 }
 
 /* Pushes an import start or a call entry; returns the thread's stack. */
-static __always_inline struct span_stack *stack_push(__u64 id, __s32 line, __u64 epoch)
+static __always_inline struct span_stack *stack_push(__s32 line, __u64 epoch)
 {
-	__u32 tid = (__u32)id;
-	struct span_stack *st = thread_stack(id, epoch);
-	if (!st) {
-		__u32 zero = 0;
-		struct span_stack *z = bpf_map_lookup_elem(&span_stack_zero, &zero);
-		if (!z)
-			return 0;
-		bpf_map_update_elem(&span_stacks, &tid, z, BPF_ANY);
-		st = thread_stack(id, epoch);
-		if (!st)
-			return 0;
-	}
+	struct span_stack *st = thread_stack(true, epoch);
+	if (!st)
+		return 0;
 	__u32 d = st->depth;
 	if (d < SPAN_STACK_DEPTH) {
 		st->ts[d] = bpf_ktime_get_ns();
@@ -351,11 +343,11 @@ static __always_inline struct span_stack *stack_push(__u64 id, __s32 line, __u64
 
 /* Pops what an import done or a call return ends; returns the depth left (the enclosing
  * spans) and sets `start` (0 when unknown) and `line`. */
-static __always_inline __u32 stack_pop(__u64 id, __u64 *start, __s32 *line, __u64 epoch)
+static __always_inline __u32 stack_pop(__u64 *start, __s32 *line, __u64 epoch)
 {
 	*start = 0;
 	*line = 0;
-	struct span_stack *st = thread_stack(id, epoch);
+	struct span_stack *st = thread_stack(false, epoch);
 	if (!st || st->depth == 0)
 		return 0;
 	__u32 d = st->depth - 1;
@@ -455,7 +447,7 @@ int BPF_USDT(gc_done, long collected)
 		count(STAT_DROP_GC);
 		return 0;
 	}
-	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress(id));
+	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress());
 	e->collected = collected;
 	e->generation = generation;
 	e->_pad = 0;
@@ -469,7 +461,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push(id, 0, EPOCH_ANY);
+	struct span_stack *st = stack_push(0, EPOCH_ANY);
 	if (!st)
 		return 0;
 	__u32 i = st->imports;
@@ -490,10 +482,9 @@ int BPF_USDT(import_done, const char *module, int found)
 		return 0;
 	__u64 unused_start, start = 0;
 	__s32 line;
-	__u32 tid = (__u32)id;
-	__u32 depth = stack_pop(id, &unused_start, &line, EPOCH_ANY);
+	__u32 depth = stack_pop(&unused_start, &line, EPOCH_ANY);
 	__u32 nesting = 0;
-	struct span_stack *st = bpf_map_lookup_elem(&span_stacks, &tid);
+	struct span_stack *st = current_stack(false);
 	if (st && st->imports > 0) {
 		nesting = st->imports - 1;
 		if (nesting < IMPORT_STACK_DEPTH)
@@ -555,12 +546,14 @@ static __always_inline void copy_audit_args(struct audit_args_event *e, void *ar
 }
 
 SEC("usdt")
-int BPF_USDT(audit, const char *event, void *args)
+int audit(struct pt_regs *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
+	struct __bpf_usdt_spec *spec = usdt_spec(ctx);
+	const char *event = (const char *)usdt_arg(ctx, spec, 0);
 	note_process(id, now);
 	if (metrics_only) {
 		struct audit_count_key key = { .tgid = id >> 32 };
@@ -582,8 +575,9 @@ int BPF_USDT(audit, const char *event, void *args)
 	}
 	/* The argument tuple's ob_size: its offset comes with the attachment (the cookie), set
 	 * by user space per interpreter build; 0 where the layout is not known. */
-	__u64 layout = bpf_usdt_cookie(ctx);
+	__u64 layout = usdt_spec_cookie(spec);
 	__u64 ob_size_offset = layout & 0xff;
+	void *args = (void *)usdt_arg(ctx, spec, 1);
 	__s64 nargs = -1;
 	if (ob_size_offset &&
 	    bpf_probe_read_user(&nargs, sizeof(nargs), (char *)args + ob_size_offset) < 0)
@@ -598,14 +592,14 @@ int BPF_USDT(audit, const char *event, void *args)
 		ae->layout = layout;
 		copy_audit_args(ae, args, ob_size_offset, nargs);
 		e = &ae->base;
-		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, spans_in_progress(id));
+		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, spans_in_progress());
 	} else {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(STAT_DROP_AUDIT);
 			return 0;
 		}
-		fill_header(&e->h, id, MARKER_AUDIT, now, now, spans_in_progress(id));
+		fill_header(&e->h, id, MARKER_AUDIT, now, now, spans_in_progress());
 	}
 	e->nargs = nargs;
 	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
@@ -659,12 +653,11 @@ SEC("usdt")
 int function_entry(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 cookie = bpf_usdt_cookie(ctx);
+	struct __bpf_usdt_spec *spec = usdt_spec(ctx);
+	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_ENTRY);
-	long line = 0;
-	bpf_usdt_arg(ctx, 2, &line);
-	stack_push(id, (__s32)line, (__u32)cookie);
+	stack_push((__s32)usdt_arg(ctx, spec, 2), (__u32)cookie);
 	return 0;
 }
 
@@ -681,20 +674,18 @@ int function_return(struct pt_regs *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 cookie = bpf_usdt_cookie(ctx);
+	struct __bpf_usdt_spec *spec = usdt_spec(ctx);
+	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_RETURN);
 	__u64 start;
 	__s32 first_line;
-	__u32 depth = stack_pop(id, &start, &first_line, (__u32)cookie);
+	__u32 depth = stack_pop(&start, &first_line, (__u32)cookie);
 	if (!start || now - start < min_function_ns)
 		return 0;
-	long file = 0, name = 0;
-	bpf_usdt_arg(ctx, 0, &file);
-	bpf_usdt_arg(ctx, 1, &name);
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	long file = usdt_arg(ctx, spec, 0), name = usdt_arg(ctx, spec, 1);
 	struct code_ref code = {
-		.mm = (__u64)BPF_CORE_READ(task, mm),
+		.mm = (__u64)bpf_get_current_task_btf()->mm,
 		.name_ptr = (__u64)name,
 		.file_ptr = (__u64)file,
 		.line = first_line,
@@ -760,6 +751,13 @@ struct function_event _function_event = {};
 struct function_ref_event _function_ref_event = {};
 enum flow_kind _flow_kind = FLOW_ENTRY;
 
+/* The function (and line) markers' arguments: file name, function name, line number. */
+#define FUNCTION_MARKER_ARGS(ctx)                                                                  \
+	struct __bpf_usdt_spec *spec = usdt_spec(ctx);                                             \
+	const char *file = (const char *)usdt_arg(ctx, spec, 0);                                   \
+	const char *name = (const char *)usdt_arg(ctx, spec, 1);                                   \
+	int line = (int)usdt_arg(ctx, spec, 2)
+
 /* `pyusdt flow`: one record per entry, return (and line) of the traced process. */
 static __always_inline void flow(__u8 kind, const char *file, const char *name, int line)
 {
@@ -779,15 +777,17 @@ static __always_inline void flow(__u8 kind, const char *file, const char *name, 
 }
 
 SEC("usdt")
-int BPF_USDT(flow_entry, const char *file, const char *name, int line)
+int flow_entry(struct pt_regs *ctx)
 {
+	FUNCTION_MARKER_ARGS(ctx);
 	flow(FLOW_ENTRY, file, name, line);
 	return 0;
 }
 
 SEC("usdt")
-int BPF_USDT(flow_return, const char *file, const char *name, int line)
+int flow_return(struct pt_regs *ctx)
 {
+	FUNCTION_MARKER_ARGS(ctx);
 	flow(FLOW_RETURN, file, name, line);
 	return 0;
 }
@@ -795,10 +795,12 @@ int BPF_USDT(flow_return, const char *file, const char *name, int line)
 /* Attached on 3.11 even without --lines: its semaphore switches the interpreter to the tracing
  * path, the only one where function__entry fires for every call. */
 SEC("usdt")
-int BPF_USDT(flow_line, const char *file, const char *name, int line)
+int flow_line(struct pt_regs *ctx)
 {
-	if (flow_lines)
+	if (flow_lines) {
+		FUNCTION_MARKER_ARGS(ctx);
 		flow(FLOW_LINE, file, name, line);
+	}
 	return 0;
 }
 
@@ -840,15 +842,17 @@ static __always_inline void count_call(const char *file, const char *name, int l
 /* Attached to function__entry where it fires (3.8-3.10), else to function__return (3.11):
  * every call enters once and returns once. */
 SEC("usdt")
-int BPF_USDT(count_entry, const char *file, const char *name, int line)
+int count_entry(struct pt_regs *ctx)
 {
+	FUNCTION_MARKER_ARGS(ctx);
 	count_call(file, name, line, true);
 	return 0;
 }
 
 SEC("usdt")
-int BPF_USDT(count_return, const char *file, const char *name, int line)
+int count_return(struct pt_regs *ctx)
 {
+	FUNCTION_MARKER_ARGS(ctx);
 	count_call(file, name, line, false);
 	return 0;
 }
@@ -883,7 +887,7 @@ int forget_exec(void *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	bpf_map_delete_elem(&gc_starts, &tid);
-	bpf_map_delete_elem(&span_stacks, &tid);
+	bpf_task_storage_delete(&span_stacks, bpf_get_current_task_btf());
 	if (report_execs) {
 		struct event_header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e)
@@ -903,7 +907,6 @@ int forget_exited(void *ctx)
 	__u32 tid = (__u32)id;
 	__u32 tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
-	bpf_map_delete_elem(&span_stacks, &tid);
 	if (tid == tgid) {
 		bpf_map_delete_elem(&seen_tgids, &tgid);
 		bpf_map_delete_elem(&func_hits, &tgid);

@@ -622,11 +622,12 @@ fn processes_exiting_mid_gc_or_mid_import_leave_nothing_behind() {
     assert!(normal.wait_with_output().unwrap().status.success());
     std::thread::sleep(Duration::from_millis(500));
 
+    // Import and call stacks are task-local storage (`span_stacks`): the kernel frees them
+    // with the thread, and they have no keys to list. Collections in progress are keyed by tid.
     let gc_starts = bpf_map_keys(agent_pid, "gc_starts");
-    let span_stacks = bpf_map_keys(agent_pid, "span_stacks");
     for pid in died_in_gc.iter().chain(&died_in_import).chain([&stuck_pid]) {
         assert!(
-            !gc_starts.contains(pid) && !span_stacks.contains(pid),
+            !gc_starts.contains(pid),
             "pairing state of exited thread {pid} left in the agent's maps"
         );
     }
