@@ -9,7 +9,7 @@
 #     bash bench/bpf_time.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYUSDT=target/release/pyusdt
+PYUSDT=${PYUSDT:-target/release/pyusdt}  # another build: PYUSDT=path bash bench/bpf_time.sh
 PY39=/var/cache/pyusdt-test/python-3.9/bin/python3.9
 LIB39=/var/cache/pyusdt-test/python-3.9/lib/libpython3.9.so.1.0
 PY311=/usr/bin/python3.11

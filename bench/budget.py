@@ -32,7 +32,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+PYUSDT = os.environ.get("PYUSDT") or os.path.join(ROOT, "target", "release", "pyusdt")
 CALL_HEAVY = os.path.join(ROOT, "bench", "call_heavy.py")
 AUDIT_HEAVY = os.path.join(ROOT, "bench", "audit_heavy.py")
 

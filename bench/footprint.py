@@ -17,7 +17,6 @@ Needs root, /usr/bin/python3.11 with USDT markers and a release build; fails lou
     python3 bench/footprint.py [--runs 3]
 """
 import argparse
-import http.server
 import os
 import re
 import signal
@@ -27,8 +26,10 @@ import sys
 import threading
 import time
 
+from otlp_sink import DiscardSink
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+PYUSDT = os.environ.get("PYUSDT") or os.path.join(ROOT, "target", "release", "pyusdt")
 PYTHON = "/usr/bin/python3.11"
 
 SETTLE_S = 5.0          # after "tracing", before reading the idle RSS
@@ -174,22 +175,6 @@ def idle_pythons(n):
     return procs
 
 
-class _Sink(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP receiver that accepts and discards (an empty body is a valid response)."""
-    requests = 0
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).requests += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 SUMMARY = re.compile(r"([\d,]+) events received \(([\d,]+) gc, ([\d,]+) import, ([\d,]+) audit\), "
                      r"([\d,]+) dropped")
 
@@ -244,30 +229,23 @@ def measure_no_discover(r):
 
 
 def measure_otlp(r):
-    _Sink.requests = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    pys = idle_pythons(1)
-    agent = None
-    try:
-        agent = Agent("--exporter", "otlp", "--otlp-protocol", "http/protobuf",
-                      "--otlp-endpoint", f"http://127.0.0.1:{server.server_address[1]}",
-                      "--flush-timeout", "2")
-        agent.wait_tracing()
-        # A short-lived traced process, so there is something to export.
-        subprocess.run([PYTHON, "-c", "import json, gc; gc.collect()"], check=True)
-        time.sleep(SETTLE_S)
-        agent.alive()
-        r["rss_otlp"].append(status_kb(agent.pid, "VmRSS") / 1024)
-    finally:
-        if agent:
-            agent.stop()
-        for p in pys:
-            end(p)
-        server.shutdown()
-        server.server_close()
-    r["otlp_requests"].append(_Sink.requests)
+    with DiscardSink() as sink:
+        pys = idle_pythons(1)
+        agent = None
+        try:
+            agent = Agent(*sink.exporter_args(), "--flush-timeout", "2")
+            agent.wait_tracing()
+            # A short-lived traced process, so there is something to export.
+            subprocess.run([PYTHON, "-c", "import json, gc; gc.collect()"], check=True)
+            time.sleep(SETTLE_S)
+            agent.alive()
+            r["rss_otlp"].append(status_kb(agent.pid, "VmRSS") / 1024)
+        finally:
+            if agent:
+                agent.stop()
+            for p in pys:
+                end(p)
+        r["otlp_requests"].append(sink.requests)
 
 
 def measure_load(r):

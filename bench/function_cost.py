@@ -12,16 +12,23 @@ On 3.11 the counted marker is function__return (entries need line mode); functio
 entries, so the span rows are only run on 3.8-3.10 interpreters. Each pyusdt row is compared
 with the bpftrace row above it on the same probes: `top` with count() on one marker (one trap
 per call), the span rows with count() on entry and return (two traps per call).
+
+The span rows export OTLP/HTTP to a local receiver that discards (bench/otlp_sink.py), as to a
+collector; a run in which pyusdt dropped or failed to export anything fails the bench, since a
+dropped span costs less than a delivered one.
 """
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 
+from otlp_sink import DiscardSink
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+PYUSDT = os.environ.get("PYUSDT") or os.path.join(ROOT, "target", "release", "pyusdt")
 WORKLOAD = os.path.join(ROOT, "bench", "fib.py")
 BPFTRACE = "/usr/bin/bpftrace"
 N = "27"
@@ -50,6 +57,18 @@ def under_bpftrace(program, cmd):
         tracer.wait(timeout=30)
 
 
+# The summary's counts of lost events: ring-buffer drops ("N dropped"), and export failures and
+# drops ("failed N, dropped N (queue full)").
+NUMBER = r"(\d+(?:,\d{3})*)"
+LOST = re.compile(rf"{NUMBER} dropped|failed {NUMBER}|dropped {NUMBER}")
+
+
+def check_nothing_lost(name, stderr):
+    lost = [n for m in LOST.finditer(stderr) for n in m.groups() if n and n != "0"]
+    if lost or "OpenTelemetry: exported" not in stderr:
+        sys.exit(f"{name}: pyusdt lost events or did not export (the figure would be too low):\n{stderr}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -63,6 +82,11 @@ def main():
     minor = int(version)
     marker = "function__entry" if minor <= 10 else "function__return"
     lib = marker_file(args.python)
+    with DiscardSink() as sink:
+        run_and_print(args, minor, marker, lib, sink)
+
+
+def run_and_print(args, minor, marker, lib, sink):
     configs = [
         ("untraced", []),
         (f"bpftrace count() on {marker}", "bpftrace"),
@@ -75,14 +99,14 @@ def main():
         configs += [
             ("bpftrace count() on entry+return", "bpftrace2"),
             ("pyusdt spans, --min-duration 1s", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
-                                                 "--min-duration", "1s", "--exporter", "console", "--"]),
+                                                 "--min-duration", "1s", *sink.exporter_args(), "--"]),
             ("pyusdt spans of every call", [PYUSDT, "run", "-q", "--no-discover", "--probes", "function",
-                                            "--min-duration", "0", "--exporter", "file",
-                                            "--otlp-file", "/dev/null", "--ring-buffer-size", "64M", "--"]),
+                                            "--min-duration", "0", *sink.exporter_args(),
+                                            "--ring-buffer-size", "64M", "--"]),
             # Every call in the metrics, aggregated in the kernel per code location.
             ("pyusdt function metrics, --metrics-only", [PYUSDT, "run", "-q", "--no-discover", "--probes",
                                                          "function", "--min-duration", "0", "--metrics-only",
-                                                         "--exporter", "file", "--otlp-file", "/dev/null", "--"]),
+                                                         *sink.exporter_args(), "--"]),
         ]
     times = {name: [] for name, _ in configs}
     calls = None
@@ -102,6 +126,8 @@ def main():
                 out = under_bpftrace(keyed, cmd)
             else:
                 out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
+                if "--probes" in prefix:
+                    check_nothing_lost(name, out.stderr)
             line = next(l for l in out.stdout.splitlines() if l.count(" ") == 1 and l[0].isdigit())
             seconds, calls = line.split()
             times[name].append(float(seconds))

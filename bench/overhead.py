@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYUSDT = os.path.join(ROOT, "target", "release", "pyusdt")
+PYUSDT = os.environ.get("PYUSDT") or os.path.join(ROOT, "target", "release", "pyusdt")
 PYTHON = "/usr/bin/python3.11"
 WORKLOAD = os.path.join(ROOT, "bench", "mixed_workload.py")
 
