@@ -128,13 +128,6 @@ impl ProcessProbes {
         }
     }
 
-    /// What the probes can have cost process `local_pid` so far: its system time (the uprobe
-    /// traps and BPF programs run in its context, in the kernel), in ns.
-    fn kernel_time_ns(&self, local_pid: i32) -> Option<u64> {
-        let stat = procfs::process::Process::new(local_pid).ok()?.stat().ok()?;
-        Some(stat.stime * self.ns_per_tick)
-    }
-
     /// `top --max-overhead`: the call counter of each process using an added file, within
     /// the budget `max_share`.
     pub fn counters(max_share: Option<f64>) -> ProcessProbes {
@@ -261,7 +254,7 @@ impl ProcessProbes {
             );
         }
         let now = Instant::now();
-        let cost = self.kernel_time_ns(local_pid).unwrap_or(0);
+        let cost = kernel_time_ns(local_pid, self.ns_per_tick).unwrap_or(0);
         self.followed.insert(
             host_pid,
             Followed {
@@ -418,7 +411,14 @@ impl ProcessProbes {
                         if let Some(f) = self.followed.get_mut(&pid) {
                             f.given_up = true;
                         }
+                        continue;
                     }
+                }
+            }
+            // Measured once the switch is done: a detach takes tens of ms (src/budget.rs).
+            if let Some(f) = self.followed.get_mut(&pid) {
+                if let Some(cost) = kernel_time_ns(f.local_pid, ns_per_tick) {
+                    f.budget.switched(Instant::now(), cost);
                 }
             }
         }
@@ -446,4 +446,11 @@ impl ProcessProbes {
             );
         }
     }
+}
+
+/// What the probes can have cost process `local_pid` so far: its system time (the uprobe traps
+/// and BPF programs run in its context, in the kernel), in ns.
+fn kernel_time_ns(local_pid: i32, ns_per_tick: u64) -> Option<u64> {
+    let stat = procfs::process::Process::new(local_pid).ok()?.stat().ok()?;
+    Some(stat.stime * ns_per_tick)
 }
