@@ -400,6 +400,7 @@ impl ProcessProbes {
             }
         }
         for (pid, switch) in switches {
+            let started = Instant::now();
             match switch {
                 Switch::Detach => tracer.detach_process(pid),
                 Switch::Attach => {
@@ -416,6 +417,7 @@ impl ProcessProbes {
                 }
             }
             // Measured once the switch is done: a detach takes tens of ms (src/budget.rs).
+            tracing::debug!("PID {pid}: {switch:?} took {:?}", started.elapsed());
             if let Some(f) = self.followed.get_mut(&pid) {
                 if let Some(cost) = kernel_time_ns(f.local_pid, ns_per_tick) {
                     f.budget.switched(Instant::now(), cost);
