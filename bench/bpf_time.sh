@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BPF time per program run, as the kernel accounts it (kernel.bpf_stats_enabled; bpftool's
 # run_time_ns / run_cnt), for pyusdt's programs and bpftrace's count() on the same markers:
-#   - function probes with a span per call, on the 3.9 build's fib (function_entry/return);
+#   - function probes with a span per call, on the 3.9 build's fib (function_entry/return),
+#     and `top`'s counter (count_entry) under `top -- CMD`;
 #   - the audit marker on Debian's python3.11, a loop of id() calls (one audit event each),
 #     with a record per event and counted in the kernel (--metrics-only).
 # Needs root, bpftool, bpftrace, the 3.9 build (scripts/setup.sh) and a release build.
@@ -27,14 +28,14 @@ end = time.time() + 4
 while time.time() < end:
     for i in range(10000): id(i)'
 
-# Prints "name runs ns/run" for the function and audit programs that ran more than 10,000
+# Prints "name runs ns/run" for the function, counting and audit programs that ran more than 10,000
 # times (one tracer runs at a time, and the counts start when the statistics are switched on).
 per_run() {
   bpftool -j prog show | python3 -c '
 import json, sys
 for p in json.load(sys.stdin):
     runs, name = p.get("run_cnt", 0), p.get("name", "")
-    if runs > 10000 and ("function" in name or "audit" in name):
+    if runs > 10000 and any(k in name for k in ("function", "audit", "count")):
         ns = p["run_time_ns"] / runs
         print(f"  {name:<18} {runs:>10,} runs {ns:>7.0f} ns/run")
 '
@@ -79,3 +80,13 @@ measure "pyusdt agent --probes gc,import,audit --metrics-only (3.11, id() loop, 
   "$PYUSDT" agent --quiet --probes gc,import,audit --metrics-only
 measure "bpftrace count() on audit (3.11, id() loop)" "$PY311" "$IDS" \
   bpftrace -q -e "usdt:$PY311:python:audit { @c = count(); }"
+
+# `top -- CMD` traces its own command: the counter runs in the command's context, and every
+# call also asks whether its process is traced.
+echo "pyusdt top --once -- CMD (3.9 fib, counted in the kernel)"
+"$PYUSDT" top --once --no-discover -- "$PY39" -c "$FIB" >/dev/null 2>&1 &
+tracer=$!
+sleep 3
+per_run
+wait "$tracer" || true
+tracer=''
