@@ -273,8 +273,7 @@ pub fn parse_max_overhead(s: &str) -> Result<Option<f64>, String> {
 mod tests {
     use super::*;
 
-    /// A process whose probes, while on, take `share` of its time (in the kernel), plus
-    /// `baseline` of system time of its own.
+    /// `simulate_until` without system time of the process's own and with instant detaches.
     fn simulate(max: Option<f64>, share: f64, seconds: u64) -> (ProcessBudget, Duration) {
         let (b, on, _) = simulate_until(max, share, 0.0, Duration::ZERO, seconds);
         (b, on)
@@ -359,8 +358,9 @@ mod tests {
 
     #[test]
     fn tick_noise_and_slow_switches_stay_within_budget() {
-        // The audit marker on bench/audit_heavy.py: 40 % of the time in the kernel while on
-        // (with the user-space factor, a bit over its true cost), 40 ms detaches.
+        // As the audit marker on bench/audit_heavy.py: 40 % of its time in the kernel while
+        // on, 40 ms detaches; also fib under function probes, and a lighter process. The cost
+        // is the kernel share times the user-space factor, as the budget assumes.
         for (share, detach) in [(0.4, 40), (0.97, 40), (0.2, 25)] {
             let (b, on, end) =
                 simulate_until(Some(0.05), share, 0.02, Duration::from_millis(detach), 120);
