@@ -208,31 +208,41 @@ impl OtlpSink {
 
     fn ship_spans_and_logs(&mut self) {
         self.last_batch = Instant::now();
-        let size = self.config.max_export_batch_size;
         // Requests are written as protobuf directly (model::wire), each field of
         // ExportTraceServiceRequest / ExportLogsServiceRequest as prost writes it.
+        let spans = self.spans.take_ready();
+        self.ship(
+            spans,
+            256,
+            |s, buf| s.encode(buf, 2),
+            |buf| Payload::Traces(Encoded::new(buf)),
+        );
+        let logs = self.logs.take_ready();
+        self.ship(
+            logs,
+            128,
+            |r, buf| r.encode(buf, 2),
+            |buf| Payload::Logs(Encoded::new(buf)),
+        );
+    }
+
+    /// Queues `ready` items as export requests of at most the batch size; `guess`: bytes per
+    /// item to reserve, `payload`: the request's kind.
+    fn ship<T>(
+        &mut self,
+        ready: Vec<(u32, T)>,
+        guess: usize,
+        encode: impl Fn(&T, &mut Vec<u8>),
+        payload: impl Fn(Vec<u8>) -> Payload,
+    ) {
         let scope = scope();
-        for (items, by_pid) in batches(self.spans.take_ready(), size) {
-            let buf = encode_request(
-                &mut self.resources,
-                &scope,
-                by_pid,
-                256 * items as usize,
-                |s, buf| s.encode(buf, 2),
-            );
-            let payload = Payload::Traces(Encoded::new(buf));
-            self.exporter.submit(Batch { payload, items });
-        }
-        for (items, by_pid) in batches(self.logs.take_ready(), size) {
-            let buf = encode_request(
-                &mut self.resources,
-                &scope,
-                by_pid,
-                128 * items as usize,
-                |r, buf| r.encode(buf, 2),
-            );
-            let payload = Payload::Logs(Encoded::new(buf));
-            self.exporter.submit(Batch { payload, items });
+        for (items, by_pid) in batches(ready, self.config.max_export_batch_size) {
+            let capacity = guess * items as usize;
+            let buf = encode_request(&mut self.resources, &scope, by_pid, capacity, &encode);
+            self.exporter.submit(Batch {
+                payload: payload(buf),
+                items,
+            });
         }
     }
 
