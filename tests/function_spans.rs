@@ -54,10 +54,7 @@ fn function_spans_nest_and_time_calls() {
     if !require_bpf("function_spans_nest_and_time_calls") {
         return;
     }
-    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
-        eprintln!(
-            "NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): function spans not checked"
-        );
+    let Some(interp) = interpreter_with_entries("function spans") else {
         return;
     };
     check_spans(&interp, &[]);
@@ -157,8 +154,7 @@ fn overhead_budget_samples_call_heavy_processes() {
     if !require_bpf("overhead_budget_samples_call_heavy_processes") {
         return;
     }
-    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
-        eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): budget not checked");
+    let Some(interp) = interpreter_with_entries("budget") else {
         return;
     };
     let receiver = otlp::http();

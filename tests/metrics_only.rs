@@ -171,8 +171,7 @@ fn function_calls_are_aggregated_in_the_kernel() {
     if !require_bpf("function_calls_are_aggregated_in_the_kernel") {
         return;
     }
-    let Some(interp) = interpreters().into_iter().find(|i| i.minor <= 10) else {
-        eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): not checked");
+    let Some(interp) = interpreter_with_entries("function metrics") else {
         return;
     };
     const CALLS: i64 = 20_000;

@@ -253,6 +253,17 @@ pub fn interpreters() -> Vec<Interpreter> {
     all
 }
 
+/// A built interpreter whose function__entry fires for every call (3.8-3.10), for the tests of
+/// function spans and entry counting; None, with a note naming `what` was not checked, when
+/// none is built (outside CI: `interpreters` fails CI for a missing build).
+pub fn interpreter_with_entries(what: &str) -> Option<Interpreter> {
+    let found = interpreters().into_iter().find(|i| i.minor <= 10);
+    if found.is_none() {
+        eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): {what} not checked");
+    }
+    found
+}
+
 /// A Python process in its own mount namespace, running a copy of python3.11 that only exists
 /// there (a tmpfs mounted over `dir`): like a container's interpreter, invisible to the host
 /// except through /proc/PID/root. It waits for `go` to exist, then imports a module named after
