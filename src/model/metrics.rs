@@ -15,6 +15,9 @@ use crate::decode::Event;
 
 /// Function series per process before new functions go to the overflow series.
 pub const MAX_FUNCTION_SERIES: usize = 1000;
+/// Audit event names per process before new names go to the overflow series: a traced program
+/// chooses them (sys.audit), so they must not grow the agent's memory or the export without end.
+pub const MAX_AUDIT_SERIES: usize = 1000;
 
 /// Bucket bounds in seconds for pauses and import times: 10 µs to 10 s.
 pub const DURATION_BOUNDS: [f64; 19] = [
@@ -148,6 +151,8 @@ struct ProcessMetrics {
     import_duration: BTreeMap<bool, Hist>,
     /// Looked up per event: hashed (FastHash), sorted at export.
     audit_events: HashMap<Box<str>, u64, FastHash>,
+    /// Events of names beyond MAX_AUDIT_SERIES.
+    audit_overflow: u64,
     /// file → function → calls and durations (two levels: looked up without allocating),
     /// hashed, as they are looked up per call; sorted at export.
     function_series: HashMap<Box<str>, FunctionsOfFile, FastHash>,
@@ -186,6 +191,17 @@ impl ProcessMetrics {
                 .or_default();
         }
         self.function_overflow.get_or_insert_with(Default::default)
+    }
+
+    /// `n` more audit events named `name`; beyond the limit, in the overflow series.
+    fn add_audit(&mut self, name: &str, n: u64) {
+        if let Some(c) = self.audit_events.get_mut(name) {
+            *c += n;
+        } else if self.audit_events.len() < MAX_AUDIT_SERIES {
+            self.audit_events.insert(name.into(), n);
+        } else {
+            self.audit_overflow += n;
+        }
     }
 }
 
@@ -246,12 +262,7 @@ impl MetricsAggregator {
                 s.0 += d.events;
                 s.1.merge(d, lifetime);
             }
-            KernelUpdate::Audit { name, n } => match p.audit_events.get_mut(name) {
-                Some(c) => *c += n,
-                None => {
-                    p.audit_events.insert(name.into(), n);
-                }
-            },
+            KernelUpdate::Audit { name, n } => p.add_audit(name, n),
         }
     }
 
@@ -288,12 +299,7 @@ impl MetricsAggregator {
                     s.1.record(ns as f64 / 1e9);
                 }
             }
-            Event::Audit { name, .. } => match p.audit_events.get_mut(name.as_ref()) {
-                Some(n) => *n += 1,
-                None => {
-                    p.audit_events.insert(name.as_ref().into(), 1);
-                }
-            },
+            Event::Audit { name, .. } => p.add_audit(name, 1),
         }
     }
 
@@ -442,6 +448,12 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
         ));
     }
     if !p.audit_events.is_empty() {
+        let overflow = (p.audit_overflow > 0).then(|| {
+            (
+                vec![attrs::boolean("otel.metric.overflow", true)],
+                p.audit_overflow,
+            )
+        });
         metrics.push(counter(
             "cpython.audit.events",
             "Audit events raised (sys.audit and the interpreter's own).",
@@ -449,14 +461,9 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
             t,
             sorted_by_name(&p.audit_events)
                 .into_iter()
-                .map(|(name, n)| {
-                    int_point(
-                        vec![attrs::string(attrs::AUDIT_EVENT, name)],
-                        n as i64,
-                        p.start_ns,
-                        now,
-                    )
-                })
+                .map(|(name, n)| (vec![attrs::string(attrs::AUDIT_EVENT, name)], n))
+                .chain(overflow)
+                .map(|(a, n)| int_point(a, n as i64, p.start_ns, now))
                 .collect(),
         ));
     }
@@ -586,6 +593,35 @@ mod tests {
             })
             .unwrap();
         assert_eq!(overflow.value, Some(Value::AsInt(5)));
+    }
+
+    #[test]
+    fn audit_series_are_bounded_with_an_overflow_series() {
+        let mut m = MetricsAggregator::new(Temporality::Cumulative);
+        for i in 0..MAX_AUDIT_SERIES + 5 {
+            let name = format!("app.event{i}");
+            m.add_kernel(1, KernelUpdate::Audit { name: &name, n: 2 }, 0);
+        }
+        let metrics = m.collect(1);
+        let events = metrics[0]
+            .1
+            .iter()
+            .find(|x| x.name == "cpython.audit.events")
+            .unwrap();
+        let Some(Data::Sum(sum)) = &events.data else {
+            panic!()
+        };
+        assert_eq!(sum.data_points.len(), MAX_AUDIT_SERIES + 1);
+        let overflow = sum
+            .data_points
+            .iter()
+            .find(|p| {
+                p.attributes
+                    .iter()
+                    .any(|kv| kv.key == "otel.metric.overflow")
+            })
+            .unwrap();
+        assert_eq!(overflow.value, Some(Value::AsInt(10)));
     }
 
     #[test]

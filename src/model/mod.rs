@@ -25,6 +25,6 @@ pub fn scope() -> InstrumentationScope {
 /// The hasher of the maps looked up per event (PIDs, thread IDs, code locations, audit event
 /// and function names): FxHash, rustc's, cheaper than the default SipHash on short keys. It is
 /// not keyed: a traced program that chose colliding audit event or function names would slow
-/// the agent's lookups of its own entries. Its function series are bounded
-/// (`metrics::MAX_FUNCTION_SERIES`); its audit event names are not yet.
+/// the agent's lookups of its own entries, at most `metrics::MAX_AUDIT_SERIES` and
+/// `MAX_FUNCTION_SERIES` of them per process.
 pub type FastHash = rustc_hash::FxBuildHasher;

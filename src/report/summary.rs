@@ -11,7 +11,7 @@ use crate::attach::KernelStats;
 use crate::commands::process_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
-use crate::model::metrics::KernelUpdate;
+use crate::model::metrics::{KernelUpdate, MAX_AUDIT_SERIES};
 
 /// How many of the slowest imports (and calls) the summary names.
 const SLOWEST: usize = 5;
@@ -69,6 +69,7 @@ struct ProcessSummary {
     slowest_imports: Slowest,
     /// Imports aggregated in the kernel (--metrics-only): no module names.
     imports_in_kernel: bool,
+    /// Events per name, for at most MAX_AUDIT_SERIES names (a traced program chooses them).
     audit: HashMap<Box<str>, u64>,
     audit_total: u64,
     /// Calls reported by function probes (those of at least --min-duration).
@@ -102,6 +103,16 @@ impl GcStats {
 }
 
 impl ProcessSummary {
+    /// `n` more audit events named `name`: all counted, the first MAX_AUDIT_SERIES names each.
+    fn add_audit(&mut self, name: &str, n: u64) {
+        self.audit_total += n;
+        if let Some(c) = self.audit.get_mut(name) {
+            *c += n;
+        } else if self.audit.len() < MAX_AUDIT_SERIES {
+            self.audit.insert(name.into(), n);
+        }
+    }
+
     fn received(&self) -> [u64; 3] {
         [
             self.gc.values().map(|g| g.collections).sum(),
@@ -216,15 +227,7 @@ impl Summary {
                     p.slowest_functions.offer(d, name);
                 }
             }
-            Event::Audit { name, .. } => {
-                p.audit_total += 1;
-                match p.audit.get_mut(name.as_ref()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        p.audit.insert(name.as_ref().into(), 1);
-                    }
-                }
-            }
+            Event::Audit { name, .. } => p.add_audit(name, 1),
         }
     }
 
@@ -265,15 +268,7 @@ impl Summary {
                 }
             }
             KernelUpdate::Function { d, .. } => p.functions += d.events,
-            KernelUpdate::Audit { name, n } => {
-                p.audit_total += n;
-                match p.audit.get_mut(name) {
-                    Some(c) => *c += n,
-                    None => {
-                        p.audit.insert(name.into(), n);
-                    }
-                }
-            }
+            KernelUpdate::Audit { name, n } => p.add_audit(name, n),
         }
     }
 
@@ -427,16 +422,21 @@ impl Summary {
                     "-".into()
                 };
                 let more = by_name.len().saturating_sub(8);
+                let itemized: u64 = by_name.iter().map(|(_, c)| c).sum();
+                let more = match (more, p.audit_total - itemized) {
+                    (0, 0) => String::new(),
+                    (m, 0) => format!(", {m} more names"),
+                    (m, rest) => format!(
+                        ", {m} more names and {} events of names past the first {MAX_AUDIT_SERIES}",
+                        count(rest)
+                    ),
+                };
                 let _ = writeln!(
                     out,
                     "  audit   {} events ({rate}): {}{}",
                     count(p.audit_total),
                     top.join(", "),
-                    if more > 0 {
-                        format!(", {more} more names")
-                    } else {
-                        String::new()
-                    }
+                    more
                 );
             }
             if let Some(s) = sampling.filter(|s| s.audit) {
@@ -622,6 +622,21 @@ pub struct ExportSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_names_are_bounded_and_every_event_counted() {
+        let mut s = Summary::default();
+        for i in 0..MAX_AUDIT_SERIES + 5 {
+            let name = format!("app.event{i}");
+            s.add_kernel(7, KernelUpdate::Audit { name: &name, n: 2 }, 0);
+        }
+        let text = s.render(&KernelStats::default(), 1.0, None);
+        assert!(text.contains("2,010 events"), "{text}");
+        assert!(
+            text.contains("992 more names and 10 events of names past the first 1000"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn slowest_keeps_the_longest_in_order() {
