@@ -5,9 +5,12 @@
 //! A reference whose names are not here (forgotten below, or a bug) is counted, never given
 //! made-up names, and its key is deleted from the BPF map (`forget`), so that the next call of
 //! that code sends the names again.
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::decode::{CodeRef, Event, Record};
+use crate::model::location::CodeLocation;
 use crate::model::FastHash;
 
 /// Beyond this many entries, all are dropped: four times what the BPF side can remember, so
@@ -17,7 +20,7 @@ const MAX_ENTRIES: usize = 4 * 65_536;
 
 #[derive(Default)]
 pub struct CodeNames {
-    names: HashMap<CodeRef, (Box<str>, Box<str>), FastHash>,
+    names: HashMap<CodeRef, Arc<CodeLocation>, FastHash>,
     /// PIDs found exited at the last `prune_exited`: dropped at the next one, once the ring
     /// buffer has been drained of their records in between.
     exited: HashSet<u32>,
@@ -32,52 +35,53 @@ impl CodeNames {
     pub fn event_of<'a>(&'a mut self, record: &'a Record<'a>) -> Option<Event<'a>> {
         match record {
             Record::Event(event) => Some(event.clone()),
-            Record::Function { event, code } => {
-                if let Event::Function { name, file, .. } = event {
-                    self.learn(*code, name, file);
-                }
-                Some(event.clone())
-            }
+            Record::Function { event, code } => match event {
+                Event::Function {
+                    header, name, file, ..
+                } => Some(function_event(*header, self.learn(*code, name, file))),
+                _ => Some(event.clone()),
+            },
             Record::FunctionRef { header, code } => {
-                let (name, file) = self.resolve(code)?;
-                Some(Event::Function {
-                    header: *header,
-                    name: name.into(),
-                    file: file.into(),
-                    line: code.line,
-                })
+                Some(function_event(*header, self.resolve_location(code)?))
             }
             Record::Process(_) | Record::Flow(_) | Record::Exec { .. } => None,
         }
     }
 
     /// Remembers the names of `code` (again, if the BPF side forgot it had sent them).
-    pub fn learn(&mut self, code: CodeRef, name: &str, file: &str) {
+    pub fn learn(&mut self, code: CodeRef, name: &str, file: &str) -> &Arc<CodeLocation> {
         if self.names.len() >= MAX_ENTRIES {
             self.names.clear();
         }
-        match self.names.get(&code) {
-            Some((n, f)) if **n == *name && **f == *file => {}
-            _ => {
-                self.names.insert(code, (name.into(), file.into()));
-            }
+        let known = self
+            .names
+            .entry(code)
+            .or_insert_with(|| CodeLocation::new(name, file, code.line));
+        if *known.name != *name || *known.file != *file {
+            *known = CodeLocation::new(name, file, code.line);
         }
+        known
     }
 
     /// The function name and file of `code`, if known (not counted when not).
     pub fn names_of(&self, code: &CodeRef) -> Option<(&str, &str)> {
-        self.names.get(code).map(|(n, f)| (n.as_ref(), f.as_ref()))
+        self.names
+            .get(code)
+            .map(|l| (l.name.as_ref(), l.file.as_ref()))
     }
 
     /// The function name and file of `code`; None (counted) when they are not here.
     pub fn resolve(&mut self, code: &CodeRef) -> Option<(&str, &str)> {
-        match self.names.get(code) {
-            Some((name, file)) => Some((name, file)),
-            None => {
-                self.unresolved += 1;
-                None
-            }
+        self.resolve_location(code)
+            .map(|l| (l.name.as_ref(), l.file.as_ref()))
+    }
+
+    fn resolve_location(&mut self, code: &CodeRef) -> Option<&Arc<CodeLocation>> {
+        let found = self.names.get(code);
+        if found.is_none() {
+            self.unresolved += 1;
         }
+        found
     }
 
     /// Drops the names of processes that `alive` found exited at the previous call too: a
@@ -88,6 +92,17 @@ impl CodeNames {
         self.names.retain(|code, _| !exited.contains(&code.pid));
         let pids: HashSet<u32> = self.names.keys().map(|c| c.pid).collect();
         self.exited = pids.into_iter().filter(|&pid| !alive(pid)).collect();
+    }
+}
+
+/// A call of the code at `location`, its names borrowed from it.
+fn function_event(header: crate::decode::Header, location: &Arc<CodeLocation>) -> Event<'_> {
+    Event::Function {
+        header,
+        name: Cow::Borrowed(&location.name),
+        file: Cow::Borrowed(&location.file),
+        line: location.line,
+        location: Some(location),
     }
 }
 
@@ -116,8 +131,14 @@ mod tests {
         other_image.mm += 4096;
         assert_eq!(names.resolve(&other_image), None);
         assert_eq!(names.unresolved, 2);
+        // Sent again with the same names (the BPF side forgot it had sent them): the same
+        // interned location, so its spans and metric series stay shared.
+        let first = Arc::clone(names.learn(code(1, 0x10), "fib", "/app/fib.py"));
+        let again = names.learn(code(1, 0x10), "fib", "/app/fib.py");
+        assert!(Arc::ptr_eq(&first, again));
         // Sent again with other names (the location was reused): the new names win.
-        names.learn(code(1, 0x10), "main", "/app/main.py");
+        let other = names.learn(code(1, 0x10), "main", "/app/main.py");
+        assert_ne!(first.id, other.id);
         assert_eq!(
             names.resolve(&code(1, 0x10)),
             Some(("main", "/app/main.py"))

@@ -1,5 +1,6 @@
 //! Decodes ring-buffer records (layouts of bpf/pyusdt.h) into borrowed, typed events.
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::bpf::{
     self, audit_arg, audit_args_event, audit_event, event_header, flow_event, function_event,
@@ -58,6 +59,9 @@ pub enum Event<'a> {
         file: Cow<'a, str>,
         /// The function's first line.
         line: i32,
+        /// The same names, interned, once `CodeNames` has seen the record (None when read
+        /// straight from the ring buffer): spans and metric series share it.
+        location: Option<&'a Arc<crate::model::location::CodeLocation>>,
     },
 }
 
@@ -253,6 +257,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                     name: c_string(&e.name),
                     file: c_string(&e.file),
                     line: e.code.line,
+                    location: None,
                 },
                 code: code_ref(&e.code),
             })

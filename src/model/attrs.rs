@@ -7,6 +7,9 @@ pub const IMPORT_MODULE: &str = "cpython.import.module";
 pub const IMPORT_FOUND: &str = "cpython.import.found";
 pub const AUDIT_EVENT: &str = "cpython.audit.event";
 pub const THREAD_ID: &str = "thread.id";
+pub const CODE_FUNCTION_NAME: &str = "code.function.name";
+pub const CODE_FILE_PATH: &str = "code.file.path";
+pub const CODE_LINE_NUMBER: &str = "code.line.number";
 
 pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(value.into()))

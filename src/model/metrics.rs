@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use super::attrs;
+use super::location::CodeLocation;
 use super::FastHash;
 use crate::decode::Event;
 
@@ -153,44 +154,74 @@ struct ProcessMetrics {
     audit_events: HashMap<Box<str>, u64, FastHash>,
     /// Events of names beyond MAX_AUDIT_SERIES.
     audit_overflow: u64,
-    /// file → function → calls and durations (two levels: looked up without allocating),
-    /// hashed, as they are looked up per call; sorted at export.
+    /// file → function → index in `function_values` (two levels: looked up without
+    /// allocating); sorted at export.
     function_series: HashMap<Box<str>, FunctionsOfFile, FastHash>,
-    function_series_count: usize,
+    /// Calls and durations of each function series.
+    function_values: Vec<(u64, Hist)>,
+    /// Code location (`CodeLocation::id`) → its series (None: the overflow series). Calls are
+    /// looked up here, by an integer, rather than by two strings.
+    function_of_location: HashMap<u64, Option<usize>, FastHash>,
     /// Calls of functions beyond MAX_FUNCTION_SERIES.
     function_overflow: Option<(u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
 }
 
-/// One file's functions: name → calls and durations.
-type FunctionsOfFile = HashMap<Box<str>, (u64, Hist), FastHash>;
+/// One file's functions: name → index in `function_values`.
+type FunctionsOfFile = HashMap<Box<str>, usize, FastHash>;
+
+/// Beyond this many code locations remembered per process, the memo is cleared: a location
+/// is one code object, and a program can make them without end (`exec` of new code).
+const MAX_LOCATIONS: usize = 4 * MAX_FUNCTION_SERIES;
 
 impl ProcessMetrics {
-    /// The calls and durations of one function. Bounded cardinality: beyond the limit, one
-    /// overflow series.
+    /// The index of one function's series in `function_values`, made on its first call.
+    /// Bounded cardinality: None beyond the limit (the overflow series).
+    fn function_index(&mut self, file: &str, name: &str) -> Option<usize> {
+        if let Some(&i) = self.function_series.get(file).and_then(|f| f.get(name)) {
+            return Some(i);
+        }
+        if self.function_values.len() >= MAX_FUNCTION_SERIES {
+            return None;
+        }
+        let i = self.function_values.len();
+        self.function_values.push(Default::default());
+        self.function_series
+            .entry(file.into())
+            .or_default()
+            .insert(name.into(), i);
+        Some(i)
+    }
+
+    fn function_values_at(&mut self, index: Option<usize>) -> &mut (u64, Hist) {
+        match index {
+            Some(i) => &mut self.function_values[i],
+            None => self.function_overflow.get_or_insert_with(Default::default),
+        }
+    }
+
+    /// The calls and durations of one function.
     fn function_series(&mut self, file: &str, name: &str) -> &mut (u64, Hist) {
-        let known = self
-            .function_series
-            .get(file)
-            .is_some_and(|by_name| by_name.contains_key(name));
-        if known {
-            return self
-                .function_series
-                .get_mut(file)
-                .and_then(|by_name| by_name.get_mut(name))
-                .expect("looked up above");
-        }
-        if self.function_series_count < MAX_FUNCTION_SERIES {
-            self.function_series_count += 1;
-            return self
-                .function_series
-                .entry(file.into())
-                .or_default()
-                .entry(name.into())
-                .or_default();
-        }
-        self.function_overflow.get_or_insert_with(Default::default)
+        let index = self.function_index(file, name);
+        self.function_values_at(index)
+    }
+
+    /// The calls and durations of the function at `location` (the same series as by its
+    /// names).
+    fn function_series_at(&mut self, location: &CodeLocation) -> &mut (u64, Hist) {
+        let index = match self.function_of_location.get(&location.id) {
+            Some(&index) => index,
+            None => {
+                let index = self.function_index(&location.file, &location.name);
+                if self.function_of_location.len() >= MAX_LOCATIONS {
+                    self.function_of_location.clear();
+                }
+                self.function_of_location.insert(location.id, index);
+                index
+            }
+        };
+        self.function_values_at(index)
     }
 
     /// `n` more audit events named `name`; beyond the limit, in the overflow series.
@@ -292,8 +323,16 @@ impl MetricsAggregator {
                         .record(ns as f64 / 1e9);
                 }
             }
-            Event::Function { name, file, .. } => {
-                let s = p.function_series(file, name);
+            Event::Function {
+                name,
+                file,
+                location,
+                ..
+            } => {
+                let s = match location {
+                    Some(l) => p.function_series_at(l),
+                    None => p.function_series(file, name),
+                };
                 s.0 += 1;
                 if let Some(ns) = h.duration_ns() {
                     s.1.record(ns as f64 / 1e9);
@@ -401,14 +440,14 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
                 .collect(),
         ));
     }
-    if p.function_series_count > 0 || p.function_overflow.is_some() {
+    if !p.function_values.is_empty() || p.function_overflow.is_some() {
         let mut sorted: Vec<(&str, &str, &(u64, Hist))> = p
             .function_series
             .iter()
             .flat_map(|(file, by_name)| {
                 by_name
                     .iter()
-                    .map(move |(name, s)| (file.as_ref(), name.as_ref(), s))
+                    .map(move |(name, &i)| (file.as_ref(), name.as_ref(), &p.function_values[i]))
             })
             .collect();
         sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -416,8 +455,8 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
             .into_iter()
             .map(|(file, name, s)| {
                 let a = vec![
-                    attrs::string("code.function.name", name),
-                    attrs::string("code.file.path", file),
+                    attrs::string(attrs::CODE_FUNCTION_NAME, name),
+                    attrs::string(attrs::CODE_FILE_PATH, file),
                 ];
                 (a, s)
             })
@@ -570,6 +609,7 @@ mod tests {
                 name: Cow::Owned(name),
                 file: Cow::Borrowed("app.py"),
                 line: 1,
+                location: None,
             };
             m.record(&e, 0);
         }
@@ -593,6 +633,56 @@ mod tests {
             })
             .unwrap();
         assert_eq!(overflow.value, Some(Value::AsInt(5)));
+    }
+
+    #[test]
+    fn calls_of_code_locations_with_the_same_names_are_one_series() {
+        use crate::decode::{Event, Header};
+        use std::borrow::Cow;
+        let call = |name: &'static str, location| Event::Function {
+            header: Header {
+                start_ns: Some(0),
+                end_ns: 1_000,
+                pid: 1,
+                tid: 1,
+                depth: 0,
+            },
+            name: Cow::Borrowed(name),
+            file: Cow::Borrowed("app.py"),
+            line: 1,
+            location,
+        };
+        let f = CodeLocation::new("f", "app.py", 1);
+        // Another code object of the same function (redefined, or a second image).
+        let f_again = CodeLocation::new("f", "app.py", 1);
+        let g = CodeLocation::new("g", "app.py", 9);
+        let mut m = MetricsAggregator::new(Temporality::Cumulative);
+        for e in [
+            call("f", Some(&f)),
+            call("f", Some(&f)),
+            call("f", Some(&f_again)),
+            call("f", None),
+            call("g", Some(&g)),
+        ] {
+            m.record(&e, 0);
+        }
+        let metrics = m.collect(1);
+        let calls = metrics[0]
+            .1
+            .iter()
+            .find(|x| x.name == "cpython.function.calls")
+            .unwrap();
+        let Some(Data::Sum(sum)) = &calls.data else {
+            panic!()
+        };
+        let counts: Vec<(String, Option<Value>)> = sum
+            .data_points
+            .iter()
+            .map(|p| (format!("{:?}", p.attributes[0].value), p.value))
+            .collect();
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(counts[0].0.contains("\"f\"") && counts[0].1 == Some(Value::AsInt(4)));
+        assert!(counts[1].0.contains("\"g\"") && counts[1].1 == Some(Value::AsInt(1)));
     }
 
     #[test]

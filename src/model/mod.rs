@@ -4,6 +4,7 @@
 pub mod attrs;
 pub mod audit_args;
 pub(crate) mod ids;
+pub mod location;
 pub mod logs;
 pub mod metrics;
 pub mod redact;

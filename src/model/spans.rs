@@ -11,11 +11,13 @@
 //! --min-duration) or whose end was lost, and it is their nearest reported ancestor. Subtrees
 //! that started before it, or whose thread went idle, are released as roots (orphans).
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span, Status};
 
 use super::attrs;
 use super::ids::IdGenerator;
+use super::location::CodeLocation;
 use super::wire::{self, Value};
 use super::FastHash;
 use crate::decode::Event;
@@ -48,12 +50,8 @@ pub enum What {
         module: Box<str>,
         found: bool,
     },
-    /// `text`: the function's name, then its file (one allocation).
-    Function {
-        text: Box<str>,
-        name_len: usize,
-        line: i32,
-    },
+    /// The called code, shared by all its calls' spans.
+    Function(Arc<CodeLocation>),
 }
 
 const IMPORT_NOT_FOUND: &str = "module not found (the import raised)";
@@ -64,7 +62,7 @@ impl SpanData {
         match &self.what {
             What::Gc { .. } => "gc.collect".into(),
             What::Import { module, .. } => format!("import {module}"),
-            What::Function { text, name_len, .. } => text[..*name_len].to_string(),
+            What::Function(location) => location.name.to_string(),
         }
     }
 
@@ -109,16 +107,11 @@ impl SpanData {
                     });
                 }
             }
-            What::Function {
-                text,
-                name_len,
-                line,
-            } => {
-                let (name, file) = text.split_at(*name_len);
+            What::Function(location) => {
                 span.attributes = vec![
-                    attrs::string("code.function.name", name),
-                    attrs::string("code.file.path", file),
-                    attrs::int("code.line.number", i64::from(*line)),
+                    attrs::string(attrs::CODE_FUNCTION_NAME, location.name.as_ref()),
+                    attrs::string(attrs::CODE_FILE_PATH, location.file.as_ref()),
+                    attrs::int(attrs::CODE_LINE_NUMBER, i64::from(location.line)),
                     tid,
                 ];
                 if let Some(r) = self.sampling_ratio {
@@ -148,9 +141,7 @@ impl SpanData {
                     buf.extend_from_slice(PREFIX);
                     buf.extend_from_slice(module.as_bytes());
                 }
-                What::Function { text, name_len, .. } => {
-                    wire::bytes_opt(buf, 5, &text.as_bytes()[..*name_len])
-                }
+                What::Function(location) => wire::bytes_opt(buf, 5, location.name.as_bytes()),
             }
             wire::varint_opt(buf, 6, SpanKind::Internal as u64);
             wire::fixed64_opt(buf, 7, self.start_time_unix_nano);
@@ -178,16 +169,9 @@ impl SpanData {
                         });
                     }
                 }
-                What::Function {
-                    text,
-                    name_len,
-                    line,
-                } => {
-                    let (name, file) = text.as_bytes().split_at(*name_len);
-                    wire::attribute(buf, 9, "code.function.name", Value::Str(name));
-                    wire::attribute(buf, 9, "code.file.path", Value::Str(file));
-                    let line = Value::Int(i64::from(*line));
-                    wire::attribute(buf, 9, "code.line.number", line);
+                What::Function(location) => {
+                    // code.function.name, code.file.path, code.line.number: encoded once.
+                    buf.extend_from_slice(location.span_attributes());
                     wire::attribute(buf, 9, attrs::THREAD_ID, tid);
                     if let Some(r) = self.sampling_ratio {
                         wire::attribute(buf, 9, "pyusdt.sampling.ratio", Value::Double(r));
@@ -429,19 +413,18 @@ impl SpanAssembler {
                 None,
             ),
             Event::Function {
-                name, file, line, ..
+                name,
+                file,
+                line,
+                location,
+                ..
             } => {
-                let mut text = String::with_capacity(name.len() + file.len());
-                text.push_str(name);
-                text.push_str(file);
-                (
-                    What::Function {
-                        text: text.into_boxed_str(),
-                        name_len: name.len(),
-                        line: *line,
-                    },
-                    self.sampling_ratio,
-                )
+                // Interned by CodeNames: the span shares it. Otherwise (tests) it is made here.
+                let location = match location {
+                    Some(l) => Arc::clone(l),
+                    None => CodeLocation::new(name, file, *line),
+                };
+                (What::Function(location), self.sampling_ratio)
             }
             Event::Audit { .. } => return None,
         };
@@ -618,6 +601,7 @@ mod tests {
                 name: Cow::Borrowed("handle"),
                 file: Cow::Borrowed(&long),
                 line: 12,
+                location: None,
             },
             Some(0.25),
         );
@@ -626,6 +610,7 @@ mod tests {
             name: Cow::Borrowed(""),
             file: Cow::Borrowed("a.py"),
             line: 0,
+            location: None,
         });
         let spans = a.take_ready();
         assert_eq!(spans.len(), 5);

@@ -109,17 +109,41 @@ pub enum Value<'a> {
     Double(f64),
 }
 
-/// A `KeyValue` in field `field` (a repeated `attributes`).
+/// The length of a length-delimited field's body of `len` bytes, with its key (fields 1-15)
+/// and length.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+impl Value<'_> {
+    /// The bytes of the `AnyValue` message's body: one oneof member, its key included.
+    fn body_len(&self) -> usize {
+        match self {
+            Value::Str(s) => field_len(s.len()),
+            Value::Bool(_) => 2,
+            Value::Int(i) => 1 + varint_len(*i as u64),
+            Value::Double(_) => 9,
+        }
+    }
+}
+
+/// A `KeyValue` in field `field` (a repeated `attributes`). Its lengths are known beforehand,
+/// so it is written front to back (attributes are most of a span's bytes).
 pub fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: Value<'_>) {
-    message(buf, field, 1, |buf| {
-        bytes_opt(buf, 1, k.as_bytes());
-        any_value(buf, 2, v);
-    });
+    let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
+    let len = key_len + field_len(v.body_len());
+    buf.reserve(10 + len);
+    key(buf, field, LEN);
+    varint(buf, len as u64);
+    bytes_opt(buf, 1, k.as_bytes());
+    any_value(buf, 2, v);
 }
 
 /// An `AnyValue` message in field `field`.
 pub fn any_value(buf: &mut Vec<u8>, field: u32, v: Value<'_>) {
-    message(buf, field, 1, |buf| match v {
+    key(buf, field, LEN);
+    varint(buf, v.body_len() as u64);
+    match v {
         Value::Str(s) => bytes(buf, 1, s),
         Value::Bool(b) => {
             key(buf, 2, VARINT);
@@ -133,7 +157,7 @@ pub fn any_value(buf: &mut Vec<u8>, field: u32, v: Value<'_>) {
             key(buf, 4, FIXED64);
             buf.extend_from_slice(&d.to_bits().to_le_bytes());
         }
-    });
+    }
 }
 
 /// Protobuf bytes of a message of type `T` (an Export…ServiceRequest), encoded without building
@@ -238,6 +262,32 @@ mod tests {
             let mut want = vec![9];
             bytes(&mut want, 3, &vec![7u8; n]);
             assert_eq!(buf, want, "{n} bytes, guess {guess}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_the_bytes_prost_writes() {
+        use crate::model::attrs;
+        let long = "y".repeat(200);
+        let cases = [
+            ("k", Value::Str(b"v"), attrs::string("k", "v")),
+            ("", Value::Str(b""), attrs::string("", "")),
+            (
+                "long",
+                Value::Str(long.as_bytes()),
+                attrs::string("long", long.as_str()),
+            ),
+            (&long, Value::Int(-1), attrs::int(&long, -1)),
+            ("n", Value::Int(300), attrs::int("n", 300)),
+            ("b", Value::Bool(false), attrs::boolean("b", false)),
+            ("d", Value::Double(0.25), attrs::double("d", 0.25)),
+        ];
+        for (k, v, kv) in cases {
+            let mut buf = vec![5];
+            attribute(&mut buf, 9, k, v);
+            let mut want = vec![5];
+            prost::encoding::message::encode(9, &kv, &mut want);
+            assert_eq!(buf, want, "{k}");
         }
     }
 }
