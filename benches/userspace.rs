@@ -394,11 +394,14 @@ fn config() -> ExportConfig {
 }
 
 fn encoded_len(payload: &Payload) -> usize {
-    // As the OTLP/HTTP transport encodes (tonic's codec does the same for gRPC).
+    // The body as the OTLP/HTTP transport (the default protocol) makes it: spans and log
+    // records were encoded by the sink and are sent as they are; metrics are encoded here.
+    // (For gRPC, tonic's codec copies the encoded spans and records once more, on the
+    // exporter's thread.)
     match payload {
-        Payload::Traces(r) => r.encode_to_vec().len(),
+        Payload::Traces(r) => r.body().len(),
         Payload::Metrics(r) => r.encode_to_vec().len(),
-        Payload::Logs(r) => r.encode_to_vec().len(),
+        Payload::Logs(r) => r.body().len(),
     }
 }
 
@@ -496,8 +499,9 @@ impl Model {
 
 /// Stage (c): the whole path of `pyusdt run/agent --exporter otlp` on one thread: decoding,
 /// OtlpSink::record, its tick between polls (batching per resource), and at the end its finish
-/// (the rest of the spans and logs, and one metrics export), with every request encoded to
-/// protobuf as the exporter thread would. A fresh sink per pass, its processes described
+/// (the rest of the spans and logs, and one metrics export), with every request made into an
+/// OTLP/HTTP body (`encoded_len`; on the exporter's thread in pyusdt, counted here as if on
+/// the same core). A fresh sink per pass, its processes described
 /// beforehand (`sink_setup`, not timed).
 struct SinkPass {
     sink: OtlpSink,

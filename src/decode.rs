@@ -313,8 +313,9 @@ fn read<T: plain::Plain>(data: &[u8], marker: u8) -> Result<&T, DecodeError> {
 /// decoded lossily (never fails, never reads past the array).
 pub fn c_string(raw: &[i8]) -> Cow<'_, str> {
     let bytes = bytes(raw);
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end])
+    // CStr finds the NUL a word at a time (core's memchr), not byte by byte.
+    let text = std::ffi::CStr::from_bytes_until_nul(bytes).map_or(bytes, |c| c.to_bytes());
+    String::from_utf8_lossy(text)
 }
 
 /// A C `char` array as bytes.
@@ -333,6 +334,15 @@ mod tests {
             std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
         }
         .to_vec()
+    }
+
+    #[test]
+    fn c_strings_end_at_the_first_nul_or_the_array() {
+        let raw = |s: &[u8]| s.iter().map(|&b| b as i8).collect::<Vec<i8>>();
+        assert_eq!(c_string(&raw(b"json\0xx\0")), "json");
+        assert_eq!(c_string(&raw(b"full")), "full");
+        assert_eq!(c_string(&raw(b"\0rest")), "");
+        assert_eq!(c_string(&raw(b"caf\xe9\0")), "caf\u{fffd}");
     }
 
     fn header(marker: u8) -> event_header {

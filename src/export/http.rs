@@ -6,6 +6,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::bytes::Bytes;
 use prost::Message;
 
 use super::config::{Signal, SignalConfig};
@@ -32,10 +33,11 @@ impl HttpTransport {
         let Some((_, config, client)) = self.signals.iter().find(|(s, _, _)| *s == signal) else {
             return Err(fatal(format!("no endpoint for {}", signal.name())));
         };
-        let body = match payload {
-            Payload::Traces(r) => r.encode_to_vec(),
-            Payload::Metrics(r) => r.encode_to_vec(),
-            Payload::Logs(r) => r.encode_to_vec(),
+        // Spans and log records are already protobuf (model::wire): sent as they are.
+        let body: Bytes = match payload {
+            Payload::Traces(r) => r.body(),
+            Payload::Metrics(r) => r.encode_to_vec().into(),
+            Payload::Logs(r) => r.body(),
         };
         let mut req = client
             .post(&config.url)
@@ -43,7 +45,7 @@ impl HttpTransport {
             .header("content-type", "application/x-protobuf");
         let body = if config.gzip {
             req = req.header("content-encoding", "gzip");
-            gzip(&body).map_err(|e| fatal(format!("gzip: {e}")))?
+            gzip(&body).map_err(|e| fatal(format!("gzip: {e}")))?.into()
         } else {
             body
         };

@@ -1,9 +1,13 @@
 //! Audit events as OpenTelemetry log records (event name `cpython.audit`).
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 
 use super::attrs;
 use super::wire::{self, Value};
+use super::FastHash;
 use crate::decode::Event;
 use crate::report::clock::Clock;
 
@@ -42,8 +46,8 @@ impl AuditFilter {
 pub struct LogData {
     pub time_unix_nano: u64,
     pub tid: u32,
-    /// The audit event's name.
-    pub name: Box<str>,
+    /// The audit event's name (shared by the records of that name).
+    pub name: Arc<str>,
     pub sampling_ratio: Option<f64>,
     /// Decoded and redacted arguments (--audit-args), by position.
     pub args: Vec<(usize, String)>,
@@ -108,9 +112,15 @@ pub struct LogBuffer {
     filter: AuditFilter,
     max_queue: usize,
     ready: Vec<(u32, LogData)>,
+    /// The event names seen, each allocated once rather than per record.
+    names: HashSet<Arc<str>, FastHash>,
     /// Records not kept because the queue was full (exporter behind).
     pub dropped: u64,
 }
+
+/// Beyond this many distinct event names, the remembered ones are forgotten (a program can
+/// choose names without end).
+const MAX_NAMES: usize = 4096;
 
 impl LogBuffer {
     pub fn new(clock: Clock, filter: AuditFilter, max_queue: usize) -> LogBuffer {
@@ -119,8 +129,21 @@ impl LogBuffer {
             filter,
             max_queue,
             ready: Vec::new(),
+            names: HashSet::default(),
             dropped: 0,
         }
+    }
+
+    fn interned(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.names.get(name) {
+            return Arc::clone(known);
+        }
+        if self.names.len() >= MAX_NAMES {
+            self.names.clear();
+        }
+        let new: Arc<str> = name.into();
+        self.names.insert(Arc::clone(&new));
+        new
     }
 
     pub fn record(&mut self, event: &Event<'_>) {
@@ -159,7 +182,7 @@ impl LogBuffer {
         let record = LogData {
             time_unix_nano: self.clock.unix_nanos(header.end_ns),
             tid: header.tid,
-            name: name.as_ref().into(),
+            name: self.interned(name),
             sampling_ratio: ratio,
             args: decoded,
         };

@@ -146,9 +146,9 @@ impl Hist {
 struct ProcessMetrics {
     /// Start of the current aggregation (first event, or the last delta export).
     start_ns: u64,
-    gc_collections: BTreeMap<i64, u64>,
-    gc_collected: BTreeMap<i64, i64>,
-    gc_duration: BTreeMap<i64, Hist>,
+    /// By generation (-1: unknown), one entry for the three GC metrics: one lookup per
+    /// collection.
+    gc: BTreeMap<i64, GcSeries>,
     import_duration: BTreeMap<bool, Hist>,
     /// Looked up per event: hashed (FastHash), sorted at export.
     audit_events: HashMap<Box<str>, u64, FastHash>,
@@ -166,6 +166,14 @@ struct ProcessMetrics {
     function_overflow: Option<(u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct GcSeries {
+    collections: u64,
+    collected: i64,
+    /// Empty (count 0) until a collection with a known duration.
+    duration: Hist,
 }
 
 /// One file's functions: name → index in `function_values`.
@@ -273,12 +281,10 @@ impl MetricsAggregator {
         let p = self.process(pid, now_unix_ns);
         match update {
             KernelUpdate::Gc { generation, d } => {
-                let g = i64::from(generation);
-                *p.gc_collections.entry(g).or_default() += d.events;
-                *p.gc_collected.entry(g).or_default() += d.extra;
-                if d.timed > 0 {
-                    p.gc_duration.entry(g).or_default().merge(d, lifetime);
-                }
+                let s = p.gc.entry(i64::from(generation)).or_default();
+                s.collections += d.events;
+                s.collected += d.extra;
+                s.duration.merge(d, lifetime);
             }
             KernelUpdate::Import { found, d, .. } => {
                 if d.timed > 0 {
@@ -308,11 +314,11 @@ impl MetricsAggregator {
                 ..
             } => {
                 // A collection whose start was not seen has no generation: -1 keeps it counted.
-                let g = generation.map_or(-1, i64::from);
-                *p.gc_collections.entry(g).or_default() += 1;
-                *p.gc_collected.entry(g).or_default() += collected;
+                let s = p.gc.entry(generation.map_or(-1, i64::from)).or_default();
+                s.collections += 1;
+                s.collected += collected;
                 if let Some(ns) = h.duration_ns() {
-                    p.gc_duration.entry(g).or_default().record(ns as f64 / 1e9);
+                    s.duration.record(ns as f64 / 1e9);
                 }
             }
             Event::Import { found, .. } => {
@@ -390,15 +396,14 @@ fn temporality_code(t: Temporality) -> i32 {
 fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> {
     let gen = |g: i64| vec![attrs::int(attrs::GC_GENERATION, g)];
     let mut metrics = Vec::new();
-    if !p.gc_collections.is_empty() {
+    if !p.gc.is_empty() {
         metrics.push(counter(
             "cpython.gc.collections",
             "Garbage collections (gc__start/gc__done pairs and lone gc__done).",
             "{collection}",
             t,
-            p.gc_collections
-                .iter()
-                .map(|(g, n)| int_point(gen(*g), *n as i64, p.start_ns, now))
+            p.gc.iter()
+                .map(|(g, s)| int_point(gen(*g), s.collections as i64, p.start_ns, now))
                 .collect(),
         ));
         metrics.push(counter(
@@ -406,20 +411,19 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
             "Objects freed by collections: gc__done reports collected + uncollectable.",
             "{object}",
             t,
-            p.gc_collected
-                .iter()
-                .map(|(g, n)| int_point(gen(*g), *n, p.start_ns, now))
+            p.gc.iter()
+                .map(|(g, s)| int_point(gen(*g), s.collected, p.start_ns, now))
                 .collect(),
         ));
     }
-    if !p.gc_duration.is_empty() {
+    if p.gc.values().any(|s| s.duration.count > 0) {
         metrics.push(histogram(
             "cpython.gc.duration",
             "Duration of garbage collections: the pause of the collecting thread.",
             t,
-            p.gc_duration
-                .iter()
-                .map(|(g, h)| h.point(gen(*g), p.start_ns, now))
+            p.gc.iter()
+                .filter(|(_, s)| s.duration.count > 0)
+                .map(|(g, s)| s.duration.point(gen(*g), p.start_ns, now))
                 .collect(),
         ));
     }

@@ -4,7 +4,7 @@
 //! defaults left out); the tests of spans.rs and logs.rs check it.
 use std::marker::PhantomData;
 
-use prost::bytes::{Buf, BufMut};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 
 const VARINT: u32 = 0;
@@ -164,14 +164,15 @@ pub fn any_value(buf: &mut Vec<u8>, field: u32, v: Value<'_>) {
 /// `T`. As a prost `Message` it encodes to the same bytes (for the gRPC codec and the HTTP
 /// body); as `Serialize`, it is decoded to `T` first (the OTLP/JSON file exporter).
 pub struct Encoded<T> {
-    bytes: Vec<u8>,
+    /// Shared, so that each attempt to send it (retries) takes it without a copy.
+    bytes: Bytes,
     _of: PhantomData<fn() -> T>,
 }
 
 impl<T> Encoded<T> {
     pub fn new(bytes: Vec<u8>) -> Encoded<T> {
         Encoded {
-            bytes,
+            bytes: bytes.into(),
             _of: PhantomData,
         }
     }
@@ -180,12 +181,17 @@ impl<T> Encoded<T> {
         &self.bytes
     }
 
+    /// The encoded message, as an OTLP/HTTP body (shared, not copied).
+    pub fn body(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
     /// The message, decoded.
     pub fn decode(&self) -> Result<T, prost::DecodeError>
     where
         T: prost::Message + Default,
     {
-        T::decode(self.bytes.as_slice())
+        T::decode(self.bytes.as_ref())
     }
 }
 
@@ -197,7 +203,10 @@ impl<T> Default for Encoded<T> {
 
 impl<T> Clone for Encoded<T> {
     fn clone(&self) -> Self {
-        Encoded::new(self.bytes.clone())
+        Encoded {
+            bytes: self.bytes.clone(),
+            _of: PhantomData,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The OpenTelemetry sink: events → spans, metrics and log records (src/model), batched per
 //! the OTel batch settings and handed to the exporter thread (src/export).
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -236,12 +236,21 @@ impl OtlpSink {
         payload: impl Fn(Vec<u8>) -> Payload,
     ) {
         let scope = scope();
-        for (items, by_pid) in batches(ready, self.config.max_export_batch_size) {
-            let capacity = guess * items as usize;
-            let buf = encode_request(&mut self.resources, &scope, by_pid, capacity, &encode);
+        let mut order = Vec::new();
+        for batch in ready.chunks(self.config.max_export_batch_size.max(1)) {
+            by_process(batch, &mut order);
+            let capacity = guess * batch.len();
+            let buf = encode_request(
+                &mut self.resources,
+                &scope,
+                batch,
+                &order,
+                capacity,
+                &encode,
+            );
             self.exporter.submit(Batch {
                 payload: payload(buf),
-                items,
+                items: batch.len() as u64,
             });
         }
     }
@@ -343,55 +352,46 @@ impl OtlpSink {
     }
 }
 
-/// Export batches of at most `size` items, each grouped by PID (order kept within a process),
-/// with its item count. Items are moved, not copied.
+/// The items of `batch` by process: `order` is set to their indices, sorted by PID, each
+/// process's items in the order they came. Items are encoded from where they are, not moved
+/// into a map per process.
+fn by_process<T>(batch: &[(u32, T)], order: &mut Vec<u64>) {
+    order.clear();
+    order.extend(
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, (pid, _))| u64::from(*pid) << 32 | i as u64),
+    );
+    order.sort_unstable();
+}
+
 /// The body of an ExportTraceServiceRequest or ExportLogsServiceRequest, which share their
 /// layout: per process, `ResourceX { resource, scope_X: [ScopeX { scope, items }] }` (field 1
-/// each time, and 1, 2 inside), as prost writes it. `encode` writes one item as field 2.
+/// each time, and 1, 2 inside), as prost writes it. `encode` writes one item as field 2;
+/// `order`: the items by process (`by_process`).
 fn encode_request<T>(
     resources: &mut Resources,
     scope: &InstrumentationScope,
-    by_pid: BTreeMap<u32, Vec<T>>,
+    batch: &[(u32, T)],
+    order: &[u64],
     capacity: usize,
     encode: impl Fn(&T, &mut Vec<u8>),
 ) -> Vec<u8> {
     let mut buf = Vec::with_capacity(capacity);
-    for (pid, items) in by_pid {
-        let resource = resources.get(pid);
+    for process in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+        let resource = resources.get((process[0] >> 32) as u32);
         wire::message(&mut buf, 1, 3, |buf| {
             wire::prost_message(buf, 1, resource);
             wire::message(buf, 2, 3, |buf| {
                 wire::prost_message(buf, 1, scope);
-                for item in &items {
-                    encode(item, buf);
+                for &key in process {
+                    encode(&batch[key as u32 as usize].1, buf);
                 }
             });
         });
     }
     buf
-}
-
-fn batches<T>(items: Vec<(u32, T)>, size: usize) -> Vec<(u64, BTreeMap<u32, Vec<T>>)> {
-    let size = size.max(1);
-    let mut out = Vec::with_capacity(items.len().div_ceil(size));
-    let mut items = items.into_iter();
-    while items.len() > 0 {
-        let n = items.len().min(size);
-        // Each process's share of the batch first, so that its Vec is allocated once.
-        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-        for (pid, _) in &items.as_slice()[..n] {
-            *counts.entry(*pid).or_default() += 1;
-        }
-        let mut map: BTreeMap<u32, Vec<T>> = counts
-            .into_iter()
-            .map(|(pid, count)| (pid, Vec::with_capacity(count)))
-            .collect();
-        for (pid, item) in items.by_ref().take(n) {
-            map.entry(pid).or_default().push(item);
-        }
-        out.push((n as u64, map));
-    }
-    out
 }
 
 fn count_points(metrics: &[Metric]) -> u64 {
@@ -412,13 +412,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_bounded_and_grouped_by_process() {
+    fn batch_items_are_grouped_by_process() {
         let items: Vec<(u32, char)> = vec![(2, 'a'), (1, 'b'), (2, 'c'), (1, 'd'), (3, 'e')];
-        let b = batches(items, 2);
-        assert_eq!(b.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 2, 1]);
-        assert_eq!(b[0].1[&2], ['a']);
-        assert_eq!(b[1].1[&1], ['d']);
-        assert!(batches(Vec::<(u32, char)>::new(), 2).is_empty());
+        let mut order = Vec::new();
+        by_process(&items, &mut order);
+        let grouped: Vec<Vec<(u32, char)>> = order
+            .chunk_by(|a, b| a >> 32 == b >> 32)
+            .map(|p| p.iter().map(|&k| items[k as u32 as usize]).collect())
+            .collect();
+        assert_eq!(
+            grouped,
+            [
+                vec![(1, 'b'), (1, 'd')],
+                vec![(2, 'a'), (2, 'c')],
+                vec![(3, 'e')]
+            ]
+        );
+        by_process(&items[..0], &mut order);
+        assert!(order.is_empty());
     }
 
     #[test]
