@@ -189,19 +189,27 @@ type Subtree = Vec<SpanData>;
 struct ThreadState {
     /// `pending[level]`: subtrees waiting for the import that ends at depth `level`.
     pending: Vec<Vec<Subtree>>,
+    /// The subtrees in `pending`, all levels together.
+    pending_len: usize,
     /// When this thread last produced a span (CLOCK_MONOTONIC ns).
     last_ns: u64,
 }
 
 impl ThreadState {
-    fn pending_len(&self) -> usize {
-        self.pending.iter().flatten().map(Vec::len).sum()
+    fn wait(&mut self, level: usize, subtree: Subtree) {
+        self.pending[level].push(subtree);
+        self.pending_len += 1;
+        debug_assert_eq!(
+            self.pending_len,
+            self.pending.iter().map(Vec::len).sum::<usize>()
+        );
     }
 
     /// The subtrees waiting at `level` or deeper, moved to `out` (shallowest level first).
     /// The emptied levels keep their memory for the next subtrees.
     fn take_from(&mut self, level: usize, out: &mut Vec<Subtree>) {
         for waiting in self.pending.iter_mut().skip(level) {
+            self.pending_len -= waiting.len();
             out.append(waiting);
         }
     }
@@ -221,7 +229,14 @@ pub struct SpanAssembler {
     sampling_ratio: Option<f64>,
     /// The subtrees a span may adopt, kept between events for its memory.
     scratch: Vec<Subtree>,
+    /// Emptied subtrees, kept for their memory: most spans of nested calls and imports make
+    /// one, which would otherwise be an allocation each.
+    spare: Vec<Subtree>,
 }
+
+/// At most this many emptied subtrees are kept, each of at most `MAX_SPARE_CAPACITY` spans.
+const MAX_SPARE: usize = 256;
+const MAX_SPARE_CAPACITY: usize = 64;
 
 /// A thread holding more waiting spans than this releases them (bounded memory).
 const MAX_PENDING_PER_THREAD: usize = 4096;
@@ -237,6 +252,7 @@ impl SpanAssembler {
             without_start: 0,
             sampling_ratio: None,
             scratch: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -263,6 +279,7 @@ impl SpanAssembler {
             ids: &self.ids,
             ready: &mut self.ready,
             orphaned: &mut self.orphaned,
+            spare: &mut self.spare,
             pid: h.pid,
         };
         state.last_ns = h.end_ns;
@@ -299,20 +316,21 @@ impl SpanAssembler {
                 out.subtree(orphan, true);
             }
             self.scratch = candidates;
-            out.subtree(std::iter::once(span), false);
+            out.root(span);
             return;
         }
-        let mut subtree = Vec::with_capacity(1 + child_spans);
+        let mut subtree = out.new_subtree(1 + child_spans);
         let span_id = span.span_id;
         subtree.push(span);
         for mut c in candidates.drain(..) {
             if is_child(&c) {
                 c[0].parent_span_id = span_id;
                 subtree.append(&mut c);
+                out.recycle(c);
             } else if depth == 0 {
                 out.subtree(c, true);
             } else {
-                state.pending[depth - 1].push(c);
+                state.wait(depth - 1, c);
             }
         }
         self.scratch = candidates;
@@ -320,8 +338,8 @@ impl SpanAssembler {
             out.subtree(subtree, false);
             return;
         }
-        state.pending[depth - 1].push(subtree);
-        if state.pending_len() > MAX_PENDING_PER_THREAD {
+        state.wait(depth - 1, subtree);
+        if state.pending_len > MAX_PENDING_PER_THREAD {
             let mut all = Vec::new();
             state.take_from(0, &mut all);
             for orphan in all {
@@ -336,6 +354,7 @@ impl SpanAssembler {
             ids: &self.ids,
             ready: &mut self.ready,
             orphaned: &mut self.orphaned,
+            spare: &mut self.spare,
             pid,
         };
         for subtree in subtrees {
@@ -372,6 +391,7 @@ impl SpanAssembler {
                     .into_iter()
                     .partition(|t| t[0].end_time_unix_nano >= cutoff);
                 *level = keep;
+                state.pending_len -= stale.len();
                 old.extend(stale.into_iter().map(|t| (*pid, t)));
             }
         }
@@ -446,19 +466,42 @@ struct Release<'a> {
     ids: &'a IdGenerator,
     ready: &'a mut Vec<(u32, SpanData)>,
     orphaned: &'a mut u64,
+    spare: &'a mut Vec<Subtree>,
     pid: u32,
 }
 
 impl Release<'_> {
     /// Gives the subtree a trace ID and makes it ready; an orphan is counted as such.
-    fn subtree(&mut self, subtree: impl IntoIterator<Item = SpanData>, orphan: bool) {
+    fn subtree(&mut self, mut subtree: Subtree, orphan: bool) {
         if orphan {
             *self.orphaned += 1;
         }
         let trace_id = self.ids.trace_id_bytes();
-        for mut span in subtree {
+        for mut span in subtree.drain(..) {
             span.trace_id = trace_id;
             self.ready.push((self.pid, span));
+        }
+        self.recycle(subtree);
+    }
+
+    /// A root span without children: a subtree of its own.
+    fn root(&mut self, mut span: SpanData) {
+        span.trace_id = self.ids.trace_id_bytes();
+        self.ready.push((self.pid, span));
+    }
+
+    /// An empty subtree with room for `spans`, from the spare ones when there are.
+    fn new_subtree(&mut self, spans: usize) -> Subtree {
+        let mut subtree = self.spare.pop().unwrap_or_default();
+        subtree.reserve(spans);
+        subtree
+    }
+
+    /// Keeps an emptied subtree's memory for the next one (within bounds).
+    fn recycle(&mut self, subtree: Subtree) {
+        debug_assert!(subtree.is_empty());
+        if self.spare.len() < MAX_SPARE && subtree.capacity() <= MAX_SPARE_CAPACITY {
+            self.spare.push(subtree);
         }
     }
 }
