@@ -21,12 +21,22 @@ pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 fn varint_len(v: u64) -> usize {
-    // 1 byte per 7 bits, at least 1.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    if v < 0x80 {
+        // Most lengths (short strings, attributes).
+        return 1;
+    }
+    // 1 byte per 7 bits.
+    (64 - v.leading_zeros() as usize).div_ceil(7)
 }
 
 pub fn key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
-    varint(buf, u64::from(field << 3 | wire_type));
+    let key = field << 3 | wire_type;
+    if key < 0x80 {
+        // Fields 1-15: every key pyusdt writes.
+        buf.push(key as u8);
+    } else {
+        varint(buf, u64::from(key));
+    }
 }
 
 /// A length-delimited field, even when empty (oneof members).
