@@ -313,9 +313,8 @@ fn read<T: plain::Plain>(data: &[u8], marker: u8) -> Result<&T, DecodeError> {
 /// decoded lossily (never fails, never reads past the array).
 pub fn c_string(raw: &[i8]) -> Cow<'_, str> {
     let bytes = bytes(raw);
-    // CStr finds the NUL a word at a time (core's memchr), not byte by byte.
-    let text = std::ffi::CStr::from_bytes_until_nul(bytes).map_or(bytes, |c| c.to_bytes());
-    String::from_utf8_lossy(text)
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
 }
 
 /// A C `char` array as bytes.
