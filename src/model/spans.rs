@@ -234,9 +234,10 @@ pub struct SpanAssembler {
     spare: Vec<Subtree>,
 }
 
-/// At most this many emptied subtrees are kept, each of at most `MAX_SPARE_CAPACITY` spans.
-const MAX_SPARE: usize = 256;
-const MAX_SPARE_CAPACITY: usize = 64;
+/// At most this many emptied subtrees are kept, each of at most `MAX_SPARE_CAPACITY` spans
+/// (about 200 KB at most, kept after a burst).
+const MAX_SPARE: usize = 128;
+const MAX_SPARE_CAPACITY: usize = 16;
 
 /// A thread holding more waiting spans than this releases them (bounded memory).
 const MAX_PENDING_PER_THREAD: usize = 4096;
