@@ -42,7 +42,7 @@ impl CodeNames {
                 _ => Some(event.clone()),
             },
             Record::FunctionRef { header, code } => {
-                Some(function_event(*header, self.resolve_location(code)?))
+                Some(function_event(*header, self.resolve(code)?))
             }
             Record::Process(_) | Record::Flow(_) | Record::Exec { .. } => None,
         }
@@ -70,13 +70,8 @@ impl CodeNames {
             .map(|l| (l.name.as_ref(), l.file.as_ref()))
     }
 
-    /// The function name and file of `code`; None (counted) when they are not here.
-    pub fn resolve(&mut self, code: &CodeRef) -> Option<(&str, &str)> {
-        self.resolve_location(code)
-            .map(|l| (l.name.as_ref(), l.file.as_ref()))
-    }
-
-    fn resolve_location(&mut self, code: &CodeRef) -> Option<&Arc<CodeLocation>> {
+    /// The location `code` names; None (counted) when its names are not here.
+    pub fn resolve(&mut self, code: &CodeRef) -> Option<&Arc<CodeLocation>> {
         let found = self.names.get(code);
         if found.is_none() {
             self.unresolved += 1;
@@ -120,16 +115,26 @@ mod tests {
         }
     }
 
+    /// The function name and file `code` resolves to.
+    fn resolved<'a>(names: &'a mut CodeNames, code: &CodeRef) -> Option<(&'a str, &'a str)> {
+        names
+            .resolve(code)
+            .map(|l| (l.name.as_ref(), l.file.as_ref()))
+    }
+
     #[test]
     fn references_resolve_to_the_names_sent_first() {
         let mut names = CodeNames::default();
         names.learn(code(1, 0x10), "fib", "/app/fib.py");
-        assert_eq!(names.resolve(&code(1, 0x10)), Some(("fib", "/app/fib.py")));
+        assert_eq!(
+            resolved(&mut names, &code(1, 0x10)),
+            Some(("fib", "/app/fib.py"))
+        );
         // Another process, or another image of the same PID (exec: another mm), is not it.
-        assert_eq!(names.resolve(&code(2, 0x10)), None);
+        assert_eq!(resolved(&mut names, &code(2, 0x10)), None);
         let mut other_image = code(1, 0x10);
         other_image.mm += 4096;
-        assert_eq!(names.resolve(&other_image), None);
+        assert_eq!(resolved(&mut names, &other_image), None);
         assert_eq!(names.unresolved, 2);
         // Sent again with the same names (the BPF side forgot it had sent them): the same
         // interned location, so its spans and metric series stay shared.
@@ -140,7 +145,7 @@ mod tests {
         let other = names.learn(code(1, 0x10), "main", "/app/main.py");
         assert_ne!(first.id, other.id);
         assert_eq!(
-            names.resolve(&code(1, 0x10)),
+            resolved(&mut names, &code(1, 0x10)),
             Some(("main", "/app/main.py"))
         );
     }
@@ -152,9 +157,9 @@ mod tests {
         names.learn(code(2, 0x10), "b", "b.py");
         // 1 is found gone, but its queued records may still need its names.
         names.prune_exited(|pid| pid == 2);
-        assert_eq!(names.resolve(&code(1, 0x10)), Some(("a", "a.py")));
+        assert_eq!(resolved(&mut names, &code(1, 0x10)), Some(("a", "a.py")));
         names.prune_exited(|pid| pid == 2);
-        assert_eq!(names.resolve(&code(1, 0x10)), None);
-        assert_eq!(names.resolve(&code(2, 0x10)), Some(("b", "b.py")));
+        assert_eq!(resolved(&mut names, &code(1, 0x10)), None);
+        assert_eq!(resolved(&mut names, &code(2, 0x10)), Some(("b", "b.py")));
     }
 }

@@ -180,7 +180,8 @@ struct GcSeries {
 type FunctionsOfFile = HashMap<Box<str>, usize, FastHash>;
 
 /// Beyond this many code locations remembered per process, the memo is cleared: a location
-/// is one code object, and a program can make them without end (`exec` of new code).
+/// is one code object, and a program can make them without end (`exec()` or `compile()` of
+/// new source).
 const MAX_LOCATIONS: usize = 4 * MAX_FUNCTION_SERIES;
 
 impl ProcessMetrics {
@@ -595,67 +596,64 @@ fn histogram(
 mod tests {
     use super::*;
 
-    #[test]
-    fn function_series_are_bounded_with_an_overflow_series() {
-        use crate::decode::{Event, Header};
-        use std::borrow::Cow;
-        let mut m = MetricsAggregator::new(Temporality::Cumulative);
-        for i in 0..MAX_FUNCTION_SERIES + 5 {
-            let name = format!("f{i}");
-            let e = Event::Function {
-                header: Header {
-                    start_ns: Some(0),
-                    end_ns: 1_000_000,
-                    pid: 1,
-                    tid: 1,
-                    depth: 0,
-                },
-                name: Cow::Owned(name),
-                file: Cow::Borrowed("app.py"),
-                line: 1,
-                location: None,
-            };
-            m.record(&e, 0);
+    use crate::decode::{Event, Header};
+    use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    /// A 1 ms call of `name` in app.py by process 1, its location interned or not.
+    fn call<'a>(name: &str, location: Option<&'a Arc<CodeLocation>>) -> Event<'a> {
+        Event::Function {
+            header: Header {
+                start_ns: Some(0),
+                end_ns: 1_000_000,
+                pid: 1,
+                tid: 1,
+                depth: 0,
+            },
+            name: Cow::Owned(name.into()),
+            file: Cow::Borrowed("app.py"),
+            line: 1,
+            location,
         }
-        let metrics = m.collect(1);
-        let calls = metrics[0]
-            .1
-            .iter()
-            .find(|x| x.name == "cpython.function.calls")
-            .unwrap();
-        let Some(Data::Sum(sum)) = &calls.data else {
-            panic!()
+    }
+
+    /// The points of the first process's counter `name`.
+    fn sum_points<'a>(metrics: &'a [(u32, Vec<Metric>)], name: &str) -> &'a [NumberDataPoint] {
+        let metric = metrics[0].1.iter().find(|x| x.name == name).unwrap();
+        let Some(Data::Sum(sum)) = &metric.data else {
+            panic!("{name} is not a sum")
         };
-        assert_eq!(sum.data_points.len(), MAX_FUNCTION_SERIES + 1);
-        let overflow = sum
-            .data_points
+        &sum.data_points
+    }
+
+    /// The value of the point marked `otel.metric.overflow`.
+    fn overflow_value(points: &[NumberDataPoint]) -> Option<Value> {
+        points
             .iter()
             .find(|p| {
                 p.attributes
                     .iter()
                     .any(|kv| kv.key == "otel.metric.overflow")
             })
-            .unwrap();
-        assert_eq!(overflow.value, Some(Value::AsInt(5)));
+            .unwrap()
+            .value
+    }
+
+    #[test]
+    fn function_series_are_bounded_with_an_overflow_series() {
+        let mut m = MetricsAggregator::new(Temporality::Cumulative);
+        for i in 0..MAX_FUNCTION_SERIES + 5 {
+            m.record(&call(&format!("f{i}"), None), 0);
+        }
+        let metrics = m.collect(1);
+        let points = sum_points(&metrics, "cpython.function.calls");
+        assert_eq!(points.len(), MAX_FUNCTION_SERIES + 1);
+        assert_eq!(overflow_value(points), Some(Value::AsInt(5)));
     }
 
     #[test]
     fn calls_of_code_locations_with_the_same_names_are_one_series() {
-        use crate::decode::{Event, Header};
-        use std::borrow::Cow;
-        let call = |name: &'static str, location| Event::Function {
-            header: Header {
-                start_ns: Some(0),
-                end_ns: 1_000,
-                pid: 1,
-                tid: 1,
-                depth: 0,
-            },
-            name: Cow::Borrowed(name),
-            file: Cow::Borrowed("app.py"),
-            line: 1,
-            location,
-        };
         let f = CodeLocation::new("f", "app.py", 1);
         // Another code object of the same function (redefined, or a second image).
         let f_again = CodeLocation::new("f", "app.py", 1);
@@ -671,16 +669,7 @@ mod tests {
             m.record(&e, 0);
         }
         let metrics = m.collect(1);
-        let calls = metrics[0]
-            .1
-            .iter()
-            .find(|x| x.name == "cpython.function.calls")
-            .unwrap();
-        let Some(Data::Sum(sum)) = &calls.data else {
-            panic!()
-        };
-        let counts: Vec<(String, Option<Value>)> = sum
-            .data_points
+        let counts: Vec<(String, Option<Value>)> = sum_points(&metrics, "cpython.function.calls")
             .iter()
             .map(|p| (format!("{:?}", p.attributes[0].value), p.value))
             .collect();
@@ -697,25 +686,9 @@ mod tests {
             m.add_kernel(1, KernelUpdate::Audit { name: &name, n: 2 }, 0);
         }
         let metrics = m.collect(1);
-        let events = metrics[0]
-            .1
-            .iter()
-            .find(|x| x.name == "cpython.audit.events")
-            .unwrap();
-        let Some(Data::Sum(sum)) = &events.data else {
-            panic!()
-        };
-        assert_eq!(sum.data_points.len(), MAX_AUDIT_SERIES + 1);
-        let overflow = sum
-            .data_points
-            .iter()
-            .find(|p| {
-                p.attributes
-                    .iter()
-                    .any(|kv| kv.key == "otel.metric.overflow")
-            })
-            .unwrap();
-        assert_eq!(overflow.value, Some(Value::AsInt(10)));
+        let points = sum_points(&metrics, "cpython.audit.events");
+        assert_eq!(points.len(), MAX_AUDIT_SERIES + 1);
+        assert_eq!(overflow_value(points), Some(Value::AsInt(10)));
     }
 
     #[test]
