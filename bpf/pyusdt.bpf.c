@@ -19,6 +19,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 wakeup_bytes = 128 * 1024;
 const volatile bool filter_tgid = false;       /* only trace tgids in `traced` (pyusdt run) */
 const volatile bool audit_args = false;        /* copy audit arguments (--audit-args) */
+/* Read each audit event's argument count: only where a view shows it (console, JSON lines),
+ * as it costs a read of the process's memory per event. */
+const volatile bool audit_nargs = false;
 const volatile bool flow_lines = false;        /* flow: report line events (--lines) */
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
 const volatile bool report_execs = false;      /* agent: tell user space of every exec */
@@ -101,6 +104,25 @@ struct {
 	__type(value, __u64);
 } audit_counts SEC(".maps");
 
+/* The same for events whose name is a literal of the interpreter file (audit_images), keyed
+ * by its address: no copy of the name, and a 16-byte key to hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct audit_ref_count_key);
+	__type(value, __u64);
+} audit_ref_counts SEC(".maps");
+
+/* Interpreter files whose audit event names are sent by address (struct audit_image in
+ * pyusdt.h), written by user space before it attaches with the index in the cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AUDIT_IMAGES);
+	__type(key, __u32);
+	__type(value, struct audit_image);
+} audit_images SEC(".maps");
+
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when
  * pyusdt runs in a container without the host's PID namespace. */
@@ -117,6 +139,9 @@ __u32 command_tgid = 0;
 struct gc_event _gc_event = {};
 struct import_event _import_event = {};
 struct audit_event _audit_event = {};
+struct audit_ref_event _audit_ref_event = {};
+struct audit_ref_count_key _audit_ref_count_key = {};
+struct audit_image _audit_image = {};
 struct process_event _process_event = {};
 struct audit_args_event _audit_args_event = {};
 enum marker _marker = MARKER_GC;
@@ -548,6 +573,47 @@ static __always_inline void copy_audit_args(struct audit_args_event *e, void *ar
 	}
 }
 
+/* Adds one to `key`'s count in the per-CPU `map`; false when the table is full. */
+static __always_inline bool count_in(void *map, void *key)
+{
+	__u64 *n = bpf_map_lookup_elem(map, key);
+	if (n) {
+		(*n)++;
+		return true;
+	}
+	__u64 one = 1;
+	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
+		return true;
+	/* EEXIST: another CPU added the key, this CPU's slot is there (zeroed). */
+	n = bpf_map_lookup_elem(map, key);
+	if (!n)
+		return false;
+	(*n)++;
+	return true;
+}
+
+/* True when the event's name is a literal of the interpreter file that the attachment's
+ * cookie names (audit_images): then `*image` is that entry's index + 1 and `*vaddr` the name's
+ * address in the file. The handler sees the trap's address as the instruction pointer, which
+ * is the marker's address in the file plus the file's load bias. */
+static __always_inline bool literal_name(struct pt_regs *ctx, __u64 layout, const char *event,
+					 __u32 *image, __u64 *vaddr)
+{
+	__u32 idx = (layout >> 16) & 0xffff;
+	if (!idx)
+		return false;
+	idx -= 1;
+	struct audit_image *im = bpf_map_lookup_elem(&audit_images, &idx);
+	if (!im || !im->site)
+		return false;
+	__u64 at = (__u64)event - PT_REGS_IP(ctx) + im->site;
+	if (at < im->ro_start || at >= im->ro_end)
+		return false;
+	*image = idx + 1;
+	*vaddr = at;
+	return true;
+}
+
 SEC("usdt")
 int audit(struct pt_regs *ctx)
 {
@@ -569,33 +635,52 @@ int audit(struct pt_regs *ctx)
 			st->process_noted = 1;
 	}
 	__u32 depth = st ? st->depth : 0;
-	if (metrics_only) {
-		struct audit_count_key key = { .tgid = id >> 32 };
-		if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
-			key.name[0] = '\0';
-		__u64 *n = bpf_map_lookup_elem(&audit_counts, &key);
-		if (n) {
-			(*n)++;
-			return 0;
-		}
-		__u64 one = 1;
-		/* A full table loses the event: counted as a drop, like a full ring. */
-		if (bpf_map_update_elem(&audit_counts, &key, &one, BPF_NOEXIST) &&
-		    !(n = bpf_map_lookup_elem(&audit_counts, &key)))
-			count(STAT_DROP_AUDIT);
-		else if (n)
-			(*n)++;
-		return 0;
-	}
-	/* The argument tuple's ob_size: its offset comes with the attachment (the cookie), set
-	 * by user space per interpreter build; 0 where the layout is not known. */
+	/* The cookie, set by user space per interpreter file: the argument tuple's ob_size
+	 * offset (0 where the layout is not known), and the file's audit_images entry. */
 	__u64 layout = usdt_spec_cookie(spec);
 	__u64 ob_size_offset = layout & 0xff;
+	__u32 image = 0;
+	__u64 name_vaddr = 0;
+	bool literal = literal_name(ctx, layout, event, &image, &name_vaddr);
+	if (metrics_only) {
+		bool counted;
+		if (literal) {
+			struct audit_ref_count_key key = {
+				.tgid = id >> 32,
+				.image = image,
+				.name_vaddr = name_vaddr,
+			};
+			counted = count_in(&audit_ref_counts, &key);
+		} else {
+			struct audit_count_key key = { .tgid = id >> 32 };
+			if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
+				key.name[0] = '\0';
+			counted = count_in(&audit_counts, &key);
+		}
+		/* A full table loses the event: counted as a drop, like a full ring. */
+		if (!counted)
+			count(STAT_DROP_AUDIT);
+		return 0;
+	}
 	void *args = (void *)usdt_arg(ctx, spec, 1);
 	__s64 nargs = -1;
-	if (ob_size_offset &&
+	if ((audit_nargs || audit_args) && ob_size_offset &&
 	    bpf_probe_read_user(&nargs, sizeof(nargs), (char *)args + ob_size_offset) < 0)
 		nargs = -1;
+	if (literal && !audit_args) {
+		struct audit_ref_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+		if (!r) {
+			count(STAT_DROP_AUDIT);
+			return 0;
+		}
+		fill_header(&r->h, id, MARKER_AUDIT_REF, now, now, depth);
+		r->nargs = nargs;
+		r->image = image;
+		r->_pad = 0;
+		r->name_vaddr = name_vaddr;
+		submit(r, sizeof(*r));
+		return 0;
+	}
 	struct audit_event *e;
 	if (audit_args && ob_size_offset) {
 		struct audit_args_event *ae = bpf_ringbuf_reserve(&events, sizeof(*ae), 0);

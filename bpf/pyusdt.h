@@ -38,6 +38,8 @@ enum marker {
 	MARKER_EXEC = 8,
 	/* A completed call of code whose names an earlier MARKER_FUNCTION record carried. */
 	MARKER_FUNCTION_REF = 9,
+	/* An audit event whose name is a string literal of the interpreter image (audit_ref_event). */
+	MARKER_AUDIT_REF = 10,
 };
 
 /* Indexes of the per-CPU `stats` array, read by user space. */
@@ -110,8 +112,37 @@ struct audit_count_key {
 
 struct audit_event {
 	struct event_header h;
-	__s64 nargs; /* size of the argument tuple */
+	__s64 nargs; /* size of the argument tuple; -1 when not read (or unreadable) */
 	char name[AUDIT_NAME_LEN];
+};
+
+/* Event names raised from C (PySys_Audit("builtins.id", …)) are string literals: they lie in
+ * the read-only part of the interpreter image, which the process maps exactly as the file
+ * holds it. Such a name is sent as its address in the file, and user space reads it from the
+ * file once: no copy of the name per event. Names given to sys.audit() live in Python strings
+ * and are still copied (audit_event). One entry per interpreter file with a single audit
+ * marker; the attachment's cookie carries its index + 1 in bits 16-31 (0: none). */
+#define AUDIT_IMAGES 1024
+
+struct audit_image {
+	__u64 site;     /* the audit marker's virtual address in the file */
+	__u64 ro_start; /* the file's read-only segments: [ro_start, ro_end), virtual addresses */
+	__u64 ro_end;
+};
+
+struct audit_ref_event {
+	struct event_header h;
+	__s64 nargs;
+	__u32 image;      /* audit_images index + 1 */
+	__u32 _pad;
+	__u64 name_vaddr; /* the name's virtual address in that file */
+};
+
+/* --metrics-only: audit events with a literal name, counted per process and name address. */
+struct audit_ref_count_key {
+	__u32 tgid;
+	__u32 image;
+	__u64 name_vaddr;
 };
 
 /* One argument of an audit event: its type's tp_name and the object's memory from offset 16

@@ -8,6 +8,7 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts};
 
+use crate::audit_names::AuditNames;
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
 use crate::discover::{Binary, PROVIDER};
 use crate::model::metrics::KernelDurations;
@@ -58,6 +59,9 @@ pub struct TracerOptions {
     pub follow_processes: bool,
     /// Copy the first arguments of audit events (--audit-args).
     pub audit_args: bool,
+    /// Read each audit event's argument count (a view shows it): a read of the traced
+    /// process's memory per event, so only where it is wanted.
+    pub audit_nargs: bool,
     /// Load the in-kernel call counters (`pyusdt top`).
     pub count_functions: bool,
     /// Load the flow programs (`pyusdt flow`); `Some(true)` also reports line events.
@@ -179,6 +183,8 @@ pub struct Tracer<'obj> {
     /// switched off and on by the overhead budget, between ring-buffer polls (hence a
     /// RefCell: `run` holds the tracer shared).
     process_links: RefCell<HashMap<u32, Vec<Link>>>,
+    /// Interpreter files whose audit event names come by address, and the names read.
+    audit_names: RefCell<AuditNames>,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -208,6 +214,7 @@ impl<'obj> Tracer<'obj> {
         rodata.wakeup_bytes = (pending / cpus).max(1);
         rodata.filter_tgid = options.follow_processes;
         rodata.audit_args = options.audit_args;
+        rodata.audit_nargs = options.audit_nargs;
         rodata.flow_lines = options.flow == Some(true);
         rodata.min_function_ns = options.min_function_ns;
         rodata.report_execs = options.report_execs;
@@ -248,6 +255,7 @@ impl<'obj> Tracer<'obj> {
             // Preallocated too.
             for (map, name) in [
                 (&mut open.maps.audit_counts, "audit_counts"),
+                (&mut open.maps.audit_ref_counts, "audit_ref_counts"),
                 (&mut open.maps.gc_agg, "gc_agg"),
                 (&mut open.maps.import_agg, "import_agg"),
                 (&mut open.maps.func_agg, "func_agg"),
@@ -282,6 +290,7 @@ impl<'obj> Tracer<'obj> {
             file_links: HashMap::new(),
             _process_links: process_links,
             process_links: RefCell::default(),
+            audit_names: RefCell::default(),
             options,
             skel,
         })
@@ -293,8 +302,10 @@ impl<'obj> Tracer<'obj> {
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
+        // Only the audit program reads the cookie.
+        let cookie = self.audit_cookie(binary);
         let opts = || UsdtOpts {
-            cookie: audit_cookie(binary),
+            cookie,
             ..Default::default()
         };
         for probe in self.options.probes.iter() {
@@ -352,7 +363,7 @@ impl<'obj> Tracer<'obj> {
             }
         }
         if plan.audit && binary.has_marker("audit") {
-            steps.push(("audit", &p.audit, audit_cookie(binary)));
+            steps.push(("audit", &p.audit, self.audit_cookie(binary)));
         }
         if plan.counter {
             if binary.entries_fire() {
@@ -425,18 +436,69 @@ impl<'obj> Tracer<'obj> {
                 .take_while(|&&c| c != 0)
                 .map(|&c| c as u8)
                 .collect();
-            let count = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
             out.push(AuditCount {
                 pid: k.tgid,
                 name: String::from_utf8_lossy(&name).into_owned(),
-                count,
+                count: sum_per_cpu(&per_cpu),
+            });
+        }
+        let map = &self.skel.maps.audit_ref_counts;
+        let mut names = self.audit_names.borrow_mut();
+        for key in map.keys() {
+            let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
+                continue; // deleted meanwhile
+            };
+            let Ok(k) = plain::from_bytes::<bpf::audit_ref_count_key>(&key) else {
+                continue;
+            };
+            out.push(AuditCount {
+                pid: k.tgid,
+                name: names.name(k.image, k.name_vaddr).to_string(),
+                count: sum_per_cpu(&per_cpu),
             });
         }
         out
+    }
+
+    /// The name of an audit event that came by address (`Record::AuditRef`).
+    pub fn audit_name(&self, image: u32, vaddr: u64) -> std::sync::Arc<str> {
+        self.audit_names.borrow_mut().name(image, vaddr)
+    }
+
+    /// The audit program's cookie for `binary` (see `audit_cookie`), with its `audit_images`
+    /// entry when its event names can be sent by address (written to the BPF map first).
+    fn audit_cookie(&self, binary: &Binary) -> u64 {
+        let cookie = audit_cookie(binary);
+        if !self.options.probes.iter().any(|p| p == Probe::Audit) {
+            return cookie;
+        }
+        let Some((index, entry)) = self.audit_names.borrow_mut().register(binary) else {
+            return cookie;
+        };
+        let key = (index - 1).to_ne_bytes();
+        // SAFETY: audit_image is a #[repr(C)] struct of three u64 (bpf/pyusdt.h), without
+        // padding; the slice covers exactly it.
+        let value = unsafe {
+            std::slice::from_raw_parts(
+                (&entry as *const bpf::audit_image).cast::<u8>(),
+                std::mem::size_of::<bpf::audit_image>(),
+            )
+        };
+        match self
+            .skel
+            .maps
+            .audit_images
+            .update(&key, value, MapFlags::ANY)
+        {
+            Ok(()) => cookie | (u64::from(index) << 16),
+            Err(e) => {
+                tracing::warn!(
+                    "audit names of {} will be copied per event: {e}",
+                    binary.path.display()
+                );
+                cookie
+            }
+        }
     }
 
     /// GC durations aggregated in the kernel so far (--metrics-only).
@@ -477,7 +539,12 @@ impl<'obj> Tracer<'obj> {
         // Keys are collected before any is deleted: the kernel's walk restarts from the first
         // key once the one it continues from is gone.
         let m = &self.skel.maps;
-        for map in [&m.audit_counts, &m.gc_agg, &m.import_agg] {
+        for map in [
+            &m.audit_counts,
+            &m.audit_ref_counts,
+            &m.gc_agg,
+            &m.import_agg,
+        ] {
             let doomed: Vec<Vec<u8>> = map
                 .keys()
                 .filter(|key| {
@@ -770,6 +837,15 @@ fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
 }
 
 /// The entries of a `duration_agg` map, each summed over the CPUs, with their raw keys.
+/// A per-CPU u64 counter's total.
+fn sum_per_cpu(per_cpu: &[Vec<u8>]) -> u64 {
+    per_cpu
+        .iter()
+        .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map(u64::from_ne_bytes)
+        .sum()
+}
+
 fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     let mut out = Vec::new();
     for key in map.keys() {
@@ -821,6 +897,7 @@ fn attach_marker(
 
 /// The audit program's cookie: it reads the argument tuple's ob_size at this offset (0:
 /// unknown); the CPython minor version rides along for decoding audit arguments in user space.
+/// Bits 16-31 (`Tracer::audit_cookie`): the file's `audit_images` index + 1.
 fn audit_cookie(binary: &Binary) -> u64 {
     let minor = binary.version.map_or(0, |v| u64::from(v.minor.min(255)));
     ob_size_offset(binary) | (minor << 8)

@@ -12,9 +12,9 @@
 include!(concat!(env!("OUT_DIR"), "/pyusdt.skel.rs"));
 
 pub use types::{
-    audit_arg, audit_args_event, audit_count_key, audit_event, code_ref, duration_agg,
-    duration_key, event_header, flow_event, func_count, func_hits, func_key, function_event,
-    function_ref_event, gc_event, import_event, process_event,
+    audit_arg, audit_args_event, audit_count_key, audit_event, audit_image, audit_ref_count_key,
+    audit_ref_event, code_ref, duration_agg, duration_key, event_header, flow_event, func_count,
+    func_hits, func_key, function_event, function_ref_event, gc_event, import_event, process_event,
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers and byte arrays generated from the BPF
@@ -26,6 +26,10 @@ unsafe impl plain::Plain for types::gc_event {}
 unsafe impl plain::Plain for types::import_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::audit_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::audit_ref_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::audit_ref_count_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::process_event {}
 // SAFETY: as above.
@@ -64,6 +68,7 @@ pub const MARKER_FLOW: u8 = marker::MARKER_FLOW.0 as u8;
 pub const MARKER_FUNCTION: u8 = marker::MARKER_FUNCTION.0 as u8;
 pub const MARKER_EXEC: u8 = marker::MARKER_EXEC.0 as u8;
 pub const MARKER_FUNCTION_REF: u8 = marker::MARKER_FUNCTION_REF.0 as u8;
+pub const MARKER_AUDIT_REF: u8 = marker::MARKER_AUDIT_REF.0 as u8;
 
 /// Indexes of the per-CPU `stats` map.
 pub const STAT_DROP_GC: u32 = stat::STAT_DROP_GC.0;

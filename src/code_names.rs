@@ -44,7 +44,11 @@ impl CodeNames {
             Record::FunctionRef { header, code } => {
                 Some(function_event(*header, self.resolve(code)?))
             }
-            Record::Process(_) | Record::Flow(_) | Record::Exec { .. } => None,
+            // Audit names are the session's to read (src/audit_names.rs).
+            Record::AuditRef { .. }
+            | Record::Process(_)
+            | Record::Flow(_)
+            | Record::Exec { .. } => None,
         }
     }
 

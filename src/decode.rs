@@ -3,8 +3,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::bpf::{
-    self, audit_arg, audit_args_event, audit_event, event_header, flow_event, function_event,
-    function_ref_event, gc_event, import_event, process_event,
+    self, audit_arg, audit_args_event, audit_event, audit_ref_event, event_header, flow_event,
+    function_event, function_ref_event, gc_event, import_event, process_event,
 };
 
 /// What every event carries.
@@ -156,6 +156,15 @@ pub enum Record<'a> {
         header: Header,
         code: CodeRef,
     },
+    /// An audit event whose name is a literal of the interpreter file, sent as its address
+    /// there (src/audit_names.rs reads it).
+    AuditRef {
+        header: Header,
+        nargs: Option<i64>,
+        /// The file: its `audit_images` index + 1.
+        image: u32,
+        name_vaddr: u64,
+    },
     Process(ProcessRecord<'a>),
     Flow(FlowRecord<'a>),
     /// A process exec'd a program (`agent`): its host PID.
@@ -236,6 +245,15 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
                     args: &e.args,
                 }),
             }))
+        }
+        bpf::MARKER_AUDIT_REF => {
+            let e: &audit_ref_event = read(data, raw.marker)?;
+            Ok(Record::AuditRef {
+                header,
+                nargs: (e.nargs >= 0).then_some(e.nargs),
+                image: e.image,
+                name_vaddr: e.name_vaddr,
+            })
         }
         bpf::MARKER_PROCESS => {
             let e: &process_event = read(data, raw.marker)?;
@@ -383,6 +401,32 @@ mod tests {
     }
 
     #[test]
+    fn audit_by_address_keeps_the_file_and_address_and_an_unread_count_is_none() {
+        let e = audit_ref_event {
+            h: header(bpf::MARKER_AUDIT_REF),
+            nargs: -1,
+            image: 3,
+            _pad: 0,
+            name_vaddr: 0x6d_2040,
+        };
+        assert_eq!(
+            decode(&bytes_of(&e)).unwrap(),
+            Record::AuditRef {
+                header: Header {
+                    start_ns: Some(100),
+                    end_ns: 350,
+                    pid: 7,
+                    tid: 8,
+                    depth: 1,
+                },
+                nargs: None,
+                image: 3,
+                name_vaddr: 0x6d_2040,
+            }
+        );
+    }
+
+    #[test]
     fn gc_without_start_has_no_duration_or_generation() {
         let mut h = header(bpf::MARKER_GC);
         h.start_ns = 0;
@@ -455,9 +499,8 @@ mod tests {
                 Err(DecodeError::Truncated { .. })
             ));
         }
-        let mut h = header(10);
-        h.marker = 10;
-        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(10)));
+        let h = header(200);
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownMarker(200)));
     }
 
     // Ring-buffer records are written by the BPF side, but their strings come from the traced

@@ -7,15 +7,20 @@ use common::otlp::{self, attr_str};
 use common::*;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
 
-/// Raises `AUDITS` custom audit events from 3 threads, imports a module, makes garbage and
-/// collects 5 times explicitly; prints the collections per generation the interpreter made
-/// (gc.get_stats() counts them where the markers fire), then leaves without the shutdown's
-/// own collections.
+/// Raises `AUDITS` custom audit events from 3 threads (names in Python strings, copied by the
+/// BPF side), and as many `builtins.id` (a literal of the interpreter, counted by address),
+/// imports a module, makes garbage and collects 5 times explicitly; prints the collections
+/// per generation the interpreter made (gc.get_stats() counts them where the markers fire)
+/// and the `builtins.id` events an audit hook saw, then leaves without the shutdown's own
+/// collections.
 const SCRIPT: &str = r#"
-import os, sys, threading, gc
+import os, sys, threading, gc, itertools
+ids = itertools.count()
+sys.addaudithook(lambda event, args: event == "builtins.id" and next(ids))
 def raise_some(n):
     for i in range(n):
         sys.audit("pyusdt.test", i)
+        id(i)
 threads = [threading.Thread(target=raise_some, args=(10_000,)) for _ in range(3)]
 for t in threads: t.start()
 for t in threads: t.join()
@@ -25,7 +30,7 @@ for _ in range(50_000):
     a.append(a)
 for _ in range(5):
     gc.collect()
-print(*(s["collections"] for s in gc.get_stats()), flush=True)
+print(*(s["collections"] for s in gc.get_stats()), next(ids), flush=True)
 os._exit(0)
 "#;
 const AUDITS: i64 = 30_000;
@@ -54,11 +59,13 @@ fn audit_events_are_counted_in_the_kernel_and_exported_as_metrics_only() {
         .unwrap();
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "{err}");
-    let made: Vec<i64> = stdout
+    let mut made: Vec<i64> = stdout
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    assert!(made.len() == 3 && made[2] >= 5, "{stdout}");
+    assert!(made.len() == 4 && made[2] >= 5, "{stdout}");
+    let ids = made.pop().unwrap();
+    assert!(ids >= AUDITS, "{stdout}");
 
     // No record per event reached pyusdt: the -o file has the summary alone.
     let records = read_jsonl(&jsonl);
@@ -71,6 +78,7 @@ fn audit_events_are_counted_in_the_kernel_and_exported_as_metrics_only() {
     );
     let process = &s["processes"][0];
     assert_eq!(process["audit_by_name"]["pyusdt.test"], AUDITS, "{process}");
+    assert_eq!(process["audit_by_name"]["builtins.id"], ids, "{process}");
     // Every collection the interpreter made.
     let collections = process["gc_collections"].as_i64().unwrap();
     assert_eq!(collections, made.iter().sum::<i64>(), "{stdout}");
@@ -83,18 +91,20 @@ fn audit_events_are_counted_in_the_kernel_and_exported_as_metrics_only() {
         "log records under --metrics-only"
     );
     assert!(otlp::spans(&r).is_empty(), "spans under --metrics-only");
-    // The last cumulative point of cpython.audit.events for the event: every one counted.
-    let last = otlp::metrics(&r)
-        .into_iter()
-        .filter(|m| m.item.name == "cpython.audit.events")
-        .filter_map(|m| match m.item.data {
-            Some(Data::Sum(s)) => Some(s.data_points),
-            _ => None,
-        })
-        .flatten()
-        .rfind(|p| attr_str(&p.attributes, "cpython.audit.event").as_deref() == Some("pyusdt.test"))
-        .expect("cpython.audit.events{cpython.audit.event=pyusdt.test}");
-    assert_eq!(last.value, Some(Value::AsInt(AUDITS)));
+    // The last cumulative point of cpython.audit.events for each event: every one counted.
+    for (name, raised) in [("pyusdt.test", AUDITS), ("builtins.id", ids)] {
+        let last = otlp::metrics(&r)
+            .into_iter()
+            .filter(|m| m.item.name == "cpython.audit.events")
+            .filter_map(|m| match m.item.data {
+                Some(Data::Sum(s)) => Some(s.data_points),
+                _ => None,
+            })
+            .flatten()
+            .rfind(|p| attr_str(&p.attributes, "cpython.audit.event").as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("cpython.audit.events{{cpython.audit.event={name}}}"));
+        assert_eq!(last.value, Some(Value::AsInt(raised)), "{name}");
+    }
 
     // The last export of the GC metrics holds every collection the summary counted, and the
     // histograms are consistent: bucket counts add up, min <= max, sum within them.

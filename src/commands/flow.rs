@@ -70,6 +70,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
             ring_buffer_bytes: 16 << 20,
             follow_processes: false,
             audit_args: false,
+            audit_nargs: false,
             count_functions: false,
             flow: Some(args.lines),
             min_function_ns: 0,

@@ -189,6 +189,9 @@ impl<'obj> Session<'obj> {
         // The audit marker is governed when a budget is asked for explicitly: it is then
         // attached per process (one uprobe each), rather than once per interpreter file.
         let audit_budget = args.max_overhead.and_then(|m| m.0).filter(|_| audit_probe);
+        let console_only = export.exporter == ExporterKind::Console;
+        // The views that print an audit event's argument count: the console and JSON lines.
+        let shows_nargs = (console_only && !args.quiet) || args.output.is_some();
         // Only the agent reads other processes' /proc entries; `run` follows its own children.
         crate::preflight::check_tracing(!follow_processes)?;
         let tracer = Tracer::load(
@@ -198,6 +201,7 @@ impl<'obj> Session<'obj> {
                 ring_buffer_bytes: args.ring_buffer_size,
                 follow_processes,
                 audit_args: export.audit_args,
+                audit_nargs: shows_nargs,
                 count_functions: false,
                 flow: None,
                 min_function_ns: args.min_duration.as_nanos() as u64,
@@ -227,7 +231,6 @@ impl<'obj> Session<'obj> {
             })
             .map(RefCell::new);
         let clock = Clock::now();
-        let console_only = export.exporter == ExporterKind::Console;
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();
         let lookup = Rc::clone(&versions);
         let mut otlp = OtlpSink::new(
@@ -551,6 +554,21 @@ impl<'obj> Session<'obj> {
                             new_pids.borrow_mut().push(p.pid);
                         }
                         decode::Record::Exec { pid } => execs.borrow_mut().push(*pid),
+                        decode::Record::AuditRef {
+                            header,
+                            nargs,
+                            image,
+                            name_vaddr,
+                        } => {
+                            let name = tracer.audit_name(*image, *name_vaddr);
+                            let event = decode::Event::Audit {
+                                header: *header,
+                                name: std::borrow::Cow::Borrowed(&name),
+                                nargs: *nargs,
+                                args: None,
+                            };
+                            return sinks.borrow_mut().handle(&decode::Record::Event(event));
+                        }
                         decode::Record::Function { .. } | decode::Record::FunctionRef { .. } => {
                             let mut names = code_names.borrow_mut();
                             if let Some(event) = names.event_of(&record) {

@@ -76,6 +76,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             ring_buffer_bytes: 4096 * 4,
             follow_processes: with_command,
             audit_args: false,
+            audit_nargs: false,
             count_functions: true,
             flow: None,
             min_function_ns: 0,

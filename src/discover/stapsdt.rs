@@ -62,6 +62,21 @@ pub struct SdtNotes {
     /// Its library search path (DT_RUNPATH, else DT_RPATH), `:`-separated entries.
     #[serde(skip)]
     pub runpath: Vec<String>,
+    /// The read-only loadable segment holding `.rodata`, where the file's string literals
+    /// are: the process maps it exactly as the file holds it. None when the file has no
+    /// `.rodata`, or maps it writable.
+    #[serde(skip)]
+    pub rodata: Option<Segment>,
+}
+
+/// A loadable segment: `size` bytes of the file from `offset`, mapped at `vaddr` (plus the
+/// load bias of a position-independent file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub vaddr: u64,
+    pub offset: u64,
+    /// Bytes the file holds (p_filesz).
+    pub size: u64,
 }
 
 /// Why a buffer could not be read as ELF with SDT notes.
@@ -137,12 +152,29 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<SdtNote
         m.semaphore_offset = m.semaphore.and_then(file_offset);
     }
     let (needed, runpath) = linkage::<Elf>(&sections, endian, data);
+    let rodata = sections
+        .section_by_name(endian, b".rodata")
+        .and_then(|(_, section)| {
+            let addr: u64 = section.sh_addr(endian).into();
+            segments.iter().find(|s| {
+                let start: u64 = s.p_vaddr(endian).into();
+                let size: u64 = s.p_filesz(endian).into();
+                s.p_type(endian) == elf::PT_LOAD && addr >= start && addr - start < size
+            })
+        })
+        .filter(|s| (s.p_flags(endian) & elf::PF_W).0 == 0)
+        .map(|s| Segment {
+            vaddr: s.p_vaddr(endian).into(),
+            offset: s.p_offset(endian).into(),
+            size: s.p_filesz(endian).into(),
+        });
     Ok(SdtNotes {
         kind,
         stapsdt_base,
         markers,
         needed,
         runpath,
+        rodata,
     })
 }
 

@@ -60,9 +60,9 @@ impl Sinks {
         match record {
             Record::Event(e) => self.event(e),
             Record::Process(p) => self.process(p),
-            // The session learns and looks up code names (src/code_names.rs) and hands these
-            // on as events.
-            Record::Function { .. } | Record::FunctionRef { .. } => {}
+            // The session learns and looks up code names (src/code_names.rs), reads audit names
+            // (src/audit_names.rs), and hands these on as events.
+            Record::Function { .. } | Record::FunctionRef { .. } | Record::AuditRef { .. } => {}
             // Only `pyusdt flow` loads the flow programs, and it reads its records itself;
             // exec records are for discovery (the session).
             Record::Flow(_) | Record::Exec { .. } => {}

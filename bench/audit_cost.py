@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Per-event cost of pyusdt's audit probe, side by side with bpftrace's count() on the audit
+marker (the interpreter's argument tuple and the uprobe trap are the floor of any USDT tracer).
+
+Runs bench/audit_loop.py (1,000,000 `builtins.id` events on Debian's python3.11) untraced and
+under each tracer, interleaved, and prints the median of the workload's own CPU time, the cost
+per event above untraced, and the ratio of that cost to bpftrace's. Needs root, bpftrace and a
+release build; fails loudly otherwise.
+
+    python3 bench/audit_cost.py [--runs 7] [--events 1000000]
+
+pyusdt exports OTLP/HTTP to a local receiver that discards (bench/otlp_sink.py), as to a
+collector; a run in which pyusdt dropped or failed to export anything fails the bench.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+from function_cost import check_nothing_lost, under_bpftrace
+from otlp_sink import DiscardSink
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYUSDT = os.environ.get("PYUSDT") or os.path.join(ROOT, "target", "release", "pyusdt")
+WORKLOAD = os.path.join(ROOT, "bench", "audit_loop.py")
+PYTHON = "/usr/bin/python3.11"
+BPFTRACE = "/usr/bin/bpftrace"
+FLOOR = "bpftrace count() on audit"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    for need in (PYUSDT, BPFTRACE, PYTHON):
+        if not os.path.exists(need):
+            sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
+    with DiscardSink() as sink:
+        run = [PYUSDT, "run", "-q", "--no-discover", *sink.exporter_args()]
+        configs = [
+            ("untraced", []),
+            (FLOOR, "bpftrace"),
+            ("pyusdt --probes audit", [*run, "--probes", "audit", "--"]),
+            ("pyusdt --probes gc,import,audit", [*run, "--probes", "gc,import,audit", "--"]),
+            # Counted in the kernel per process and event name: no record per event.
+            ("pyusdt … audit --metrics-only",
+             [*run, "--probes", "gc,import,audit", "--metrics-only", "--"]),
+        ]
+        times = {name: [] for name, _ in configs}
+        program = f"usdt:{PYTHON}:python:audit {{ @c = count(); }}"
+        for _ in range(args.runs):
+            for name, prefix in configs:
+                cmd = [PYTHON, WORKLOAD, str(args.events)]
+                if prefix == "bpftrace":
+                    out = under_bpftrace(program, cmd)
+                else:
+                    out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True)
+                    if prefix:
+                        check_nothing_lost(name, out.stderr)
+                seconds, _ = out.stdout.split()[:2]
+                times[name].append(float(seconds))
+    base = statistics.median(times["untraced"])
+    floor = (statistics.median(times[FLOOR]) - base) / args.events * 1e9
+    print(f"CPython 3.11 ({PYTHON}), {args.events:,} builtins.id audit events, "
+          f"{args.runs} interleaved runs (the workload's CPU time)")
+    print(f"{'configuration':<34} {'median s':>9} {'ns/event':>9} {'vs count()':>10}")
+    for name, _ in configs:
+        m = statistics.median(times[name])
+        per_event = (m - base) / args.events * 1e9
+        ratio = f"{per_event / floor:.2f}x" if name != "untraced" else "-"
+        print(f"{name:<34} {m:>9.4f} {per_event:>9.0f} {ratio:>10}")
+
+
+if __name__ == "__main__":
+    main()
