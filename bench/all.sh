@@ -12,6 +12,9 @@ cargo build --release --locked -q
 echo "== default probes and the audit marker: bench/overhead.py"
 python3 bench/overhead.py --runs 7
 echo
+echo "== the audit marker, cost per event: bench/audit_cost.py"
+python3 bench/audit_cost.py --runs 7
+echo
 echo "== function probes, cost per call: bench/function_cost.py (3.9, then Debian's 3.11)"
 python3 bench/function_cost.py --runs 5 --python "$PY39"
 python3 bench/function_cost.py --runs 5
