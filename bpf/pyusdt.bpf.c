@@ -637,9 +637,10 @@ int audit(struct pt_regs *ctx)
 	__u32 image = 0;
 	__u64 name_vaddr = 0;
 	bool literal = literal_name(ctx, layout, event, &image, &name_vaddr);
-	/* Each helper call costs 50-90 ns on the machines measured, about what bpftrace's whole
-	 * count() costs: the counting path makes as few as it can. A count that exists already
-	 * tells that the process was noted; the clock and the thread's storage are not needed. */
+	/* Helper calls are dear (bpftrace's count(), which makes one, costs about a third of a
+	 * record here: bench/bpf_time.sh), so the counting path makes as few as it can. A count
+	 * that exists already tells that the process was noted: the clock and the thread's
+	 * storage are not needed. */
 	if (metrics_only) {
 		bool counted, added;
 		if (literal) {
