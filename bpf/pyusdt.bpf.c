@@ -26,6 +26,7 @@ const volatile bool flow_lines = false;        /* flow: report line events (--li
 const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls are not sent */
 const volatile bool report_execs = false;      /* agent: tell user space of every exec */
 const volatile bool metrics_only = false;      /* --metrics-only: aggregate here, no records */
+const volatile bool function_probes = false;   /* --probes function: calls are on the stacks */
 
 /* GC and import durations per process and series (--metrics-only), per CPU; user space sums
  * the CPUs and deletes a process's keys once it has exited. */
@@ -134,6 +135,30 @@ __u32 runner_first_child = 0;
 /* The same while that process lives (0 after): most events of `run`/`top -- CMD` come from
  * it, and a global is read for free where the `traced` lookup cost about 40 ns per call. */
 __u32 command_tgid = 0;
+
+/* Imports in progress over all threads (pushed on a thread's stack and not yet popped). While
+ * there are none and function probes are not loaded, no thread has a span in progress, and an
+ * audit event needs no look at its thread's stack (two helper calls). A stack emptied or
+ * dropped with imports in it (a sampling gap, exec, the thread's exit) gives them back
+ * (release_imports); were one missed, the count would only stay too high, which costs the
+ * shortcut, never a wrong depth. */
+__u64 imports_in_progress = 0;
+/* Processes that exited (forget_exited): a CPU's memory of the last process it saw described
+ * (noted_here) holds only while none has exited since, as its PID could be reused. */
+__u64 processes_exited = 0;
+
+struct noted {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 exited; /* processes_exited when it was noted */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct noted);
+} noted_here SEC(".maps");
 
 /* Referenced so that the skeleton generator emits these types for the Rust decoder. */
 struct gc_event _gc_event = {};
@@ -330,6 +355,15 @@ static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 m
  * and GC events do not know the epoch: they see the stack as it is (EPOCH_ANY). */
 #define EPOCH_ANY 0xffffffffffffffffULL
 
+/* Takes a stack's imports out of imports_in_progress and empties its import stack: the stack
+ * is emptied or dropped. */
+static __always_inline void release_imports(struct span_stack *st)
+{
+	if (st->imports)
+		__sync_fetch_and_add(&imports_in_progress, -(__s64)st->imports);
+	st->imports = 0;
+}
+
 /* The thread's stack; emptied first when `epoch` is given and differs from the stack's. */
 static __always_inline struct span_stack *thread_stack(bool create, __u64 epoch)
 {
@@ -344,8 +378,8 @@ static __always_inline struct span_stack *thread_stack(bool create, __u64 epoch)
 	}
 	if (st->depth)
 		count(STAT_STACK_RESET);
+	release_imports(st);
 	st->depth = 0;
-	st->imports = 0;
 	st->epoch = (__u32)epoch;
 	return st;
 }
@@ -502,6 +536,7 @@ int BPF_USDT(import_start, const char *module)
 	else
 		count(STAT_IMPORT_TOO_DEEP);
 	st->imports = i + 1;
+	__sync_fetch_and_add(&imports_in_progress, 1);
 	return 0;
 }
 
@@ -522,6 +557,7 @@ int BPF_USDT(import_done, const char *module, int found)
 		if (nesting < IMPORT_STACK_DEPTH)
 			start = st->import_ts[nesting];
 		st->imports = nesting;
+		__sync_fetch_and_add(&imports_in_progress, -1);
 	}
 	note_process(id, now);
 	if (metrics_only) {
@@ -664,18 +700,33 @@ int audit(struct pt_regs *ctx)
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_ns();
-	/* The thread's storage remembers that its process was noted: note_process's hash lookup
-	 * cost about 90 ns per event, a third of what a record costs beyond bpftrace's count().
-	 * The same storage tells the spans in progress. A thread that only reports audit events
-	 * gets one at its first (freed with the thread, dropped at exec). */
-	struct span_stack *st = current_stack(false);
-	if (!st || !st->process_noted) {
-		note_process(id, now);
-		st = current_stack(true);
-		if (st)
-			st->process_noted = 1;
+	__u32 depth = 0;
+	if (!function_probes && !imports_in_progress) {
+		/* No thread has a span in progress: the depth is 0, and this CPU remembers the
+		 * last process it saw described (note_process's hash lookup cost about 90 ns). */
+		__u32 zero = 0;
+		struct noted *n = bpf_map_lookup_elem(&noted_here, &zero);
+		__u64 exited = processes_exited;
+		if (!n || n->tgid != (__u32)(id >> 32) || n->exited != exited) {
+			note_process(id, now);
+			if (n) {
+				n->tgid = id >> 32;
+				n->exited = exited;
+			}
+		}
+	} else {
+		/* The thread's storage tells the spans in progress, and remembers that its process
+		 * was noted. A thread that only reports audit events gets one at its first (freed
+		 * with the thread, dropped at exec). */
+		struct span_stack *st = current_stack(false);
+		if (!st || !st->process_noted) {
+			note_process(id, now);
+			st = current_stack(true);
+			if (st)
+				st->process_noted = 1;
+		}
+		depth = st ? st->depth : 0;
 	}
-	__u32 depth = st ? st->depth : 0;
 	void *args = (void *)usdt_arg(ctx, spec, 1);
 	__s64 nargs = -1;
 	if ((audit_nargs || audit_args) && ob_size_offset &&
@@ -1001,7 +1052,11 @@ int forget_exec(void *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	bpf_map_delete_elem(&gc_starts, &tid);
-	bpf_task_storage_delete(&span_stacks, bpf_get_current_task_btf());
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct span_stack *st = bpf_task_storage_get(&span_stacks, task, 0, 0);
+	if (st)
+		release_imports(st);
+	bpf_task_storage_delete(&span_stacks, task);
 	if (report_execs) {
 		struct event_header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e)
@@ -1021,11 +1076,16 @@ int forget_exited(void *ctx)
 	__u32 tid = (__u32)id;
 	__u32 tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
+	/* The kernel frees the thread's stack later, with the task. */
+	struct span_stack *st = current_stack(false);
+	if (st)
+		release_imports(st);
 	if (tid == tgid) {
 		/* Its PID can be reused by a process that is not traced. */
 		if (tgid == command_tgid)
 			command_tgid = 0;
 		bpf_map_delete_elem(&seen_tgids, &tgid);
+		__sync_fetch_and_add(&processes_exited, 1);
 		bpf_map_delete_elem(&func_hits, &tgid);
 		if (filter_tgid)
 			bpf_map_delete_elem(&traced, &tgid);

@@ -219,6 +219,7 @@ impl<'obj> Tracer<'obj> {
         rodata.min_function_ns = options.min_function_ns;
         rodata.report_execs = options.report_execs;
         rodata.metrics_only = options.metrics_only;
+        rodata.function_probes = options.probes.iter().any(|p| p == Probe::Function);
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)

@@ -226,3 +226,50 @@ fn check_ground_truth(interp: &Interpreter) {
     );
     assert_eq!(s["unpaired_gc_starts"], 0);
 }
+
+/// An audit event raised inside an import is nested in it (depth 1), one raised after it is
+/// not (depth 0): the BPF side looks at the thread's stack only while some import is in
+/// progress, and knows the depth is 0 otherwise.
+#[test]
+fn audit_events_know_the_imports_they_are_raised_in() {
+    if !require_bpf("audit_events_know_the_imports_they_are_raised_in") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pyusdt_audit_inside.py"),
+        "import sys\nsys.audit('pyusdt.inside')\n",
+    )
+    .unwrap();
+    let out_path = dir.path().join("events.jsonl");
+    let script = format!(
+        "import sys\nsys.path.insert(0, {:?})\nimport pyusdt_audit_inside\nsys.audit('pyusdt.after')\nid(1)\n",
+        dir.path().display().to_string()
+    );
+    let out = pyusdt()
+        .args(["run", "--probes", "import,audit", "--quiet", "--output"])
+        .arg(&out_path)
+        .args(["--", SYSTEM_PYTHON, "-c", &script])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "pyusdt run failed: {stderr}");
+    let records = read_jsonl(&out_path);
+    let depth_of = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "audit" && r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not traced"))["depth"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(depth_of("pyusdt.inside"), 1);
+    assert_eq!(depth_of("pyusdt.after"), 0);
+    // A literal-named event (sent by address) after the import, at depth 0 too.
+    let ids: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "audit" && r["name"] == "builtins.id")
+        .map(|r| r["depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [0], "{records:?}");
+}
