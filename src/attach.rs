@@ -837,7 +837,6 @@ fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
         .collect()
 }
 
-/// The entries of a `duration_agg` map, each summed over the CPUs, with their raw keys.
 /// A per-CPU u64 counter's total.
 fn sum_per_cpu(per_cpu: &[Vec<u8>]) -> u64 {
     per_cpu
@@ -847,6 +846,7 @@ fn sum_per_cpu(per_cpu: &[Vec<u8>]) -> u64 {
         .sum()
 }
 
+/// The entries of a `duration_agg` map, each summed over the CPUs, with their raw keys.
 fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     let mut out = Vec::new();
     for key in map.keys() {
