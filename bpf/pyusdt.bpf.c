@@ -212,7 +212,7 @@ struct span_stack {
 	__u32 depth;
 	__u32 imports;
 	__u32 epoch; /* the process's function epoch when this stack was last valid */
-	__u32 process_noted; /* note_process was called for this thread's process */
+	__u32 _pad;
 	__u64 ts[SPAN_STACK_DEPTH];
 	__s32 line[SPAN_STACK_DEPTH];
 	__u64 import_ts[IMPORT_STACK_DEPTH];
@@ -700,31 +700,23 @@ int audit(struct pt_regs *ctx)
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_ns();
+	/* This CPU remembers the last process it saw described: note_process's hash lookup
+	 * cost about 90 ns per event. */
+	__u32 zero = 0;
+	struct noted *n = bpf_map_lookup_elem(&noted_here, &zero);
+	__u64 exited = processes_exited;
+	if (!n || n->tgid != (__u32)(id >> 32) || n->exited != exited) {
+		note_process(id, now);
+		if (n) {
+			n->tgid = id >> 32;
+			n->exited = exited;
+		}
+	}
+	/* While no thread has a span in progress, the depth is 0 without a look at the
+	 * thread's stack (two helper calls). A thread without a stack has none in progress. */
 	__u32 depth = 0;
-	if (!function_probes && !imports_in_progress) {
-		/* No thread has a span in progress: the depth is 0, and this CPU remembers the
-		 * last process it saw described (note_process's hash lookup cost about 90 ns). */
-		__u32 zero = 0;
-		struct noted *n = bpf_map_lookup_elem(&noted_here, &zero);
-		__u64 exited = processes_exited;
-		if (!n || n->tgid != (__u32)(id >> 32) || n->exited != exited) {
-			note_process(id, now);
-			if (n) {
-				n->tgid = id >> 32;
-				n->exited = exited;
-			}
-		}
-	} else {
-		/* The thread's storage tells the spans in progress, and remembers that its process
-		 * was noted. A thread that only reports audit events gets one at its first (freed
-		 * with the thread, dropped at exec). */
+	if (function_probes || imports_in_progress) {
 		struct span_stack *st = current_stack(false);
-		if (!st || !st->process_noted) {
-			note_process(id, now);
-			st = current_stack(true);
-			if (st)
-				st->process_noted = 1;
-		}
 		depth = st ? st->depth : 0;
 	}
 	void *args = (void *)usdt_arg(ctx, spec, 1);
