@@ -21,7 +21,7 @@ use crate::model::FastHash;
 /// `AUDIT_IMAGES` of bpf/pyusdt.h: interpreter files whose names can be sent by address.
 /// Files beyond it (an agent that has seen a thousand interpreter builds) have their names
 /// copied per event, as `sys.audit()` names are.
-pub const MAX_IMAGES: usize = 1024;
+const MAX_IMAGES: usize = 1024;
 /// `AUDIT_NAME_LEN - 1` of bpf/pyusdt.h: a literal is cut where a copied name would be, so
 /// that one name is one metric series whichever way it came.
 const NAME_MAX: usize = 63;
@@ -36,8 +36,9 @@ pub struct AuditNames {
     by_file: HashMap<(u64, u64), Option<u32>>,
     images: Vec<Image>,
     names: HashMap<(u32, u64), Arc<str>, FastHash>,
-    /// Names that could not be read from their file (reported empty, as a failed copy is).
-    pub unreadable: u64,
+    /// Names that could not be read from their file (reported empty, as a failed copy is,
+    /// and logged once).
+    unreadable: u64,
 }
 
 struct Image {

@@ -120,15 +120,20 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<SdtNote
         .section_by_name(endian, b".stapsdt.base")
         .map(|(_, s)| s.sh_addr(endian).into());
 
-    // Virtual address -> file offset through the PT_LOAD segment that maps it.
-    let file_offset = |vaddr: u64| -> Option<u64> {
-        segments.iter().find_map(|s| {
+    // The PT_LOAD segment whose file bytes hold a virtual address.
+    let load_segment = |vaddr: u64| {
+        segments.iter().find(|s| {
             let start: u64 = s.p_vaddr(endian).into();
             let size: u64 = s.p_filesz(endian).into();
-            let offset: u64 = s.p_offset(endian).into();
-            (s.p_type(endian) == elf::PT_LOAD && vaddr >= start && vaddr - start < size)
-                .then(|| offset + (vaddr - start))
+            s.p_type(endian) == elf::PT_LOAD && vaddr >= start && vaddr - start < size
         })
+    };
+    // Virtual address -> file offset through the segment that maps it.
+    let file_offset = |vaddr: u64| -> Option<u64> {
+        let s = load_segment(vaddr)?;
+        let start: u64 = s.p_vaddr(endian).into();
+        let offset: u64 = s.p_offset(endian).into();
+        Some(offset + (vaddr - start))
     };
 
     let mut markers = Vec::new();
@@ -154,14 +159,7 @@ fn read_elf<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<SdtNote
     let (needed, runpath) = linkage::<Elf>(&sections, endian, data);
     let rodata = sections
         .section_by_name(endian, b".rodata")
-        .and_then(|(_, section)| {
-            let addr: u64 = section.sh_addr(endian).into();
-            segments.iter().find(|s| {
-                let start: u64 = s.p_vaddr(endian).into();
-                let size: u64 = s.p_filesz(endian).into();
-                s.p_type(endian) == elf::PT_LOAD && addr >= start && addr - start < size
-            })
-        })
+        .and_then(|(_, section)| load_segment(section.sh_addr(endian).into()))
         .filter(|s| (s.p_flags(endian) & elf::PF_W).0 == 0)
         .map(|s| Segment {
             vaddr: s.p_vaddr(endian).into(),
