@@ -9,6 +9,10 @@ release build; fails loudly otherwise.
 
     python3 bench/audit_cost.py [--runs 7] [--events 1000000]
 
+bpftrace runs twice: `count()`, which records nothing, and `printf()` of the PID, thread and
+time, its way of sending a record per event (as pyusdt's log records do); its output goes to
+a file, and a run in which it lost events fails the bench.
+
 pyusdt exports OTLP/HTTP to a local receiver that discards (bench/otlp_sink.py), as to a
 collector; a run in which pyusdt dropped or failed to export anything fails the bench. The loop
 raises about 600,000 events a second, a log record each: more than the default export queue
@@ -17,9 +21,12 @@ queue and batches are made larger, as they would be for such a source.
 """
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
 from function_cost import check_nothing_lost, under_bpftrace
 from otlp_sink import DiscardSink
@@ -30,7 +37,35 @@ WORKLOAD = os.path.join(ROOT, "bench", "audit_loop.py")
 PYTHON = "/usr/bin/python3.11"
 BPFTRACE = "/usr/bin/bpftrace"
 FLOOR = "bpftrace count() on audit"
+RECORDS = "bpftrace printf() per event"
 EXPORT_ENV = {**os.environ, "OTEL_BSP_MAX_QUEUE_SIZE": "262144", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "8192"}
+
+
+def under_bpftrace_printf(program, cmd, events):
+    """bpftrace printing a line per event into a file, the workload run meanwhile; exits when
+    bpftrace lost events or printed fewer lines than the workload raised."""
+    with tempfile.NamedTemporaryFile("w+", prefix="pyusdt-bench-") as output:
+        tracer = subprocess.Popen([BPFTRACE, "-e", program], stdout=output,
+                                  stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while "Attaching" not in open(output.name).read(200):
+                if tracer.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"bpftrace did not attach: {open(output.name).read(2000)!r}")
+                time.sleep(0.1)
+            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            # bpftrace prints what its buffers still hold before it exits.
+            time.sleep(1)
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
+        text = open(output.name).read()
+    lines = text.count("\n")
+    lost = [line for line in text.splitlines() if "Lost" in line]
+    if lost or lines < events:
+        sys.exit(f"bpftrace printf(): {lines:,} lines for {events:,} events, {lost[:3]}: "
+                 "the figure would be too low")
+    return result
 
 
 def main():
@@ -46,6 +81,7 @@ def main():
         configs = [
             ("untraced", []),
             (FLOOR, "bpftrace"),
+            (RECORDS, "bpftrace printf"),
             ("pyusdt --probes audit", [*run, "--probes", "audit", "--"]),
             ("pyusdt --probes gc,import,audit", [*run, "--probes", "gc,import,audit", "--"]),
             # Counted in the kernel per process and event name: no record per event.
@@ -54,11 +90,14 @@ def main():
         ]
         times = {name: [] for name, _ in configs}
         program = f"usdt:{PYTHON}:python:audit {{ @c = count(); }}"
+        printf = f'usdt:{PYTHON}:python:audit {{ printf("%d %d %lld\\n", pid, tid, nsecs); }}'
         for _ in range(args.runs):
             for name, prefix in configs:
                 cmd = [PYTHON, WORKLOAD, str(args.events)]
                 if prefix == "bpftrace":
                     out = under_bpftrace(program, cmd)
+                elif prefix == "bpftrace printf":
+                    out = under_bpftrace_printf(printf, cmd, args.events)
                 else:
                     out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True,
                                          env=EXPORT_ENV)

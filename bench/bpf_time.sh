@@ -4,7 +4,8 @@
 #   - function probes with a span per call, on the 3.9 build's fib (function_entry/return),
 #     and `top`'s counter (count_entry) under `top -- CMD`;
 #   - the audit marker on Debian's python3.11, a loop of id() calls (one audit event each),
-#     with a record per event and counted in the kernel (--metrics-only).
+#     with a record per event and counted in the kernel (--metrics-only), and bpftrace's
+#     count() and printf() (its record per event) there.
 # Needs root, bpftool, bpftrace, the 3.9 build (scripts/setup.sh) and a release build.
 #
 #     bash bench/bpf_time.sh
@@ -80,6 +81,10 @@ measure "pyusdt agent --probes gc,import,audit --metrics-only (3.11, id() loop, 
   "$PYUSDT" agent --quiet --probes gc,import,audit --metrics-only
 measure "bpftrace count() on audit (3.11, id() loop)" "$PY311" "$IDS" \
   bpftrace -q -e "usdt:$PY311:python:audit { @c = count(); }"
+# bpftrace's way of sending a record per event, as pyusdt's log records do.
+measure "bpftrace printf() of pid, tid, nsecs on audit (3.11, id() loop, a record per event)" \
+  "$PY311" "$IDS" \
+  bpftrace -q -e "usdt:$PY311:python:audit { printf(\"%d %d %lld\\n\", pid, tid, nsecs); }"
 
 # `top -- CMD` traces its own command: the counter runs in the command's context, and every
 # call also asks whether its process is traced.
