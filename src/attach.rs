@@ -422,12 +422,8 @@ impl<'obj> Tracer<'obj> {
     /// Audit events counted in the kernel so far (--metrics-only), per process and name,
     /// summed over the CPUs.
     pub fn audit_counts(&self) -> Vec<AuditCount> {
-        let map = &self.skel.maps.audit_counts;
         let mut out = Vec::new();
-        for key in map.keys() {
-            let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
-                continue; // deleted meanwhile
-            };
+        for (key, per_cpu) in per_cpu_entries(&self.skel.maps.audit_counts) {
             let Ok(k) = plain::from_bytes::<bpf::audit_count_key>(&key) else {
                 continue;
             };
@@ -443,12 +439,8 @@ impl<'obj> Tracer<'obj> {
                 count: sum_per_cpu(&per_cpu),
             });
         }
-        let map = &self.skel.maps.audit_ref_counts;
         let mut names = self.audit_names.borrow_mut();
-        for key in map.keys() {
-            let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
-                continue; // deleted meanwhile
-            };
+        for (key, per_cpu) in per_cpu_entries(&self.skel.maps.audit_ref_counts) {
             let Ok(k) = plain::from_bytes::<bpf::audit_ref_count_key>(&key) else {
                 continue;
             };
@@ -582,12 +574,8 @@ impl<'obj> Tracer<'obj> {
 
     /// Function-marker hits per process so far.
     pub fn function_hits(&self) -> HashMap<u32, FunctionHits> {
-        let map = &self.skel.maps.func_hits;
         let mut out = HashMap::new();
-        for key in map.keys() {
-            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
-                continue;
-            };
+        for (key, value) in entries(&self.skel.maps.func_hits) {
             let (Ok(pid), Ok(h)) = (
                 <[u8; 4]>::try_from(key.as_slice()),
                 plain::from_bytes::<bpf::func_hits>(&value),
@@ -660,12 +648,8 @@ impl<'obj> Tracer<'obj> {
 
     /// The call counts so far (cumulative), one per (process, code object).
     pub fn function_counts(&self) -> Vec<FunctionCount> {
-        let map = &self.skel.maps.func_counts;
         let mut out = Vec::new();
-        for key in map.keys() {
-            let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else {
-                continue;
-            };
+        for (key, value) in entries(&self.skel.maps.func_counts) {
             let (Ok(k), Ok(v)) = (
                 plain::from_bytes::<bpf::func_key>(&key),
                 plain::from_bytes::<bpf::func_count>(&value),
@@ -744,11 +728,7 @@ impl<'obj> Tracer<'obj> {
                     source,
                 })?
                 .unwrap_or_default();
-            *sum = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-                .map(u64::from_ne_bytes)
-                .sum();
+            *sum = sum_per_cpu(&per_cpu);
         }
         Ok(KernelStats {
             dropped: [
@@ -837,7 +817,25 @@ fn durations(map: &libbpf_rs::Map<'_>) -> Vec<DurationAggregate> {
         .collect()
 }
 
-/// A per-CPU u64 counter's total.
+/// A hash map's entries, key and value; entries deleted while the map is walked are skipped.
+fn entries<'m>(map: &'m libbpf_rs::Map<'_>) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 'm {
+    map.keys().filter_map(move |key| {
+        let value = map.lookup(&key, MapFlags::ANY).ok()??;
+        Some((key, value))
+    })
+}
+
+/// The same for a per-CPU hash map: each entry's key and its value on every CPU.
+fn per_cpu_entries<'m>(
+    map: &'m libbpf_rs::Map<'_>,
+) -> impl Iterator<Item = (Vec<u8>, Vec<Vec<u8>>)> + 'm {
+    map.keys().filter_map(move |key| {
+        let per_cpu = map.lookup_percpu(&key, MapFlags::ANY).ok()??;
+        Some((key, per_cpu))
+    })
+}
+
+/// A per-CPU `u64` counter, summed over the CPUs.
 fn sum_per_cpu(per_cpu: &[Vec<u8>]) -> u64 {
     per_cpu
         .iter()
@@ -849,10 +847,7 @@ fn sum_per_cpu(per_cpu: &[Vec<u8>]) -> u64 {
 /// The entries of a `duration_agg` map, each summed over the CPUs, with their raw keys.
 fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     let mut out = Vec::new();
-    for key in map.keys() {
-        let Ok(Some(per_cpu)) = map.lookup_percpu(&key, MapFlags::ANY) else {
-            continue; // deleted meanwhile
-        };
+    for (key, per_cpu) in per_cpu_entries(map) {
         let mut t = KernelDurations::default();
         for v in &per_cpu {
             let Ok(a) = plain::from_bytes::<bpf::duration_agg>(v) else {
