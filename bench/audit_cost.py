@@ -21,14 +21,13 @@ queue and batches are made larger, as they would be for such a source.
 """
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from function_cost import check_nothing_lost, under_bpftrace
+from function_cost import check_nothing_lost, stop_bpftrace, under_bpftrace
 from otlp_sink import DiscardSink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,22 +43,25 @@ EXPORT_ENV = {**os.environ, "OTEL_BSP_MAX_QUEUE_SIZE": "262144", "OTEL_BSP_MAX_E
 def under_bpftrace_printf(program, cmd, events):
     """bpftrace printing a line per event into a file, the workload run meanwhile; exits when
     bpftrace lost events or printed fewer lines than the workload raised."""
+    def printed(output, size=-1):
+        with open(output.name) as f:
+            return f.read(size)
+
     with tempfile.NamedTemporaryFile("w+", prefix="pyusdt-bench-") as output:
         tracer = subprocess.Popen([BPFTRACE, "-e", program], stdout=output,
                                   stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
-            while "Attaching" not in open(output.name).read(200):
+            while "Attaching" not in printed(output, 200):
                 if tracer.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"bpftrace did not attach: {open(output.name).read(2000)!r}")
+                    sys.exit(f"bpftrace did not attach: {printed(output, 2000)!r}")
                 time.sleep(0.1)
             result = subprocess.run(cmd, capture_output=True, text=True, check=True)
             # bpftrace prints what its buffers still hold before it exits.
             time.sleep(1)
         finally:
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(timeout=60)
-        text = open(output.name).read()
+            stop_bpftrace(tracer)
+        text = printed(output)
     lines = text.count("\n")
     lost = [line for line in text.splitlines() if "Lost" in line]
     if lost or lines < events:

@@ -53,8 +53,19 @@ def under_bpftrace(program, cmd):
             sys.exit(f"bpftrace did not attach: {line!r}")
         return subprocess.run(cmd, capture_output=True, text=True, check=True)
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(timeout=30)
+        stop_bpftrace(tracer)
+
+
+def stop_bpftrace(tracer):
+    """SIGINT, as a user would stop it; killed, and the bench failed, if it does not stop (it
+    happened once here)."""
+    tracer.send_signal(signal.SIGINT)
+    try:
+        tracer.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        tracer.kill()
+        tracer.wait()
+        sys.exit("bpftrace did not stop on SIGINT within 60 s")
 
 
 # The summary's counts of lost events: ring-buffer drops ("N dropped"), and export failures and
