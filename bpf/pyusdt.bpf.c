@@ -143,14 +143,15 @@ __u32 command_tgid = 0;
  * (release_imports); were one missed, the count would only stay too high, which costs the
  * shortcut, never a wrong depth. */
 __u64 imports_in_progress = 0;
-/* Processes that exited (forget_exited): a CPU's memory of the last process it saw described
- * (noted_here) holds only while none has exited since, as its PID could be reused. */
-__u64 processes_exited = 0;
+/* Processes that exited or started another program (forget_exited, forget_exec): a CPU's
+ * memory of the last process it saw described (noted_here) holds only while none was
+ * forgotten since, as its PID could be reused, or describe another program. */
+__u64 processes_forgotten = 0;
 
 struct noted {
 	__u32 tgid;
 	__u32 _pad;
-	__u64 exited; /* processes_exited when it was noted */
+	__u64 forgotten; /* processes_forgotten when it was noted */
 };
 
 struct {
@@ -258,9 +259,10 @@ struct {
 	__type(value, struct duration_agg);
 } func_agg SEC(".maps");
 
-/* Processes that have sent an event. The first event of a process wakes user space at once,
- * so that it reads /proc/PID (command line, OTEL_SERVICE_NAME …) while the process still
- * exists: a short-lived process could otherwise be gone before a batched wakeup. */
+/* Processes that have sent an event since they started their program (forget_exec). The first
+ * event of a process wakes user space at once, so that it reads /proc/PID (command line,
+ * OTEL_SERVICE_NAME …) while the process still exists: a short-lived process could otherwise
+ * be gone before a batched wakeup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -442,7 +444,8 @@ static __always_inline __u32 copy_user(char *dst, __u32 cap, unsigned long start
 	return len;
 }
 
-/* At a process's first event: describe it and wake user space at once. */
+/* At a process's first event (and its first after an exec): describe it and wake user space
+ * at once. */
 static __always_inline void note_process(__u64 id, __u64 now)
 {
 	__u32 tgid = id >> 32;
@@ -613,27 +616,41 @@ static __always_inline void copy_audit_args(struct audit_args_event *e, void *ar
 	}
 }
 
-/* Adds one to `key`'s count in the per-CPU `map`; false when the table is full. `*added`: this
- * call made the key. */
-static __always_inline bool count_in(void *map, void *key, bool *added)
+/* Adds one to `key`'s count in the per-CPU `map`; false when the table is full. */
+static __always_inline bool count_in(void *map, void *key)
 {
-	*added = false;
 	__u64 *n = bpf_map_lookup_elem(map, key);
 	if (n) {
 		(*n)++;
 		return true;
 	}
 	__u64 one = 1;
-	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST)) {
-		*added = true;
+	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
 		return true;
-	}
 	/* EEXIST: another CPU added the key, this CPU's slot is there (zeroed). */
 	n = bpf_map_lookup_elem(map, key);
 	if (!n)
 		return false;
 	(*n)++;
 	return true;
+}
+
+/* True when the last process this CPU saw described is the current one, and no process was
+ * forgotten since; otherwise this CPU remembers the current one, which the caller describes
+ * (note_process). The audit marker fires per event, and note_process's hash lookup cost about
+ * 90 ns each time. */
+static __always_inline bool described_here(__u64 id)
+{
+	__u32 zero = 0;
+	struct noted *n = bpf_map_lookup_elem(&noted_here, &zero);
+	__u64 forgotten = processes_forgotten;
+	if (n && n->tgid == (__u32)(id >> 32) && n->forgotten == forgotten)
+		return true;
+	if (n) {
+		n->tgid = id >> 32;
+		n->forgotten = forgotten;
+	}
+	return false;
 }
 
 /* True when the event's name is a literal of the interpreter file that the attachment's
@@ -674,44 +691,33 @@ int audit(struct pt_regs *ctx)
 	__u64 name_vaddr = 0;
 	bool literal = literal_name(ctx, layout, event, &image, &name_vaddr);
 	/* Helper calls are dear (bpftrace's count(), which makes one, costs about a third of a
-	 * record here: bench/bpf_time.sh), so the counting path makes as few as it can. A count
-	 * that exists already tells that the process was noted: the clock and the thread's
-	 * storage are not needed. */
+	 * record here: bench/bpf_time.sh), so the counting path makes as few as it can: the
+	 * clock only to describe a process, and not the thread's storage. */
 	if (metrics_only) {
-		bool counted, added;
+		bool counted;
 		if (literal) {
 			struct audit_ref_count_key key = {
 				.tgid = id >> 32,
 				.image = image,
 				.name_vaddr = name_vaddr,
 			};
-			counted = count_in(&audit_ref_counts, &key, &added);
+			counted = count_in(&audit_ref_counts, &key);
 		} else {
 			struct audit_count_key key = { .tgid = id >> 32 };
 			if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
 				key.name[0] = '\0';
-			counted = count_in(&audit_counts, &key, &added);
+			counted = count_in(&audit_counts, &key);
 		}
 		/* A full table loses the event: counted as a drop, like a full ring. */
 		if (!counted)
 			count(STAT_DROP_AUDIT);
-		if (added)
+		if (!described_here(id))
 			note_process(id, bpf_ktime_get_ns());
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_ns();
-	/* This CPU remembers the last process it saw described: note_process's hash lookup
-	 * cost about 90 ns per event. */
-	__u32 zero = 0;
-	struct noted *n = bpf_map_lookup_elem(&noted_here, &zero);
-	__u64 exited = processes_exited;
-	if (!n || n->tgid != (__u32)(id >> 32) || n->exited != exited) {
+	if (!described_here(id))
 		note_process(id, now);
-		if (n) {
-			n->tgid = id >> 32;
-			n->exited = exited;
-		}
-	}
 	/* While no thread has a span in progress, the depth is 0 without a look at the
 	 * thread's stack (two helper calls). A thread without a stack has none in progress. */
 	__u32 depth = 0;
@@ -1035,15 +1041,18 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-/* A new program image starts with no import or collection in progress. The agent also hears
+/* A new program image starts with no import or collection in progress, and is described
+ * again at its first event (its command line and environment are new). The agent also hears
  * of it: a container's new interpreter file is attached within a poll, not at the next rescan.
  * The record is a bare header (a few bytes per exec); user space reads /proc/PID. */
 SEC("tracepoint/sched/sched_process_exec")
 int forget_exec(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
+	__u32 tid = (__u32)id, tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
+	bpf_map_delete_elem(&seen_tgids, &tgid);
+	__sync_fetch_and_add(&processes_forgotten, 1);
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct span_stack *st = bpf_task_storage_get(&span_stacks, task, 0, 0);
 	if (st)
@@ -1077,7 +1086,7 @@ int forget_exited(void *ctx)
 		if (tgid == command_tgid)
 			command_tgid = 0;
 		bpf_map_delete_elem(&seen_tgids, &tgid);
-		__sync_fetch_and_add(&processes_exited, 1);
+		__sync_fetch_and_add(&processes_forgotten, 1);
 		bpf_map_delete_elem(&func_hits, &tgid);
 		if (filter_tgid)
 			bpf_map_delete_elem(&traced, &tgid);

@@ -377,6 +377,49 @@ fn otlp_http_gzip_matches_the_ground_truth() {
     check_against_truth(&receiver, &truth, &events, &stderr);
 }
 
+#[test]
+fn a_process_that_execs_is_described_again() {
+    if !require_bpf("a_process_that_execs_is_described_again") {
+        return;
+    }
+    let receiver = otlp::http();
+    let out = pyusdt()
+        .args([
+            "run",
+            "-q",
+            "--probes",
+            "audit",
+            "--otlp-endpoint",
+            &receiver.endpoint,
+        ])
+        .args(["--otlp-protocol", receiver.protocol])
+        .env("OTEL_SERVICE_NAME", "pyusdt-exec-before")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .args(["--", SYSTEM_PYTHON])
+        .arg(workload("exec_again.py"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let logs = otlp::logs(&receiver.received());
+    let sentinel = |name: &str| {
+        logs.iter()
+            .find(|l| attr_str(&l.item.attributes, "cpython.audit.event").as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no log record for {name}: {stderr}"))
+    };
+    let (before, after) = (
+        sentinel("pyusdt.exec.before"),
+        sentinel("pyusdt.exec.after"),
+    );
+    assert_eq!(before.pid, after.pid, "execve keeps the PID");
+    assert_eq!(before.service, "pyusdt-exec-before");
+    assert_eq!(
+        after.service, "pyusdt-exec-after",
+        "the program started by execve is described again: {:?}",
+        after.resource
+    );
+}
+
 /// `3.11.2`, as the interpreter itself says.
 fn system_python_version() -> String {
     let out = std::process::Command::new(SYSTEM_PYTHON)
