@@ -55,20 +55,30 @@ static const __u64 duration_bounds_ns[DURATION_BUCKETS - 1] = {
 	1000000000ULL, 2500000000ULL, 5000000000ULL, 10000000000ULL,
 };
 
+/* `key`'s value (a `type`) in `map`, added zeroed when absent; 0 when the table is full. If
+ * another CPU added the key meanwhile (EEXIST), the second lookup finds it: in a per-CPU map,
+ * this CPU's slot zeroed. A macro, so that the zero value is built only when the key is
+ * missing (a duration_agg is 200 bytes of stack). */
+#define LOOKUP_OR_ZERO(map, key, type)                                                             \
+	({                                                                                         \
+		type *found_ = bpf_map_lookup_elem(map, key);                                      \
+		if (!found_) {                                                                     \
+			type zero_;                                                                \
+			__builtin_memset(&zero_, 0, sizeof(zero_));                                \
+			bpf_map_update_elem(map, key, &zero_, BPF_NOEXIST);                        \
+			found_ = bpf_map_lookup_elem(map, key);                                    \
+		}                                                                                  \
+		found_;                                                                            \
+	})
+
 /* Adds one done to `map`'s series `key`: `start` 0 when its start was not seen. Returns false
  * when the table is full (the event is lost, and the caller counts it). */
 static __always_inline bool aggregate(void *map, void *key, __u64 start, __u64 now,
 				      __s64 extra)
 {
-	struct duration_agg *a = bpf_map_lookup_elem(map, key);
-	if (!a) {
-		struct duration_agg zero = {};
-		/* EEXIST: another CPU added the key, this CPU's slot is there (zeroed). */
-		bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
-		a = bpf_map_lookup_elem(map, key);
-		if (!a)
-			return false;
-	}
+	struct duration_agg *a = LOOKUP_OR_ZERO(map, key, struct duration_agg);
+	if (!a)
+		return false;
 	a->events++;
 	a->extra += extra;
 	if (!start || now < start)
@@ -619,16 +629,7 @@ static __always_inline void copy_audit_args(struct audit_args_event *e, void *ar
 /* Adds one to `key`'s count in the per-CPU `map`; false when the table is full. */
 static __always_inline bool count_in(void *map, void *key)
 {
-	__u64 *n = bpf_map_lookup_elem(map, key);
-	if (n) {
-		(*n)++;
-		return true;
-	}
-	__u64 one = 1;
-	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
-		return true;
-	/* EEXIST: another CPU added the key, this CPU's slot is there (zeroed). */
-	n = bpf_map_lookup_elem(map, key);
+	__u64 *n = LOOKUP_OR_ZERO(map, key, __u64);
 	if (!n)
 		return false;
 	(*n)++;
@@ -792,14 +793,9 @@ enum hit { HIT_ENTRY, HIT_RETURN };
 /* Counts a marker hit of the process (entries and returns: do entries fire?). */
 static __always_inline void hit(__u32 tgid, enum hit kind)
 {
-	struct func_hits *h = bpf_map_lookup_elem(&func_hits, &tgid);
-	if (!h) {
-		struct func_hits zero = {};
-		bpf_map_update_elem(&func_hits, &tgid, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&func_hits, &tgid);
-		if (!h)
-			return;
-	}
+	struct func_hits *h = LOOKUP_OR_ZERO(&func_hits, &tgid, struct func_hits);
+	if (!h)
+		return;
 	if (kind == HIT_ENTRY)
 		__sync_fetch_and_add(&h->entries, 1);
 	else
