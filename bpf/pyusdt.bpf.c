@@ -1014,6 +1014,10 @@ int count_return(struct pt_regs *ctx)
 	return 0;
 }
 
+/* The sched tracepoints below are BTF-typed (tp_btf): libbpf finds them by their BTF id in
+ * /sys/kernel/btf/vmlinux, with no tracefs or debugfs lookup, which a fresh host or a
+ * container's /sys does not have. */
+
 /* Loaded only for `pyusdt run` (autoload off otherwise). Runs in the parent's context. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
@@ -1041,8 +1045,8 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
  * again at its first event (its command line and environment are new). The agent also hears
  * of it: a container's new interpreter file is attached within a poll, not at the next rescan.
  * The record is a bare header (a few bytes per exec); user space reads /proc/PID. */
-SEC("tracepoint/sched/sched_process_exec")
-int forget_exec(void *ctx)
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(forget_exec, struct task_struct *p)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id, tgid = id >> 32;
@@ -1066,8 +1070,8 @@ int forget_exec(void *ctx)
 }
 
 /* Per-thread pairing state must not outlive the thread (tids are reused). */
-SEC("tracepoint/sched/sched_process_exit")
-int forget_exited(void *ctx)
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(forget_exited, struct task_struct *p)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;

@@ -34,6 +34,16 @@ pub enum AttachError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// A sched tracepoint (fork, exec, exit) could not be attached.
+    #[error(
+        "attaching the BTF-typed tracepoint {tracepoint} failed: {source} (it needs BTF and \
+         BPF_PROG_TYPE_TRACING, Linux 5.5+; `pyusdt doctor` lists the kernel facilities)"
+    )]
+    Tracepoint {
+        tracepoint: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     /// Reading or writing a BPF map failed.
     #[error("BPF map {map}: {source}")]
     Map {
@@ -276,15 +286,24 @@ impl<'obj> Tracer<'obj> {
                 })?;
         }
         let skel = open.load().map_err(AttachError::Load)?;
+        let tracepoint = |tracepoint| move |source| AttachError::Tracepoint { tracepoint, source };
         let mut process_links = vec![
             skel.progs
                 .forget_exited
                 .attach()
-                .map_err(AttachError::Load)?,
-            skel.progs.forget_exec.attach().map_err(AttachError::Load)?,
+                .map_err(tracepoint("sched/sched_process_exit"))?,
+            skel.progs
+                .forget_exec
+                .attach()
+                .map_err(tracepoint("sched/sched_process_exec"))?,
         ];
         if options.follow_processes {
-            process_links.push(skel.progs.follow_fork.attach().map_err(AttachError::Load)?);
+            process_links.push(
+                skel.progs
+                    .follow_fork
+                    .attach()
+                    .map_err(tracepoint("sched/sched_process_fork"))?,
+            );
         }
         Ok(Tracer {
             links: Vec::new(),

@@ -86,9 +86,18 @@ impl From<crate::attach::AttachError> for CliError {
         let permission =
             |err: &libbpf_rs::Error| err.kind() == libbpf_rs::ErrorKind::PermissionDenied;
         match &e {
-            A::Load(err) | A::Attach { source: err, .. } if permission(err) => CliError::new(
-                Exit::Privileges,
-                format!("{e}: run as root or grant CAP_BPF and CAP_PERFMON"),
+            A::Load(err) | A::Attach { source: err, .. } | A::Tracepoint { source: err, .. }
+                if permission(err) =>
+            {
+                CliError::new(
+                    Exit::Privileges,
+                    format!("{e}: run as root or grant CAP_BPF and CAP_PERFMON"),
+                )
+            }
+            A::Tracepoint { .. } => CliError::new(Exit::Kernel, e.to_string()),
+            A::Load(_) => CliError::new(
+                Exit::Failure,
+                format!("{e} (`pyusdt doctor` lists the kernel facilities pyusdt needs)"),
             ),
             _ => CliError::new(Exit::Failure, e.to_string()),
         }
