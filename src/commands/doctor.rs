@@ -88,16 +88,81 @@ pub fn run(args: &DoctorArgs) -> CliResult<i32> {
         found.push(diagnose(pid, main, in_container));
     }
 
+    let kernel = kernel_report();
     let mut out = std::io::stdout().lock();
     let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "processes": found }))
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({ "kernel": kernel, "processes": found }),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
     } else {
-        write_table(&mut out, &found, unreadable)
+        write_kernel(&mut out, &kernel).and_then(|()| write_table(&mut out, &found, unreadable))
     };
     written.map_err(|e| CliError::new(Exit::Failure, format!("writing the report: {e}")))?;
     Ok(0)
+}
+
+/// The kernel facilities tracing needs, as `run` and `agent` check them before loading.
+#[derive(Debug, Serialize)]
+struct KernelReport {
+    release: String,
+    features: Vec<FeatureReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct FeatureReport {
+    name: &'static str,
+    /// `present`, `missing`, or `not checked` (probing needs CAP_BPF).
+    state: &'static str,
+    needed_for: &'static str,
+    fix: &'static str,
+}
+
+fn kernel_report() -> KernelReport {
+    use crate::preflight::FeatureState;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let features = crate::preflight::kernel_features()
+        .into_iter()
+        .map(|f| FeatureReport {
+            name: f.name,
+            state: match f.state {
+                FeatureState::Present => "present",
+                FeatureState::Missing => "missing",
+                FeatureState::NotChecked => "not checked",
+            },
+            needed_for: f.needed_for,
+            fix: f.fix,
+        })
+        .collect();
+    KernelReport { release, features }
+}
+
+fn write_kernel(out: &mut impl Write, kernel: &KernelReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "kernel {} (tracefs and debugfs are not needed)",
+        safe(&kernel.release)
+    )?;
+    for f in &kernel.features {
+        match f.state {
+            "present" => writeln!(out, "  ok           {}", f.name)?,
+            "missing" => writeln!(
+                out,
+                "  MISSING      {} (needed for {}): {}",
+                f.name, f.needed_for, f.fix
+            )?,
+            _ => writeln!(
+                out,
+                "  not checked  {} (probing needs CAP_BPF or root)",
+                f.name
+            )?,
+        }
+    }
+    Ok(())
 }
 
 fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
