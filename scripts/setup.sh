@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Build: clang (BPF, CO-RE), libelf/zlib/pkg-config/make (vendored libbpf), gcc (cc crate).
 # Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
 # (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv, unshare),
-# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers), tmux (drives the
+# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers), libcap2-bin (setcap: a test
+# runs pyusdt as nobody with the file capabilities it advises), tmux (drives the
 # full-screen view of `top` in a test).
 # python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
 # file exporter's OTLP/JSON (tests/otlp_delivery.rs).
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 # bpftrace: the reference the benchmarks in bench/ measure pyusdt against. bpftool: a test
 # reads the agent's BPF maps (tests/faults.rs).
 PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
-          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux
+          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux libcap2-bin
           prometheus golang-go golang-github-masterminds-sprig-dev bpftrace bpftool)
 
 missing=()

@@ -38,7 +38,7 @@ fn check_ground_truth(interp: &Interpreter) {
     );
     let truth_path = dir.path().join("truth.json");
     let out_path = dir.path().join("events.jsonl");
-    let out = pyusdt()
+    let out = pyusdt_on_fresh_host()
         .args(["run", "--probes", "gc,import,audit", "--quiet", "--output"])
         .arg(&out_path)
         .arg("--")

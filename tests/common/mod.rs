@@ -21,6 +21,34 @@ pub fn pyusdt() -> Command {
     c
 }
 
+/// Unmounts every tracefs and debugfs of a private mount namespace, checks that none is left,
+/// then execs its arguments (same PID: signals and `Reaped` reach pyusdt itself).
+const FRESH_HOST: &str = r#"
+mounted() { sed -n 's/^[^ ]* [^ ]* [^ ]* [^ ]* \([^ ]*\) .* - \(tracefs\|debugfs\) .*/\1/p' /proc/self/mountinfo; }
+for m in $(mounted | sort -r); do umount -l "$m" || { echo "fresh host: cannot unmount $m" >&2; exit 97; }; done
+[ -z "$(mounted)" ] || { echo "fresh host: tracefs or debugfs still mounted" >&2; exit 98; }
+exec "$@"
+"#;
+
+/// `pyusdt` as on a freshly booted host: in a mount namespace of its own where no tracefs and
+/// no debugfs is mounted, whatever this machine has mounted. Catches any dependence on them
+/// (libbpf looks tracepoint ids up in tracefs for SEC("tracepoint/...") programs).
+pub fn pyusdt_on_fresh_host() -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        FRESH_HOST,
+        "sh",
+    ])
+    .arg(env!("CARGO_BIN_EXE_pyusdt"))
+    .env("PYUSDT_LOG", "info");
+    c
+}
+
 pub fn workload(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/workloads")
@@ -143,10 +171,10 @@ pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) ->
     }
 }
 
-/// Starts `pyusdt agent ARGS` with its stderr lines.
+/// Starts `pyusdt agent ARGS` with its stderr lines, on a fresh host (`pyusdt_on_fresh_host`).
 pub fn start_agent(args: &[&str]) -> (Reaped, std::sync::mpsc::Receiver<String>) {
     let mut agent = Reaped(
-        pyusdt()
+        pyusdt_on_fresh_host()
             .arg("agent")
             .args(args)
             .stdout(std::process::Stdio::null())
