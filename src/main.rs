@@ -3,7 +3,7 @@
 //! The command line; the data path (`discover` → `attach` → `decode` → `report`) is the
 //! library's (src/lib.rs).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -22,6 +22,10 @@ fn main() {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
+        // A closed stderr (`pyusdt run ... 2>&1 | head -1`) must end our output quietly, as
+        // `ls | head` does, never tracing or the command: by default the subscriber reports
+        // a failed write with eprintln!, which panics on EPIPE.
+        .log_internal_errors(false)
         .init();
 
     let cli = Cli::parse();
@@ -36,7 +40,8 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("pyusdt: error: {e}");
+            // Not eprintln!: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "pyusdt: error: {e}");
             std::process::exit(e.exit as i32);
         }
     }

@@ -196,6 +196,46 @@ fn run_passes_the_commands_exit_code_and_output_through() {
     assert_eq!(out.status.code(), Some(128 + 9));
 }
 
+/// `pyusdt run ... 2>&1 | head -1`: once the reader of pyusdt's stderr is gone, its output
+/// ends quietly, and the command still runs and its exit code still passes through (this
+/// panicked with "failed printing to stderr: Broken pipe" before the command ran).
+#[test]
+fn a_closed_stderr_stops_the_output_not_the_command() {
+    if !require_bpf("a_closed_stderr_stops_the_output_not_the_command") {
+        return;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let mut child = Reaped(
+        pyusdt()
+            .args(["run", "-q", "--probes", "gc,function", "--"])
+            .arg(SYSTEM_PYTHON)
+            .arg("-c")
+            .arg(format!(
+                "import time; time.sleep(0.5); open({:?}, 'w'); raise SystemExit(3)",
+                ran.to_str().unwrap()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(stderr)
+        .read_line(&mut first)
+        .unwrap();
+    // The reader closes its end here, as `head -1` does.
+    let status = wait_at_most(&mut child.0, std::time::Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "pyusdt must pass the command's exit code through, after a first line {first:?}"
+    );
+    assert!(ran.exists(), "the command never ran");
+}
+
 #[test]
 fn run_warns_when_the_command_python_has_no_markers() {
     if !require_bpf("run_warns_when_the_command_python_has_no_markers") {

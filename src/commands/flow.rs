@@ -100,8 +100,8 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
         match tracer.attach_flow(b, pid) {
             Ok(Some(true)) => {
                 attached += 1;
-                eprintln!(
-                    "pyusdt flow: CPython {}: function__entry fires only on the tracing path; \
+                tracing::warn!(
+                    "CPython {}: function__entry fires only on the tracing path; \
                      the line marker is enabled for PID {pid} alone, which makes it much slower \
                      on call-heavy code",
                     b.version.map_or_else(|| "3.11".into(), |v| v.to_string())
@@ -163,8 +163,8 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
     let _ = out.borrow_mut().flush();
     let stats = tracer.stats()?;
     if stats.flow_dropped > 0 {
-        eprintln!(
-            "pyusdt flow: {} records lost (ring buffer full): the tree above has gaps",
+        tracing::warn!(
+            "{} records lost (ring buffer full): the tree above has gaps",
             stats.flow_dropped
         );
     }

@@ -266,8 +266,8 @@ impl Governor {
 fn report_lost(tracer: &Tracer<'_>) -> CliResult<()> {
     let stats = tracer.stats()?;
     if stats.function_table_full > 0 {
-        eprintln!(
-            "pyusdt top: {} calls not counted: more distinct functions than the counting table holds",
+        tracing::warn!(
+            "{} calls not counted: more distinct functions than the counting table holds",
             count(stats.function_table_full)
         );
     }
