@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a Debian 12 machine (as root), builds pyusdt and runs it on the
-# bundled example. `--deps-only` stops after installing packages (used by scripts/test.sh).
+# bundled example: only what building and running pyusdt needs, so that the first trace comes
+# quickly. `--deps-only` instead installs everything the test suite needs as well, and stops
+# there (scripts/test.sh runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TESTS=false
+[ "${1:-}" = "--deps-only" ] && TESTS=true
+
 # Build: clang (BPF, CO-RE), libelf/zlib/pkg-config/make (vendored libbpf), gcc (cc crate).
-# Run and test: Debian's CPython 3.11 built --with-dtrace, with libpython and python3.11-config
-# (python3.11-dev, for the embedding test), binutils (readelf), util-linux (setpriv, unshare),
-# systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with markers), libcap2-bin (setcap: a test
-# runs pyusdt as nobody with the file capabilities it advises), tmux (drives the
-# full-screen view of `top` in a test).
+# Run: Debian's CPython 3.11 built --with-dtrace, and its libpython (the example).
+PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev python3.11 libpython3.11)
+# Tests: python3.11-config (python3.11-dev, for the embedding test), binutils (readelf),
+# util-linux (setpriv, unshare), systemtap-sdt-dev (<sys/sdt.h>, for a PIE test fixture with
+# markers), libcap2-bin (setcap: a test runs pyusdt as nobody with the file capabilities it
+# advises), tmux (drives the full-screen view of `top` in a test).
 # python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
 # file exporter's OTLP/JSON (tests/otlp_delivery.rs).
 # prometheus (promtool), golang-go, golang-github-masterminds-sprig-dev: scripts/deploy-check.sh
 # tests the alert rules and dashboard on a real Prometheus and renders the Helm chart with Go's
 # text/template + sprig (what Helm uses; helm itself is not installable here).
-# bpftrace: the reference the benchmarks in bench/ measure pyusdt against. bpftool: a test
-# reads the agent's BPF maps (tests/faults.rs).
-PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev systemtap-sdt-dev tmux
-          python3.11 libpython3.11 python3.11-dev python3.11-venv binutils util-linux libcap2-bin
-          prometheus golang-go golang-github-masterminds-sprig-dev bpftrace bpftool)
+# bpftrace: the reference the benchmarks in bench/ measure pyusdt against. bpftool: tests read
+# the agent's BPF maps and links.
+if $TESTS; then
+  PACKAGES+=(systemtap-sdt-dev tmux python3.11-dev python3.11-venv binutils util-linux
+             libcap2-bin prometheus golang-go golang-github-masterminds-sprig-dev bpftrace
+             bpftool)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -42,6 +50,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+if ! $TESTS; then
+  cargo build --release --locked
+  echo
+  echo "setup: tracing the bundled example (examples/app.py) with gc, import and audit markers:"
+  echo "+ target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py"
+  exec target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py
+fi
+
+# What only the tests need, from here on.
 # Pinned so that the test checks against a known protobuf JSON mapping.
 VENV=target/otlp-venv
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import opentelemetry.proto" 2>/dev/null; then
@@ -62,10 +79,3 @@ fi
 # repo: about 5 minutes cold, seconds warm).
 bash scripts/python-matrix.sh >/dev/null
 
-[ "${1:-}" = "--deps-only" ] && exit 0
-
-cargo build --release --locked
-echo
-echo "setup: tracing the bundled example (examples/app.py) with gc, import and audit markers:"
-echo "+ target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py"
-exec target/release/pyusdt run --probes gc,import,audit -- /usr/bin/python3.11 examples/app.py
