@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark of the README's "Overhead" section, one after the other (about 10 minutes on
+# Every benchmark of bench/README.md, one after the other (about 10 minutes on
 # a 2-core machine; run it on a quiet one). Needs root, bpftrace, Debian's python3.11 and the
 # 3.9 build of scripts/python-matrix.sh (scripts/setup.sh provides them all); any missing
 # prerequisite stops it with an error, never a partial table.

@@ -17,3 +17,4 @@ else
   echo "NOTE: cargo deny advisories not checked: RustSec's database (github.com) is unreachable from this machine"
 fi
 bash scripts/deploy-check.sh
+python3 scripts/check-doc-links.py

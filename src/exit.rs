@@ -1,7 +1,8 @@
 //! Exit codes and the errors the CLI reports: each names the problem and what to do.
 use std::fmt;
 
-/// Documented exit codes (README "Exit codes"). `run` otherwise exits with its command's code.
+/// Documented exit codes (docs/commands.md, "Exit codes"). `run` otherwise exits with its
+/// command's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Anything not covered below (I/O errors, BPF failures).

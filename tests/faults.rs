@@ -15,8 +15,8 @@ use common::*;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
 
-/// The agent's documented ceiling at 1 M events/s (README, "Overhead"): a stalled collector
-/// must not push it past that.
+/// The agent's documented ceiling at 1 M events/s (bench/README.md, "The agent's footprint"): a
+/// stalled collector must not push it past that.
 const RSS_CEILING_KIB: u64 = 64 * 1024;
 
 /// One test at a time: `run` attaches gc and import probes to the interpreter file, which sets

@@ -285,14 +285,14 @@ fn list_reports_what_fires_on_each_version() {
 }
 
 #[test]
-fn readme_compatibility_table_matches_what_list_reports() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let table = readme
+fn compatibility_table_matches_what_list_reports() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/compatibility.md");
+    let text = std::fs::read_to_string(&compat).unwrap();
+    let table = text
         .split("<!-- compat:begin -->")
         .nth(1)
         .and_then(|rest| rest.split("<!-- compat:end -->").next())
-        .expect("README has no compatibility table markers");
+        .expect("docs/compatibility.md has no compatibility table markers");
     let rows: Vec<Vec<String>> = table
         .lines()
         .filter(|l| l.starts_with("| 3."))
@@ -323,7 +323,7 @@ fn readme_compatibility_table_matches_what_list_reports() {
         let row = rows
             .iter()
             .find(|r| r[0].starts_with(&minor))
-            .unwrap_or_else(|| panic!("README table has no row for {version}"));
+            .unwrap_or_else(|| panic!("docs/compatibility.md table has no row for {version}"));
         for (i, markers) in columns.iter().enumerate() {
             let statuses: Vec<String> = markers
                 .iter()
@@ -343,12 +343,12 @@ fn readme_compatibility_table_matches_what_list_reports() {
             assert_eq!(
                 row[i + 1],
                 cell.join(" / "),
-                "README row {version}, column {markers:?}"
+                "docs/compatibility.md row {version}, column {markers:?}"
             );
         }
         checked.push(version);
     }
-    eprintln!("README compatibility rows checked: {}", checked.join(", "));
+    eprintln!("docs/compatibility.md rows checked: {}", checked.join(", "));
 }
 
 #[test]
