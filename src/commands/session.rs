@@ -156,6 +156,9 @@ impl<'obj> Session<'obj> {
         };
         let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
             .map_err(|e| CliError::new(Exit::Usage, e))?;
+        if let Some(warning) = export.clear_text_header_warning() {
+            tracing::warn!("{warning}");
+        }
         let functions = crate::report::FunctionFilter::new(
             args.function_include.as_deref(),
             args.function_exclude.as_deref(),

@@ -293,6 +293,61 @@ impl ExportConfig {
     }
 }
 
+impl ExportConfig {
+    /// A warning when OTLP headers (API keys, tokens) would cross the network unencrypted:
+    /// sent over plain http:// to a host other than this one's loopback (localhost,
+    /// 127.0.0.0/8, ::1 are exempt: that traffic never leaves the host). Header names only.
+    pub fn clear_text_header_warning(&self) -> Option<String> {
+        let ExporterKind::Otlp(signals) = &self.exporter else {
+            return None;
+        };
+        let (mut names, mut hosts, mut which) = (Vec::new(), Vec::new(), Vec::new());
+        for (signal, c) in signals {
+            let Some(host) = clear_text_host(&c.url).filter(|_| !c.headers.is_empty()) else {
+                continue;
+            };
+            which.push(signal.name());
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+            for (k, _) in &c.headers {
+                if !names.contains(&k.as_str()) {
+                    names.push(k.as_str());
+                }
+            }
+        }
+        (!which.is_empty()).then(|| {
+            format!(
+                "OTLP headers ({}) would be sent unencrypted over http:// to {} ({}): anyone on \
+                 the network path can read them. Use an https:// endpoint, or a Collector on \
+                 this host (loopback endpoints are exempt from this warning)",
+                names.join(", "),
+                hosts.join(", "),
+                which.join(", ")
+            )
+        })
+    }
+}
+
+/// The `host[:port]` of a plain http:// URL whose host is not a loopback name or address.
+fn clear_text_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
+        });
+    (!loopback).then_some(host_port)
+}
+
 fn signal_config(
     signal: Signal,
     flags: &ExportFlags,
@@ -644,6 +699,77 @@ mod tests {
             (Protocol::Grpc, "http://127.0.0.1:4317", true)
         );
         assert!(c.audit_log_events.contains("subprocess.Popen"));
+    }
+
+    #[test]
+    fn headers_over_plain_http_to_another_host_are_warned_of() {
+        let with = |endpoint: &str| {
+            resolve(
+                ExportFlags::default(),
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t,x-team=a"),
+                ],
+            )
+            .unwrap()
+            .clear_text_header_warning()
+        };
+        let w = with("http://collector.example:4318").expect("a warning");
+        assert!(w.contains("api-key, x-team"), "{w}");
+        assert!(
+            w.contains("collector.example:4318 (traces, metrics, logs)"),
+            "{w}"
+        );
+        assert!(!w.contains("s3cr3t"), "{w}");
+        let w = with("http://user@10.0.0.1:4318").expect("a warning");
+        assert!(w.contains(" 10.0.0.1:4318 "), "{w}");
+        for quiet in [
+            "https://collector.example:4318",
+            "http://localhost:4318",
+            "http://LOCALHOST:4318",
+            "http://127.0.0.1:4318",
+            "http://127.8.9.10",
+            "http://[::1]:4318",
+            "http://[::ffff:127.0.0.1]:4318",
+        ] {
+            assert_eq!(with(quiet), None, "{quiet}");
+        }
+        assert!(with("http://[2001:db8::1]:4318").is_some());
+        // Only signals that carry headers count.
+        let c = resolve(
+            ExportFlags::default(),
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector.example:4318",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    "http://logs.example/v1/logs",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+                    "authorization=Bearer%20t0k3n",
+                ),
+            ],
+        )
+        .unwrap();
+        let w = c.clear_text_header_warning().expect("a warning");
+        assert!(
+            w.contains("(authorization)") && w.contains("logs.example (logs)"),
+            "{w}"
+        );
+        assert!(!w.contains("t0k3n"), "{w}");
+        // No headers, nothing to warn of.
+        let c = resolve(
+            ExportFlags::default(),
+            &[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector.example:4318",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.clear_text_header_warning(), None);
     }
 
     #[test]
