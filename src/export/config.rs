@@ -1,6 +1,7 @@
 //! Export configuration: command-line flags, then the standard `OTEL_*` environment, then the
 //! config file (`--config`), then defaults — the first that sets a value wins.
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,8 +56,9 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// Where and how one signal is sent.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how one signal is sent. Its Debug shows header names, never their values (API
+/// keys).
+#[derive(Clone, PartialEq)]
 pub struct SignalConfig {
     pub protocol: Protocol,
     /// Full URL: for HTTP including `/v1/<signal>`, for gRPC the server's address.
@@ -66,6 +68,31 @@ pub struct SignalConfig {
     pub gzip: bool,
     /// PEM certificates trusted for this endpoint besides the system's roots (a private CA).
     pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Header names with their values redacted, for Debug.
+struct RedactedHeaders<'a>(Vec<&'a str>);
+
+impl fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("SignalConfig")
+            .field("protocol", &self.protocol)
+            .field("url", &self.url)
+            .field("headers", &RedactedHeaders(names))
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +151,8 @@ pub struct FileConfig {
     pub resource: FileResource,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[otlp]` of the config file. Its Debug shows header names, never their values.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOtlp {
     pub endpoint: Option<String>,
@@ -134,6 +162,23 @@ pub struct FileOtlp {
     pub compression: Option<String>,
     /// PEM file of CA certificates to trust for an https:// endpoint.
     pub certificate: Option<PathBuf>,
+}
+
+impl fmt::Debug for FileOtlp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self
+            .headers
+            .as_ref()
+            .map(|h| RedactedHeaders(h.keys().map(String::as_str).collect()));
+        f.debug_struct("FileOtlp")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &names)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("compression", &self.compression)
+            .field("certificate", &self.certificate)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -770,6 +815,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.clear_text_header_warning(), None);
+    }
+
+    #[test]
+    fn debug_never_shows_header_values() {
+        let c = resolve(
+            ExportFlags::default(),
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector.example:4318",
+                ),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=canary-4f1d"),
+            ],
+        )
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("canary-4f1d"), "{shown}");
+            assert!(shown.contains("api-key"), "the names stay: {shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let file: FileConfig =
+            toml::from_str("[otlp]\nheaders = { authorization = \"Bearer canary-77ab\" }\n")
+                .unwrap();
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("canary-77ab"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
     }
 
     #[test]
