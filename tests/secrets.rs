@@ -1,6 +1,11 @@
-//! Secrets: OTLP headers (API keys) are warned about when they would cross the network in
-//! clear text.
+//! Secrets: OTLP headers (API keys) are never printed and are warned about when they would
+//! cross the network in clear text; a traced process's environment variables other than
+//! `OTEL_*` (AWS keys, tokens) never leave it.
 mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::otlp;
 use common::*;
@@ -65,4 +70,117 @@ fn otlp_headers_over_plain_http_to_another_host_are_warned_of_once() {
         Some(&canary),
         "the loopback collector got the header: {stderr}"
     );
+}
+
+/// A process with a secret in its environment (and 20 KiB of other variables before its
+/// OTEL_* ones, beyond what a fixed window of the environment would reach) is traced by the
+/// agent with JSON lines and the OTLP file exporter: the secret appears nowhere in pyusdt's
+/// output, the BPF side copied exactly the process's OTEL_SERVICE_NAME entry (its debug line
+/// names what arrived, and how many bytes), and that service name is on the process's
+/// resource.
+#[test]
+fn environment_secrets_never_reach_the_output() {
+    if !require_bpf("environment_secrets_never_reach_the_output") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("agent.jsonl");
+    let otlp_file = dir.path().join("otlp.jsonl");
+    let mut agent = Reaped(
+        pyusdt()
+            .env("PYUSDT_LOG", "debug")
+            .args(["agent", "--quiet", "--output", jsonl.to_str().unwrap()])
+            .args([
+                "--exporter",
+                "file",
+                "--otlp-file",
+                otlp_file.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = agent.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let log = stderr_lines(&mut agent.0);
+    wait_for_line(&log, "tracing ");
+
+    let canary = format!("canary-{}-AKIAIOSFODNN7", std::process::id());
+    let service = "secrets-test";
+    let python = Command::new(SYSTEM_PYTHON)
+        .env_clear()
+        // Command sorts the environment by name: AWS_…, BULK_…, then OTEL_SERVICE_NAME.
+        .env("AWS_SECRET_ACCESS_KEY", &canary)
+        .env("BULK_0", "x".repeat(10_000))
+        .env("BULK_1", "y".repeat(10_000))
+        .env("OTEL_SERVICE_NAME", service)
+        .args([
+            "-c",
+            "import gc, os\ngc.disable()\nfor _ in range(3):\n    gc.collect()\nos._exit(0)\n",
+        ])
+        .status()
+        .unwrap();
+    assert!(python.success());
+    std::thread::sleep(Duration::from_millis(300)); // a drain interval or two
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}");
+    let stderr: Vec<String> = log.iter().collect();
+    let stdout = reader.join().unwrap();
+
+    // The process's record: only its OTEL_* entry came, whole.
+    let records = read_jsonl(&jsonl);
+    let pid = records
+        .iter()
+        .filter(|r| r["type"] == "gc" && r["generation"] == 2)
+        .map(|r| r["pid"].as_u64().unwrap())
+        .find(|&pid| {
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("process {pid}: ")) && l.contains("OTEL_SERVICE_NAME"))
+        })
+        .unwrap_or_else(|| panic!("the process was not described: {stderr:#?}"));
+    let described = stderr
+        .iter()
+        .find(|l| l.contains(&format!("process {pid}: ")))
+        .unwrap();
+    let entry = format!("OTEL_SERVICE_NAME={service}\0");
+    assert!(
+        described.ends_with(&format!(
+            "process {pid}: {} bytes of environment copied: OTEL_SERVICE_NAME",
+            entry.len()
+        )),
+        "{described}"
+    );
+    let collections = records
+        .iter()
+        .filter(|r| r["type"] == "gc" && r["pid"] == pid && r["generation"] == 2)
+        .count();
+    assert_eq!(collections, 3, "gen-2 collections of PID {pid}");
+
+    // service.name still comes from the process's own OTEL_SERVICE_NAME.
+    let exported = std::fs::read_to_string(&otlp_file).unwrap();
+    assert!(
+        exported.contains(&format!("\"stringValue\":\"{service}\"")),
+        "no resource with service.name {service} in the OTLP file"
+    );
+    for (what, text) in [
+        ("stdout", stdout),
+        ("stderr", stderr.join("\n")),
+        ("--output", std::fs::read_to_string(&jsonl).unwrap()),
+        ("--otlp-file", exported),
+    ] {
+        assert!(
+            !text.contains(&canary),
+            "the secret is in the agent's {what}"
+        );
+        assert!(
+            !text.contains(&"x".repeat(100)),
+            "another variable is in {what}"
+        );
+    }
 }
