@@ -460,12 +460,16 @@ static __always_inline __u32 copy_user(char *dst, __u32 cap, unsigned long start
 #define ENV_CHUNK 256
 /* Entries (or chunks of long entries) looked at: 2048 * 255 bytes at least, 510 KiB. */
 #define ENV_WALK_STEPS 2048
+/* Without bpf_loop (kernels before 5.17) the walk is a loop that the verifier follows step by
+ * step, in every program that describes processes: 512 steps exceed its limit, 64 do not. A
+ * longer environment is then read from /proc/PID/environ by user space (incomplete walk). */
+#define ENV_WALK_STEPS_UNROLLED 64
 
 struct env_scratch {
 	/* OTEL_* entries. Twice ENV_LEN, so that the verifier sees that a copy of at most ENV_LEN
 	 * bytes from an offset below ENV_LEN stays inside. */
 	char out[2 * ENV_LEN];
-	char chunk[ENV_CHUNK];
+	char chunk[ENV_CHUNK] __attribute__((aligned(8))); /* cleared with 8-byte stores */
 };
 
 struct {
@@ -483,7 +487,8 @@ struct env_walk {
 	bool incomplete;   /* an OTEL_* entry may be missing */
 };
 
-/* One step of the walk (a bpf_loop callback: verified once, whatever the number of steps). */
+/* One step of the walk; 1 ends it. A bpf_loop callback: verified once, whatever the number of
+ * steps. */
 static long env_step(__u32 index, void *ctx)
 {
 	struct env_walk *w = ctx;
@@ -507,6 +512,7 @@ static long env_step(__u32 index, void *ctx)
 			w->incomplete = true;
 			return 1;
 		}
+		barrier_var(len); /* keep the mask: it is the bound the verifier sees */
 		len &= ENV_LEN - 1;
 		__u32 room = ENV_LEN - len;
 		long m = bpf_probe_read_user_str(s->out + len, room, (void *)w->p);
@@ -536,7 +542,13 @@ static __always_inline __u32 copy_otel_env(char *dst, unsigned long start, unsig
 					   bool *incomplete)
 {
 	struct env_walk w = { .p = start, .end = end };
-	bpf_loop(ENV_WALK_STEPS, env_step, &w, 0);
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop)) {
+		bpf_loop(ENV_WALK_STEPS, env_step, &w, 0);
+	} else {
+		for (__u32 i = 0; i < ENV_WALK_STEPS_UNROLLED; i++)
+			if (env_step(i, &w))
+				break;
+	}
 	*incomplete = w.incomplete || w.p < w.end;
 	__u32 zero = 0;
 	struct env_scratch *s = bpf_map_lookup_elem(&env_scratch, &zero);
@@ -546,6 +558,7 @@ static __always_inline __u32 copy_otel_env(char *dst, unsigned long start, unsig
 	__u32 len = w.len;
 	if (len == 0 || len >= ENV_LEN)
 		return 0;
+	barrier_var(len);
 	len &= ENV_LEN - 1;
 	if (bpf_probe_read_kernel(dst, len, s->out) < 0)
 		return 0;
