@@ -3,13 +3,19 @@
 //! uses, in its effective and permitted sets, with nothing in its bounding, inheritable or
 //! ambient sets beyond them and no way to gain more through an exec (no_new_privs):
 //!
-//! - CAP_BPF: every bpf() call (map reads in the event loop, attaching programs to interpreter
-//!   files found later) when unprivileged BPF is disabled, as it is by default;
-//! - CAP_PERFMON: creating the uprobe perf events (attaching to files and processes found later);
 //! - CAP_SYS_PTRACE: the kernel's ptrace access check for other processes' /proc/PID/maps, exe,
 //!   root, environ and mem — every traced process belongs to another uid now;
 //! - CAP_DAC_READ_SEARCH: opening files the new uid may not read: interpreter files in other
-//!   users' and containers' directories (through /proc/PID/root), /proc/PID/environ (mode 0400).
+//!   users' and containers' directories (through /proc/PID/root), /proc/PID/environ (mode 0400);
+//! - CAP_BPF: before Linux 6.5, bpf(2) refuses every command without it while
+//!   kernel.unprivileged_bpf_disabled is set (the default): map reads in the event loop,
+//!   attaching to files found later;
+//! - CAP_PERFMON: uprobe perf events, which libbpf attaches where the kernel has no
+//!   uprobe_multi links (before 6.6).
+//!
+//! On 6.18, tests/agent.rs passes without CAP_BPF or without CAP_PERFMON (uprobe_multi links,
+//! per-command checks), and fails without either of the other two (tried): all four are kept,
+//! since libbpf picks the attach mechanism by kernel.
 //!
 //! Without uid 0 and without CAP_DAC_OVERRIDE or CAP_FOWNER, the agent can read the host's files
 //! but no longer write root-owned ones (through /proc/1/root or otherwise).
