@@ -13,9 +13,10 @@
  * duration. */
 #define IMPORT_STACK_DEPTH 32
 
-/* Bounded copies of a process's command line and environment (its first event only). */
+/* Bounded copies of a process's command line and of its OTEL_* environment variables (its
+ * first event only; the others are never copied). */
 #define ARGS_LEN 1024
-#define ENV_LEN 16384
+#define ENV_LEN 4096
 /* Audit arguments (opt-in): the first items of the tuple, as raw object memory. */
 #define AUDIT_ARGS 3
 #define AUDIT_ARG_TYPE_LEN 16
@@ -169,8 +170,10 @@ struct audit_args_event {
 struct process_event {
 	struct event_header h;
 	__u32 args_len; /* bytes of `args` filled (NUL-separated argv), 0 when unreadable */
-	__u32 env_len;  /* bytes of `env` filled (NUL-separated KEY=VALUE), 0 when unreadable */
-	__u32 truncated; /* PROCESS_ARGS_TRUNCATED | PROCESS_ENV_TRUNCATED */
+	__u32 env_len;  /* bytes of `env` filled (NUL-terminated OTEL_*=VALUE entries, whole) */
+	/* PROCESS_ARGS_TRUNCATED | PROCESS_ENV_TRUNCATED (env: some OTEL_* entry may be missing,
+	 * as the environment was unreadable, too long to walk, or its OTEL_* entries too long) */
+	__u32 truncated;
 	__u32 _pad;
 	char comm[16];
 	char args[ARGS_LEN];

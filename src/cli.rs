@@ -246,6 +246,20 @@ pub struct AgentArgs {
     /// containers), in seconds; 0 disables the rescan.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub rescan_interval: u64,
+    /// The unprivileged user the agent becomes once its BPF programs are loaded (numbers;
+    /// the gid defaults to the uid). It keeps only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH. An agent started as another non-root user stays that user unless
+    /// this is given.
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_run_as)]
+    pub run_as: Option<crate::privileges::Identity>,
+    /// Run on, with a warning, when the privileges cannot be reduced after attaching (by
+    /// default the agent stops: it needs CAP_SETUID, CAP_SETGID and CAP_SETPCAP for it).
+    #[arg(long)]
+    pub allow_privileged_after_attach: bool,
+}
+
+fn parse_run_as(s: &str) -> Result<crate::privileges::Identity, String> {
+    crate::privileges::Identity::parse(s)
 }
 
 /// `--max-overhead`: a share of the traced process's time (0.05 = 5 %), or `None`: no budget.

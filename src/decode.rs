@@ -88,9 +88,10 @@ pub struct ProcessRecord<'a> {
     pub comm: Cow<'a, str>,
     /// NUL-separated argv (empty when it could not be read).
     pub args: &'a [u8],
-    /// NUL-separated `KEY=VALUE` environment (empty when it could not be read).
+    /// The process's `OTEL_*` environment variables, NUL-separated `KEY=VALUE` entries: the
+    /// BPF side copies no other variable (they may hold secrets).
     pub env: &'a [u8],
-    /// The environment did not fit: its last entry may be cut, later ones are missing.
+    /// An `OTEL_*` variable may be missing (the environment was unreadable, or too long).
     pub env_truncated: bool,
 }
 

@@ -19,7 +19,7 @@ pub mod export;
 mod k8s;
 pub mod model;
 mod preflight;
-mod privileges;
+pub mod privileges;
 mod probes;
 pub mod report;
 mod serve;

@@ -43,7 +43,19 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
     let stop = || interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed);
 
     let mut storage = MaybeUninit::uninit();
-    let mut session = Session::start(&mut storage, t, false, Terminal::Stdout, Some(0.05))?;
+    let privileges = crate::privileges::Policy {
+        run_as: args.run_as.unwrap_or(crate::privileges::NOBODY),
+        explicit: args.run_as.is_some(),
+        allow_privileged: args.allow_privileged_after_attach,
+    };
+    let mut session = Session::start(
+        &mut storage,
+        t,
+        false,
+        Terminal::Stdout,
+        Some(0.05),
+        Some(privileges),
+    )?;
     session.attach_all(&binaries);
     session.warn_without_function_probes();
     session.follow_running_processes();

@@ -40,7 +40,14 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     let terminal_delivers_sigint = in_terminal_foreground();
 
     let mut storage = MaybeUninit::uninit();
-    let mut session = Session::start(&mut storage, &args.trace, true, Terminal::Stderr, None)?;
+    let mut session = Session::start(
+        &mut storage,
+        &args.trace,
+        true,
+        Terminal::Stderr,
+        None,
+        None,
+    )?;
     if session.attach_all(&binaries) == 0 {
         return Err(CliError::new(
             Exit::Failure,

@@ -134,12 +134,15 @@ pub struct Session<'obj> {
 impl<'obj> Session<'obj> {
     /// Checks privileges and kernel, loads BPF and opens the sinks. Attaches nothing yet.
     /// `default_max_overhead`: the function probes' budget when --max-overhead is not given.
+    /// `privileges`: whom `agent` becomes once the BPF object is loaded (None: `run`, whose
+    /// command would inherit reduced privileges, keeps them).
     pub fn start(
         storage: &'obj mut MaybeUninit<OpenObject>,
         args: &TraceArgs,
         follow_processes: bool,
         terminal: Terminal,
         default_max_overhead: Option<f64>,
+        privileges: Option<crate::privileges::Policy>,
     ) -> CliResult<Session<'obj>> {
         let flags = ExportFlags {
             exporter: args.exporter.clone(),
@@ -153,6 +156,9 @@ impl<'obj> Session<'obj> {
         };
         let export = ExportConfig::resolve(&flags, &|k| std::env::var(k).ok())
             .map_err(|e| CliError::new(Exit::Usage, e))?;
+        if let Some(warning) = export.clear_text_header_warning() {
+            tracing::warn!("{warning}");
+        }
         let functions = crate::report::FunctionFilter::new(
             args.function_include.as_deref(),
             args.function_exclude.as_deref(),
@@ -210,14 +216,30 @@ impl<'obj> Session<'obj> {
                 metrics_only: args.metrics_only,
             },
         )?;
-        if !follow_processes {
-            // The agent: the BPF object is loaded and no other thread runs yet.
-            match crate::privileges::keep_only(crate::privileges::AGENT) {
-                Ok(n) => tracing::info!(
-                    "dropped {n} capabilities; kept BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH"
-                ),
-                Err(e) => tracing::warn!("{e}: running with the capabilities given"),
-            }
+        let clock = Clock::now();
+        // The files the sinks write are created now: `agent` stops being root below, and its
+        // new user could not create them where root can.
+        let jsonl = match &args.output {
+            Some(path) => Some(JsonLines::create(path, clock).map_err(|e| {
+                CliError::new(
+                    Exit::Failure,
+                    format!("cannot write --output {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        if let ExporterKind::File(path) = &export.exporter {
+            crate::export::file::create_early(path).map_err(|e| CliError::new(Exit::Failure, e))?;
+        }
+        if let Some(policy) = privileges {
+            // The BPF object is loaded, the output files are open, and no other thread runs
+            // yet (the exporter, HTTP and Kubernetes threads start below, as the new user).
+            crate::privileges::apply(policy).map_err(|e| {
+                CliError::new(
+                    Exit::Failure,
+                    format!("reducing privileges after attach: {e}"),
+                )
+            })?;
         }
         let per_process_functions = (function_probes || audit_budget.is_some())
             .then(|| {
@@ -230,7 +252,6 @@ impl<'obj> Session<'obj> {
                 )
             })
             .map(RefCell::new);
-        let clock = Clock::now();
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();
         let lookup = Rc::clone(&versions);
         let mut otlp = OtlpSink::new(
@@ -275,15 +296,6 @@ impl<'obj> Session<'obj> {
             }
             summary.set_sampling(table);
         }
-        let jsonl = match &args.output {
-            Some(path) => Some(JsonLines::create(path, clock).map_err(|e| {
-                CliError::new(
-                    Exit::Failure,
-                    format!("cannot write --output {}: {e}", path.display()),
-                )
-            })?),
-            None => None,
-        };
         Ok(Session {
             tracer,
             sinks: Sinks {

@@ -1,6 +1,7 @@
 //! Export configuration: command-line flags, then the standard `OTEL_*` environment, then the
 //! config file (`--config`), then defaults — the first that sets a value wins.
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,8 +56,9 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// Where and how one signal is sent.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how one signal is sent. Its Debug shows header names, never their values (API
+/// keys).
+#[derive(Clone, PartialEq)]
 pub struct SignalConfig {
     pub protocol: Protocol,
     /// Full URL: for HTTP including `/v1/<signal>`, for gRPC the server's address.
@@ -66,6 +68,31 @@ pub struct SignalConfig {
     pub gzip: bool,
     /// PEM certificates trusted for this endpoint besides the system's roots (a private CA).
     pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Header names with their values redacted, for Debug.
+struct RedactedHeaders<'a>(Vec<&'a str>);
+
+impl fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("SignalConfig")
+            .field("protocol", &self.protocol)
+            .field("url", &self.url)
+            .field("headers", &RedactedHeaders(names))
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +151,8 @@ pub struct FileConfig {
     pub resource: FileResource,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[otlp]` of the config file. Its Debug shows header names, never their values.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOtlp {
     pub endpoint: Option<String>,
@@ -134,6 +162,23 @@ pub struct FileOtlp {
     pub compression: Option<String>,
     /// PEM file of CA certificates to trust for an https:// endpoint.
     pub certificate: Option<PathBuf>,
+}
+
+impl fmt::Debug for FileOtlp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = self
+            .headers
+            .as_ref()
+            .map(|h| RedactedHeaders(h.keys().map(String::as_str).collect()));
+        f.debug_struct("FileOtlp")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &names)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("compression", &self.compression)
+            .field("certificate", &self.certificate)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +336,61 @@ impl ExportConfig {
                 || file.resource.command_line.unwrap_or(false),
         })
     }
+}
+
+impl ExportConfig {
+    /// A warning when OTLP headers (API keys, tokens) would cross the network unencrypted:
+    /// sent over plain http:// to a host other than this one's loopback (localhost,
+    /// 127.0.0.0/8, ::1 are exempt: that traffic never leaves the host). Header names only.
+    pub fn clear_text_header_warning(&self) -> Option<String> {
+        let ExporterKind::Otlp(signals) = &self.exporter else {
+            return None;
+        };
+        let (mut names, mut hosts, mut which) = (Vec::new(), Vec::new(), Vec::new());
+        for (signal, c) in signals {
+            let Some(host) = clear_text_host(&c.url).filter(|_| !c.headers.is_empty()) else {
+                continue;
+            };
+            which.push(signal.name());
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+            for (k, _) in &c.headers {
+                if !names.contains(&k.as_str()) {
+                    names.push(k.as_str());
+                }
+            }
+        }
+        (!which.is_empty()).then(|| {
+            format!(
+                "OTLP headers ({}) would be sent unencrypted over http:// to {} ({}): anyone on \
+                 the network path can read them. Use an https:// endpoint, or a Collector on \
+                 this host (loopback endpoints are exempt from this warning)",
+                names.join(", "),
+                hosts.join(", "),
+                which.join(", ")
+            )
+        })
+    }
+}
+
+/// The `host[:port]` of a plain http:// URL whose host is not a loopback name or address.
+fn clear_text_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
+        });
+    (!loopback).then_some(host_port)
 }
 
 fn signal_config(
@@ -644,6 +744,103 @@ mod tests {
             (Protocol::Grpc, "http://127.0.0.1:4317", true)
         );
         assert!(c.audit_log_events.contains("subprocess.Popen"));
+    }
+
+    #[test]
+    fn headers_over_plain_http_to_another_host_are_warned_of() {
+        let with = |endpoint: &str| {
+            resolve(
+                ExportFlags::default(),
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t,x-team=a"),
+                ],
+            )
+            .unwrap()
+            .clear_text_header_warning()
+        };
+        let w = with("http://collector.example:4318").expect("a warning");
+        assert!(w.contains("api-key, x-team"), "{w}");
+        assert!(
+            w.contains("collector.example:4318 (traces, metrics, logs)"),
+            "{w}"
+        );
+        assert!(!w.contains("s3cr3t"), "{w}");
+        let w = with("http://user@10.0.0.1:4318").expect("a warning");
+        assert!(w.contains(" 10.0.0.1:4318 "), "{w}");
+        for quiet in [
+            "https://collector.example:4318",
+            "http://localhost:4318",
+            "http://LOCALHOST:4318",
+            "http://127.0.0.1:4318",
+            "http://127.8.9.10",
+            "http://[::1]:4318",
+            "http://[::ffff:127.0.0.1]:4318",
+        ] {
+            assert_eq!(with(quiet), None, "{quiet}");
+        }
+        assert!(with("http://[2001:db8::1]:4318").is_some());
+        // Only signals that carry headers count.
+        let c = resolve(
+            ExportFlags::default(),
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector.example:4318",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    "http://logs.example/v1/logs",
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+                    "authorization=Bearer%20t0k3n",
+                ),
+            ],
+        )
+        .unwrap();
+        let w = c.clear_text_header_warning().expect("a warning");
+        assert!(
+            w.contains("(authorization)") && w.contains("logs.example (logs)"),
+            "{w}"
+        );
+        assert!(!w.contains("t0k3n"), "{w}");
+        // No headers, nothing to warn of.
+        let c = resolve(
+            ExportFlags::default(),
+            &[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector.example:4318",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.clear_text_header_warning(), None);
+    }
+
+    #[test]
+    fn debug_never_shows_header_values() {
+        let c = resolve(
+            ExportFlags::default(),
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector.example:4318",
+                ),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=canary-4f1d"),
+            ],
+        )
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("canary-4f1d"), "{shown}");
+            assert!(shown.contains("api-key"), "the names stay: {shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let file: FileConfig =
+            toml::from_str("[otlp]\nheaders = { authorization = \"Bearer canary-77ab\" }\n")
+                .unwrap();
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("canary-77ab"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! Collector's file exporter writes them (hex trace and span IDs, lowerCamelCase fields).
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{Payload, SendError};
 
@@ -10,10 +11,34 @@ pub struct FileTransport {
     out: BufWriter<File>,
 }
 
+/// Files created by `create_early`, until `create` takes them.
+static EARLY: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
+fn open(path: &Path) -> Result<File, String> {
+    File::create(path).map_err(|e| format!("cannot write --otlp-file {}: {e}", path.display()))
+}
+
+/// Creates the file now, for a later `create` of the same path: `agent` creates it as root,
+/// before it becomes a user that may not create it there.
+pub fn create_early(path: &Path) -> Result<(), String> {
+    let file = open(path)?;
+    EARLY
+        .lock()
+        .map_err(|_| "the early-created files' lock is poisoned".to_string())?
+        .push((path.to_path_buf(), file));
+    Ok(())
+}
+
 impl FileTransport {
     pub fn create(path: &Path) -> Result<FileTransport, String> {
-        let file = File::create(path)
-            .map_err(|e| format!("cannot write --otlp-file {}: {e}", path.display()))?;
+        let early = EARLY.lock().ok().and_then(|mut files| {
+            let i = files.iter().position(|(p, _)| p == path)?;
+            Some(files.swap_remove(i).1)
+        });
+        let file = match early {
+            Some(f) => f,
+            None => open(path)?,
+        };
         Ok(FileTransport {
             out: BufWriter::new(file),
         })

@@ -166,10 +166,12 @@ fn request<T>(message: T, config: &SignalConfig) -> tonic::Request<T> {
     let md: &mut MetadataMap = req.metadata_mut();
     for (k, v) in &config.headers {
         // Validated in `new`.
-        if let (Ok(key), Ok(value)) = (
+        if let (Ok(key), Ok(mut value)) = (
             MetadataKey::from_bytes(k.as_bytes()),
             MetadataValue::try_from(v.as_str()),
         ) {
+            // Sensitive: shown as such by Debug (never in a log), never HPACK-indexed.
+            value.set_sensitive(true);
             md.insert(key, value);
         }
     }

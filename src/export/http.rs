@@ -50,7 +50,11 @@ impl HttpTransport {
             body
         };
         for (k, v) in &config.headers {
-            req = req.header(k.as_str(), v.as_str());
+            // Sensitive: shown as such by Debug (never in a log), never HPACK-indexed.
+            let mut value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| fatal(format!("OTLP header `{k}` has a value HTTP cannot carry")))?;
+            value.set_sensitive(true);
+            req = req.header(k.as_str(), value);
         }
         let resp = req.body(body).send().await.map_err(|e| {
             let cause = super::error_chain(&e);

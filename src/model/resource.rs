@@ -45,8 +45,9 @@ impl ProcessFacts {
             ..Default::default()
         };
         match &proc_facts {
-            // A truncated copy may miss variables that /proc still has.
-            Some(p) if record.env_truncated || record.env.is_empty() => {
+            // An incomplete copy may miss variables that /proc still has. An empty complete
+            // one means the process has no OTEL_* variable (the BPF side copies only those).
+            Some(p) if record.env_truncated => {
                 facts.service_name = p.service_name.clone();
                 facts.resource_attributes = p.resource_attributes.clone();
             }

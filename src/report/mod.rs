@@ -71,6 +71,17 @@ impl Sinks {
 
     /// A process's description, before its first event.
     fn process(&mut self, p: &ProcessRecord<'_>) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // Names only: values are the process's own.
+            let names: Vec<&str> = p.environment().map(|(k, _)| k).collect();
+            tracing::debug!(
+                "process {}: {} bytes of environment copied: {}{}",
+                p.pid,
+                p.env.len(),
+                names.join(" "),
+                if p.env_truncated { " (incomplete)" } else { "" }
+            );
+        }
         if let Some(c) = p.command_line() {
             self.summary.name_process(p.pid, &c);
         }

@@ -11,8 +11,8 @@ What is checked, on every plain and rendered manifest:
   - each object against the Kubernetes JSON schemas shipped in kubernetes-validate
     (strict: unknown fields are errors), for the oldest and newest versions it ships;
   - least privilege on each DaemonSet: hostPID, no privileged, no hostNetwork, all
-    capabilities dropped and only BPF, PERFMON, SYS_PTRACE (and SYS_RESOURCE or
-    DAC_READ_SEARCH if asked for) added, allowPrivilegeEscalation false, read-only root
+    capabilities dropped and only BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH, SETUID, SETGID,
+    SETPCAP (and SYS_RESOURCE if asked for) added, allowPrivilegeEscalation false, read-only root
     filesystem, requests and limits, no hostPath; RBAC only get/list/watch pods;
   - the container runs `pyusdt agent` with flags that src/cli.rs defines;
   - deploy/otel-collector.yaml's pipelines use defined components, with OTLP in, traces
@@ -38,8 +38,9 @@ import yaml
 
 FAILURES = []
 
-ALLOWED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE", "DAC_READ_SEARCH"}
-REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE"}
+# SETUID, SETGID and SETPCAP: the agent becomes uid 65534 after loading BPF and drops them.
+REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SETUID", "SETGID", "SETPCAP"}
+ALLOWED_CAPS = REQUIRED_CAPS | {"SYS_RESOURCE"}
 
 
 def check(ok, what):
