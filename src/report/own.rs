@@ -17,6 +17,8 @@ pub struct OwnStats {
     pub function_dropped: u64,
     /// Files that could not be attached.
     pub attach_failures: u64,
+    /// Resource attributes of traced processes' environments left out, by reason.
+    pub resource_refused: crate::model::env_attributes::Refusals,
 }
 
 /// pyusdt's own counters (cumulative), under its own resource: events received and dropped
@@ -109,6 +111,25 @@ pub fn metrics(
             "Processes with metrics in this export.",
             "{process}",
             vec![int_point(vec![], processes as i64, start, now)],
+        ),
+        counter(
+            "pyusdt.resource.attributes.refused",
+            "Resource attributes a traced process's environment set that were left out: \
+             too many, too long, reserved (pyusdt derives them, or Prometheus reserves the \
+             name), invalid, or a duplicate label name.",
+            "{attribute}",
+            c,
+            crate::model::env_attributes::Refusal::ALL
+                .iter()
+                .map(|r| {
+                    int_point(
+                        vec![attrs::string("reason", r.label())],
+                        own.resource_refused.get(*r) as i64,
+                        start,
+                        now,
+                    )
+                })
+                .collect(),
         ),
     ]
 }
