@@ -1,0 +1,108 @@
+//! Nothing lost silently at the edges: an export request in flight at shutdown is cut at the
+//! flush deadline, its items counted as failed.
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A collector that accepts connections and never answers.
+fn silent_collector() -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let until = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (format!("http://{addr}"), holder)
+}
+
+/// An agent exporting to a collector that never answers (timeout 120 s), with a flush
+/// deadline of `flush_timeout` seconds, its JSON-lines output in `out`.
+fn agent_to_silent_collector(
+    endpoint: &str,
+    flush_timeout: &str,
+    out: &std::path::Path,
+) -> (Reaped, std::sync::mpsc::Receiver<String>) {
+    let mut agent = Reaped(
+        pyusdt()
+            .args([
+                "agent",
+                "--quiet",
+                "--rescan-interval",
+                "0",
+                "--otlp-protocol",
+                "http/protobuf",
+                "--otlp-endpoint",
+                endpoint,
+                "--flush-timeout",
+                flush_timeout,
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "120000")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stderr_lines(&mut agent.0);
+    wait_for_line(&lines, "tracing ");
+    (agent, lines)
+}
+
+#[test]
+fn an_export_in_flight_is_cut_at_the_flush_deadline() {
+    if !require_bpf("an_export_in_flight_is_cut_at_the_flush_deadline") {
+        return;
+    }
+    let (endpoint, _collector) = silent_collector();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("agent.jsonl");
+    let (mut agent, _lines) = agent_to_silent_collector(&endpoint, "2", &out);
+    let workload = Command::new(SYSTEM_PYTHON)
+        .args([
+            "-c",
+            "import gc, json, decimal\nfor _ in range(5): gc.collect()",
+        ])
+        .status()
+        .unwrap();
+    assert!(workload.success());
+    // Spans are shipped within 100 ms: a request is in flight to the silent collector.
+    std::thread::sleep(Duration::from_secs(1));
+    // The collector's timeout (120 s) is far longer than the deadline (2 s): the agent still
+    // exits soon after, well before the timeout.
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+
+    // What could not be sent is counted as failed, none as exported.
+    let records = read_jsonl(&out);
+    let s = summary(&records);
+    let export = &s["export"];
+    let sum = |k: &str| -> u64 {
+        export[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("failed") > 0, "{export}");
+    assert_eq!(sum("exported"), 0, "{export}");
+    assert!(
+        export["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("flush deadline")),
+        "{export}"
+    );
+}
