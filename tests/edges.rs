@@ -1,5 +1,6 @@
-//! Nothing lost silently at the edges: an export request in flight at shutdown is cut at the
-//! flush deadline, its items counted as failed.
+//! Nothing lost silently at the edges: at shutdown the probes are detached before the flush;
+//! and an export request in flight at shutdown is cut at the flush deadline, its items counted
+//! as failed.
 mod common;
 
 use std::net::TcpListener;
@@ -7,6 +8,36 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions; the PID is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// Uprobes a process holds: its BPF links of uprobe type (uprobe_multi, or perf-event uprobes
+/// on kernels without it), from /proc/PID/fdinfo.
+fn uprobe_links(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|e| {
+        let e = e.ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        if !target.to_string_lossy().contains("bpf_link") {
+            return None;
+        }
+        std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .ok()
+    })
+    .filter(|info| {
+        info.contains("link_type:\tuprobe_multi")
+            || (info.contains("link_type:\tperf") && info.contains("event_type:\tuprobe"))
+    })
+    .count()
+}
 
 /// A collector that accepts connections and never answers.
 fn silent_collector() -> (String, std::thread::JoinHandle<()>) {
@@ -59,6 +90,61 @@ fn agent_to_silent_collector(
     let lines = stderr_lines(&mut agent.0);
     wait_for_line(&lines, "tracing ");
     (agent, lines)
+}
+
+#[test]
+fn probes_are_detached_before_the_flush() {
+    if !require_bpf("probes_are_detached_before_the_flush") {
+        return;
+    }
+    let (endpoint, _collector) = silent_collector();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("agent.jsonl");
+    let (mut agent, lines) = agent_to_silent_collector(&endpoint, "8", &out);
+    let pid = agent.0.id();
+    assert!(uprobe_links(pid) > 0, "no uprobe attached while tracing");
+
+    // A process collecting all the while: its events keep coming until the probes go. (Paced:
+    // an unpaced flood outpaces the reader, and the drain that ends each tracing pass, in
+    // Tracer::run, lasts as long as the flood.)
+    let mut busy = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args([
+                "-c",
+                "import gc, time\nwhile True:\n    gc.collect(0)\n    time.sleep(0.001)",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    signal(pid, libc::SIGTERM);
+    wait_for_line(&lines, "stopping");
+    // The flush waits for the silent collector: the probes are gone while it does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while uprobe_links(pid) > 0 {
+        assert!(
+            agent.0.try_wait().unwrap().is_none(),
+            "the agent exited with its probes attached to the end"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} uprobes still attached while flushing",
+            uprobe_links(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent should still be flushing"
+    );
+    let status = wait_at_most(&mut agent.0, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let _ = busy.0.kill();
+
+    // What was read up to the detach is in the summary: the busy process's collections.
+    let records = read_jsonl(&out);
+    let s = summary(&records);
+    assert!(s["received"]["gc"].as_u64().unwrap() > 0, "{s}");
 }
 
 #[test]

@@ -670,9 +670,25 @@ impl<'obj> Session<'obj> {
         Ok(())
     }
 
+    /// Detaches every probe on the interpreters: markers of attached files and per-process
+    /// probes. The process tracepoints stay (they only forget state, and report execs).
+    fn detach_probes(&mut self) {
+        if let Some(f) = &self.functions {
+            f.borrow().detach_all(&self.tracer);
+        }
+        for id in self.attached_ids.drain() {
+            self.tracer.detach_file(id);
+        }
+        self.container_files.clear();
+    }
+
     /// Prints the summary (and writes the JSON summary record); returns an error when the
     /// JSON output could not be written.
     pub fn finish(mut self) -> CliResult<()> {
+        // Probes off first, then one more drain: events written until the detach are read (or
+        // counted as dropped) and go into the flush below, and none is written during it.
+        self.detach_probes();
+        self.trace(|| false)?;
         if let Some(a) = &mut self.kernel_metrics {
             // The last counts, before the summary and the final metrics export.
             a.finish(
