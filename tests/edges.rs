@@ -1,17 +1,109 @@
-//! Nothing lost silently at the edges: at shutdown the probes are detached before the flush;
-//! and an export request in flight at shutdown is cut at the flush deadline, its items counted
-//! as failed.
+//! Nothing lost silently at the edges: process descriptions and exec records the ring buffer
+//! had no room for are counted and exported; at shutdown the
+//! probes are detached before the flush; and an export request in flight at shutdown is cut
+//! at the flush deadline, its items counted as failed.
 mod common;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name{…}` whose labels include all of `with` (exactly the
+/// `key="value"` text).
+fn sample(body: &str, name: &str, with: &[&str]) -> Option<u64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| with.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions; the PID is our unreaped child.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+#[test]
+fn lost_process_and_exec_records_are_counted_and_exported() {
+    if !require_bpf("lost_process_and_exec_records_are_counted_and_exported") {
+        return;
+    }
+    let (mut agent, log) = start_agent(&[
+        "--quiet",
+        "--rescan-interval",
+        "0",
+        "--ring-buffer-size",
+        "64K",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let line = wait_for_line(&log, "serving /metrics and /healthz on http://");
+    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+    wait_for_line(&log, "tracing ");
+
+    // With the agent stopped nothing is read: a flood of collections fills the ring buffer,
+    // then a new process's description and the exec records of a shell loop find no room.
+    signal(agent.0.id(), libc::SIGSTOP);
+    let fill = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import gc\nfor _ in range(20000): gc.collect(0)"])
+        .status()
+        .unwrap();
+    let late = Command::new("sh")
+        .args([
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done; \
+             exec /usr/bin/python3.11 -c 'import gc; gc.collect()'",
+        ])
+        .status()
+        .unwrap();
+    signal(agent.0.id(), libc::SIGCONT);
+    assert!(fill.success() && late.success());
+
+    // Published once a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = get(&addr, "/metrics");
+        let lost = |record: &str| {
+            sample(
+                &body,
+                "pyusdt_events_dropped_total",
+                &[
+                    &format!("pyusdt_record=\"{record}\""),
+                    "reason=\"ring_buffer_full\"",
+                ],
+            )
+        };
+        if lost("process").is_some_and(|n| n >= 1) && lost("exec").is_some_and(|n| n >= 1) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lost records never counted:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // The gc events lost meanwhile are counted as before.
+    assert!(sample(
+        &body,
+        "pyusdt_events_dropped_total",
+        &["cpython_marker=\"gc\""]
+    )
+    .is_some_and(|n| n > 0));
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
 }
 
 /// Uprobes a process holds: its BPF links of uprobe type (uprobe_multi, or perf-event uprobes

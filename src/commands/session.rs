@@ -545,6 +545,8 @@ impl<'obj> Session<'obj> {
                 dropped: stats.dropped,
                 function_dropped: stats.function_dropped + code_names.borrow().unresolved,
                 attach_failures,
+                process_dropped: stats.process_dropped,
+                exec_dropped: stats.exec_dropped,
                 resource_refused: crate::model::env_attributes::counted(),
             }
         };
@@ -708,6 +710,8 @@ impl<'obj> Session<'obj> {
             dropped: stats.dropped,
             function_dropped: stats.function_dropped,
             attach_failures: self.attach_failures,
+            process_dropped: stats.process_dropped,
+            exec_dropped: stats.exec_dropped,
             resource_refused: crate::model::env_attributes::counted(),
         };
         let export = self.sinks.otlp.take().map(|o| {

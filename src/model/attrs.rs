@@ -72,6 +72,7 @@ mod tests {
             "outcome",
             "reason",
             "pyusdt.function_markers",
+            "pyusdt.record",
         ] {
             let label = crate::export::prometheus::label_name(name);
             assert!(super::is_point_attribute_label(&label), "{name}");

@@ -337,6 +337,13 @@ impl Summary {
                 stats.unpaired_starts, stats.imports_too_deep, stats.calls_too_deep
             );
         }
+        if stats.process_dropped > 0 || stats.exec_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "  ring buffer full: {} process descriptions lost (read from /proc instead, where it could be), {} exec records lost (the next rescan finds new interpreters)",
+                stats.process_dropped, stats.exec_dropped
+            );
+        }
         if stats.stacks_reset > 0 {
             let _ = writeln!(
                 out,
