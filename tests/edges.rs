@@ -1,5 +1,5 @@
 //! Nothing lost silently at the edges: process descriptions and exec records the ring buffer
-//! had no room for are counted and exported; at shutdown the
+//! had no room for are counted and exported, as are undecodable records; at shutdown the
 //! probes are detached before the flush; and an export request in flight at shutdown is cut
 //! at the flush deadline, its items counted as failed.
 mod common;
@@ -95,13 +95,23 @@ fn lost_process_and_exec_records_are_counted_and_exported() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    // The gc events lost meanwhile are counted as before.
+    // The gc events lost meanwhile are counted as before, and undecodable records (none
+    // here: a layout mismatch would be a bug) have their own series.
     assert!(sample(
         &body,
         "pyusdt_events_dropped_total",
         &["cpython_marker=\"gc\""]
     )
     .is_some_and(|n| n > 0));
+    assert_eq!(
+        sample(
+            &body,
+            "pyusdt_events_dropped_total",
+            &["reason=\"undecodable\""]
+        ),
+        Some(0),
+        "{body}"
+    );
     let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }

@@ -547,6 +547,7 @@ impl<'obj> Session<'obj> {
                 attach_failures,
                 process_dropped: stats.process_dropped,
                 exec_dropped: stats.exec_dropped,
+                undecodable: undecodable.get(),
                 resource_refused: crate::model::env_attributes::counted(),
             }
         };
@@ -712,6 +713,7 @@ impl<'obj> Session<'obj> {
             attach_failures: self.attach_failures,
             process_dropped: stats.process_dropped,
             exec_dropped: stats.exec_dropped,
+            undecodable: self.undecodable,
             resource_refused: crate::model::env_attributes::counted(),
         };
         let export = self.sinks.otlp.take().map(|o| {

@@ -20,6 +20,8 @@ pub struct OwnStats {
     /// Process descriptions and exec records lost in the kernel (ring buffer full).
     pub process_dropped: u64,
     pub exec_dropped: u64,
+    /// Records read that did not decode (a BPF/Rust layout mismatch).
+    pub undecodable: u64,
     /// Resource attributes of traced processes' environments left out, by reason.
     pub resource_refused: crate::model::env_attributes::Refusals,
 }
@@ -77,7 +79,7 @@ pub fn metrics(
             "pyusdt.events.dropped",
             "Events lost because the ring buffer was full (function: also calls whose code \
              names were not known); process descriptions and exec records lost so (by \
-             pyusdt.record).",
+             pyusdt.record); records that did not decode (reason undecodable).",
             "{event}",
             c,
             by_marker(own.dropped)
@@ -104,6 +106,12 @@ pub fn metrics(
                             attrs::string("reason", "ring_buffer_full"),
                         ],
                         own.exec_dropped as i64,
+                        start,
+                        now,
+                    ),
+                    int_point(
+                        vec![attrs::string("reason", "undecodable")],
+                        own.undecodable as i64,
                         start,
                         now,
                     ),
@@ -264,13 +272,15 @@ mod tests {
     }
 
     #[test]
-    fn lost_process_and_exec_records_are_dropped_events() {
+    fn lost_and_undecodable_records_are_reasons_of_dropped_events() {
         let own = OwnStats {
             process_dropped: 2,
             exec_dropped: 5,
+            undecodable: 3,
             ..Default::default()
         };
         let m = metrics(&own, &ExportCounts::default(), 0, 0, 0, 1);
+        assert_eq!(dropped(&m, &[("reason", "undecodable")]), Some(3));
         assert_eq!(
             dropped(
                 &m,
