@@ -1,9 +1,9 @@
 //! The optional HTTP endpoint of `agent` and `run` (`--metrics-listen ADDR`): `/metrics` in the
 //! Prometheus text format, for users without a Collector, and `/healthz` for a liveness probe
 //! (200 while the event loop turns, 503 when it has stalled). One request per connection, a
-//! thread per connection, at most `MAX_CONNECTIONS` at once; when they are all taken, the one
-//! that has waited longest for its request is closed, so that clients trickling bytes cannot
-//! starve the kubelet's probe. A request must arrive whole (8 KiB of head at most) within
+//! thread per connection, at most `MAX_CONNECTIONS` at once; when they are all taken, the
+//! oldest is closed (those still waiting for their request first), so that clients trickling
+//! bytes or not reading their answers cannot starve the kubelet's probe. A request must arrive whole (8 KiB of head at most) within
 //! `REQUEST_DEADLINE`, and its response leave within `RESPONSE_DEADLINE`. GETs only.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -119,8 +119,9 @@ struct Slot {
 
 /// A slot for a new connection. When all are taken, the connection that has waited longest for
 /// its request is closed to make room: clients that trickle bytes cannot hold every slot
-/// against the kubelet's probe, whose request comes at once. None when every slot is answering
-/// a request (the new connection is closed).
+/// against the kubelet's probe, whose request comes at once. When every connection is being
+/// answered, the oldest is closed (clients that do not read their answers cannot hold the
+/// slots either); a probe is answered within microseconds of its request.
 fn take_slot(slots: &Mutex<Slots>, stream: &TcpStream) -> Option<u64> {
     let socket = stream.try_clone().ok()?;
     let mut s = slots.lock().ok()?;
@@ -129,8 +130,7 @@ fn take_slot(slots: &Mutex<Slots>, stream: &TcpStream) -> Option<u64> {
             .open
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.reading)
-            .min_by_key(|(_, c)| c.since)
+            .min_by_key(|(_, c)| (!c.reading, c.since))
             .map(|(i, _)| i)?;
         let evicted = s.open.swap_remove(oldest);
         // Its thread's read returns at once, and it ends.
@@ -147,7 +147,8 @@ fn take_slot(slots: &Mutex<Slots>, stream: &TcpStream) -> Option<u64> {
     Some(id)
 }
 
-/// The connection's request has arrived: it is no longer closed to make room.
+/// The connection's request has arrived: it is closed to make room only when no connection is
+/// still waiting for its request.
 fn answering(slots: &Mutex<Slots>, id: u64) {
     if let Ok(mut s) = slots.lock() {
         if let Some(c) = s.open.iter_mut().find(|c| c.id == id) {
