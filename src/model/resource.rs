@@ -15,6 +15,9 @@ use crate::discover::process;
 /// Bytes of /proc/PID/environ scanned for the OTEL_* variables (the kernel bounds an
 /// environment too, but by the stack limit, which the process sets).
 const MAX_ENVIRON_BYTES: u64 = 8 << 20;
+/// Bytes of one environment entry read (the kernel's limit at exec, MAX_ARG_STRLEN; a
+/// process can rewrite its environment since).
+const MAX_ENTRY_BYTES: u64 = 128 << 10;
 /// Bytes of a command line kept (`process.command_line`, opt-in).
 const MAX_COMMAND_LINE_BYTES: usize = 4096;
 
@@ -122,8 +125,9 @@ impl ProcessFacts {
     }
 }
 
-/// The OTEL_* variables of /proc/PID/environ, vetted. Entries are read one at a time (each is
-/// bounded by the kernel, 128 KiB), and only the two variables used are kept.
+/// The OTEL_* variables of /proc/PID/environ, vetted. Entries are read one at a time, at most
+/// `MAX_ENTRY_BYTES` of each (the rest of a longer one is skipped), and only the two variables
+/// used are kept; empty ones are ignored, as in `FromEnvironment::vet`.
 fn read_environment(pid: u32) -> Option<FromEnvironment> {
     let file = std::fs::File::open(format!("/proc/{pid}/environ")).ok()?;
     let mut reader = std::io::BufReader::new(file.take(MAX_ENVIRON_BYTES));
@@ -131,19 +135,32 @@ fn read_environment(pid: u32) -> Option<FromEnvironment> {
     let mut entry = Vec::new();
     loop {
         entry.clear();
-        match reader.read_until(0, &mut entry) {
+        match (&mut reader)
+            .take(MAX_ENTRY_BYTES)
+            .read_until(0, &mut entry)
+        {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let kv = entry.strip_suffix(&[0]).unwrap_or(&entry);
-        if let Some(v) = kv.strip_prefix(b"OTEL_SERVICE_NAME=") {
-            service = Some(String::from_utf8_lossy(v).into_owned());
-        } else if let Some(v) = kv.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
-            attributes = Some(String::from_utf8_lossy(v).into_owned());
+        let kv = match entry.strip_suffix(&[0]) {
+            Some(kv) => kv,
+            None => {
+                // Cut at the bound: the rest of the entry is not read into memory.
+                let _ = reader.skip_until(0);
+                &entry
+            }
+        };
+        let value = |prefix: &[u8]| {
+            kv.strip_prefix(prefix)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if let Some(v) = value(b"OTEL_SERVICE_NAME=") {
+            service = Some(v);
+        } else if let Some(v) = value(b"OTEL_RESOURCE_ATTRIBUTES=") {
+            attributes = Some(v);
         }
     }
-    let nonempty = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-    let (service, attributes) = (nonempty(&service), nonempty(&attributes));
     Some(FromEnvironment::from_variables(
         service.as_deref(),
         attributes.as_deref(),
@@ -400,6 +417,34 @@ mod tests {
             1
         );
         assert_eq!(get(&r, "process.command_line"), None);
+    }
+
+    #[test]
+    fn the_environment_is_read_from_proc_and_vetted() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("FILLER", "x".repeat(100 << 10))
+            .env("OTEL_SERVICE_NAME", "from-proc")
+            .env("OTEL_RESOURCE_ATTRIBUTES", "team=a,le=x,host.name=evil")
+            .spawn()
+            .unwrap();
+        // Until the child has exec'd (and the kernel has set its new environment up), its
+        // environment is the test's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let env = loop {
+            let env = read_environment(child.id());
+            let done = env.as_ref().is_some_and(|e| e.service_name.is_some());
+            if done || std::time::Instant::now() > deadline {
+                break env;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let env = env.unwrap();
+        assert_eq!(env.service_name.as_deref(), Some("from-proc"));
+        assert_eq!(env.attributes, vec![("team".into(), "a".into())]);
+        assert_eq!(env.refused.total(), 2);
     }
 
     #[test]
