@@ -41,6 +41,8 @@ fn lost_process_and_exec_records_are_counted_and_exported() {
     if !require_bpf("lost_process_and_exec_records_are_counted_and_exported") {
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("agent.jsonl");
     let (mut agent, log) = start_agent(&[
         "--quiet",
         "--rescan-interval",
@@ -49,6 +51,8 @@ fn lost_process_and_exec_records_are_counted_and_exported() {
         "64K",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     let line = wait_for_line(&log, "serving /metrics and /healthz on http://");
     let addr = line.rsplit("http://").next().unwrap().trim().to_string();
@@ -114,6 +118,11 @@ fn lost_process_and_exec_records_are_counted_and_exported() {
     );
     let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
+    // The JSON summary has them too.
+    let records = read_jsonl(&out);
+    let lost = &summary(&records)["records_dropped"];
+    assert!(lost["process"].as_u64().unwrap() >= 1, "{lost}");
+    assert!(lost["exec"].as_u64().unwrap() >= 1, "{lost}");
 }
 
 /// Uprobes a process holds: its BPF links of uprobe type (uprobe_multi, or perf-event uprobes
