@@ -82,15 +82,12 @@ pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
                 let Some(id) = take_slot(&slots, &stream) else {
                     continue; // dropped: closed
                 };
-                let (published, slots) = (published.clone(), Arc::clone(&slots));
+                let (published, own) = (published.clone(), Arc::clone(&slots));
                 let spawned = std::thread::Builder::new()
                     .name("pyusdt-http-conn".into())
-                    .spawn({
-                        let slots = Arc::clone(&slots);
-                        move || {
-                            let _ = answer(stream, &published, &|| answering(&slots, id));
-                            release(&slots, id);
-                        }
+                    .spawn(move || {
+                        let _ = answer(stream, &published, &|| answering(&own, id));
+                        release(&own, id);
                     });
                 if spawned.is_err() {
                     release(&slots, id);
