@@ -575,8 +575,10 @@ static __always_inline void note_process(__u64 id, __u64 now)
 	__u8 one = 1;
 	bpf_map_update_elem(&seen_tgids, &tgid, &one, BPF_ANY);
 	struct process_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		count(STAT_DROP_PROCESS);
 		return; /* user space falls back to /proc/PID */
+	}
 	fill_header(&e->h, id, MARKER_PROCESS, now, now, 0);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -1172,8 +1174,10 @@ int BPF_PROG(forget_exec, struct task_struct *p)
 	bpf_task_storage_delete(&span_stacks, task);
 	if (report_execs) {
 		struct event_header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (!e)
+		if (!e) {
+			count(STAT_DROP_EXEC);
 			return 0; /* the periodic rescan still finds it */
+		}
 		__u64 now = bpf_ktime_get_ns();
 		fill_header(e, id, MARKER_EXEC, now, now, 0);
 		submit(e, sizeof(*e));

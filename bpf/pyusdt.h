@@ -55,7 +55,9 @@ enum stat {
 	STAT_DROP_FUNCTION = 7,   /* ring buffer full: function event lost */
 	STAT_CALLS_TOO_DEEP = 8,  /* calls nested beyond SPAN_STACK_DEPTH: no span */
 	STAT_STACK_RESET = 9,     /* a thread's stack emptied after a sampling gap */
-	STAT_COUNT = 10,
+	STAT_DROP_PROCESS = 10,   /* ring buffer full: a process's description lost */
+	STAT_DROP_EXEC = 11,      /* ring buffer full: an exec record lost */
+	STAT_COUNT = 12,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without

@@ -174,6 +174,9 @@ pub struct KernelStats {
     pub calls_too_deep: u64,
     /// Thread stacks emptied after a sampling gap (calls spanning it have no duration).
     pub stacks_reset: u64,
+    /// Process descriptions and exec records lost because the ring buffer was full.
+    pub process_dropped: u64,
+    pub exec_dropped: u64,
 }
 
 /// The loaded BPF object and its attachments. Dropping it detaches everything, and the kernel
@@ -762,6 +765,8 @@ impl<'obj> Tracer<'obj> {
             function_dropped: sums[bpf::STAT_DROP_FUNCTION as usize],
             calls_too_deep: sums[bpf::STAT_CALLS_TOO_DEEP as usize],
             stacks_reset: sums[bpf::STAT_STACK_RESET as usize],
+            process_dropped: sums[bpf::STAT_DROP_PROCESS as usize],
+            exec_dropped: sums[bpf::STAT_DROP_EXEC as usize],
         })
     }
 

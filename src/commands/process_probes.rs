@@ -299,6 +299,14 @@ impl ProcessProbes {
         }
     }
 
+    /// Detaches the probes of every followed process (at shutdown: nothing more is written
+    /// into the ring buffer after its last drain).
+    pub fn detach_all(&self, tracer: &Tracer<'_>) {
+        for pid in self.followed.keys() {
+            tracer.detach_process(*pid);
+        }
+    }
+
     /// Forgets the processes that exited among those looked at and not followed.
     pub fn prune_ignored(&mut self) {
         self.ignored.retain(|&pid| process::is_alive(pid));

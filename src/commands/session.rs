@@ -19,6 +19,7 @@ use crate::discover::interpreters::{discover, Scan};
 use crate::discover::{Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::export::config::{ExportConfig, ExportFlags, ExporterKind};
+use crate::model::resource::ProcessFacts;
 use crate::probes::Probe;
 use crate::report::clock::Clock;
 use crate::report::console::Console;
@@ -535,6 +536,7 @@ impl<'obj> Session<'obj> {
     /// Delivers events until `keep_going` returns false, then drains what is pending.
     /// Output is flushed every `FLUSH_INTERVAL`, not per event; telemetry is shipped when due.
     pub fn trace(&mut self, mut keep_going: impl FnMut() -> bool) -> CliResult<()> {
+        let builds_resources = self.sinks.otlp.is_some() || self.sinks.prom.is_some();
         let sinks = RefCell::new(&mut self.sinks);
         let undecodable = Cell::new(self.undecodable);
         let code_names = RefCell::new(&mut self.code_names);
@@ -555,12 +557,23 @@ impl<'obj> Session<'obj> {
                 dropped: stats.dropped,
                 function_dropped: stats.function_dropped + code_names.borrow().unresolved,
                 attach_failures,
+                process_dropped: stats.process_dropped,
+                exec_dropped: stats.exec_dropped,
+                undecodable: undecodable.get(),
+                resource_refused: crate::model::env_attributes::counted(),
             }
         };
         let mut pruned_at = Instant::now();
         tracer.run(
             |data| match decode::decode(data) {
                 Ok(record) => {
+                    if let decode::Record::Process(p) = &record {
+                        // Once per description, whichever sinks build its resource.
+                        if builds_resources {
+                            let env = ProcessFacts::environment_of(p, pids_are_ours);
+                            crate::model::env_attributes::count(&env.refused);
+                        }
+                    }
                     match &record {
                         decode::Record::Process(p) if functions.is_some() => {
                             new_pids.borrow_mut().push(p.pid);
@@ -672,9 +685,25 @@ impl<'obj> Session<'obj> {
         Ok(())
     }
 
+    /// Detaches every probe on the interpreters: markers of attached files and per-process
+    /// probes. The process tracepoints stay (they only forget state, and report execs).
+    fn detach_probes(&mut self) {
+        if let Some(f) = &self.functions {
+            f.borrow().detach_all(&self.tracer);
+        }
+        for id in self.attached_ids.drain() {
+            self.tracer.detach_file(id);
+        }
+        self.container_files.clear();
+    }
+
     /// Prints the summary (and writes the JSON summary record); returns an error when the
     /// JSON output could not be written.
     pub fn finish(mut self) -> CliResult<()> {
+        // Probes off first, then one more drain: events written until the detach are read (or
+        // counted as dropped) and go into the flush below, and none is written during it.
+        self.detach_probes();
+        self.trace(|| false)?;
         if let Some(a) = &mut self.kernel_metrics {
             // The last counts, before the summary and the final metrics export.
             a.finish(
@@ -694,6 +723,10 @@ impl<'obj> Session<'obj> {
             dropped: stats.dropped,
             function_dropped: stats.function_dropped,
             attach_failures: self.attach_failures,
+            process_dropped: stats.process_dropped,
+            exec_dropped: stats.exec_dropped,
+            undecodable: self.undecodable,
+            resource_refused: crate::model::env_attributes::counted(),
         };
         let export = self.sinks.otlp.take().map(|o| {
             let (counts, (orphaned, without_start)) = o.finish(&own, self.flush_timeout);

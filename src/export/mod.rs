@@ -273,6 +273,23 @@ struct Worker {
     shutdown_deadline: Arc<Mutex<Option<Instant>>>,
 }
 
+/// Resolves once the flush deadline has passed (never while running).
+async fn past_deadline(stopping: Arc<AtomicBool>, deadline: Arc<Mutex<Option<Instant>>>) {
+    let step = Duration::from_millis(50);
+    loop {
+        let due = stopping.load(Ordering::Relaxed)
+            && deadline
+                .lock()
+                .ok()
+                .and_then(|d| *d)
+                .is_some_and(|d| Instant::now() >= d);
+        if due {
+            return;
+        }
+        tokio::time::sleep(step).await;
+    }
+}
+
 impl Worker {
     fn run(mut self, runtime: tokio::runtime::Runtime) {
         while let Ok(batch) = self.rx.recv() {
@@ -309,7 +326,29 @@ impl Worker {
                 }
                 return;
             }
-            match self.transport.send(&batch.payload).await {
+            // A request in flight is cut at the flush deadline too: with a collector that
+            // answers late (its timeout longer than the pod's grace period), the counts would
+            // otherwise be lost to the kubelet's SIGKILL.
+            let sent = {
+                let send = std::pin::pin!(self.transport.send(&batch.payload));
+                let cut = std::pin::pin!(past_deadline(
+                    Arc::clone(&self.stopping),
+                    Arc::clone(&self.shutdown_deadline)
+                ));
+                match futures_util::future::select(send, cut).await {
+                    futures_util::future::Either::Left((sent, _)) => Some(sent),
+                    futures_util::future::Either::Right(((), _)) => None,
+                }
+            };
+            let Some(sent) = sent else {
+                ExportStats::add(&self.stats.failed, signal, batch.items);
+                self.stats.error(format!(
+                    "{}: not delivered by the flush deadline (the collector had not answered)",
+                    signal.name()
+                ));
+                return;
+            };
+            match sent {
                 Ok(rejected) => {
                     let rejected = rejected.min(batch.items);
                     ExportStats::add(&self.stats.exported, signal, batch.items - rejected);

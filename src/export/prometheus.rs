@@ -41,11 +41,20 @@ pub fn render(resources: &[(&Resource, &[Metric])]) -> String {
 fn add(families: &mut BTreeMap<String, Family>, base: &[(String, String)], m: &Metric) {
     let name = metric_name(&m.name, &m.unit);
     let labels = |attrs: &[KeyValue], extra: Option<(&str, String)>| {
-        let mut all: Vec<(String, String)> = base.to_vec();
-        all.extend(attrs.iter().filter_map(label));
+        let mut own: Vec<(String, String)> = attrs.iter().filter_map(label).collect();
         if let Some((k, v)) = extra {
-            all.push((k.to_string(), v));
+            own.push((k.to_string(), v));
         }
+        // A resource label never merges into the point's own labels (a process's `le` would
+        // corrupt the buckets), nor takes a name the scrape reserves. The traced process's
+        // attributes are refused such names where they are read (model::env_attributes):
+        // this keeps the exposition valid whatever the resource holds.
+        let mut all: Vec<(String, String)> = base
+            .iter()
+            .filter(|(k, _)| !reserved_label(k) && !own.iter().any(|(n, _)| n == k))
+            .cloned()
+            .collect();
+        all.extend(own);
         format_labels(&all)
     };
     match &m.data {
@@ -133,6 +142,17 @@ pub fn metric_name(name: &str, unit: &str) -> String {
     } else {
         format!("{base}_{suffix}")
     }
+}
+
+/// Label names the scrape gives a meaning of its own: `le`, `quantile`, the target labels,
+/// and `__…`.
+fn reserved_label(name: &str) -> bool {
+    matches!(name, "le" | "quantile" | "job" | "instance") || name.starts_with("__")
+}
+
+/// The Prometheus label name of an attribute (`k8s.pod.name` → `k8s_pod_name`).
+pub fn label_name(attribute: &str) -> String {
+    sanitize(attribute)
 }
 
 /// Prometheus names and label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
@@ -247,6 +267,57 @@ mod tests {
             ("__name__".to_string(), "x".to_string()),
         ];
         assert_eq!(format_labels(&labels), "{a_b=\"1;2\",key__name__=\"x\"}");
+    }
+
+    #[test]
+    fn resource_labels_never_replace_point_labels_or_reserved_ones() {
+        let resource = Resource {
+            attributes: vec![
+                attrs::string("service.name", "s"),
+                attrs::string("le", "x"),
+                attrs::string("job", "j"),
+                attrs::string("__name__", "n"),
+                attrs::string("cpython.gc.generation", "9"),
+            ],
+            ..Default::default()
+        };
+        use opentelemetry_proto::tonic::metrics::v1::{Histogram, HistogramDataPoint};
+        let m = Metric {
+            name: "h".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: vec![attrs::int("cpython.gc.generation", 2)],
+                    count: 1,
+                    sum: Some(0.5),
+                    bucket_counts: vec![0, 1],
+                    explicit_bounds: vec![0.1],
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let text = render(&[(&resource, std::slice::from_ref(&m))]);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("h_seconds"), "{line}");
+            assert!(!line.contains("=\"x\"") && !line.contains("job="), "{line}");
+            assert!(
+                !line.contains("__name__") && !line.contains("\"9\""),
+                "{line}"
+            );
+            assert_eq!(
+                line.matches("le=").count(),
+                usize::from(line.contains("_bucket")),
+                "{line}"
+            );
+        }
+        assert!(
+            text.contains(
+                "h_seconds_bucket{service_name=\"s\",cpython_gc_generation=\"2\",le=\"+Inf\"} 1"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

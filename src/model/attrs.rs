@@ -40,3 +40,42 @@ fn kv(key: &str, value: Value) -> KeyValue {
         ..Default::default()
     }
 }
+
+/// Namespaces (as Prometheus label prefixes, dots sanitised) of the attributes that pyusdt's
+/// metric points carry, and single names: a resource attribute chosen by a traced process
+/// may not take these label names, or it would merge into a point's own label on `/metrics`.
+const POINT_LABEL_PREFIXES: [&str; 5] = ["cpython_", "code_", "thread_", "pyusdt_", "otel_"];
+const POINT_LABEL_NAMES: [&str; 2] = ["outcome", "reason"];
+
+/// Whether `label` (a sanitised attribute name) is, or may become, a metric point's label.
+pub fn is_point_attribute_label(label: &str) -> bool {
+    POINT_LABEL_NAMES.contains(&label) || POINT_LABEL_PREFIXES.iter().any(|p| label.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_point_attribute_is_in_a_reserved_namespace() {
+        for name in [
+            super::GC_GENERATION,
+            super::GC_COLLECTED_OBJECTS,
+            super::IMPORT_MODULE,
+            super::IMPORT_FOUND,
+            super::AUDIT_EVENT,
+            super::THREAD_ID,
+            super::CODE_FUNCTION_NAME,
+            super::CODE_FILE_PATH,
+            super::CODE_LINE_NUMBER,
+            "cpython.marker",
+            "otel.signal",
+            "otel.metric.overflow",
+            "outcome",
+            "reason",
+            "pyusdt.function_markers",
+            "pyusdt.record",
+        ] {
+            let label = crate::export::prometheus::label_name(name);
+            assert!(super::is_point_attribute_label(&label), "{name}");
+        }
+    }
+}

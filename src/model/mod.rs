@@ -3,6 +3,7 @@
 //! the SDK's one-resource-per-provider does not fit an agent that speaks for many processes).
 pub mod attrs;
 pub mod audit_args;
+pub mod env_attributes;
 pub(crate) mod ids;
 pub mod location;
 pub mod logs;

@@ -1,22 +1,33 @@
 //! One OTLP resource per traced process: `service.name` from the process's own
-//! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (read from /proc/PID/environ), process and
-//! runtime attributes, and the host.
+//! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (read from /proc/PID/environ, vetted by
+//! `env_attributes`), process and runtime attributes, and the host.
 use std::collections::HashMap;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::attrs;
+use super::env_attributes::FromEnvironment;
 use crate::discover::process;
+
+/// Bytes of /proc/PID/environ scanned for the OTEL_* variables (the kernel bounds an
+/// environment too, but by the stack limit, which the process sets).
+const MAX_ENVIRON_BYTES: u64 = 8 << 20;
+/// Bytes of one environment entry read (the kernel's limit at exec, MAX_ARG_STRLEN; a
+/// process can rewrite its environment since).
+const MAX_ENTRY_BYTES: u64 = 128 << 10;
+/// Bytes of a command line kept (`process.command_line`, opt-in).
+const MAX_COMMAND_LINE_BYTES: usize = 4096;
 
 /// What pyusdt knows of a process when it first sees one of its events.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessFacts {
     pub pid: u32,
-    /// Environment variables of the process that matter here.
-    pub service_name: Option<String>,
-    pub resource_attributes: Option<String>,
+    /// What the process's own environment says (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES),
+    /// bounded and vetted.
+    pub env: FromEnvironment,
     pub executable_path: Option<String>,
     /// When the path is unknown (the process exited): the kernel's `comm` of the process.
     pub executable_name: Option<String>,
@@ -40,7 +51,7 @@ impl ProcessFacts {
             .filter(|f| f.executable_path.is_some());
         let mut facts = ProcessFacts {
             pid: record.pid,
-            command_line: record.command_line(),
+            command_line: record.command_line().map(bounded_command_line),
             executable_name: Some(record.comm.to_string()),
             ..Default::default()
         };
@@ -48,15 +59,28 @@ impl ProcessFacts {
             // An incomplete copy may miss variables that /proc still has. An empty complete
             // one means the process has no OTEL_* variable (the BPF side copies only those).
             Some(p) if record.env_truncated => {
-                facts.service_name = p.service_name.clone();
-                facts.resource_attributes = p.resource_attributes.clone();
+                facts.env = p.env.clone();
             }
-            _ => facts.set_environment(record.environment()),
+            _ => facts.env = FromEnvironment::vet(record.environment()),
         }
         if let Some(p) = proc_facts {
             facts.executable_path = p.executable_path;
         }
         facts
+    }
+
+    /// The vetted environment of a described process, as `from_record` takes it, without the
+    /// rest: for counting what it refused, once per description.
+    pub fn environment_of(
+        record: &crate::decode::ProcessRecord<'_>,
+        read_proc: bool,
+    ) -> FromEnvironment {
+        if read_proc && (record.env_truncated || record.env.is_empty()) {
+            if let Some(env) = read_environment(record.pid) {
+                return env;
+            }
+        }
+        FromEnvironment::vet(record.environment())
     }
 
     /// Adds the container and pod of the process, from its /proc/PID/cgroup: `container.id`
@@ -83,41 +107,83 @@ impl ProcessFacts {
             pid,
             ..Default::default()
         };
-        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
-            facts.set_environment(process::env_entries(&environ));
+        if let Some(env) = read_environment(pid) {
+            facts.env = env;
         }
         facts.executable_path = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        facts.command_line = std::fs::read(format!("/proc/{pid}/cmdline"))
+        let mut cmdline = Vec::new();
+        facts.command_line = std::fs::File::open(format!("/proc/{pid}/cmdline"))
+            .and_then(|f| {
+                f.take(MAX_COMMAND_LINE_BYTES as u64 + 1)
+                    .read_to_end(&mut cmdline)
+            })
             .ok()
-            .and_then(|c| process::join_argv(&c));
+            .and_then(|_| process::join_argv(&cmdline))
+            .map(bounded_command_line);
         facts
     }
+}
 
-    pub fn set_environment<'a>(&mut self, vars: impl Iterator<Item = (&'a str, &'a str)>) {
-        for (k, v) in vars {
-            match k {
-                "OTEL_SERVICE_NAME" if !v.is_empty() => self.service_name = Some(v.into()),
-                "OTEL_RESOURCE_ATTRIBUTES" if !v.is_empty() => {
-                    self.resource_attributes = Some(v.into())
-                }
-                _ => {}
+/// The OTEL_* variables of /proc/PID/environ, vetted. Entries are read one at a time, at most
+/// `MAX_ENTRY_BYTES` of each (the rest of a longer one is skipped), and only the two variables
+/// used are kept; empty ones are ignored, as in `FromEnvironment::vet`.
+fn read_environment(pid: u32) -> Option<FromEnvironment> {
+    let file = std::fs::File::open(format!("/proc/{pid}/environ")).ok()?;
+    let mut reader = std::io::BufReader::new(file.take(MAX_ENVIRON_BYTES));
+    let (mut service, mut attributes) = (None, None);
+    let mut entry = Vec::new();
+    loop {
+        entry.clear();
+        match (&mut reader)
+            .take(MAX_ENTRY_BYTES)
+            .read_until(0, &mut entry)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let kv = match entry.strip_suffix(&[0]) {
+            Some(kv) => kv,
+            None => {
+                // Cut at the bound: the rest of the entry is not read into memory.
+                let _ = reader.skip_until(0);
+                &entry
             }
+        };
+        let value = |prefix: &[u8]| {
+            kv.strip_prefix(prefix)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if let Some(v) = value(b"OTEL_SERVICE_NAME=") {
+            service = Some(v);
+        } else if let Some(v) = value(b"OTEL_RESOURCE_ATTRIBUTES=") {
+            attributes = Some(v);
         }
     }
+    Some(FromEnvironment::from_variables(
+        service.as_deref(),
+        attributes.as_deref(),
+    ))
+}
+
+/// A command line cut to `MAX_COMMAND_LINE_BYTES` (at a character boundary).
+fn bounded_command_line(mut c: String) -> String {
+    if c.len() > MAX_COMMAND_LINE_BYTES {
+        let mut end = MAX_COMMAND_LINE_BYTES;
+        while !c.is_char_boundary(end) {
+            end -= 1;
+        }
+        c.truncate(end);
+    }
+    c
 }
 
 /// Builds the resource of a process. `with_command_line`: `process.command_line` is opt-in
 /// (command lines can carry secrets).
 pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> Resource {
     let mut attributes: Vec<KeyValue> = Vec::new();
-    // OTEL_RESOURCE_ATTRIBUTES first: explicit attributes below override its duplicates.
-    let mut from_env: Vec<(String, String)> = facts
-        .resource_attributes
-        .as_deref()
-        .map(parse_resource_attributes)
-        .unwrap_or_default();
     let exe_name = facts
         .executable_path
         .as_deref()
@@ -125,20 +191,14 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
         .map(|n| n.to_string_lossy().into_owned())
         .or_else(|| facts.executable_name.clone());
     let service_name = facts
+        .env
         .service_name
         .clone()
-        .or_else(|| {
-            from_env
-                .iter()
-                .find(|(k, _)| k == "service.name")
-                .map(|(_, v)| v.clone())
-        })
         .or_else(|| facts.k8s_service_name.clone())
         .unwrap_or_else(|| match &exe_name {
             Some(n) => format!("unknown_service:{n}"),
             None => "unknown_service".into(),
         });
-    from_env.retain(|(k, _)| k != "service.name");
     attributes.push(attrs::string("service.name", service_name));
     attributes.push(attrs::int("process.pid", i64::from(facts.pid)));
     if let Some(path) = &facts.executable_path {
@@ -166,10 +226,11 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
             ));
         }
     }
-    let explicit: Vec<String> = attributes.iter().map(|kv| kv.key.clone()).collect();
-    for (k, v) in from_env {
-        if !explicit.contains(&k) {
-            attributes.push(attrs::string(&k, v));
+    // The process's own attributes never take a name pyusdt derives (env_attributes refuses
+    // those namespaces); a pod label or annotation that does is dropped here too.
+    for (k, v) in &facts.env.attributes {
+        if !attributes.iter().any(|kv| kv.key == *k) {
+            attributes.push(attrs::string(k, v.clone()));
         }
     }
     Resource {
@@ -194,35 +255,22 @@ pub fn own(host_name: &str) -> Resource {
     }
 }
 
-/// `key1=value1,key2=value2` with percent-encoded values (the OTEL_RESOURCE_ATTRIBUTES format).
+/// `key1=value1,key2=value2` with percent-encoded values (the OTEL_RESOURCE_ATTRIBUTES format)
+/// of pyusdt's own environment (trusted: a traced process's goes through `env_attributes`).
 /// Malformed entries are skipped, as the specification asks.
 pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
     s.split(',')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
             let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+            (!k.is_empty()).then(|| {
+                (
+                    k.to_string(),
+                    super::env_attributes::percent_decode(v.trim()),
+                )
+            })
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// This host's name, as `host.name` wants it.
@@ -349,12 +397,17 @@ mod tests {
             get(&build(&f, "h", false), "service.name"),
             Some("unknown_service:python3.11")
         );
-        f.resource_attributes =
-            Some("service.name=from-attrs,deployment.environment=prod%20eu".into());
+        f.env = FromEnvironment::from_variables(
+            None,
+            Some("service.name=from-attrs,deployment.environment=prod%20eu"),
+        );
         let r = build(&f, "h", false);
         assert_eq!(get(&r, "service.name"), Some("from-attrs"));
         assert_eq!(get(&r, "deployment.environment"), Some("prod eu"));
-        f.service_name = Some("checkout".into());
+        f.env = FromEnvironment::from_variables(
+            Some("checkout"),
+            Some("service.name=from-attrs,deployment.environment=prod%20eu"),
+        );
         let r = build(&f, "h", false);
         assert_eq!(get(&r, "service.name"), Some("checkout"));
         assert_eq!(
@@ -365,6 +418,34 @@ mod tests {
             1
         );
         assert_eq!(get(&r, "process.command_line"), None);
+    }
+
+    #[test]
+    fn the_environment_is_read_from_proc_and_vetted() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("FILLER", "x".repeat(100 << 10))
+            .env("OTEL_SERVICE_NAME", "from-proc")
+            .env("OTEL_RESOURCE_ATTRIBUTES", "team=a,le=x,host.name=evil")
+            .spawn()
+            .unwrap();
+        // Until the child has exec'd (and the kernel has set its new environment up), its
+        // environment is the test's.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let env = loop {
+            let env = read_environment(child.id());
+            let done = env.as_ref().is_some_and(|e| e.service_name.is_some());
+            if done || std::time::Instant::now() > deadline {
+                break env;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let env = env.unwrap();
+        assert_eq!(env.service_name.as_deref(), Some("from-proc"));
+        assert_eq!(env.attributes, vec![("team".into(), "a".into())]);
+        assert_eq!(env.refused.total(), 2);
     }
 
     #[test]

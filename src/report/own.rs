@@ -17,6 +17,13 @@ pub struct OwnStats {
     pub function_dropped: u64,
     /// Files that could not be attached.
     pub attach_failures: u64,
+    /// Process descriptions and exec records lost in the kernel (ring buffer full).
+    pub process_dropped: u64,
+    pub exec_dropped: u64,
+    /// Records read that did not decode (a BPF/Rust layout mismatch).
+    pub undecodable: u64,
+    /// Resource attributes of traced processes' environments left out, by reason.
+    pub resource_refused: crate::model::env_attributes::Refusals,
 }
 
 /// pyusdt's own counters (cumulative), under its own resource: events received and dropped
@@ -70,17 +77,45 @@ pub fn metrics(
         ),
         counter(
             "pyusdt.events.dropped",
-            "Events lost because the ring buffer was full (function: also calls whose code names were not known).",
+            "Events lost because the ring buffer was full (function: also calls whose code \
+             names were not known); process descriptions and exec records lost so (by \
+             pyusdt.record); records that did not decode (reason undecodable).",
             "{event}",
             c,
             by_marker(own.dropped)
                 .into_iter()
-                .chain([int_point(
-                    vec![attrs::string("cpython.marker", "function")],
-                    own.function_dropped as i64,
-                    start,
-                    now,
-                )])
+                .chain([
+                    int_point(
+                        vec![attrs::string("cpython.marker", "function")],
+                        own.function_dropped as i64,
+                        start,
+                        now,
+                    ),
+                    int_point(
+                        vec![
+                            attrs::string("pyusdt.record", "process"),
+                            attrs::string("reason", "ring_buffer_full"),
+                        ],
+                        own.process_dropped as i64,
+                        start,
+                        now,
+                    ),
+                    int_point(
+                        vec![
+                            attrs::string("pyusdt.record", "exec"),
+                            attrs::string("reason", "ring_buffer_full"),
+                        ],
+                        own.exec_dropped as i64,
+                        start,
+                        now,
+                    ),
+                    int_point(
+                        vec![attrs::string("reason", "undecodable")],
+                        own.undecodable as i64,
+                        start,
+                        now,
+                    ),
+                ])
                 .collect(),
         ),
         counter(
@@ -109,6 +144,25 @@ pub fn metrics(
             "Processes with metrics in this export.",
             "{process}",
             vec![int_point(vec![], processes as i64, start, now)],
+        ),
+        counter(
+            "pyusdt.resource.attributes.refused",
+            "Resource attributes a traced process's environment set that were left out: \
+             too many, too long, reserved (pyusdt derives them, or Prometheus reserves the \
+             name), invalid, or a duplicate label name.",
+            "{attribute}",
+            c,
+            crate::model::env_attributes::Refusal::ALL
+                .iter()
+                .map(|r| {
+                    int_point(
+                        vec![attrs::string("reason", r.label())],
+                        own.resource_refused.get(*r) as i64,
+                        start,
+                        now,
+                    )
+                })
+                .collect(),
         ),
     ]
 }
@@ -189,4 +243,58 @@ fn function_sampling_metrics(
             )],
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+
+    /// The value of the `pyusdt.events.dropped` point with exactly these attributes.
+    fn dropped(metrics: &[Metric], want: &[(&str, &str)]) -> Option<i64> {
+        let m = metrics.iter().find(|m| m.name == "pyusdt.events.dropped")?;
+        let Some(Data::Sum(s)) = &m.data else {
+            return None;
+        };
+        s.data_points
+            .iter()
+            .find(|p| {
+                p.attributes.len() == want.len()
+                    && want
+                        .iter()
+                        .all(|(k, v)| p.attributes.contains(&attrs::string(k, *v)))
+            })
+            .and_then(|p| match p.value {
+                Some(Value::AsInt(v)) => Some(v),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn lost_and_undecodable_records_are_reasons_of_dropped_events() {
+        let own = OwnStats {
+            process_dropped: 2,
+            exec_dropped: 5,
+            undecodable: 3,
+            ..Default::default()
+        };
+        let m = metrics(&own, &ExportCounts::default(), 0, 0, 0, 1);
+        assert_eq!(dropped(&m, &[("reason", "undecodable")]), Some(3));
+        assert_eq!(
+            dropped(
+                &m,
+                &[("pyusdt.record", "process"), ("reason", "ring_buffer_full")]
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            dropped(
+                &m,
+                &[("pyusdt.record", "exec"), ("reason", "ring_buffer_full")]
+            ),
+            Some(5)
+        );
+        assert_eq!(dropped(&m, &[("cpython.marker", "gc")]), Some(0));
+    }
 }

@@ -337,6 +337,13 @@ impl Summary {
                 stats.unpaired_starts, stats.imports_too_deep, stats.calls_too_deep
             );
         }
+        if stats.process_dropped > 0 || stats.exec_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "  ring buffer full: {} process descriptions lost (read from /proc instead, where it could be), {} exec records lost (the next rescan finds new interpreters)",
+                stats.process_dropped, stats.exec_dropped
+            );
+        }
         if stats.stacks_reset > 0 {
             let _ = writeln!(
                 out,
@@ -490,6 +497,10 @@ impl Summary {
             dropped: MarkerCounts::from(stats.dropped),
             unpaired_gc_starts: stats.unpaired_starts,
             imports_too_deep: stats.imports_too_deep,
+            records_dropped: RecordCounts {
+                process: stats.process_dropped,
+                exec: stats.exec_dropped,
+            },
             processes: self
                 .processes
                 .iter()
@@ -542,7 +553,15 @@ pub struct SummaryRecord {
     dropped: MarkerCounts,
     unpaired_gc_starts: u64,
     imports_too_deep: u64,
+    /// Process descriptions and exec records lost in the kernel (ring buffer full).
+    records_dropped: RecordCounts,
     processes: Vec<ProcessRecord>,
+}
+
+#[derive(Serialize)]
+pub struct RecordCounts {
+    pub process: u64,
+    pub exec: u64,
 }
 
 #[derive(Serialize)]
