@@ -10,7 +10,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts
 
 use crate::audit_names::AuditNames;
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
-use crate::discover::{Binary, PROVIDER};
+use crate::discover::{refusals, Binary, Reason, PROVIDER};
 use crate::model::metrics::KernelDurations;
 use crate::probes::{Probe, ProbeSet};
 
@@ -47,7 +47,24 @@ pub enum AttachError {
     /// The ring buffer could not be set up or polled.
     #[error("ring buffer: {0}")]
     RingBuffer(String),
+    /// The file is not attached: counted in `pyusdt.discovery.refused` (and said once per
+    /// reason), not an attach failure.
+    #[error("{path}: not attached ({})", .reason.label())]
+    Refused { path: PathBuf, reason: Reason },
 }
+
+impl AttachError {
+    /// Whether this is a refusal (counted and logged once per reason already).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AttachError::Refused { .. })
+    }
+}
+
+/// Interpreter files attached for every process using them, at most: each costs a few
+/// uprobes and, for audit names, a descriptor. Files found through processes are released
+/// when no process uses them, so that a user who starts many copies cannot hold the slots
+/// after their processes exit. Beyond: refused, counted as `too_many_files`.
+pub const MAX_ATTACHED_FILES: usize = 256;
 
 /// Loader settings (set in the BPF object before it is loaded).
 #[derive(Debug, Clone)]
@@ -185,6 +202,8 @@ pub struct Tracer<'obj> {
     process_links: RefCell<HashMap<u32, Vec<Link>>>,
     /// Interpreter files whose audit event names come by address, and the names read.
     audit_names: RefCell<AuditNames>,
+    /// Files attached for every process at most (`limit_files`).
+    max_files: usize,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -292,15 +311,25 @@ impl<'obj> Tracer<'obj> {
             _process_links: process_links,
             process_links: RefCell::default(),
             audit_names: RefCell::default(),
+            max_files: MAX_ATTACHED_FILES,
             options,
             skel,
         })
+    }
+
+    /// Attaches `attach` to at most `n` files (`MAX_ATTACHED_FILES` unless said).
+    pub fn limit_files(&mut self, n: usize) {
+        self.max_files = n;
     }
 
     /// Attaches every selected probe to `binary` for all processes mapping it (pid -1): the
     /// kernel sets the markers' semaphores in running processes and in those started later.
     /// Returns the markers attached; those the file lacks are skipped.
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
+        if !self.file_links.contains_key(&binary.id) && self.file_links.len() >= self.max_files {
+            return Err(refused(binary, Reason::TooManyFiles));
+        }
+        let _lease = Lease::take(binary)?;
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
         // Only the audit program reads the cookie.
@@ -342,6 +371,7 @@ impl<'obj> Tracer<'obj> {
                 drop(link);
             }
         }
+        self.audit_names.borrow_mut().forget(id);
     }
 
     /// Attaches the per-process probes of `plan` to `binary` for one process: `pid` as this
@@ -373,6 +403,7 @@ impl<'obj> Tracer<'obj> {
                 steps.push(("function__return", &p.count_return, 0));
             }
         }
+        let _lease = Lease::take(binary)?;
         let mut links = Vec::new();
         for (marker, prog, cookie) in steps {
             let opts = UsdtOpts {
@@ -616,6 +647,7 @@ impl<'obj> Tracer<'obj> {
         } else {
             return Ok(None);
         };
+        let _lease = Lease::take(binary)?;
         let link = attach_marker(prog, pid, binary, marker, None)?;
         self.links.push(link);
         Ok(Some(marker))
@@ -639,6 +671,7 @@ impl<'obj> Tracer<'obj> {
         if lines && binary.has_marker("line") {
             plan.push(("line", &p.flow_line));
         }
+        let _lease = Lease::take(binary)?;
         for (marker, prog) in plan {
             let link = attach_marker(prog, pid, binary, marker, None)?;
             self.links.push(link);
@@ -872,7 +905,8 @@ fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     out
 }
 
-/// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file).
+/// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file),
+/// through the descriptor of the file examined (`Binary::attach_path`), under a `Lease`.
 fn attach_marker(
     prog: &libbpf_rs::ProgramMut<'_>,
     pid: i32,
@@ -880,15 +914,75 @@ fn attach_marker(
     marker: &'static str,
     opts: Option<UsdtOpts>,
 ) -> Result<Link, AttachError> {
+    let path = binary.attach_path();
     let attached = match opts {
-        Some(o) => prog.attach_usdt_with_opts(pid, &binary.path, PROVIDER, marker, o),
-        None => prog.attach_usdt(pid, &binary.path, PROVIDER, marker),
+        Some(o) => prog.attach_usdt_with_opts(pid, &path, PROVIDER, marker, o),
+        None => prog.attach_usdt(pid, &path, PROVIDER, marker),
     };
     attached.map_err(|source| AttachError::Attach {
         marker,
         path: binary.path.clone(),
         source,
     })
+}
+
+/// Counts a refusal of `binary` and makes it the error.
+fn refused(binary: &Binary, reason: Reason) -> AttachError {
+    refusals::refuse(reason, &binary.path.display());
+    AttachError::Refused {
+        path: binary.path.clone(),
+        reason,
+    }
+}
+
+/// A read lease on an examined file while libbpf attaches to it. libbpf maps the file to
+/// read its notes (libelf, `ELF_C_READ_MMAP`): a truncation meanwhile would kill pyusdt with
+/// SIGBUS. Under the lease, whoever opens the file for writing or truncates it waits until
+/// the lease is released (or the kernel's lease-break-time passes, 45 s by default); a file
+/// someone already has open for writing gets no lease and is refused (`open_for_writing`).
+/// Taking the lease needs to own the file or CAP_LEASE (`no_lease` otherwise: refused).
+struct Lease<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+}
+
+impl<'a> Lease<'a> {
+    fn take(binary: &'a Binary) -> Result<Lease<'a>, AttachError> {
+        use std::os::fd::AsRawFd;
+        ignore_lease_breaks();
+        let fd = binary.file().fd();
+        // SAFETY: fcntl on an open descriptor, integer arguments only.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+        if r == 0 {
+            return Ok(Lease { fd });
+        }
+        let e = std::io::Error::last_os_error();
+        let reason = match e.raw_os_error() {
+            Some(libc::EAGAIN) => Reason::OpenForWriting,
+            _ => Reason::NoLease,
+        };
+        Err(refused(binary, reason))
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on an open descriptor, integer arguments only.
+        unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+}
+
+/// A lease break is signalled with SIGIO, whose default action ends the process: a handler
+/// that does nothing is installed once (a handler, unlike SIG_IGN, is not inherited by the
+/// command `run` starts).
+fn ignore_lease_breaks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Err(e) = signal_hook::flag::register(libc::SIGIO, flag) {
+            tracing::warn!("cannot handle SIGIO (lease breaks): {e}");
+        }
+    });
 }
 
 /// The audit program's cookie: it reads the argument tuple's ob_size at this offset (0:

@@ -246,6 +246,11 @@ pub struct AgentArgs {
     /// containers), in seconds; 0 disables the rescan.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub rescan_interval: u64,
+    /// Interpreter files attached at most (each costs a few uprobes and a descriptor); files
+    /// beyond are refused and counted (pyusdt.discovery.refused, reason too_many_files).
+    /// Files found through processes are released when no process uses them any more.
+    #[arg(long, default_value_t = crate::attach::MAX_ATTACHED_FILES, value_name = "N")]
+    pub max_interpreter_files: usize,
 }
 
 /// `--max-overhead`: a share of the traced process's time (0.05 = 5 %), or `None`: no budget.

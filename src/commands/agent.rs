@@ -44,6 +44,7 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
 
     let mut storage = MaybeUninit::uninit();
     let mut session = Session::start(&mut storage, t, false, Terminal::Stdout, Some(0.05))?;
+    session.tracer.limit_files(args.max_interpreter_files);
     session.attach_all(&binaries);
     session.warn_without_function_probes();
     session.follow_running_processes();

@@ -358,7 +358,7 @@ impl<'obj> Session<'obj> {
                     )
                 }
                 Ok(markers) => {
-                    if let Some(pid) = container_pid(&b.path) {
+                    if let Some(pid) = b.found_in.or_else(|| container_pid(&b.path)) {
                         self.container_files
                             .insert(b.id, (b.path.clone(), HashSet::from([pid])));
                     }
@@ -376,6 +376,8 @@ impl<'obj> Session<'obj> {
                     }
                     n += 1;
                 }
+                // Counted in pyusdt.discovery.refused and said once per reason already.
+                Err(e) if e.is_refusal() => {}
                 Err(e) => {
                     self.attach_failures += 1;
                     tracing::warn!("{e}")
