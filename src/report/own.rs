@@ -20,8 +20,8 @@ pub struct OwnStats {
 }
 
 /// pyusdt's own counters (cumulative), under its own resource: events received and dropped
-/// per marker, export outcomes per signal, attach failures, orphaned span subtrees, and the
-/// processes with metrics. Shared by the OTLP export and `/metrics`.
+/// per marker, export outcomes per signal, attach failures, refused files by reason,
+/// orphaned span subtrees, and the processes with metrics. Shared by the OTLP export and `/metrics`.
 pub fn metrics(
     own: &OwnStats,
     counts: &ExportCounts,
@@ -98,6 +98,14 @@ pub fn metrics(
             vec![int_point(vec![], own.attach_failures as i64, start, now)],
         ),
         counter(
+            "pyusdt.discovery.refused",
+            "Files and mappings named by traced processes that were not read or attached, by \
+             reason (src/discover/refusals.rs).",
+            "{file}",
+            c,
+            refused_points(start, now),
+        ),
+        counter(
             "pyusdt.spans.orphaned",
             "Span subtrees exported without their parent (its end was lost).",
             "{span}",
@@ -111,6 +119,24 @@ pub fn metrics(
             vec![int_point(vec![], processes as i64, start, now)],
         ),
     ]
+}
+
+/// One point per refusal reason, zeros included: a series exists before its first refusal.
+fn refused_points(
+    start: u64,
+    now: u64,
+) -> Vec<opentelemetry_proto::tonic::metrics::v1::NumberDataPoint> {
+    crate::discover::refusals::counts()
+        .iter()
+        .map(|(reason, n)| {
+            int_point(
+                vec![attrs::string("reason", reason.label())],
+                *n as i64,
+                start,
+                now,
+            )
+        })
+        .collect()
 }
 
 /// How a process's per-process probes are sampled (the overhead budget): the current duty
