@@ -216,3 +216,30 @@ fn function_sampling_metrics(
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_have_a_series_per_reason() {
+        let all = metrics(&OwnStats::default(), &ExportCounts::default(), 0, 0, 1, 2);
+        let refused = all
+            .iter()
+            .find(|m| m.name == "pyusdt.discovery.refused")
+            .expect("pyusdt.discovery.refused");
+        let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(sum)) = &refused.data
+        else {
+            panic!("not a sum: {refused:?}");
+        };
+        let reasons: Vec<String> = sum
+            .data_points
+            .iter()
+            .flat_map(|p| &p.attributes)
+            .filter(|a| a.key == "reason")
+            .map(|a| format!("{:?}", a.value))
+            .collect();
+        assert_eq!(reasons.len(), crate::discover::Reason::ALL.len());
+        assert!(reasons.iter().any(|r| r.contains("too_many_files")));
+    }
+}
