@@ -204,6 +204,9 @@ pub struct Tracer<'obj> {
     audit_names: RefCell<AuditNames>,
     /// Files attached for every process at most (`limit_files`).
     max_files: usize,
+    /// Files refused because `max_files` were attached: looked at again once some are
+    /// released (`take_refused_for_bound`).
+    refused_for_bound: HashSet<(u64, u64)>,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -312,6 +315,7 @@ impl<'obj> Tracer<'obj> {
             process_links: RefCell::default(),
             audit_names: RefCell::default(),
             max_files: MAX_ATTACHED_FILES,
+            refused_for_bound: HashSet::new(),
             options,
             skel,
         })
@@ -327,6 +331,7 @@ impl<'obj> Tracer<'obj> {
     /// Returns the markers attached; those the file lacks are skipped.
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
         if !self.file_links.contains_key(&binary.id) && self.file_links.len() >= self.max_files {
+            self.refused_for_bound.insert(binary.id);
             return Err(refused(binary, Reason::TooManyFiles));
         }
         let _lease = Lease::take(binary)?;
@@ -361,6 +366,12 @@ impl<'obj> Tracer<'obj> {
             .or_default()
             .extend(new_links);
         Ok(attached)
+    }
+
+    /// The files refused because the bound was reached, since the last call: once files are
+    /// released, the caller looks at them again (discovery skips files examined before).
+    pub fn take_refused_for_bound(&mut self) -> Vec<(u64, u64)> {
+        self.refused_for_bound.drain().collect()
     }
 
     /// Detaches every marker attached to the file `id` (see `attach`). Starts go before

@@ -520,6 +520,10 @@ impl<'obj> Session<'obj> {
             examined.remove(&id);
             tracing::info!("released {}: no process uses it any more", path.display());
         }
+        // Slots are free again: files refused for want of one are looked at anew.
+        for id in self.tracer.take_refused_for_bound() {
+            examined.remove(&id);
+        }
     }
 
     /// Delivers events until `keep_going` returns false, then drains what is pending.
