@@ -44,6 +44,30 @@ fn uprobes() -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
+/// The files that process `pid` (the agent) holds uprobes on: its link descriptors
+/// (/proc/PID/fdinfo names their link IDs), matched with every link's information. Other
+/// agents on the machine may hold uprobes on the same files: these are not counted.
+fn files_probed_by(pid: u32) -> std::collections::BTreeSet<String> {
+    let ids: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|rd| {
+            rd.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .filter_map(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("link_id:"))
+                        .and_then(|id| id.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    LinkInfoIter::default()
+        .filter(|link| ids.contains(&link.id))
+        .filter_map(|link| match link.info {
+            LinkTypeInfo::UprobeMulti(u) => Some(u.path?.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The uprobes on files under `dir`.
 fn uprobes_under(dir: &Path) -> Vec<(String, Vec<u64>)> {
     let prefix = dir.to_string_lossy().into_owned();
@@ -160,6 +184,38 @@ impl Agent {
         assert!(status.success(), "agent exit: {status:?}");
         read_jsonl(&self.out)
     }
+}
+
+/// A python3.11, run as the attacker, that maps the first page of each of `files` and then
+/// `anonymous` pages one by one (alternating protections: no two merge into one mapping), and
+/// waits for `go`. Returns once all are mapped.
+fn mapper(go: &Path, anonymous: usize, files: &[impl AsRef<std::ffi::OsStr>]) -> Reaped {
+    let mut p = Reaped(
+        as_nobody(Path::new(SYSTEM_PYTHON))
+            .args([
+                "-c",
+                "import mmap, os, sys, time\n\
+                 keep = []\n\
+                 for p in sys.argv[3:]:\n\
+                 \x20   f = open(p, 'rb')\n\
+                 \x20   keep.append(mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ))\n\
+                 for i in range(int(sys.argv[2])):\n\
+                 \x20   prot = mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE\n\
+                 \x20   keep.append(mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE, prot=prot))\n\
+                 print('ready', flush=True)\n\
+                 while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n",
+            ])
+            .arg(go)
+            .arg(anonymous.to_string())
+            .args(files)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = [0u8; 6];
+    p.0.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    p
 }
 
 /// Explicit collections (generation 2) reported for `pid`.
@@ -380,11 +436,12 @@ fn files_truncated_while_discovered_do_not_kill_the_agent() {
     assert_eq!(collections(&records, victim_pid), COLLECTIONS);
 }
 
-/// A process with about 30,000 mappings, six of them copies of libpython (distinct files with
-/// markers), against an agent allowed four interpreter files. The agent stays responsive
+/// A process with about 30,000 mappings, eight of them copies of libpython (distinct files
+/// with markers), against an agent allowed six interpreter files. The agent stays responsive
 /// (mappings are streamed and de-duplicated with a set), attaches no more files than allowed,
 /// counts the others as refused (too_many_files), and releases the copies once the process
-/// has exited (files found through a process do not hold their slots for ever).
+/// has exited (files found through a process do not hold their slots for ever); the copies
+/// refused then are attached once slots are free and a process maps them.
 #[test]
 fn many_mappings_and_many_files_stay_bounded() {
     if !require_bpf("many_mappings_and_many_files_stay_bounded") {
@@ -395,19 +452,17 @@ fn many_mappings_and_many_files_stay_bounded() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let work = tempfile::tempdir().unwrap();
     let go = work.path().join("go");
-    const MAX: usize = 4;
-    const COPIES: usize = 6;
+    const MAX: usize = 6;
+    // No more than the libpython files looked at per process (8): every copy is examined,
+    // and those not attached are refused for want of a slot.
+    const COPIES: usize = 8;
     let max = MAX.to_string();
     let agent = start(work.path(), &["--max-interpreter-files", &max]);
-    let line = wait_for_line(&agent.log, "tracing ");
-    // "tracing gc,import in N interpreter files": the host's own, attached first.
-    let host_files: usize = line
-        .split(" in ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("the count of attached files");
-    assert!(host_files < MAX, "the host alone has {host_files} files");
+    wait_for_line(&agent.log, "tracing ");
+    let agent_pid = agent.child.0.id();
+    // The host's own files (and those of whatever else runs here), attached first.
+    let before = files_probed_by(agent_pid).len();
+    assert!(before < MAX, "the host alone has {before} files");
 
     let mut copies = Vec::new();
     for i in 0..COPIES {
@@ -415,46 +470,26 @@ fn many_mappings_and_many_files_stay_bounded() {
         std::fs::copy(SYSTEM_LIBPYTHON, &copy).unwrap();
         copies.push(copy);
     }
-    let hog = Reaped(
-        as_nobody(Path::new(SYSTEM_PYTHON))
-            .args([
-                "-c",
-                "import mmap, os, sys, time\n\
-                 keep = []\n\
-                 for p in sys.argv[2:]:\n\
-                 \x20   f = open(p, 'rb')\n\
-                 \x20   keep.append(mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ))\n\
-                 for i in range(30000):\n\
-                 \x20   prot = mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE\n\
-                 \x20   keep.append(mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE, prot=prot))\n\
-                 print('ready', flush=True)\n\
-                 while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n",
-            ])
-            .arg(&go)
-            .args(&copies)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut hog = hog;
-    let mut ready = [0u8; 6];
-    hog.0.stdout.take().unwrap().read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
+    let hog = mapper(&go, 30_000, &copies);
     let mappings = std::fs::read_to_string(format!("/proc/{}/maps", hog.0.id()))
         .unwrap()
         .lines()
         .count();
     assert!(mappings >= 30_000, "only {mappings} mappings");
 
-    let allowed = (MAX - host_files).min(COPIES);
+    let allowed = MAX - before;
     let refused = agent.wait_refused("too_many_files", (COPIES - allowed) as u64);
-    let attached: std::collections::BTreeSet<String> = uprobes_under(dir.path())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(
-        attached.len(),
-        allowed,
+    let probed = files_probed_by(agent_pid);
+    let prefix = dir.path().to_string_lossy().into_owned();
+    let attached: std::collections::BTreeSet<&String> =
+        probed.iter().filter(|p| p.starts_with(&prefix)).collect();
+    assert!(
+        probed.len() <= MAX,
+        "{} files attached: {probed:?}",
+        probed.len()
+    );
+    assert!(
+        !attached.is_empty() && attached.len() <= allowed,
         "{allowed} copies may be attached, {refused} refusals: {attached:?}"
     );
     // Still responsive: the well-behaved process is traced in full.
@@ -465,10 +500,34 @@ fn many_mappings_and_many_files_stay_bounded() {
     // The copies no process uses any more are released.
     wait_for_line(&agent.log, "released ");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !uprobes_under(dir.path()).is_empty() {
+    while files_probed_by(agent_pid)
+        .iter()
+        .any(|p| p.starts_with(&prefix))
+    {
         assert!(Instant::now() < deadline, "the copies were never released");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Their slots are free again: copies refused before are attached now that a process maps
+    // them (they are not left out as examined for good).
+    let refused_before: Vec<&PathBuf> = copies
+        .iter()
+        .filter(|c| !attached.contains(&c.to_string_lossy().into_owned()))
+        .collect();
+    let go_late = work.path().join("go-late");
+    let late = mapper(&go_late, 0, &refused_before);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !files_probed_by(agent_pid)
+        .iter()
+        .any(|p| refused_before.iter().any(|c| c.to_string_lossy() == **p))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "copies refused for want of a slot were never attached once slots were free"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&go_late, b"").unwrap();
+    finish(late);
     let records = agent.stop();
     assert_eq!(collections(&records, victim_pid), COLLECTIONS);
 }
