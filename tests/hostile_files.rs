@@ -177,6 +177,21 @@ impl Agent {
         }
     }
 
+    /// Stops the agent and returns the lines it logged then (it stays an `Agent`: `stop` ends it).
+    fn stop_lines(&self) -> Vec<String> {
+        // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(20)) {
+            let done = line.contains("stopping: detaching");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    }
+
     /// Stops the agent (it must exit cleanly) and returns its records.
     fn stop(mut self) -> Vec<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(300));
@@ -528,6 +543,15 @@ fn many_mappings_and_many_files_stay_bounded() {
     }
     std::fs::write(&go_late, b"").unwrap();
     finish(late);
+    // The refusals are said again when the agent stops.
+    let stopping = agent.stop_lines();
+    assert!(
+        stopping
+            .iter()
+            .any(|l| l.contains("refused (pyusdt.discovery.refused): ")
+                && l.contains("too_many_files")),
+        "{stopping:?}"
+    );
     let records = agent.stop();
     assert_eq!(collections(&records, victim_pid), COLLECTIONS);
 }

@@ -107,6 +107,17 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
             next_rescan = rescan.map(|d| Instant::now() + d);
         }
     }
+    let refused: Vec<String> = crate::discover::refusals::counts()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{} {n}", reason.label()))
+        .collect();
+    if !refused.is_empty() {
+        tracing::warn!(
+            "files and mappings refused (pyusdt.discovery.refused): {}",
+            refused.join(", ")
+        );
+    }
     tracing::info!("stopping: detaching and flushing");
     session.finish()?;
     Ok(0)
