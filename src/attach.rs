@@ -10,6 +10,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts
 
 use crate::audit_names::AuditNames;
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
+use crate::discover::lease::Lease;
 use crate::discover::{refusals, Binary, Reason, PROVIDER};
 use crate::model::metrics::KernelDurations;
 use crate::probes::{Probe, ProbeSet};
@@ -334,7 +335,7 @@ impl<'obj> Tracer<'obj> {
             self.refused_for_bound.insert(binary.id);
             return Err(refused(binary, Reason::TooManyFiles));
         }
-        let _lease = Lease::take(binary)?;
+        let _lease = lease(binary)?;
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
         // Only the audit program reads the cookie.
@@ -414,7 +415,7 @@ impl<'obj> Tracer<'obj> {
                 steps.push(("function__return", &p.count_return, 0));
             }
         }
-        let _lease = Lease::take(binary)?;
+        let _lease = lease(binary)?;
         let mut links = Vec::new();
         for (marker, prog, cookie) in steps {
             let opts = UsdtOpts {
@@ -658,7 +659,7 @@ impl<'obj> Tracer<'obj> {
         } else {
             return Ok(None);
         };
-        let _lease = Lease::take(binary)?;
+        let _lease = lease(binary)?;
         let link = attach_marker(prog, pid, binary, marker, None)?;
         self.links.push(link);
         Ok(Some(marker))
@@ -682,7 +683,7 @@ impl<'obj> Tracer<'obj> {
         if lines && binary.has_marker("line") {
             plan.push(("line", &p.flow_line));
         }
-        let _lease = Lease::take(binary)?;
+        let _lease = lease(binary)?;
         for (marker, prog) in plan {
             let link = attach_marker(prog, pid, binary, marker, None)?;
             self.links.push(link);
@@ -937,6 +938,12 @@ fn attach_marker(
     })
 }
 
+/// A read lease on `binary` while libbpf attaches to it (see `discover::lease`); a refusal
+/// is counted and is the error.
+fn lease(binary: &Binary) -> Result<Lease<'_>, AttachError> {
+    Lease::take(binary.file().fd()).map_err(|reason| refused(binary, reason))
+}
+
 /// Counts a refusal of `binary` and makes it the error.
 fn refused(binary: &Binary, reason: Reason) -> AttachError {
     refusals::refuse(reason, &binary.path.display());
@@ -944,56 +951,6 @@ fn refused(binary: &Binary, reason: Reason) -> AttachError {
         path: binary.path.clone(),
         reason,
     }
-}
-
-/// A read lease on an examined file while libbpf attaches to it. libbpf maps the file to
-/// read its notes (libelf, `ELF_C_READ_MMAP`): a truncation meanwhile would kill pyusdt with
-/// SIGBUS. Under the lease, whoever opens the file for writing or truncates it waits until
-/// the lease is released (or the kernel's lease-break-time passes, 45 s by default); a file
-/// someone already has open for writing gets no lease and is refused (`open_for_writing`).
-/// Taking the lease needs to own the file or CAP_LEASE (`no_lease` otherwise: refused).
-struct Lease<'a> {
-    fd: std::os::fd::BorrowedFd<'a>,
-}
-
-impl<'a> Lease<'a> {
-    fn take(binary: &'a Binary) -> Result<Lease<'a>, AttachError> {
-        use std::os::fd::AsRawFd;
-        ignore_lease_breaks();
-        let fd = binary.file().fd();
-        // SAFETY: fcntl on an open descriptor, integer arguments only.
-        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
-        if r == 0 {
-            return Ok(Lease { fd });
-        }
-        let e = std::io::Error::last_os_error();
-        let reason = match e.raw_os_error() {
-            Some(libc::EAGAIN) => Reason::OpenForWriting,
-            _ => Reason::NoLease,
-        };
-        Err(refused(binary, reason))
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fcntl on an open descriptor, integer arguments only.
-        unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
-    }
-}
-
-/// A lease break is signalled with SIGIO, whose default action ends the process: a handler
-/// that does nothing is installed once (a handler, unlike SIG_IGN, is not inherited by the
-/// command `run` starts).
-fn ignore_lease_breaks() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if let Err(e) = signal_hook::flag::register(libc::SIGIO, flag) {
-            tracing::warn!("cannot handle SIGIO (lease breaks): {e}");
-        }
-    });
 }
 
 /// The audit program's cookie: it reads the argument tuple's ob_size at this offset (0:

@@ -1,6 +1,7 @@
 //! Discovery: which files carry CPython's USDT markers, which markers can fire, and where they are.
 pub mod image;
 pub mod interpreters;
+pub mod lease;
 pub mod process;
 pub mod refusals;
 pub mod safe_open;
