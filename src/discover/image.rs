@@ -42,8 +42,10 @@ impl Filler<'_> {
     }
 }
 
-/// The file's bytes where the parsers of this module's callers look, zeros elsewhere.
-pub fn read(file: &OpenedFile) -> Result<Vec<u8>, OpenError> {
+/// The file's bytes where the parsers of this module's callers look, zeros elsewhere;
+/// `.rodata` only when `rodata` (the CPython version is read there: only worth it for files
+/// that look like CPython).
+pub fn read(file: &OpenedFile, rodata: bool) -> Result<Vec<u8>, OpenError> {
     let mut f = Filler {
         file,
         // Zeroed allocation: calloc maps fresh zero pages, none touched until filled.
@@ -52,8 +54,8 @@ pub fn read(file: &OpenedFile) -> Result<Vec<u8>, OpenError> {
     };
     f.fill(0, HEAD_BYTES)?;
     match FileKind::parse(&*f.buf) {
-        Ok(FileKind::Elf32) => fill_elf::<elf::FileHeader32<Endianness>>(&mut f)?,
-        Ok(FileKind::Elf64) => fill_elf::<elf::FileHeader64<Endianness>>(&mut f)?,
+        Ok(FileKind::Elf32) => fill_elf::<elf::FileHeader32<Endianness>>(&mut f, rodata)?,
+        Ok(FileKind::Elf64) => fill_elf::<elf::FileHeader64<Endianness>>(&mut f, rodata)?,
         // Not ELF: the caller says so, from the first bytes.
         _ => {}
     }
@@ -63,7 +65,10 @@ pub fn read(file: &OpenedFile) -> Result<Vec<u8>, OpenError> {
 /// Fills the program and section headers, the section names, every note section, the
 /// dynamic section and its strings, and `.rodata`. Malformed headers stop the filling: the
 /// parser then reports them.
-fn fill_elf<Elf: FileHeader<Endian = Endianness>>(f: &mut Filler<'_>) -> Result<(), OpenError> {
+fn fill_elf<Elf: FileHeader<Endian = Endianness>>(
+    f: &mut Filler<'_>,
+    rodata: bool,
+) -> Result<(), OpenError> {
     let header: Elf = match Elf::parse(&*f.buf) {
         Ok(h) => *h,
         Err(_) => return Ok(()),
@@ -100,7 +105,8 @@ fn fill_elf<Elf: FileHeader<Endian = Endianness>>(f: &mut Filler<'_>) -> Result<
                 let link = s.sh_link(endian) as usize;
                 wanted.extend(section_range::<Elf>(&header, endian, &f.buf, link));
             }
-            _ if sections.section_name(endian, s).ok() == Some(&b".rodata"[..])
+            _ if rodata
+                && sections.section_name(endian, s).ok() == Some(&b".rodata"[..])
                 && size <= MAX_RODATA_BYTES =>
             {
                 wanted.push((off, size))
@@ -143,7 +149,7 @@ mod tests {
             eprintln!("skipped: no /usr/bin/python3.11");
             return;
         };
-        let sparse = read(&opened).unwrap();
+        let sparse = read(&opened, true).unwrap();
         let whole = std::fs::read(path).unwrap();
         let a = crate::discover::stapsdt::read(&sparse).unwrap();
         let b = crate::discover::stapsdt::read(&whole).unwrap();

@@ -117,7 +117,9 @@ impl Binary {
         path: PathBuf,
         name: Option<&str>,
     ) -> Result<Binary, DiscoverError> {
-        let data = image::read(&file).map_err(|e| DiscoverError::from_open(&path, e))?;
+        let read =
+            |rodata| image::read(&file, rodata).map_err(|e| DiscoverError::from_open(&path, e));
+        let mut data = read(false)?;
         let notes = stapsdt::read(&data).map_err(|e| match e {
             stapsdt::ParseError::NotElf => DiscoverError::NotElf {
                 path: path.clone(),
@@ -128,6 +130,10 @@ impl Binary {
                 reason,
             },
         })?;
+        if version::looks_like_python(name, &notes) {
+            // Its version string is in .rodata: read it too (headers again, a few KB).
+            data = read(true)?;
+        }
         let version = version::detect(name, &data, &notes);
         Ok(Binary {
             path,

@@ -121,17 +121,21 @@ pub fn firing(marker: &str, version: Option<CPythonVersion>, present: bool) -> F
 /// is the file's real name (`python3` is usually a symlink to `python3.X`: the caller resolves
 /// it where that is safe).
 pub fn detect(name: Option<&str>, data: &[u8], notes: &SdtNotes) -> Option<CPythonVersion> {
-    let from_name = name.and_then(version_from_file_name);
-    // Only CPython files are worth scanning: named like one, or carrying python markers.
-    let looks_like_python =
-        from_name.is_some() || notes.markers.iter().any(|m| m.provider == "python");
-    if !looks_like_python {
+    if !looks_like_python(name, notes) {
         return None;
     }
+    let from_name = name.and_then(version_from_file_name);
     let from_data = py_version_strings(data)
         .into_iter()
         .find(|v| from_name.is_none_or(|n| (n.major, n.minor) == (v.major, v.minor)));
     from_data.or(from_name)
+}
+
+/// Only CPython files are worth scanning for a version: named like one, or carrying python
+/// markers.
+pub fn looks_like_python(name: Option<&str>, notes: &SdtNotes) -> bool {
+    name.and_then(version_from_file_name).is_some()
+        || notes.markers.iter().any(|m| m.provider == "python")
 }
 
 /// `python3.11`, `python3.11d`, `libpython3.11.so.1.0`, `libpython3.13t.so` → 3.11 / 3.13.
