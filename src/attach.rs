@@ -10,7 +10,8 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder, UsdtOpts
 
 use crate::audit_names::AuditNames;
 use crate::bpf::{self, PyusdtSkel, PyusdtSkelBuilder};
-use crate::discover::{Binary, PROVIDER};
+use crate::discover::lease::Lease;
+use crate::discover::{refusals, Binary, Reason, PROVIDER};
 use crate::model::metrics::KernelDurations;
 use crate::probes::{Probe, ProbeSet};
 
@@ -57,7 +58,24 @@ pub enum AttachError {
     /// The ring buffer could not be set up or polled.
     #[error("ring buffer: {0}")]
     RingBuffer(String),
+    /// The file is not attached: counted in `pyusdt.discovery.refused` (and said once per
+    /// reason), not an attach failure.
+    #[error("{path}: not attached ({})", .reason.label())]
+    Refused { path: PathBuf, reason: Reason },
 }
+
+impl AttachError {
+    /// Whether this is a refusal (counted and logged once per reason already).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AttachError::Refused { .. })
+    }
+}
+
+/// Interpreter files attached for every process using them, at most: each costs a few
+/// uprobes and, for audit names, a descriptor. Files found through processes are released
+/// when no process uses them, so that a user who starts many copies cannot hold the slots
+/// after their processes exit. Beyond: refused, counted as `too_many_files`.
+pub const MAX_ATTACHED_FILES: usize = 256;
 
 /// Loader settings (set in the BPF object before it is loaded).
 #[derive(Debug, Clone)]
@@ -198,6 +216,11 @@ pub struct Tracer<'obj> {
     process_links: RefCell<HashMap<u32, Vec<Link>>>,
     /// Interpreter files whose audit event names come by address, and the names read.
     audit_names: RefCell<AuditNames>,
+    /// Files attached for every process at most (`limit_files`).
+    max_files: usize,
+    /// Files refused because `max_files` were attached: looked at again once some are
+    /// released (`take_refused_for_bound`).
+    refused_for_bound: HashSet<(u64, u64)>,
     options: TracerOptions,
     skel: PyusdtSkel<'obj>,
 }
@@ -314,15 +337,27 @@ impl<'obj> Tracer<'obj> {
             _process_links: process_links,
             process_links: RefCell::default(),
             audit_names: RefCell::default(),
+            max_files: MAX_ATTACHED_FILES,
+            refused_for_bound: HashSet::new(),
             options,
             skel,
         })
+    }
+
+    /// Attaches `attach` to at most `n` files (`MAX_ATTACHED_FILES` unless said).
+    pub fn limit_files(&mut self, n: usize) {
+        self.max_files = n;
     }
 
     /// Attaches every selected probe to `binary` for all processes mapping it (pid -1): the
     /// kernel sets the markers' semaphores in running processes and in those started later.
     /// Returns the markers attached; those the file lacks are skipped.
     pub fn attach(&mut self, binary: &Binary) -> Result<Vec<&'static str>, AttachError> {
+        if !self.file_links.contains_key(&binary.id) && self.file_links.len() >= self.max_files {
+            self.refused_for_bound.insert(binary.id);
+            return Err(refused(binary, Reason::TooManyFiles));
+        }
+        let _lease = lease(binary)?;
         let mut attached = Vec::new();
         let mut new_links = Vec::new();
         // Only the audit program reads the cookie.
@@ -356,6 +391,12 @@ impl<'obj> Tracer<'obj> {
         Ok(attached)
     }
 
+    /// The files refused because the bound was reached, since the last call: once files are
+    /// released, the caller looks at them again (discovery skips files examined before).
+    pub fn take_refused_for_bound(&mut self) -> Vec<(u64, u64)> {
+        self.refused_for_bound.drain().collect()
+    }
+
     /// Detaches every marker attached to the file `id` (see `attach`). Starts go before
     /// dones (the reverse of attaching), so that no start is left waiting for its done.
     pub fn detach_file(&mut self, id: (u64, u64)) {
@@ -364,6 +405,7 @@ impl<'obj> Tracer<'obj> {
                 drop(link);
             }
         }
+        self.audit_names.borrow_mut().forget(id);
     }
 
     /// Attaches the per-process probes of `plan` to `binary` for one process: `pid` as this
@@ -395,6 +437,7 @@ impl<'obj> Tracer<'obj> {
                 steps.push(("function__return", &p.count_return, 0));
             }
         }
+        let _lease = lease(binary)?;
         let mut links = Vec::new();
         for (marker, prog, cookie) in steps {
             let opts = UsdtOpts {
@@ -638,6 +681,7 @@ impl<'obj> Tracer<'obj> {
         } else {
             return Ok(None);
         };
+        let _lease = lease(binary)?;
         let link = attach_marker(prog, pid, binary, marker, None)?;
         self.links.push(link);
         Ok(Some(marker))
@@ -661,6 +705,7 @@ impl<'obj> Tracer<'obj> {
         if lines && binary.has_marker("line") {
             plan.push(("line", &p.flow_line));
         }
+        let _lease = lease(binary)?;
         for (marker, prog) in plan {
             let link = attach_marker(prog, pid, binary, marker, None)?;
             self.links.push(link);
@@ -896,7 +941,8 @@ fn sum_durations(map: &libbpf_rs::Map<'_>) -> Vec<(Vec<u8>, KernelDurations)> {
     out
 }
 
-/// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file).
+/// Attaches `prog` to `marker` of `binary` for `pid` (-1: every process mapping the file),
+/// through the descriptor of the file examined (`Binary::attach_path`), under a `Lease`.
 fn attach_marker(
     prog: &libbpf_rs::ProgramMut<'_>,
     pid: i32,
@@ -904,15 +950,31 @@ fn attach_marker(
     marker: &'static str,
     opts: Option<UsdtOpts>,
 ) -> Result<Link, AttachError> {
+    let path = binary.attach_path();
     let attached = match opts {
-        Some(o) => prog.attach_usdt_with_opts(pid, &binary.path, PROVIDER, marker, o),
-        None => prog.attach_usdt(pid, &binary.path, PROVIDER, marker),
+        Some(o) => prog.attach_usdt_with_opts(pid, &path, PROVIDER, marker, o),
+        None => prog.attach_usdt(pid, &path, PROVIDER, marker),
     };
     attached.map_err(|source| AttachError::Attach {
         marker,
         path: binary.path.clone(),
         source,
     })
+}
+
+/// A read lease on `binary` while libbpf attaches to it (see `discover::lease`); a refusal
+/// is counted and is the error.
+fn lease(binary: &Binary) -> Result<Lease<'_>, AttachError> {
+    Lease::take(binary.file().fd()).map_err(|reason| refused(binary, reason))
+}
+
+/// Counts a refusal of `binary` and makes it the error.
+fn refused(binary: &Binary, reason: Reason) -> AttachError {
+    refusals::refuse(reason, &binary.path.display());
+    AttachError::Refused {
+        path: binary.path.clone(),
+        reason,
+    }
 }
 
 /// The audit program's cookie: it reads the argument tuple's ob_size at this offset (0:

@@ -9,8 +9,7 @@
 //! site per file, which every build seen has. Names given to `sys.audit()` from Python live in
 //! Python strings and are still copied per event.
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::bpf;
@@ -28,6 +27,10 @@ const NAME_MAX: usize = 63;
 /// Names kept; beyond, all are dropped and read again as they come (a file holds a few
 /// hundred audit event names).
 const MAX_NAMES: usize = 65_536;
+/// Files whose descriptor is held for reading names at most (as `MAX_ATTACHED_FILES` of
+/// src/attach.rs): one each, shared with the file's `Binary`, given back when the file is
+/// released (`forget`).
+const MAX_OPEN_IMAGES: usize = 256;
 
 #[derive(Default)]
 pub struct AuditNames {
@@ -42,9 +45,10 @@ pub struct AuditNames {
 }
 
 struct Image {
-    /// Kept open: names are read from the file that was attached, even once a package
-    /// upgrade has replaced it on disk.
-    file: File,
+    /// The descriptor of the file examined and attached (shared with its `Binary`, not opened
+    /// again): names are read from that file, even once a package upgrade has replaced it on
+    /// disk. None once the file is released.
+    file: Option<Arc<OwnedFd>>,
     /// The audit marker's address in the file.
     site: u64,
     rodata: Segment,
@@ -76,7 +80,8 @@ impl AuditNames {
     }
 
     fn add(&mut self, binary: &Binary) -> Option<u32> {
-        if self.images.len() >= MAX_IMAGES {
+        let open = self.images.iter().filter(|im| im.file.is_some()).count();
+        if self.images.len() >= MAX_IMAGES || open >= MAX_OPEN_IMAGES {
             return None;
         }
         let mut sites = binary.python_markers().filter(|m| m.name == "audit");
@@ -85,14 +90,23 @@ impl AuditNames {
             return None;
         }
         let rodata = binary.notes.rodata?;
-        let file = File::open(&binary.path).ok()?;
-        // The file attached, not one that replaced it since it was inspected.
-        let meta = file.metadata().ok()?;
-        if (meta.dev(), meta.ino()) != binary.id {
-            return None;
-        }
-        self.images.push(Image { file, site, rodata });
+        self.images.push(Image {
+            file: Some(binary.shared_fd()),
+            site,
+            rodata,
+        });
         Some(self.images.len() as u32)
+    }
+
+    /// Gives back the descriptor of a file no longer attached (`Tracer::detach_file`): its
+    /// names, if any still come, are reported empty. Its index is not reused (events in
+    /// flight may carry it).
+    pub fn forget(&mut self, id: (u64, u64)) {
+        if let Some(Some(index)) = self.by_file.remove(&id) {
+            if let Some(im) = self.images.get_mut(index as usize - 1) {
+                im.file = None;
+            }
+        }
     }
 
     /// The name at `vaddr` in the file registered as `image` (index + 1), read at its first
@@ -125,9 +139,13 @@ impl AuditNames {
             .filter(|&o| o < im.rodata.size)?;
         let len = (im.rodata.size - within).min(NAME_MAX as u64) as usize;
         let mut buf = [0u8; NAME_MAX];
-        im.file
-            .read_exact_at(&mut buf[..len], im.rodata.offset + within)
-            .ok()?;
+        // pread: a file truncated since gives an error (an empty name), never a SIGBUS.
+        crate::discover::safe_open::read_exact_at(
+            im.file.as_ref()?.as_fd(),
+            &mut buf[..len],
+            im.rodata.offset + within,
+        )
+        .ok()?;
         let end = buf[..len].iter().position(|&b| b == 0).unwrap_or(len);
         Some(Arc::from(String::from_utf8_lossy(&buf[..end]).as_ref()))
     }

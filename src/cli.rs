@@ -247,8 +247,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub rescan_interval: u64,
     /// The unprivileged user the agent becomes once its BPF programs are loaded (numbers;
-    /// the gid defaults to the uid). It keeps only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
-    /// CAP_DAC_READ_SEARCH. An agent started as another non-root user stays that user unless
+    /// the gid defaults to the uid). It keeps only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE,
+    /// CAP_DAC_READ_SEARCH and CAP_LEASE. An agent started as another non-root user stays that user unless
     /// this is given.
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_run_as)]
     pub run_as: Option<crate::privileges::Identity>,
@@ -256,6 +256,11 @@ pub struct AgentArgs {
     /// default the agent stops: it needs CAP_SETUID, CAP_SETGID and CAP_SETPCAP for it).
     #[arg(long)]
     pub allow_privileged_after_attach: bool,
+    /// Interpreter files attached at most (each costs a few uprobes and a descriptor); files
+    /// beyond are refused and counted (pyusdt.discovery.refused, reason too_many_files).
+    /// Files found through processes are released when no process uses them any more.
+    #[arg(long, default_value_t = crate::attach::MAX_ATTACHED_FILES, value_name = "N")]
+    pub max_interpreter_files: usize,
 }
 
 fn parse_run_as(s: &str) -> Result<crate::privileges::Identity, String> {

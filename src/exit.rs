@@ -61,7 +61,7 @@ impl From<crate::discover::DiscoverError> for CliError {
             D::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Exit::Privileges
             }
-            D::Open { .. } => Exit::Failure,
+            D::Open { .. } | D::Refused { .. } => Exit::Failure,
             D::NotElf { .. } | D::Malformed { .. } => Exit::NoMarkers,
         };
         CliError::new(exit, e.to_string())

@@ -11,7 +11,9 @@
 //!   kernel.unprivileged_bpf_disabled is set (the default): map reads in the event loop,
 //!   attaching to files found later;
 //! - CAP_PERFMON: uprobe perf events, which libbpf attaches where the kernel has no
-//!   uprobe_multi links (before 6.6).
+//!   uprobe_multi links (before 6.6);
+//! - CAP_LEASE: a read lease on each interpreter file while libbpf parses it (a mapping that a
+//!   truncation would turn into SIGBUS; see discover/lease.rs): the new uid owns none of them.
 //!
 //! On 6.18, tests/agent.rs passes without CAP_BPF or without CAP_PERFMON (uprobe_multi links,
 //! per-command checks), and fails without either of the other two (tried): all four are kept,
@@ -27,11 +29,18 @@ use std::fmt;
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
+const CAP_LEASE: u32 = 28;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// What the agent keeps.
-pub const AGENT: &[u32] = &[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF];
+pub const AGENT: &[u32] = &[
+    CAP_DAC_READ_SEARCH,
+    CAP_SYS_PTRACE,
+    CAP_LEASE,
+    CAP_PERFMON,
+    CAP_BPF,
+];
 
 /// The identity the agent takes after attaching, unless `--run-as` says otherwise.
 pub const NOBODY: Identity = Identity {
@@ -186,6 +195,7 @@ pub fn name(cap: u32) -> String {
     match cap {
         CAP_DAC_READ_SEARCH => "CAP_DAC_READ_SEARCH".into(),
         CAP_SYS_PTRACE => "CAP_SYS_PTRACE".into(),
+        CAP_LEASE => "CAP_LEASE".into(),
         CAP_PERFMON => "CAP_PERFMON".into(),
         CAP_BPF => "CAP_BPF".into(),
         other => format!("capability {other}"),

@@ -327,7 +327,7 @@ fn go(p: &mut Reaped) {
 }
 
 /// After loading its BPF programs the agent becomes uid/gid 65534 with no supplementary group,
-/// holds only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (effective,
+/// holds only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_LEASE (effective,
 /// permitted and bounding sets; nothing inheritable or ambient) in every thread, cannot regain
 /// more through an exec, and still writes its --output (created before the change, in a
 /// directory only root may enter) and traces: a python3.11 started afterwards, and one whose
@@ -343,7 +343,7 @@ fn agent_keeps_only_the_capabilities_it_needs() {
     let (mut agent, log) = start_agent(&["--quiet", "--output", out_path.to_str().unwrap()]);
     wait_for_line(&log, "now runs as uid 65534 gid 65534");
     wait_for_line(&log, "tracing ");
-    let expected: u64 = [2u32, 19, 38, 39].iter().map(|c| 1u64 << c).sum();
+    let expected: u64 = [2u32, 19, 28, 38, 39].iter().map(|c| 1u64 << c).sum();
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", agent.0.id()))
         .unwrap()
         .map(|t| t.unwrap().path())

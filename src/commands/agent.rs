@@ -56,6 +56,7 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         Some(0.05),
         Some(privileges),
     )?;
+    session.tracer.limit_files(args.max_interpreter_files);
     session.attach_all(&binaries);
     session.warn_without_function_probes();
     session.follow_running_processes();
@@ -117,6 +118,17 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
             session.follow_running_processes();
             next_rescan = rescan.map(|d| Instant::now() + d);
         }
+    }
+    let refused: Vec<String> = crate::discover::refusals::counts()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{} {n}", reason.label()))
+        .collect();
+    if !refused.is_empty() {
+        tracing::warn!(
+            "files and mappings refused (pyusdt.discovery.refused): {}",
+            refused.join(", ")
+        );
     }
     tracing::info!("stopping: detaching and flushing");
     session.finish()?;

@@ -371,7 +371,7 @@ impl<'obj> Session<'obj> {
                     )
                 }
                 Ok(markers) => {
-                    if let Some(pid) = container_pid(&b.path) {
+                    if let Some(pid) = b.found_in.or_else(|| container_pid(&b.path)) {
                         self.container_files
                             .insert(b.id, (b.path.clone(), HashSet::from([pid])));
                     }
@@ -389,6 +389,8 @@ impl<'obj> Session<'obj> {
                     }
                     n += 1;
                 }
+                // Counted in pyusdt.discovery.refused and said once per reason already.
+                Err(e) if e.is_refusal() => {}
                 Err(e) => {
                     self.attach_failures += 1;
                     tracing::warn!("{e}")
@@ -530,6 +532,10 @@ impl<'obj> Session<'obj> {
             self.versions.borrow_mut().remove(&id);
             examined.remove(&id);
             tracing::info!("released {}: no process uses it any more", path.display());
+        }
+        // Slots are free again: files refused for want of one are looked at anew.
+        for id in self.tracer.take_refused_for_bound() {
+            examined.remove(&id);
         }
     }
 

@@ -50,9 +50,11 @@ pub struct Scan {
     pub locations: bool,
 }
 
-/// Collects interpreter files: `explicit` paths (errors reported), then what `scan` selects.
-/// `examined` holds the (device, inode) of files looked at before: they are skipped with a
-/// `stat`, and every file examined now is added, so that a periodic rescan costs little and
+/// Collects interpreter files: `explicit` paths (errors reported), then what `scan` selects:
+/// the usual install locations first (files the host installed: kept attached), then the
+/// files of running processes (released once no process uses them).
+/// `examined` holds the (device, inode) of files looked at before: they are skipped after an
+/// `fstat`, and every file examined now is added, so that a periodic rescan costs little and
 /// does not report the same file twice.
 pub fn discover(
     explicit: &[PathBuf],
@@ -67,23 +69,21 @@ pub fn discover(
             Err(e) => found.errors.push(e),
         }
     }
-    let running = if scan.processes {
-        running_candidates()
-    } else {
-        Vec::new()
-    };
-    let usual = if scan.locations {
-        usual_candidates()
-    } else {
-        Vec::new()
-    };
-    for path in running.into_iter().chain(usual) {
-        if file_id(&path).is_some_and(|id| seen.contains(&id)) {
-            continue;
+    if scan.locations {
+        for path in usual_candidates() {
+            if file_id(&path).is_some_and(|id| seen.contains(&id)) {
+                continue;
+            }
+            // Candidates are best effort: a file may be unreadable.
+            if let Ok(b) = Binary::open(&path) {
+                found.add(seen, b, false);
+            }
         }
-        // Candidates are best effort: a process may exit, a file may be unreadable.
-        if let Ok(b) = Binary::open(&path) {
-            found.add(seen, b, false);
+    }
+    if scan.processes {
+        let own = std::process::id() as i32;
+        for pid in process::all_pids().into_iter().filter(|&pid| pid != own) {
+            add_process_files(pid, seen, &mut found);
         }
     }
     found
@@ -94,59 +94,62 @@ pub fn discover(
 /// mapped it yet). Best effort: a process may be gone already. Files in `examined` are skipped.
 pub fn discover_process(pid: i32, examined: &mut HashSet<(u64, u64)>) -> Discovered {
     let mut found = Discovered::default();
+    add_process_files(pid, examined, &mut found);
+    found
+}
+
+/// Adds the files of `pid` not in `seen` to `found` (see `discover_process`).
+fn add_process_files(pid: i32, seen: &mut HashSet<(u64, u64)>, found: &mut Discovered) {
     let Ok(files) = process::files_of(pid) else {
-        return found;
+        return;
     };
-    let is_new =
-        |p: &Path, seen: &HashSet<(u64, u64)>| !file_id(p).is_some_and(|id| seen.contains(&id));
-    for path in files.stable() {
-        if !is_new(&path, examined) {
-            continue;
-        }
-        let Ok(b) = Binary::open(&path) else {
+    for c in files.open(|id| seen.contains(id)) {
+        let id = c.file.id;
+        let Ok(mut b) = Binary::inspect(c.file, c.path, c.name.as_deref()) else {
+            // Not looked at again (a process cannot make each look cost a read).
+            seen.insert(id);
             continue;
         };
+        b.found_in = Some(pid as u32);
         let lib = if b.has_python_markers() {
             None
         } else {
             b.linked_libpython()
         };
-        found.add(examined, b, false);
-        if let Some(lib) = lib.filter(|l| is_new(l, examined)) {
-            if let Ok(l) = Binary::open(&lib) {
-                found.add(examined, l, false);
+        found.add(seen, b, false);
+        let Some(lib) = lib else {
+            continue;
+        };
+        // Resolved inside the process's root when the executable was seen through it.
+        if let Ok(mut l) = Binary::open(&lib) {
+            if !seen.contains(&l.id) {
+                l.found_in = Some(pid as u32);
+                found.add(seen, l, false);
             }
         }
     }
-    found
 }
 
 /// (device, inode) of the files a process runs: its executable and libpython mappings.
 pub fn process_file_ids(pid: i32) -> Vec<(u64, u64)> {
-    process::files_of(pid)
-        .map(|f| {
-            f.via_proc_root()
-                .iter()
-                .filter_map(|p| file_id(p))
-                .collect()
-        })
-        .unwrap_or_default()
+    let Ok(files) = process::files_of(pid) else {
+        return Vec::new();
+    };
+    let mut ids = files.mapped_ids();
+    ids.extend(file_id(Path::new(&format!("/proc/{pid}/exe"))));
+    ids.extend(
+        files
+            .inner_paths()
+            .iter()
+            .filter_map(|p| super::safe_open::id_in_root(pid, p)),
+    );
+    ids
 }
 
+/// (device, inode) of a host path (`stat`: nothing is opened).
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// Executables and libpython files of every running process, as host paths.
-fn running_candidates() -> Vec<PathBuf> {
-    let own = std::process::id() as i32;
-    process::all_pids()
-        .into_iter()
-        .filter(|&pid| pid != own)
-        .filter_map(|pid| process::files_of(pid).ok())
-        .flat_map(|p| p.stable())
-        .collect()
 }
 
 /// Files named like CPython interpreters in the usual directories (and their multiarch subdirs).
@@ -167,6 +170,9 @@ fn usual_candidates() -> Vec<PathBuf> {
         })
         // Report the real file (libpython3.11.so.1.0), not the symlink met first.
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        // Directories such as /usr/lib/python3 are named like interpreters: not candidates
+        // (and not refusals: no traced process named them).
+        .filter(|p| p.is_file())
         .collect()
 }
 

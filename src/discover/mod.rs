@@ -1,15 +1,19 @@
 //! Discovery: which files carry CPython's USDT markers, which markers can fire, and where they are.
+pub mod image;
 pub mod interpreters;
+pub mod lease;
 pub mod process;
+pub mod refusals;
+pub mod safe_open;
 pub mod stapsdt;
 pub mod version;
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use memmap2::Mmap;
-
+pub use refusals::Reason;
+use safe_open::{OpenError, OpenedFile};
 pub use stapsdt::{Marker, SdtNotes};
 pub use version::{CPythonVersion, Firing};
 
@@ -25,6 +29,11 @@ pub enum DiscoverError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is not one pyusdt reads: a FIFO, device, socket or directory, too large,
+    /// writable by others, or changed while it was read (counted in
+    /// `pyusdt.discovery.refused`).
+    #[error("{path}: refused ({}): {}", .reason.label(), refused_hint(*.reason))]
+    Refused { path: PathBuf, reason: Reason },
     /// The file is not an ELF object (a script, a shim, a directory …).
     #[error("{path} is not an ELF executable or shared library{hint}")]
     NotElf { path: PathBuf, hint: String },
@@ -33,50 +42,124 @@ pub enum DiscoverError {
     Malformed { path: PathBuf, reason: String },
 }
 
-/// A file on disk with its USDT notes and, when it is a CPython, its version.
+fn refused_hint(reason: Reason) -> &'static str {
+    match reason {
+        Reason::NotRegular => "not a regular file; name the interpreter file itself",
+        Reason::TooLarge => "larger than an interpreter file can be",
+        Reason::WritableByOthers => {
+            "users other than its owner can write it; remove the group/world write permission \
+             (chmod go-w)"
+        }
+        Reason::ChangedWhileRead => "it changed while it was read; try again",
+        _ => "see pyusdt.discovery.refused",
+    }
+}
+
+impl DiscoverError {
+    /// Counts a refusal (`pyusdt.discovery.refused`) and makes it an error.
+    fn from_open(path: &Path, e: OpenError) -> DiscoverError {
+        match e {
+            OpenError::Io(source) => DiscoverError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+            OpenError::Refused(reason) => {
+                refusals::refuse(reason, &path.display());
+                DiscoverError::Refused {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
+        }
+    }
+}
+
+/// A file on disk with its USDT notes and, when it is a CPython, its version. It holds the
+/// file open: attaching goes through this descriptor (`attach_path`), so that what was
+/// examined is what is attached, whatever its path leads to since.
 #[derive(Debug, Clone)]
 pub struct Binary {
-    /// Path as given or as found (may go through `/proc/PID/root`).
+    /// Path as given or as found (may go through `/proc/PID/root`): for messages, and for
+    /// finding the libpython it links. Never opened again to attach.
     pub path: PathBuf,
     /// (device, inode): the identity used to attach each file once.
     pub id: (u64, u64),
     pub notes: SdtNotes,
     pub version: Option<CPythonVersion>,
+    /// The process through which the file was found (its executable or a mapping), when it
+    /// was: the file is released once no process uses it any more.
+    pub found_in: Option<u32>,
+    file: OpenedFile,
 }
 
 impl Binary {
-    /// Opens and inspects `path`. Reads only what the ELF headers point at (the file is mapped).
+    /// Opens and inspects `path` (a symbolic link at its end is followed; a `/proc/PID/root/…`
+    /// path is resolved inside that root). Reads only what the ELF headers point at, with
+    /// `pread`: a file truncated meanwhile is an error, not a crash.
     pub fn open(path: &Path) -> Result<Binary, DiscoverError> {
-        let open_err = |source| DiscoverError::Open {
-            path: path.to_path_buf(),
-            source,
+        let file =
+            safe_open::open_path(path, true).map_err(|e| DiscoverError::from_open(path, e))?;
+        // The real name (python3 -> python3.11) tells the version: resolved on the host only
+        // (a process's root may hold links to anywhere).
+        let real = match safe_open::split_proc_root(path) {
+            None => std::fs::canonicalize(path).ok(),
+            Some(_) => None,
         };
-        let file = File::open(path).map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
-        if meta.is_dir() {
-            return Err(open_err(std::io::Error::other("is a directory")));
-        }
-        // SAFETY: the mapping is read-only and private; a concurrent truncation of the file
-        // could fault, which is the accepted risk of every ELF reader that maps (readelf,
-        // libbpf). Interpreters are not rewritten in place by package managers (they rename).
-        let map = unsafe { Mmap::map(&file) }.map_err(open_err)?;
-        let notes = stapsdt::read(&map).map_err(|e| match e {
+        let name = real.as_deref().unwrap_or(path).file_name();
+        let name = name.and_then(|n| n.to_str()).map(str::to_owned);
+        Binary::inspect(file, path.to_path_buf(), name.as_deref())
+    }
+
+    /// Inspects a file already opened (`safe_open`), known as `path`; `name`: its real file
+    /// name, which may tell the CPython version.
+    pub fn inspect(
+        file: OpenedFile,
+        path: PathBuf,
+        name: Option<&str>,
+    ) -> Result<Binary, DiscoverError> {
+        let read =
+            |rodata| image::read(&file, rodata).map_err(|e| DiscoverError::from_open(&path, e));
+        let mut data = read(false)?;
+        let notes = stapsdt::read(&data).map_err(|e| match e {
             stapsdt::ParseError::NotElf => DiscoverError::NotElf {
-                path: path.to_path_buf(),
-                hint: not_elf_hint(&map),
+                path: path.clone(),
+                hint: not_elf_hint(&data),
             },
             stapsdt::ParseError::Malformed(reason) => DiscoverError::Malformed {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 reason,
             },
         })?;
-        let version = version::detect(path, &map, &notes);
+        if version::looks_like_python(name, &notes) {
+            // Its version string is in .rodata: read it too (headers again, a few KB).
+            data = read(true)?;
+        }
+        let version = version::detect(name, &data, &notes);
         Ok(Binary {
-            path: path.to_path_buf(),
-            id: (meta.dev(), meta.ino()),
+            path,
+            id: file.id,
             notes,
             version,
+            found_in: None,
+            file,
         })
+    }
+
+    /// The path libbpf is given to attach: this process's descriptor of the examined file.
+    /// libbpf opens it to read the notes, and the kernel resolves it for the uprobe: both
+    /// reach the very inode examined, not whatever the file's path leads to now.
+    pub fn attach_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.fd().as_raw_fd()))
+    }
+
+    /// The examined file (for a read lease while attaching, and reading audit names).
+    pub fn file(&self) -> &OpenedFile {
+        &self.file
+    }
+
+    /// The descriptor of the examined file, shared.
+    pub fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.file.shared()
     }
 
     /// The CPython markers in this file (provider `python`).
@@ -134,7 +217,9 @@ impl Binary {
             let multiarch = format!("{base}/{}-linux-gnu", std::env::consts::ARCH);
             dirs.push(within(&root, Path::new(&multiarch)));
         }
-        dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+        dirs.into_iter()
+            .map(|d| d.join(name))
+            .find(|p| safe_open::is_regular(p))
     }
 
     /// Whether function__entry fires for every call here (3.8–3.10, or a newer release with the
@@ -167,6 +252,8 @@ Debian/Ubuntu system python3, Fedora/RHEL/UBI have them; Docker Hub python:* ima
 python3 (e.g. /usr/bin/python3.11) or rebuild with ./configure --with-dtrace.";
 
 fn not_elf_hint(data: &[u8]) -> String {
+    // The first page only (all that was read of a file that is not ELF).
+    let data = &data[..data.len().min(4096)];
     if data.starts_with(b"#!") {
         let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
         let line = String::from_utf8_lossy(line);

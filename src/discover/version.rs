@@ -4,7 +4,6 @@
 //! line markers fire as documented up to 3.10, only partly on 3.11 (gh-98894) and have no call
 //! site at all from 3.12 to 3.14 (PEP 669 work); gc, import and audit fire everywhere.
 use std::fmt;
-use std::path::Path;
 
 use object::{Object, ObjectSection};
 use serde::Serialize;
@@ -118,24 +117,25 @@ pub fn firing(marker: &str, version: Option<CPythonVersion>, present: bool) -> F
 /// Detects the CPython version of an interpreter or libpython file.
 ///
 /// The file name gives major.minor (`python3.11`, `libpython3.11.so.1.0`); the `PY_VERSION`
-/// string in read-only data gives the micro release and covers files named otherwise.
-pub fn detect(path: &Path, data: &[u8], notes: &SdtNotes) -> Option<CPythonVersion> {
-    // `python3` is usually a symlink to `python3.X`: the real name carries the version.
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let from_name = real
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(version_from_file_name);
-    // Only CPython files are worth scanning: named like one, or carrying python markers.
-    let looks_like_python =
-        from_name.is_some() || notes.markers.iter().any(|m| m.provider == "python");
-    if !looks_like_python {
+/// string in read-only data gives the micro release and covers files named otherwise. `name`
+/// is the file's real name (`python3` is usually a symlink to `python3.X`: the caller resolves
+/// it where that is safe).
+pub fn detect(name: Option<&str>, data: &[u8], notes: &SdtNotes) -> Option<CPythonVersion> {
+    if !looks_like_python(name, notes) {
         return None;
     }
+    let from_name = name.and_then(version_from_file_name);
     let from_data = py_version_strings(data)
         .into_iter()
         .find(|v| from_name.is_none_or(|n| (n.major, n.minor) == (v.major, v.minor)));
     from_data.or(from_name)
+}
+
+/// Only CPython files are worth scanning for a version: named like one, or carrying python
+/// markers.
+pub fn looks_like_python(name: Option<&str>, notes: &SdtNotes) -> bool {
+    name.and_then(version_from_file_name).is_some()
+        || notes.markers.iter().any(|m| m.provider == "python")
 }
 
 /// `python3.11`, `python3.11d`, `libpython3.11.so.1.0`, `libpython3.13t.so` → 3.11 / 3.13.

@@ -27,8 +27,8 @@ pub struct OwnStats {
 }
 
 /// pyusdt's own counters (cumulative), under its own resource: events received and dropped
-/// per marker, export outcomes per signal, attach failures, orphaned span subtrees, and the
-/// processes with metrics. Shared by the OTLP export and `/metrics`.
+/// per marker, export outcomes per signal, attach failures, refused files by reason,
+/// orphaned span subtrees, and the processes with metrics. Shared by the OTLP export and `/metrics`.
 pub fn metrics(
     own: &OwnStats,
     counts: &ExportCounts,
@@ -133,6 +133,14 @@ pub fn metrics(
             vec![int_point(vec![], own.attach_failures as i64, start, now)],
         ),
         counter(
+            "pyusdt.discovery.refused",
+            "Files and mappings named by traced processes that were not read or attached, by \
+             reason (src/discover/refusals.rs).",
+            "{file}",
+            c,
+            refused_points(start, now),
+        ),
+        counter(
             "pyusdt.spans.orphaned",
             "Span subtrees exported without their parent (its end was lost).",
             "{span}",
@@ -165,6 +173,24 @@ pub fn metrics(
                 .collect(),
         ),
     ]
+}
+
+/// One point per refusal reason, zeros included: a series exists before its first refusal.
+fn refused_points(
+    start: u64,
+    now: u64,
+) -> Vec<opentelemetry_proto::tonic::metrics::v1::NumberDataPoint> {
+    crate::discover::refusals::counts()
+        .iter()
+        .map(|(reason, n)| {
+            int_point(
+                vec![attrs::string("reason", reason.label())],
+                *n as i64,
+                start,
+                now,
+            )
+        })
+        .collect()
 }
 
 /// How a process's per-process probes are sampled (the overhead budget): the current duty
@@ -296,5 +322,27 @@ mod tests {
             Some(5)
         );
         assert_eq!(dropped(&m, &[("cpython.marker", "gc")]), Some(0));
+    }
+
+    #[test]
+    fn refusals_have_a_series_per_reason() {
+        let all = metrics(&OwnStats::default(), &ExportCounts::default(), 0, 0, 1, 2);
+        let refused = all
+            .iter()
+            .find(|m| m.name == "pyusdt.discovery.refused")
+            .expect("pyusdt.discovery.refused");
+        let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(sum)) = &refused.data
+        else {
+            panic!("not a sum: {refused:?}");
+        };
+        let reasons: Vec<String> = sum
+            .data_points
+            .iter()
+            .flat_map(|p| &p.attributes)
+            .filter(|a| a.key == "reason")
+            .map(|a| format!("{:?}", a.value))
+            .collect();
+        assert_eq!(reasons.len(), crate::discover::Reason::ALL.len());
+        assert!(reasons.iter().any(|r| r.contains("too_many_files")));
     }
 }

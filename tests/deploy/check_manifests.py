@@ -11,7 +11,7 @@ What is checked, on every plain and rendered manifest:
   - each object against the Kubernetes JSON schemas shipped in kubernetes-validate
     (strict: unknown fields are errors), for the oldest and newest versions it ships;
   - least privilege on each DaemonSet: hostPID, no privileged, no hostNetwork, all
-    capabilities dropped and only BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH, SETUID, SETGID,
+    capabilities dropped and only BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH, LEASE, SETUID, SETGID,
     SETPCAP (and SYS_RESOURCE if asked for) added, allowPrivilegeEscalation false, read-only root
     filesystem, requests and limits, no hostPath; RBAC only get/list/watch pods;
   - the container runs `pyusdt agent` with flags that src/cli.rs defines;
@@ -39,7 +39,8 @@ import yaml
 FAILURES = []
 
 # SETUID, SETGID and SETPCAP: the agent becomes uid 65534 after loading BPF and drops them.
-REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SETUID", "SETGID", "SETPCAP"}
+REQUIRED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "LEASE", "SETUID", "SETGID",
+                 "SETPCAP"}
 ALLOWED_CAPS = REQUIRED_CAPS | {"SYS_RESOURCE"}
 
 
