@@ -964,8 +964,14 @@ fn attach_marker(
 
 /// A read lease on `binary` while libbpf attaches to it (see `discover::lease`); a refusal
 /// is counted and is the error.
-fn lease(binary: &Binary) -> Result<Lease<'_>, AttachError> {
-    Lease::take(binary.file().fd()).map_err(|reason| refused(binary, reason))
+/// `None` for a host file that only the host's root can truncate (see `Lease::needed`).
+fn lease(binary: &Binary) -> Result<Option<Lease<'_>>, AttachError> {
+    if !Lease::needed(binary.file(), &binary.path) {
+        return Ok(None);
+    }
+    Lease::take(binary.file().fd())
+        .map(Some)
+        .map_err(|reason| refused(binary, reason))
 }
 
 /// Counts a refusal of `binary` and makes it the error.

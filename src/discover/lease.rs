@@ -16,6 +16,17 @@ pub struct Lease<'a> {
 }
 
 impl<'a> Lease<'a> {
+    /// Whether someone pyusdt does not trust could truncate the file: anything not owned by
+    /// root, and anything reached through /proc (a process's root, exe or mapping: a
+    /// container's root can write its own image's files, root-owned or not). A host file
+    /// (same inode at the same path on the host) owned by root and not
+    /// writable by group or others (those are refused before) can only be truncated by the
+    /// host's root, who needs no such trick: no lease, and so no CAP_LEASE, for it (the
+    /// `setcap` advice for `run` then holds with three capabilities).
+    pub fn needed(file: &super::safe_open::OpenedFile, path: &std::path::Path) -> bool {
+        file.uid != 0 || path.starts_with("/proc")
+    }
+
     /// A read lease on `fd` (opened read-only), or why not.
     pub fn take(fd: BorrowedFd<'a>) -> Result<Lease<'a>, Reason> {
         ignore_lease_breaks();
@@ -56,6 +67,19 @@ mod tests {
     use super::*;
     use crate::discover::safe_open::open_path;
     use std::time::Duration;
+
+    #[test]
+    fn only_files_others_could_truncate_need_a_lease() {
+        let sh = std::path::Path::new("/bin/sh");
+        let opened = open_path(sh, true).unwrap();
+        assert_eq!(opened.uid, 0, "/bin/sh is root's");
+        assert!(!Lease::needed(&opened, sh), "a root-owned host file");
+        let via_root = std::path::Path::new("/proc/1/root/bin/sh");
+        assert!(Lease::needed(&opened, via_root), "reached through /proc");
+        let mut theirs = open_path(sh, true).unwrap();
+        theirs.uid = 1000;
+        assert!(Lease::needed(&theirs, sh), "owned by a user");
+    }
 
     #[test]
     fn a_file_open_for_writing_gets_no_lease() {
