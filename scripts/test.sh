@@ -8,6 +8,11 @@ bash scripts/setup.sh --deps-only
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# The adversarial suites once more, against the release build as it ships (fat LTO): hostile
+# files, environments and HTTP clients, losses at the edges, secrets, a fresh host.
+cargo build --release --locked
+PYUSDT_BIN="$PWD/target/release/pyusdt" cargo test --locked --test hostile_files \
+  --test hostile_env --test http_endpoint --test edges --test secrets --test fresh_host
 # Dependencies: permissive licenses, crates.io only (deny.toml). Advisories need RustSec's
 # database from github.com, which not every machine reaches: checked when it can be fetched.
 cargo deny --locked check bans licenses sources

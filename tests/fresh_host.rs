@@ -60,7 +60,7 @@ fn a_missing_kernel_facility_is_named_with_the_fix() {
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$@\"")
         .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_pyusdt"))
+        .arg(binary())
         .args(["run", "--probes", "gc", "--", SYSTEM_PYTHON, "-c", "pass"])
         .output()
         .unwrap();
@@ -84,12 +84,12 @@ fn the_advised_file_capabilities_are_enough_for_a_non_root_user() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let binary = dir.path().join("pyusdt");
-    std::fs::copy(env!("CARGO_BIN_EXE_pyusdt"), &binary).unwrap();
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("pyusdt");
+    std::fs::copy(binary(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     let setcap = Command::new("setcap")
         .arg("cap_bpf,cap_perfmon,cap_sys_ptrace+ep")
-        .arg(&binary)
+        .arg(&copy)
         .output()
         .expect("setcap (Debian libcap2-bin, installed by scripts/setup.sh)");
     assert!(setcap.status.success(), "{}", text(&setcap).1);
@@ -102,7 +102,7 @@ fn the_advised_file_capabilities_are_enough_for_a_non_root_user() {
              exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \"$@\"",
         )
         .arg("sh")
-        .arg(&binary)
+        .arg(&copy)
         .args(["run", "--quiet", "--probes", "gc", "--output"])
         .arg(&out_path)
         .args([

@@ -15,8 +15,16 @@ use serde_json::Value;
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3.11";
 pub const SYSTEM_LIBPYTHON: &str = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0";
 
+/// The binary under test: cargo's, or `PYUSDT_BIN` (scripts/test.sh runs the adversarial
+/// suites against the release build that way, as it is shipped).
+pub fn binary() -> PathBuf {
+    std::env::var_os("PYUSDT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pyusdt")))
+}
+
 pub fn pyusdt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pyusdt"));
+    let mut c = Command::new(binary());
     c.env("PYUSDT_LOG", "info");
     c
 }
@@ -44,7 +52,7 @@ pub fn pyusdt_on_fresh_host() -> Command {
         FRESH_HOST,
         "sh",
     ])
-    .arg(env!("CARGO_BIN_EXE_pyusdt"))
+    .arg(binary())
     .env("PYUSDT_LOG", "info");
     c
 }
