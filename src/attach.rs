@@ -18,6 +18,9 @@ use crate::probes::{Probe, ProbeSet};
 /// How long one poll waits when no wakeup comes: the latency bound of a quiet stream,
 /// since the BPF side only wakes user space once a CPU has written `wakeup_bytes`.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest the last drain of `Tracer::run` goes on while producers still write.
+const FINAL_DRAIN: Duration = Duration::from_secs(3);
+
 /// Records handled between two looks at `keep_going` (a few ms of work).
 const CONSUME_BATCH: usize = 8192;
 
@@ -867,7 +870,19 @@ impl<'obj> Tracer<'obj> {
             // Records below the wakeup threshold are taken here too, on the timer.
             check(ring.consume_raw_n(CONSUME_BATCH))?;
         }
-        check(ring.consume_raw())
+        // What is pending, in batches, until a batch comes back short: not libbpf's
+        // consume-until-empty, which a producer faster than this reader (a loop of
+        // gc.collect(0)) never lets end, so that a SIGTERM would wait for the flood to stop
+        // and the kubelet's SIGKILL lose the counts. Bounded in time; the caller detaches the
+        // probes and drains again (`Session::finish`), and then nothing refills the ring.
+        let deadline = std::time::Instant::now() + FINAL_DRAIN;
+        loop {
+            let n = ring.consume_raw_n(CONSUME_BATCH);
+            check(n)?;
+            if n < CONSUME_BATCH as i32 || std::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
     }
 }
 

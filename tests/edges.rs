@@ -303,3 +303,35 @@ fn an_export_in_flight_is_cut_at_the_flush_deadline() {
         "{export}"
     );
 }
+
+/// A SIGTERM is obeyed under a flood of events: a process collecting as fast as it can keeps
+/// the ring buffer from ever being empty, and the last drain used to read until it was, so
+/// that the agent never stopped (and the kubelet's SIGKILL would have lost the counts). It
+/// must stop on its own, with its summary written and the flood's collections counted.
+#[test]
+fn a_flood_of_events_does_not_hold_up_the_shutdown() {
+    if !require_bpf("a_flood_of_events_does_not_hold_up_the_shutdown") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("agent.jsonl");
+    let (mut agent, log) = start_agent(&["--quiet", "--output", out_path.to_str().unwrap()]);
+    wait_for_line(&log, "tracing ");
+    let flood = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-c", "import gc\nwhile True:\n    gc.collect(0)\n"])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(30));
+    assert!(status.success(), "agent exit: {status:?}");
+    let records = read_jsonl(&out_path);
+    let flood_pid = u64::from(flood.0.id());
+    let collections = records
+        .iter()
+        .filter(|r| r["type"] == "gc" && r["pid"] == flood_pid)
+        .count();
+    assert!(collections > 0, "no collection of the flood was reported");
+    summary(&records);
+}
