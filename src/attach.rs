@@ -400,15 +400,34 @@ impl<'obj> Tracer<'obj> {
         self.refused_for_bound.drain().collect()
     }
 
-    /// Detaches every marker attached to the file `id` (see `attach`). Starts go before
-    /// dones (the reverse of attaching), so that no start is left waiting for its done.
+    /// Detaches every marker attached to the file `id` (see `attach`) and gives back its
+    /// descriptor, once the audit event names the kernel has counted for it
+    /// (--metrics-only) are read: those counts are exported after the detach.
     pub fn detach_file(&mut self, id: (u64, u64)) {
+        self.detach_links(id);
+        let mut names = self.audit_names.borrow_mut();
+        if let Some(image) = names.index_of(id) {
+            for (key, _) in per_cpu_entries(&self.skel.maps.audit_ref_counts) {
+                if let Ok(k) = plain::from_bytes::<bpf::audit_ref_count_key>(&key) {
+                    if k.image == image {
+                        names.name(k.image, k.name_vaddr);
+                    }
+                }
+            }
+        }
+        names.forget(id);
+    }
+
+    /// Detaches every marker attached to the file `id`, and keeps its descriptor: at
+    /// shutdown, records still in the ring buffer and the last counts may name its audit
+    /// events. Starts go before dones (the reverse of attaching), so that no start is left
+    /// waiting for its done.
+    pub fn detach_links(&mut self, id: (u64, u64)) {
         if let Some(mut links) = self.file_links.remove(&id) {
             while let Some(link) = links.pop() {
                 drop(link);
             }
         }
-        self.audit_names.borrow_mut().forget(id);
     }
 
     /// Attaches the per-process probes of `plan` to `binary` for one process: `pid` as this

@@ -98,6 +98,11 @@ impl AuditNames {
         Some(self.images.len() as u32)
     }
 
+    /// The index + 1 of a registered file whose names come by address.
+    pub fn index_of(&self, id: (u64, u64)) -> Option<u32> {
+        self.by_file.get(&id).copied().flatten()
+    }
+
     /// Gives back the descriptor of a file no longer attached (`Tracer::detach_file`): its
     /// names, if any still come, are reported empty. Its index is not reused (events in
     /// flight may carry it).

@@ -692,13 +692,14 @@ impl<'obj> Session<'obj> {
     }
 
     /// Detaches every probe on the interpreters: markers of attached files and per-process
-    /// probes. The process tracepoints stay (they only forget state, and report execs).
+    /// probes (shutdown). The process tracepoints stay (they only forget state, and report
+    /// execs), and the files stay open: the last records and counts may name their audit events.
     fn detach_probes(&mut self) {
         if let Some(f) = &self.functions {
             f.borrow().detach_all(&self.tracer);
         }
         for id in self.attached_ids.drain() {
-            self.tracer.detach_file(id);
+            self.tracer.detach_links(id);
         }
         self.container_files.clear();
     }
