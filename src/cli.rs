@@ -170,8 +170,8 @@ pub struct TraceArgs {
     /// Also write every event as JSON lines to FILE, ending with a summary record.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Do not print the live event stream (the summary is still printed). The stream is only
-    /// printed with the console exporter.
+    /// Do not print the live event stream, nor informational messages (the summary, warnings
+    /// and errors are still printed). The stream is only printed with the console exporter.
     #[arg(long, short)]
     pub quiet: bool,
     /// Where telemetry goes: `otlp` (to a collector), `console` (the event stream and summary

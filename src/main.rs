@@ -12,10 +12,18 @@ use pyusdt::cli::{Cli, Command};
 use pyusdt::commands;
 
 fn main() {
+    let cli = Cli::parse();
     // Our own diagnostics go to stderr; PYUSDT_LOG=debug (or any EnvFilter directive) for more.
-    // kube's own retry logs are off: src/k8s/watch.rs says once what is wrong and what to do.
+    // `--quiet` keeps warnings and errors only. kube's own retry logs are off:
+    // src/k8s/watch.rs says once what is wrong and what to do.
+    let quiet = match &cli.command {
+        Command::Run(a) => a.trace.quiet,
+        Command::Agent(a) => a.trace.quiet,
+        _ => false,
+    };
+    let level = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("PYUSDT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=off,kube_client=off"));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},kube_runtime=off,kube_client=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -28,7 +36,6 @@ fn main() {
         .log_internal_errors(false)
         .init();
 
-    let cli = Cli::parse();
     let result = match &cli.command {
         Command::List(args) => commands::list::run(args),
         Command::Doctor(args) => commands::doctor::run(args),

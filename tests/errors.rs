@@ -236,6 +236,32 @@ fn a_closed_stderr_stops_the_output_not_the_command() {
     assert!(ran.exists(), "the command never ran");
 }
 
+/// `-q` keeps the summary, warnings and errors, and nothing informational.
+#[test]
+fn quiet_prints_no_informational_lines() {
+    if !require_bpf("quiet_prints_no_informational_lines") {
+        return;
+    }
+    let out = Command::new(binary())
+        .env_remove("PYUSDT_LOG")
+        .args([
+            "run",
+            "-q",
+            "--probes",
+            "gc",
+            "--",
+            SYSTEM_PYTHON,
+            "-c",
+            "pass",
+        ])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pyusdt: traced"), "no summary: {stderr}");
+    assert!(!stderr.contains("INFO"), "-q printed INFO lines: {stderr}");
+}
+
 #[test]
 fn run_warns_when_the_command_python_has_no_markers() {
     if !require_bpf("run_warns_when_the_command_python_has_no_markers") {
