@@ -79,33 +79,6 @@ fn sample(body: &str, name: &str, with: &[(&str, &str)]) -> Option<f64> {
         .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
-fn promtool_check(body: &str) {
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut promtool) => {
-            promtool
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            let out = promtool.wait_with_output().unwrap();
-            let (o, e) = text(&out);
-            assert!(out.status.success(), "promtool check metrics: {o}{e}");
-        }
-        Err(_) => assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "promtool missing: scripts/setup.sh installs prometheus"
-        ),
-    }
-}
-
 #[test]
 fn a_hostile_environment_cannot_break_metrics_or_spoof_the_resource() {
     if !require_bpf("a_hostile_environment_cannot_break_metrics_or_spoof_the_resource") {

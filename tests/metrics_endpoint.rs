@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -58,29 +58,7 @@ fn agent_serves_prometheus_metrics_and_health() {
     assert!(status.success(), "agent exit: {status:?}");
 
     // The exposition is valid, as Prometheus's own linter reads it.
-    if let Ok(mut promtool) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        promtool
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = promtool.wait_with_output().unwrap();
-        let (o, e) = text(&out);
-        assert!(out.status.success(), "promtool check metrics: {o}{e}");
-    } else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "promtool missing: scripts/setup.sh installs prometheus"
-        );
-    }
+    promtool_check(&body);
 
     // The gen-2 collections of the process, as /metrics counts them and as the event stream
     // saw them: the same (5 explicit ones, and the one at interpreter exit).

@@ -337,3 +337,34 @@ pub fn namespaced_python_with(dir: &Path, go: &Path, own_pids: bool) -> std::pro
         .spawn()
         .unwrap()
 }
+
+/// Checks a Prometheus exposition with Prometheus's own linter (`promtool check metrics`);
+/// outside CI a machine without promtool skips the check.
+pub fn promtool_check(body: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            promtool
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = promtool.wait_with_output().unwrap();
+            let (o, e) = text(&out);
+            assert!(out.status.success(), "promtool check metrics: {o}{e}");
+        }
+        Err(_) => assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "promtool missing: scripts/setup.sh installs prometheus"
+        ),
+    }
+}
