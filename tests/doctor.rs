@@ -123,3 +123,44 @@ fn doctor_diagnoses_each_python_process() {
         "released when the agent stops"
     );
 }
+
+/// With no Python process, doctor says what it examined and how to start; with one, it shows
+/// its whole command line (a cut one hides which of many similar processes it is).
+#[test]
+fn doctor_says_what_it_checked_and_shows_whole_command_lines() {
+    if !require_bpf("doctor_says_what_it_checked_and_shows_whole_command_lines") {
+        return;
+    }
+    // A PID namespace of its own: no Python process there.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(binary())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("no Python process found: none of the")
+            && stdout.contains("pyusdt list /usr/bin/python3.11"),
+        "{stdout}"
+    );
+
+    let long_arg = format!("--marker-{}", "x".repeat(150));
+    let sleeper = Reaped(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-c", "import time; time.sleep(60)", &long_arg])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = pyusdt().arg("doctor").output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("PID {} (", sleeper.0.id())))
+        .unwrap_or_else(|| panic!("PID {} not diagnosed: {stdout}", sleeper.0.id()));
+    assert!(line.contains(&long_arg), "command line cut: {line}");
+}

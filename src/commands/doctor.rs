@@ -40,10 +40,12 @@ pub fn run(args: &DoctorArgs) -> CliResult<i32> {
     let mut unreadable = 0;
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
+    let mut examined = 0usize;
     for pid in process::all_pids() {
         if pid == own_pid {
             continue;
         }
+        examined += 1;
         let files = match process::files_of(pid) {
             Ok(f) => f,
             // As root, only a process exiting meanwhile can refuse.
@@ -98,7 +100,8 @@ pub fn run(args: &DoctorArgs) -> CliResult<i32> {
         .map_err(std::io::Error::from)
         .and_then(|()| writeln!(out))
     } else {
-        write_kernel(&mut out, &kernel).and_then(|()| write_table(&mut out, &found, unreadable))
+        write_kernel(&mut out, &kernel)
+            .and_then(|()| write_table(&mut out, &found, examined, unreadable))
     };
     written.map_err(|e| CliError::new(Exit::Failure, format!("writing the report: {e}")))?;
     Ok(0)
@@ -265,14 +268,22 @@ fn enabled_markers(pid: i32, binary: &Binary) -> Vec<String> {
 fn write_table(
     out: &mut impl Write,
     found: &[Diagnosis],
+    examined: usize,
     unreadable: usize,
 ) -> std::io::Result<()> {
     if found.is_empty() {
-        writeln!(out, "no Python process found")?;
+        writeln!(
+            out,
+            "no Python process found: none of the {examined} processes examined runs a python \
+             executable or maps a libpython.\nStart one and run `pyusdt doctor` again (e.g. \
+             /usr/bin/python3.11 -c 'import time; time.sleep(600)' &), or inspect an \
+             interpreter file without running it: pyusdt list /usr/bin/python3.11"
+        )?;
     }
     for d in found {
-        let command: String = d.command.chars().take(60).collect();
-        writeln!(out, "PID {} ({})", d.pid, safe(&command))?;
+        // The whole command line (escaped, secrets redacted): a cut one hides which of many
+        // similar processes this is.
+        writeln!(out, "PID {} ({})", d.pid, safe(&d.command))?;
         writeln!(
             out,
             "  interpreter  {}{}",
