@@ -21,19 +21,30 @@ pub enum Command {
     ///
     /// Prints provider, marker, address, semaphore, argument spec and whether the marker can
     /// fire on that CPython version. No privileges needed for files you can read.
+    #[command(
+        after_help = "Examples:\n  pyusdt list /usr/bin/python3.11\n  pyusdt list --pid 4242"
+    )]
     List(ListArgs),
     /// For each Python process of the host (containers included): whether its interpreter has
     /// markers, what fires on its version, which markers a tracer has enabled now, and what to
     /// do when something is missing.
+    #[command(after_help = "Examples:\n  sudo pyusdt doctor\n  sudo pyusdt doctor --json")]
     Doctor(DoctorArgs),
     /// Run a command and trace it and the processes it starts; print a summary at exit and exit
     /// with the command's exit code.
     ///
     /// Probes are attached before the command starts, so nothing of its start-up is missed. The
     /// event stream and summary go to stderr; the command's own stdout is untouched.
+    #[command(
+        after_help = "Examples:\n  sudo pyusdt run -- /usr/bin/python3.11 app.py\n  \
+                            sudo pyusdt run --probes gc,import,audit -o events.jsonl -- python3 app.py"
+    )]
     Run(RunArgs),
     /// Trace every Python process on the host that uses a marker-bearing interpreter, running
     /// now or started later, until SIGINT or SIGTERM.
+    #[command(after_help = "Examples:\n  \
+                            sudo OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 pyusdt agent\n  \
+                            sudo pyusdt agent --metrics-listen 9464 --exporter console")]
     Agent(AgentArgs),
     /// The most frequently called Python functions, counted in the kernel: a table per
     /// interval for every Python process, or over a command's whole run (`-- CMD`).
@@ -41,6 +52,9 @@ pub enum Command {
     /// Counts come from function__entry where it fires for every call (CPython 3.8-3.10) and
     /// from function__return on 3.11, where every call returns once (a generator also returns
     /// at each yield). 3.12-3.14 have no function markers.
+    #[command(
+        after_help = "Examples:\n  sudo pyusdt top\n  sudo pyusdt top --once -- python3.9 script.py"
+    )]
     Top(TopArgs),
     /// The call tree of one process: a line per function entry and return, indented by
     /// depth per thread (DTrace's py_flowinfo.d, SystemTap's show-call-hierarchy.stp).
@@ -48,6 +62,9 @@ pub enum Command {
     /// Needs function markers: CPython 3.8-3.11 built --with-dtrace. On 3.11, entries fire only
     /// on the interpreter's tracing path, so flow enables the line marker for that process
     /// alone, which slows it down a lot. 3.12-3.14 have no function markers.
+    #[command(
+        after_help = "Examples:\n  sudo pyusdt flow -- python3.9 script.py\n  sudo pyusdt flow --pid 4242 --from handle_request"
+    )]
     Flow(FlowArgs),
 }
 
@@ -294,4 +311,37 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("`{s}`: unit must be ns, us, ms or s")),
     };
     Ok(std::time::Duration::from_secs_f64(n * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every example of every command's `--help` parses: the examples cannot rot.
+    #[test]
+    fn help_examples_parse() {
+        let cli = Cli::command();
+        let mut checked = 0;
+        for sub in cli.get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let examples: Vec<&str> = help.lines().filter_map(|l| l.strip_prefix("  ")).collect();
+            assert!(!examples.is_empty(), "{} has no example", sub.get_name());
+            for example in examples {
+                let words: Vec<&str> = example
+                    .split_whitespace()
+                    .filter(|w| *w != "sudo" && !w.contains('='))
+                    .collect();
+                assert_eq!(words[0], "pyusdt", "{example}");
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("`{example}` does not parse: {e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "{checked} examples");
+    }
 }
