@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::clock::Clock;
-use super::text::{safe, Duration};
+use super::text::{safe, Count, Duration};
 use crate::decode::Event;
 
 pub struct Console {
@@ -39,12 +39,16 @@ impl Console {
                 ..
             } => match generation {
                 Some(g) => self.line(format_args!(
-                    "{t:>9.4} {:>7} {:>7} gc     gen {g}: {collected} collected, {took}",
-                    h.pid, h.tid
+                    "{t:>9.4} {:>7} {:>7} gc     gen {g}: {} collected, {took}",
+                    h.pid,
+                    h.tid,
+                    Count(*collected)
                 )),
                 None => self.line(format_args!(
-                    "{t:>9.4} {:>7} {:>7} gc     gen ?: {collected} collected, {took}",
-                    h.pid, h.tid
+                    "{t:>9.4} {:>7} {:>7} gc     gen ?: {} collected, {took}",
+                    h.pid,
+                    h.tid,
+                    Count(*collected)
                 )),
             },
             Event::Import { module, found, .. } => {

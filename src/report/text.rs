@@ -22,6 +22,35 @@ impl fmt::Display for Duration {
     }
 }
 
+/// `180,002` (or `-1`), written without allocating: the console stream formats one per event.
+pub struct Count(pub i64);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < 0 {
+            f.write_str("-")?;
+        }
+        let n = self.0.unsigned_abs();
+        // The groups from the most significant: the first as is, the others zero-padded.
+        let mut groups = [0u64; 7];
+        let mut len = 0;
+        let mut rest = n;
+        loop {
+            groups[len] = rest % 1000;
+            len += 1;
+            rest /= 1000;
+            if rest == 0 {
+                break;
+            }
+        }
+        write!(f, "{}", groups[len - 1])?;
+        for g in groups[..len - 1].iter().rev() {
+            write!(f, ",{g:03}")?;
+        }
+        Ok(())
+    }
+}
+
 /// `180,002`.
 pub fn count(n: u64) -> String {
     let digits = n.to_string();
@@ -55,6 +84,22 @@ pub fn safe(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_have_thousands_separators() {
+        for (n, text) in [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (63_852, "63,852"),
+            (1_000_007, "1,000,007"),
+            (-1_234, "-1,234"),
+            (i64::MIN, "-9,223,372,036,854,775,808"),
+        ] {
+            assert_eq!(Count(n).to_string(), text);
+        }
+        assert_eq!(count(180_002), "180,002");
+    }
 
     #[test]
     fn control_characters_never_reach_the_terminal() {
