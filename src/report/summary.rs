@@ -16,14 +16,20 @@ use crate::model::metrics::{KernelUpdate, MAX_AUDIT_SERIES};
 /// How many of the slowest imports (and calls) the summary names.
 const SLOWEST: usize = 5;
 
-/// The `SLOWEST` longest (duration, name) pairs seen, longest first. Names are copied only
-/// when they make the list.
+/// The `SLOWEST` longest (duration, name) pairs seen, longest first, one per name (a
+/// recursive function would otherwise fill the list with itself). Names are copied only when
+/// they make the list.
 #[derive(Default)]
 struct Slowest(Vec<(u64, String)>);
 
 impl Slowest {
     fn offer(&mut self, ns: u64, name: &str) {
         if self.0.len() == SLOWEST && self.0.last().is_some_and(|(min, _)| ns <= *min) {
+            return;
+        }
+        if let Some(known) = self.0.iter_mut().find(|(_, n)| n == name) {
+            known.0 = known.0.max(ns);
+            self.0.sort_by_key(|s| std::cmp::Reverse(s.0));
             return;
         }
         self.0.push((ns, name.to_string()));
@@ -53,6 +59,7 @@ pub struct Summary {
     /// events they had, so that totals stay exact while memory stays bounded.
     retired_processes: u64,
     retired_received: [u64; 3],
+    retired_calls: u64,
     /// Function probes per process: what the interpreter's markers do, and the sampling.
     sampling: Option<SamplingTable>,
 }
@@ -303,6 +310,7 @@ impl Summary {
                 for (total, n) in self.retired_received.iter_mut().zip(p.received()) {
                     *total += n;
                 }
+                self.retired_calls += p.functions;
             }
         }
     }
@@ -316,15 +324,21 @@ impl Summary {
     ) -> String {
         let received = self.received();
         let total: u64 = received.iter().sum();
+        let calls = self.retired_calls + self.processes.values().map(|p| p.functions).sum::<u64>();
         let dropped: u64 = stats.dropped.iter().sum::<u64>() + stats.function_dropped;
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "pyusdt: traced {elapsed_s:.1} s: {} events received ({} gc, {} import, {} audit), {} dropped{}",
+            "pyusdt: traced {elapsed_s:.1} s: {} events received ({} gc, {} import, {} audit){}, {} dropped{}",
             count(total),
             count(received[0]),
             count(received[1]),
             count(received[2]),
+            if calls > 0 {
+                format!(", {} calls", count(calls))
+            } else {
+                String::new()
+            },
             count(dropped),
             if dropped > 0 {
                 format!(
@@ -483,7 +497,7 @@ impl Summary {
                 count(self.retired_processes)
             );
         }
-        if total == 0 {
+        if total == 0 && calls == 0 {
             let _ = writeln!(
                 out,
                 "  no events: no traced process used an attached interpreter"
@@ -703,5 +717,36 @@ mod tests {
         let names: Vec<&str> = s.0.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["b", "g", "d", "e", "f"]);
         assert_eq!(s.to_string().split(", ").count(), 5);
+        // One entry per name, with its longest.
+        s.offer(60, "f");
+        s.offer(2, "b");
+        let names: Vec<&str> = s.0.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["f", "b", "g", "d", "e"]);
+    }
+
+    /// Function probes alone: the totals say how many calls were reported, and no "no
+    /// events" line contradicts them (issue 23 item 6).
+    #[test]
+    fn calls_alone_are_events_of_the_summary() {
+        let mut s = Summary::default();
+        for ns in [30, 20, 10] {
+            s.record(&Event::Function {
+                header: crate::decode::Header {
+                    start_ns: Some(1_000),
+                    end_ns: 1_000 + ns,
+                    pid: 7,
+                    tid: 7,
+                    depth: 0,
+                },
+                name: "fib".into(),
+                file: "fib.py".into(),
+                line: 1,
+                location: None,
+            });
+        }
+        let text = s.render(&KernelStats::default(), 1.0, None);
+        assert!(text.contains("0 audit), 3 calls, 0 dropped"), "{text}");
+        assert!(!text.contains("no events"), "{text}");
+        assert_eq!(text.matches("fib ").count(), 1, "{text}");
     }
 }
