@@ -56,7 +56,7 @@ def read(repo, path):
 def emitted_metrics(repo):
     """{prometheus name: otel name} for every metric pyusdt builds, by the Collector's mapping."""
     src = "".join(read(repo, p) for p in ("src/model/metrics.rs", "src/report/otlp.rs", "src/report/own.rs"))
-    string = r'"((?:[^"\\]|\\.)*)"'
+    string = r'"((?:[^"\\]|\\[\s\S])*)"'  # a Rust literal; a backslash may end a line
     names = {}
     found = 0
     for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src):
