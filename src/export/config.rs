@@ -253,11 +253,30 @@ impl ExportConfig {
                 .iter()
                 .any(|s| env(&format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", s.env_infix())).is_some())
             || file.otlp.endpoint.is_some();
+        // A flag that would otherwise be ignored silently is an error, or says what it means.
+        if let Some(p) = &flags.otlp_protocol {
+            parse_protocol(p).map_err(|e| format!("--otlp-protocol: {e}"))?;
+        }
         let kind = flags
             .exporter
             .clone()
             .or(file.exporter.clone())
-            .unwrap_or_else(|| if any_endpoint { "otlp" } else { "console" }.into());
+            .unwrap_or_else(|| {
+                if flags.otlp_file.is_some() {
+                    "file"
+                } else if any_endpoint {
+                    "otlp"
+                } else {
+                    "console"
+                }
+                .into()
+            });
+        if flags.otlp_file.is_some() && kind != "file" {
+            return Err(format!(
+                "--otlp-file is written only by the file exporter, and the exporter is \
+                 `{kind}`: drop --otlp-file, or use --exporter file"
+            ));
+        }
         let exporter = match kind.as_str() {
             "console" => ExporterKind::Console,
             "file" => ExporterKind::File(
@@ -393,6 +412,33 @@ fn clear_text_host(url: &str) -> Option<&str> {
     (!loopback).then_some(host_port)
 }
 
+/// `grpc` or `http/protobuf`, with what to do otherwise.
+fn parse_protocol(name: &str) -> Result<Protocol, String> {
+    match name.trim() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "http/json" => {
+            Err("OTLP protocol http/json is not supported: use http/protobuf or grpc".into())
+        }
+        other => Err(format!(
+            "unknown OTLP protocol `{other}`: use grpc or http/protobuf"
+        )),
+    }
+}
+
+/// An endpoint as the user gave it, before /v1/<signal> is appended: an error names it as
+/// given, not as derived (`not-a-url/v1/traces`).
+fn check_endpoint(url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "OTLP endpoint `{url}` must start with http:// or https:// \
+             (e.g. http://127.0.0.1:4318)"
+        ))
+    }
+}
+
 fn signal_config(
     signal: Signal,
     flags: &ExportFlags,
@@ -412,20 +458,7 @@ fn signal_config(
         .or_else(|| env(OTEL_EXPORTER_OTLP_PROTOCOL))
         .or(file.otlp.protocol.clone())
         .unwrap_or_else(|| "http/protobuf".into());
-    let protocol = match protocol_name.trim() {
-        "grpc" => Protocol::Grpc,
-        "http/protobuf" => Protocol::HttpProtobuf,
-        "http/json" => {
-            return Err(
-                "OTLP protocol http/json is not supported: use http/protobuf or grpc".into(),
-            )
-        }
-        other => {
-            return Err(format!(
-                "unknown OTLP protocol `{other}`: use grpc or http/protobuf"
-            ))
-        }
-    };
+    let protocol = parse_protocol(&protocol_name)?;
     // A signal-specific endpoint is used as given; the general one gets /v1/<signal> for HTTP.
     let url = match (per("ENDPOINT"), protocol) {
         (Some(url), _) if flags.otlp_endpoint.is_none() => url,
@@ -439,6 +472,7 @@ fn signal_config(
                     Protocol::Grpc => "http://localhost:4317".into(),
                     Protocol::HttpProtobuf => "http://localhost:4318".into(),
                 });
+            check_endpoint(&base)?;
             match protocol {
                 Protocol::Grpc => base,
                 Protocol::HttpProtobuf => {
@@ -447,11 +481,7 @@ fn signal_config(
             }
         }
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!(
-            "OTLP endpoint `{url}` must start with http:// or https://"
-        ));
-    }
+    check_endpoint(&url)?;
     let mut headers: Vec<(String, String)> = file
         .otlp
         .headers
@@ -574,6 +604,54 @@ mod tests {
             ExporterKind::Otlp(v) => v.iter().find(|(x, _)| *x == s).unwrap().1.clone(),
             other => panic!("not otlp: {other:?}"),
         }
+    }
+
+    /// Flags that used to be ignored or misreported (issue 23 item 7).
+    #[test]
+    fn flags_are_never_ignored_silently() {
+        let e = resolve(
+            ExportFlags {
+                otlp_endpoint: Some("not-a-url".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("`not-a-url` must start with http://"), "{e}");
+        let e = resolve(
+            ExportFlags {
+                otlp_protocol: Some("bogus".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--otlp-protocol: unknown OTLP protocol `bogus`"),
+            "{e}"
+        );
+        let c = resolve(
+            ExportFlags {
+                otlp_file: Some("/tmp/out.jsonl".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.exporter, ExporterKind::File("/tmp/out.jsonl".into()));
+        let e = resolve(
+            ExportFlags {
+                otlp_file: Some("/tmp/out.jsonl".into()),
+                exporter: Some("console".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--otlp-file is written only by the file exporter"),
+            "{e}"
+        );
     }
 
     #[test]
