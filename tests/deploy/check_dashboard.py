@@ -56,10 +56,11 @@ def read(repo, path):
 def emitted_metrics(repo):
     """{prometheus name: otel name} for every metric pyusdt builds, by the Collector's mapping."""
     src = "".join(read(repo, p) for p in ("src/model/metrics.rs", "src/report/otlp.rs", "src/report/own.rs"))
+    # re.S: a description may continue on the next line with a backslash.
     string = r'"((?:[^"\\]|\\.)*)"'
     names = {}
     found = 0
-    for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src):
+    for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src, re.S):
         found += 1
         base = name.replace(".", "_")
         if kind == "histogram":  # unit "s" (metrics.rs: histogram())
