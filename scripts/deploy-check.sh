@@ -90,19 +90,21 @@ helm_all() {
   "${HELM[@]}" template --chart helm/pyusdt --out $WORK/default || return 1
   "${HELM[@]}" template --chart helm/pyusdt -f tests/deploy/values-nondefault.yaml \
     --out $WORK/nondefault || return 1
+  "${HELM[@]}" template --chart helm/pyusdt -f tests/deploy/values-http-off.yaml --out $WORK/http-off || return 1
   grep -q "runs as DaemonSet pyusdt " $WORK/default-notes.txt || return 1
   grep -q "OTLP headers come from Secret otlp-credentials" $WORK/nondefault-notes.txt || return 1
   "${HELM[@]}" refuse --chart helm/pyusdt tests/deploy/bad-values/*.yaml || return 1
   "${HELM[@]}" umbrella --chart helm/pyusdt --work $WORK || return 1
 }
 step helm helm_all
-SUMMARY+=("real Helm $("$PY" -c 'import helm_python as h; print(h.helm_sdk_version())'): lint --strict and template (default, tests/deploy/values-nondefault.yaml), $(grep -c ': refused' $LOGS/helm.log) bad-values files refused, umbrella chart rendered")
+SUMMARY+=("real Helm $("$PY" -c 'import helm_python as h; print(h.helm_sdk_version())'): lint --strict and template (default, tests/deploy/values-nondefault.yaml, values-http-off.yaml), $(grep -c ': refused' $LOGS/helm.log) bad-values files refused, umbrella chart rendered")
 
 # --- 2. manifests, chart values ---------------------------------------------------------
 step manifests "$PY" tests/deploy/check_manifests.py --repo . --plain deploy/kubernetes \
   --schema helm/pyusdt/values.schema.json \
   --render "default=$WORK/default.yaml,$WORK/default.json" \
-  --render "nondefault=$WORK/nondefault.yaml,$WORK/nondefault.json"
+  --render "nondefault=$WORK/nondefault.yaml,$WORK/nondefault.json" \
+  --render "http-off=$WORK/http-off.yaml,$WORK/http-off.json"
 SUMMARY+=("manifests and chart: $(grep -c '^  ok ' $LOGS/manifests.log) checks passed (schemas, least privilege, agent flags, config keys)")
 
 # --- 3. alert rules ---------------------------------------------------------------------

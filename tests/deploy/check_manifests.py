@@ -201,11 +201,35 @@ def check_daemonset(ds, where, flags):
             if vm["mountPath"].startswith("/sys") and not vm.get("readOnly"):
                 problems.append(f"{c['name']}: {vm['mountPath']} is mounted read-write")
         problems += check_args(c.get("args", []), flags)
+        problems += check_probes(c)
     for v in spec.get("volumes", []):
         if "hostPath" in v:
             problems.append(f"hostPath {v['hostPath']['path']} (no host path is needed)")
     check(not problems, f"{where}: DaemonSet least privilege and agent flags"
           + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+
+
+def check_probes(c):
+    """What the API server refuses and the Kubernetes schemas do not catch: a probe with more than
+    one handler (Helm merges an override's exec with the default's httpGet), and a probe naming a
+    port the container does not declare (httpPort 0 removes the port named http)."""
+    problems = []
+    ports = {p.get("name") for p in c.get("ports", []) if p.get("name")}
+    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = c.get(kind)
+        if probe is None:
+            continue
+        handlers = [h for h in PROBE_HANDLERS if h in probe]
+        if len(handlers) != 1:
+            problems.append(f"{c['name']}: {kind} has {len(handlers)} handlers {handlers} (the API server wants exactly 1)")
+        for h in ("httpGet", "tcpSocket"):
+            port = probe.get(h, {}).get("port")
+            if isinstance(port, str) and port not in ports:
+                problems.append(f"{c['name']}: {kind} names port {port!r}, which the container does not declare")
+    return problems
 
 
 def check_args(args, flags):
