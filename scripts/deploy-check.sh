@@ -119,7 +119,9 @@ END=$(( $(date +%s) / 15 * 15 - 60 ))
 mkdir -p $WORK/prometheus/data
 step dashboard-data "$PY" tests/deploy/check_dashboard.py gen --repo . --end "$END" --out $WORK/prometheus/series.om
 step backfill promtool tsdb create-blocks-from openmetrics $WORK/prometheus/series.om $WORK/prometheus/data
-printf 'global:\n  scrape_interval: 15s\n' >$WORK/prometheus/prometheus.yml
+# The rule file is loaded: the alerts and some panels read its recorded series.
+RULES="$PWD/deploy/prometheus/pyusdt-alerts.yaml"
+printf 'global:\n  scrape_interval: 15s\n  evaluation_interval: 1s\nrule_files: ["%s"]\n' "$RULES" >$WORK/prometheus/prometheus.yml
 PORT=$(/usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 prometheus --config.file=$WORK/prometheus/prometheus.yml --storage.tsdb.path=$WORK/prometheus/data \
   --web.listen-address="127.0.0.1:$PORT" >$LOGS/prometheus.log 2>&1 &
@@ -161,7 +163,7 @@ else
   done
   grep -q "tracing " $LOGS/live-agent.log || die "the agent did not start tracing in 20 s"
   rm -rf $WORK/live-prometheus && mkdir -p $WORK/live-prometheus
-  printf 'global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pyusdt\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$APORT" >$WORK/live-prometheus/prometheus.yml
+  printf 'global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ["%s"]\nscrape_configs:\n  - job_name: pyusdt\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$RULES" "$APORT" >$WORK/live-prometheus/prometheus.yml
   PORT=$(free_port)
   prometheus --config.file=$WORK/live-prometheus/prometheus.yml --storage.tsdb.path=$WORK/live-prometheus/data \
     --web.listen-address="127.0.0.1:$PORT" >$LOGS/live-prometheus.log 2>&1 &
