@@ -128,6 +128,10 @@ def expressions(repo):
             walk(p.get("panels", []))
 
     walk(dash["panels"])
+    for var in dash["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var.get("definition", ""))
+        if m:
+            out.append((f"variable ${var['name']}", f"group by ({m.group(2)}) ({m.group(1)})"))
     rules = yaml.safe_load(read(repo, "deploy/prometheus/pyusdt-alerts.yaml"))
     for g in rules["groups"]:
         for r in g["rules"]:
@@ -181,6 +185,30 @@ def check_names(repo):
             problems.append(f"panel \"{p['title']}\": datasource is not the $datasource variable")
         if not all(k in p.get("gridPos", {}) for k in "xywh"):
             problems.append(f"panel \"{p['title']}\": no gridPos")
+    # Filterable per cluster, namespace, node and pod: the variables exist and every selector of
+    # a panel uses those its series carry.
+    names = {v["name"] for v in dash["templating"]["list"]}
+    for v in ("cluster", "namespace", "node", "pod", "service"):
+        if v not in names:
+            problems.append(f"dashboard: no ${v} variable")
+    recorded = recording_rules(repo)
+    for where, e in exprs:
+        if not where.startswith("panel "):
+            continue
+        for metric, sel in re.findall(r"([a-z_:][a-z0-9_:]*)\{([^}]*)\}", e):
+            if metric.startswith("pyusdt_"):
+                want = ("$cluster", "$node")  # pyusdt's own series: no namespace, pod or service
+            elif metric in recorded:
+                want = [f"${v}" for v in ("cluster", "namespace", "node", "pod", "service")
+                        if {"cluster": "k8s_cluster_name", "namespace": "k8s_namespace_name", "node": "host_name",
+                            "pod": "k8s_pod_name", "service": "service_name"}[v] in recorded[metric]]
+            else:
+                want = ("$cluster", "$namespace", "$node", "$pod", "$service")
+            missing = [w for w in want if w not in sel]
+            if missing:
+                problems.append(f"{where}: {metric} is not filtered by {', '.join(missing)}")
+        if not re.search(r"[a-z_:][a-z0-9_:]*\{", e):
+            problems.append(f"{where}: no selector, so the variables do not filter it")
     if len(set(ids)) != len(ids):
         problems.append("dashboard: panel ids are not unique")
     if len(set(titles)) != len(titles):
@@ -343,8 +371,11 @@ def query(repo, url, end):
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
-        m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["definition"])
-        values = api(url, f"/api/v1/label/{m.group(2)}/values", {"match[]": m.group(1)})["data"] if m else []
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
+        selector = m.group(1) if m else ""
+        for v, value in GRAFANA_VARS.items():
+            selector = selector.replace(v, value)
+        values = api(url, f"/api/v1/label/{m.group(2)}/values", {"match[]": selector})["data"] if m else []
         ok = bool(values)
         failures += not ok
         print(f"  {'ok  ' if ok else 'FAIL'} variable ${var['name']}: {var['definition']} -> {values}")
