@@ -51,9 +51,14 @@ def check(ok, what):
     return ok
 
 
-def k8s_versions():
-    versions = kubernetes_validate.utils.all_versions()
-    return sorted({versions[0], versions[-1]}, key=lambda v: [int(x) for x in v.split(".")])
+def k8s_versions(doc=None):
+    """The oldest and newest Kubernetes versions kubernetes-validate ships; an object that uses
+    securityContext.appArmorProfile (values.appArmorProfile) needs 1.30, where it appeared."""
+    key = lambda v: [int(x) for x in v.split(".")]  # noqa: E731
+    versions = sorted(kubernetes_validate.utils.all_versions(), key=key)
+    if doc is not None and "appArmorProfile" in json.dumps(doc):
+        versions = [v for v in versions if key(v) >= [1, 30]]
+    return sorted({versions[0], versions[-1]}, key=key)
 
 
 # --- what the Rust code accepts -------------------------------------------------------------
@@ -159,14 +164,14 @@ def validate_schema(doc, where):
         return check(bool(ok), f"{where}: {name} has a selector and endpoints "
                      "(a CRD: structure only, not in the Kubernetes schemas)")
     errors = []
-    for version in k8s_versions():
+    for version in k8s_versions(doc):
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.utils.ValidationError as e:
             errors.append(f"{version}: {'.'.join(map(str, e.path))}: {e.message}")
         except kubernetes_validate.utils.SchemaNotFoundError as e:
             errors.append(f"{version}: no schema ({e.message})")
-    return check(not errors, f"{where}: {name} valid against Kubernetes {' and '.join(k8s_versions())} (strict)"
+    return check(not errors, f"{where}: {name} valid against Kubernetes {' and '.join(k8s_versions(doc))} (strict)"
                  + (f": {errors[0]}" if errors else ""))
 
 
@@ -280,6 +285,43 @@ def check_objects(docs, where, flags, rules, repo):
     return kinds
 
 
+# registry[:port]/path[:tag] or registry[:port]/path@sha256:hex (the distribution reference grammar).
+IMAGE_REF = re.compile(r"^([a-z0-9][a-z0-9.-]*(:[0-9]+)?/)?[a-z0-9]+([._/-][a-z0-9]+)*"
+                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$")
+
+
+def check_values_rendered(values, docs, where):
+    """What the extension values ask for is in the render (and the image reference is valid)."""
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    pod = ds["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    problems = []
+    if not IMAGE_REF.match(c["image"]):
+        problems.append(f"image {c['image']!r} is not a valid reference")
+    if values["image"].get("digest") and not c["image"].endswith("@" + values["image"]["digest"]):
+        problems.append(f"image {c['image']!r} does not use image.digest")
+    env = {e["name"]: e for e in c.get("env", [])}
+    problems += [f"extraEnv {e['name']} not in the container's env" for e in values.get("extraEnv", []) if env.get(e["name"]) != e]
+    vols = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    problems += [f"extraVolumes {v['name']} not a pod volume" for v in values.get("extraVolumes", []) if vols.get(v["name"]) != v]
+    mounts = c.get("volumeMounts", [])
+    problems += [f"extraVolumeMounts {m['name']} not mounted" for m in values.get("extraVolumeMounts", []) if m not in mounts]
+    problems += [f"volume mount {m['mountPath']} is writable" for m in mounts if not m.get("readOnly")]
+    objs = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    problems += [f"extraObjects {o['kind']}/{o['metadata']['name']} not rendered" for o in values.get("extraObjects", [])
+                 if isinstance(o, dict) and (o["kind"], o["metadata"]["name"]) not in objs]
+    sc = c.get("securityContext", {})
+    for key in ("appArmorProfile", "seLinuxOptions"):
+        if values.get(key) and sc.get(key) != values[key]:
+            problems.append(f"{key} {values[key]} not in the container's securityContext")
+    if ds["spec"].get("updateStrategy") != values.get("updateStrategy"):
+        problems.append(f"updateStrategy {ds['spec'].get('updateStrategy')} is not values.updateStrategy")
+    annotations = pod["metadata"].get("annotations", {})
+    problems += [f"podAnnotations {k} missing" for k, v in values.get("podAnnotations", {}).items() if annotations.get(k) != v]
+    check(not problems, f"{where}: image, extraEnv, extraVolumes, extraVolumeMounts, extraObjects, AppArmor, SELinux, "
+          "updateStrategy and podAnnotations reach the render" + (f" ({'; '.join(problems)})" if problems else ""))
+
+
 def check_collector(path):
     """deploy/otel-collector.yaml: pipelines use defined components; what the dashboard needs."""
     cfg = yaml.safe_load(open(path))
@@ -337,7 +379,9 @@ def main():
         errors = list(validator.iter_errors(json.load(open(values))))
         check(not errors, f"{name}: values pass values.schema.json"
               + (f" ({errors[0].json_path}: {errors[0].message})" if errors else ""))
-        check_objects(load_docs(rendered), name, flags, rules, a.repo)
+        docs = load_docs(rendered)
+        check_objects(docs, name, flags, rules, a.repo)
+        check_values_rendered(json.load(open(values)), docs, name)
 
     if FAILURES:
         print(f"check_manifests: {len(FAILURES)} check(s) failed", file=sys.stderr)
