@@ -107,6 +107,16 @@ step manifests "$PY" tests/deploy/check_manifests.py --repo . --plain deploy/kub
   --render "http-off=$WORK/http-off.yaml,$WORK/http-off.json"
 SUMMARY+=("manifests and chart: $(grep -c '^  ok ' $LOGS/manifests.log) checks passed (schemas, least privilege, agent flags, config keys)")
 
+# The agent serves /healthz and /metrics and watches pods: no file may say otherwise.
+stale_claims() {
+  if grep -rniE "no (/healthz|health endpoint|/metrics( endpoint)?|api call)|has no /metrics" \
+    helm deploy tests/deploy/values-nondefault.yaml; then
+    echo "stale claims above: pyusdt serves /healthz and /metrics and watches pods"
+    return 1
+  fi
+}
+step stale-claims stale_claims
+
 # --- 3. alert rules ---------------------------------------------------------------------
 step rules-check promtool check rules deploy/prometheus/pyusdt-alerts.yaml
 step rules-test bash -c "cd tests/deploy && promtool test rules alerts.test.yaml"

@@ -159,8 +159,9 @@ def validate_schema(doc, where):
     if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
         # A Prometheus Operator CRD: not among the Kubernetes schemas.
         spec = doc.get("spec", {})
-        ok = (doc.get("kind") == "ServiceMonitor" and spec.get("selector", {}).get("matchLabels")
-              and all(e.get("port") for e in spec.get("endpoints", [])) and spec.get("endpoints"))
+        endpoints = spec.get("endpoints" if doc.get("kind") == "ServiceMonitor" else "podMetricsEndpoints")
+        ok = (doc.get("kind") in ("ServiceMonitor", "PodMonitor") and spec.get("selector", {}).get("matchLabels")
+              and endpoints and all(e.get("port") for e in endpoints))
         return check(bool(ok), f"{where}: {name} has a selector and endpoints "
                      "(a CRD: structure only, not in the Kubernetes schemas)")
     errors = []
@@ -316,10 +317,21 @@ def check_values_rendered(values, docs, where):
             problems.append(f"{key} {values[key]} not in the container's securityContext")
     if ds["spec"].get("updateStrategy") != values.get("updateStrategy"):
         problems.append(f"updateStrategy {ds['spec'].get('updateStrategy')} is not values.updateStrategy")
+    if values.get("podMonitor", {}).get("enabled"):
+        pms = [d for d in docs if d["kind"] == "PodMonitor"]
+        ports = {p["name"] for p in c.get("ports", [])}
+        pod_labels = pod["metadata"].get("labels", {})
+        if not any(set(pm["spec"]["selector"]["matchLabels"].items()) <= set(pod_labels.items())
+                   and all(e["port"] in ports and e.get("path") == "/metrics" for e in pm["spec"]["podMetricsEndpoints"])
+                   for pm in pms):
+            problems.append("podMonitor.enabled, but no PodMonitor selects the agents' pods on a declared port's /metrics")
+        np = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        if np and not all(r.get("from") for d in np for r in d["spec"].get("ingress", []) or [{}]):
+            problems.append("the NetworkPolicy admits no scraper, so the PodMonitor's scrapes are blocked")
     annotations = pod["metadata"].get("annotations", {})
     problems += [f"podAnnotations {k} missing" for k, v in values.get("podAnnotations", {}).items() if annotations.get(k) != v]
     check(not problems, f"{where}: image, extraEnv, extraVolumes, extraVolumeMounts, extraObjects, AppArmor, SELinux, "
-          "updateStrategy and podAnnotations reach the render" + (f" ({'; '.join(problems)})" if problems else ""))
+          "updateStrategy, podAnnotations and the PodMonitor reach the render" + (f" ({'; '.join(problems)})" if problems else ""))
 
 
 def check_collector(path):
