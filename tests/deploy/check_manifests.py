@@ -351,9 +351,19 @@ def check_collector(path):
     if "prometheus" not in cfg["service"]["pipelines"].get("metrics", {}).get("exporters", []):
         problems.append("metrics are not exported to prometheus")
     traces_out = cfg["service"]["pipelines"].get("traces", {}).get("exporters", [])
-    if not any(e.split("/")[0] in ("otlp", "otlphttp") for e in traces_out):
+    if not any(e.split("/")[0] in ("otlp_grpc", "otlp_http") for e in traces_out):
         problems.append("traces are not exported over OTLP (Jaeger, Tempo)")
-    check(not problems, "deploy/otel-collector.yaml: OTLP in; traces to Jaeger/Tempo, metrics to Prometheus; pipelines use defined components"
+    # As the opentelemetry-collector chart configures it: memory_limiter first, health_check on.
+    for name, p in cfg["service"]["pipelines"].items():
+        if (p.get("processors") or [None])[0] != "memory_limiter":
+            problems.append(f"pipeline {name}: memory_limiter is not the first processor")
+    if "health_check" not in (cfg.get("extensions") or {}) or "health_check" not in cfg["service"].get("extensions", []):
+        problems.append("no health_check extension (defined and listed in service.extensions)")
+    # Names current Collector releases use: otlp and otlphttp exporters are deprecated aliases
+    # since v0.144.0, logging was removed for debug.
+    for kind, old in (("exporters", "otlp"), ("exporters", "otlphttp"), ("exporters", "logging")):
+        problems += [f"{kind[:-1]} {c}: deprecated or removed name {old}" for c in (cfg.get(kind) or {}) if c.split("/")[0] == old]
+    check(not problems, "deploy/otel-collector.yaml: OTLP in; traces to Jaeger/Tempo, metrics to Prometheus; pipelines use defined components; memory_limiter first, health_check on, current exporter names"
           + (f" ({'; '.join(problems)})" if problems else ""))
 
 
