@@ -203,6 +203,10 @@ def check_daemonset(ds, where, flags):
         if not (res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory")
                 and res.get("limits", {}).get("memory")):
             problems.append(f"{c['name']}: resources need cpu/memory requests and a memory limit")
+        if where != "nondefault" and res.get("limits", {}).get("cpu"):
+            # bench/footprint.py: agent CPU grows with the event rate (10 % of a core at 1.3 M
+            # audit events/s on 2 processes); a quota throttles the reader into drops.
+            problems.append(f"{c['name']}: a CPU limit by default (deploy/README.md, Resources)")
         for vm in c.get("volumeMounts", []):
             if vm["mountPath"].startswith("/sys") and not vm.get("readOnly"):
                 problems.append(f"{c['name']}: {vm['mountPath']} is mounted read-write")
