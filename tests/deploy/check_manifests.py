@@ -361,6 +361,10 @@ def check_collector(path):
     for name, p in cfg["service"]["pipelines"].items():
         if (p.get("processors") or [None])[0] != "memory_limiter":
             problems.append(f"pipeline {name}: memory_limiter is not the first processor")
+    metrics_procs = cfg["service"]["pipelines"].get("metrics", {}).get("processors", [])
+    if not any(a.get("key") == "process.command_line" and a.get("action") == "delete"
+               for p in metrics_procs for a in ((cfg.get("processors") or {}).get(p) or {}).get("attributes", [])):
+        problems.append("metrics pipeline keeps process.command_line (a label on every series; can carry secrets)")
     if "health_check" not in (cfg.get("extensions") or {}) or "health_check" not in cfg["service"].get("extensions", []):
         problems.append("no health_check extension (defined and listed in service.extensions)")
     # Names current Collector releases use: otlp and otlphttp exporters are deprecated aliases
