@@ -4,26 +4,31 @@
 #   bash scripts/deploy-check.sh          (from the repository root or anywhere)
 #
 # 1. Real Helm (v4.2.3, the Go SDK bundled by PyPI's helm-python-sdk; tests/deploy/helm_chart.py):
-#    helm lint --strict and helm template on helm/pyusdt with its default values and with
-#    tests/deploy/values-nondefault.yaml; every tests/deploy/bad-values file is refused by Helm's
-#    values.schema.json check; an umbrella chart that depends on pyusdt lints and renders.
-# 2. tests/deploy/check_manifests.py: deploy/kubernetes and both renders against the
-#    Kubernetes schemas (kubernetes-validate, strict), least privilege, agent flags against
-#    src/cli.rs, the ConfigMap's TOML against src/export/config.rs; values.schema.json accepts
-#    the two value sets.
-# 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml).
-# 4. tests/deploy/check_dashboard.py: dashboard and alert names against what src/ emits;
-#    synthetic series backfilled with promtool into a real Prometheus on 127.0.0.1 (random
-#    port, temporary storage), where every panel and alert expression must return data.
+#    helm lint --strict and helm template on helm/pyusdt with its default values,
+#    tests/deploy/values-nondefault.yaml and tests/deploy/values-http-off.yaml; every
+#    tests/deploy/bad-values file is refused by Helm's values.schema.json check; an umbrella
+#    chart that depends on pyusdt lints and renders.
+# 2. tests/deploy/check_manifests.py: deploy/kubernetes and the renders against the Kubernetes
+#    schemas (kubernetes-validate, strict), least privilege, probes the API server would
+#    refuse, agent flags against src/cli.rs, the ConfigMap's TOML against src/export/config.rs,
+#    the extension values reaching the render, the Collector example; then no file in helm/ or
+#    deploy/ may claim there is no /healthz, /metrics or API call.
+# 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml: sparse and
+#    frequent GC pauses, recording rules, every alert firing and not).
+# 4. tests/deploy/check_dashboard.py: dashboard, recording and alert names against what src/
+#    emits, variables and runbook links; synthetic series backfilled with promtool into a real
+#    Prometheus on 127.0.0.1 (random port, temporary storage, the rule file loaded), where every
+#    panel, recording, alert and variable expression must return data.
 # 5. Live: a real agent (as root; target/debug/pyusdt, or $PYUSDT) traces
-#    tests/deploy/live_workload.py and serves /metrics; a real Prometheus scrapes it every
-#    second; every panel expression and every alert expression without its threshold must
-#    return a number (the uncollectable-objects alert is prometheus_client's, skipped).
+#    tests/deploy/live_workload.py and serves /metrics; a real Prometheus (rule file loaded)
+#    scrapes it every second; every panel expression and every alert expression without its
+#    threshold must return a number (two alerts are skipped, with the reason in the log).
 #
 # Needs the Debian packages of scripts/setup.sh (prometheus, python3.11-venv); creates
 # target/deploy-venv (helm-python-sdk, kubernetes-validate, jsonschema, PyYAML from PyPI) when
 # missing. The Go stand-in renderer that was used before Helm could be installed is gone: it
-# used sprig v2 and yaml.v2 where Helm uses sprig v3 and sigs.k8s.io/yaml. Work files and logs go to target/deploy/.
+# used sprig v2 and yaml.v2 where Helm uses sprig v3 and sigs.k8s.io/yaml. Work files and logs
+# go to target/deploy/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
