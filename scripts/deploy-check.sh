@@ -3,25 +3,32 @@
 #
 #   bash scripts/deploy-check.sh          (from the repository root or anywhere)
 #
-# 1. Renders helm/pyusdt with tests/deploy/render (Go text/template + sprig, as Helm does;
-#    helm itself cannot be installed here) with its default values and with
-#    tests/deploy/values-nondefault.yaml, and each tests/deploy/bad-values file.
-# 2. tests/deploy/check_manifests.py: deploy/kubernetes and both renders against the
-#    Kubernetes schemas (kubernetes-validate, strict), least privilege, agent flags against
-#    src/cli.rs, the ConfigMap's TOML against src/export/config.rs; values.schema.json accepts
-#    the two value sets and rejects every bad-values file.
-# 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml).
-# 4. tests/deploy/check_dashboard.py: dashboard and alert names against what src/ emits;
-#    synthetic series backfilled with promtool into a real Prometheus on 127.0.0.1 (random
-#    port, temporary storage), where every panel and alert expression must return data.
+# 1. Real Helm (v4.2.3, the Go SDK bundled by PyPI's helm-python-sdk; tests/deploy/helm_chart.py):
+#    helm lint --strict and helm template on helm/pyusdt with its default values,
+#    tests/deploy/values-nondefault.yaml and tests/deploy/values-http-off.yaml; every
+#    tests/deploy/bad-values file is refused by Helm's values.schema.json check; an umbrella
+#    chart that depends on pyusdt lints and renders.
+# 2. tests/deploy/check_manifests.py: deploy/kubernetes and the renders against the Kubernetes
+#    schemas (kubernetes-validate, strict), least privilege, probes the API server would
+#    refuse, agent flags against src/cli.rs, the ConfigMap's TOML against src/export/config.rs,
+#    the extension values reaching the render, the Collector example; then no file in helm/ or
+#    deploy/ may claim there is no /healthz, /metrics or API call.
+# 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml: sparse and
+#    frequent GC pauses, recording rules, every alert firing and not).
+# 4. tests/deploy/check_dashboard.py: dashboard, recording and alert names against what src/
+#    emits, variables and runbook links; synthetic series backfilled with promtool into a real
+#    Prometheus on 127.0.0.1 (random port, temporary storage, the rule file loaded), where every
+#    panel, recording, alert and variable expression must return data.
 # 5. Live: a real agent (as root; target/debug/pyusdt, or $PYUSDT) traces
-#    tests/deploy/live_workload.py and serves /metrics; a real Prometheus scrapes it every
-#    second; every panel expression and every alert expression without its threshold must
-#    return a number (the uncollectable-objects alert is prometheus_client's, skipped).
+#    tests/deploy/live_workload.py and serves /metrics; a real Prometheus (rule file loaded)
+#    scrapes it every second; every panel expression and every alert expression without its
+#    threshold must return a number (two alerts are skipped, with the reason in the log).
 #
-# Needs the Debian packages of scripts/setup.sh (golang-go, golang-github-masterminds-sprig-dev,
-# prometheus, python3.11-venv); creates target/deploy-venv (kubernetes-validate, jsonschema,
-# PyYAML from PyPI) when missing. Work files and logs go to target/deploy/.
+# Needs the Debian packages of scripts/setup.sh (prometheus, python3.11-venv); creates
+# target/deploy-venv (helm-python-sdk, kubernetes-validate, jsonschema, PyYAML from PyPI) when
+# missing. The Go stand-in renderer that was used before Helm could be installed is gone: it
+# used sprig v2 and yaml.v2 where Helm uses sprig v3 and sigs.k8s.io/yaml. Work files and logs
+# go to target/deploy/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,72 +66,61 @@ step() {
   fi
 }
 
-for tool in go gofmt promtool prometheus /usr/bin/python3.11; do
+for tool in promtool prometheus /usr/bin/python3.11; do
   command -v "$tool" >/dev/null 2>&1 \
     || die "$tool not found: run 'bash scripts/setup.sh --deps-only' (as root) first"
 done
-[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] \
-  || die "Go sprig sources missing (Debian golang-github-masterminds-sprig-dev): run 'bash scripts/setup.sh --deps-only'"
 
 rm -rf "$WORK"
 mkdir -p "$LOGS"
 
-# Pinned: the Kubernetes schemas come with kubernetes-validate (1.25 to 1.37 in this version).
-if ! "$VENV/bin/python" -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
-  echo "deploy-check: creating $VENV (kubernetes-validate, jsonschema, PyYAML from PyPI)"
+# Pinned: the Kubernetes schemas come with kubernetes-validate (1.25 to 1.37 in this version);
+# helm-python-sdk 0.2.2 bundles Helm v4.2.3.
+PIP_PINS=("helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "PyYAML==6.0.3")
+if ! "$VENV/bin/python" -c "import helm_python, kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
+  echo "deploy-check: creating $VENV (${PIP_PINS[*]} from PyPI)"
   rm -rf "$VENV"
   step venv /usr/bin/python3.11 -m venv "$VENV"
-  step pip "$VENV/bin/pip" install -q "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "PyYAML==6.0.3"
+  step pip "$VENV/bin/python" -m pip install -q "${PIP_PINS[@]}"
 fi
 PY="$VENV/bin/python"
 
-# --- 1. render the chart ----------------------------------------------------------------
-# GOPATH mode against Debian's Go sources: no module download.
-build_renderer() {
-  local out root=$PWD
-  out=$(gofmt -l tests/deploy/render) || return 1
-  [ -z "$out" ] || { echo "not gofmt-formatted: $out"; return 1; }
-  (cd tests/deploy/render &&
-    export GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE="$root/target/go-cache" &&
-    go vet . && go build -o "$root/$WORK/render" .)
-}
-step renderer build_renderer
-RENDER="$WORK/render -chart helm/pyusdt -release pyusdt -namespace pyusdt"
-
+# --- 1. the chart with real Helm ---------------------------------------------------------
+HELM=("$PY" tests/deploy/helm_chart.py)
 # (Functions run by `step` are in an `if` condition, where set -e does not apply: every
 # command that can fail says `|| return 1`.)
-render_all() {
-  $RENDER -values-out $WORK/default.json >$WORK/default.yaml || return 1
-  $RENDER -f tests/deploy/values-nondefault.yaml -values-out $WORK/nondefault.json \
-    >$WORK/nondefault.yaml || return 1
-  $RENDER -notes >$WORK/default-notes.txt || return 1
-  $RENDER -f tests/deploy/values-nondefault.yaml -notes >$WORK/nondefault-notes.txt || return 1
+helm_all() {
+  "${HELM[@]}" lint --chart helm/pyusdt || return 1
+  "${HELM[@]}" lint --chart helm/pyusdt -f tests/deploy/values-nondefault.yaml || return 1
+  "${HELM[@]}" template --chart helm/pyusdt --out $WORK/default || return 1
+  "${HELM[@]}" template --chart helm/pyusdt -f tests/deploy/values-nondefault.yaml \
+    --out $WORK/nondefault || return 1
+  "${HELM[@]}" template --chart helm/pyusdt -f tests/deploy/values-http-off.yaml --out $WORK/http-off || return 1
   grep -q "runs as DaemonSet pyusdt " $WORK/default-notes.txt || return 1
   grep -q "OTLP headers come from Secret otlp-credentials" $WORK/nondefault-notes.txt || return 1
-  # Bad values: only the merged values matter (Helm checks the schema before rendering; a
-  # template may fail on them too, which is fine).
-  local f n
-  for f in tests/deploy/bad-values/*.yaml; do
-    n=$(basename "$f" .yaml)
-    $RENDER -f "$f" -values-out "$WORK/bad-$n.json" >/dev/null 2>&1 || true
-    [ -s "$WORK/bad-$n.json" ] || { echo "no merged values for $f"; return 1; }
-  done
+  "${HELM[@]}" refuse --chart helm/pyusdt tests/deploy/bad-values/*.yaml || return 1
+  "${HELM[@]}" umbrella --chart helm/pyusdt --work $WORK || return 1
 }
-step render render_all
-SUMMARY+=("chart rendered: default values, tests/deploy/values-nondefault.yaml, NOTES.txt")
+step helm helm_all
+SUMMARY+=("real Helm $("$PY" -c 'import helm_python as h; print(h.helm_sdk_version())'): lint --strict and template (default, tests/deploy/values-nondefault.yaml, values-http-off.yaml), $(grep -c ': refused' $LOGS/helm.log) bad-values files refused, umbrella chart rendered")
 
 # --- 2. manifests, chart values ---------------------------------------------------------
-bad_args=()
-for f in tests/deploy/bad-values/*.yaml; do
-  n=$(basename "$f" .yaml)
-  bad_args+=(--bad "$n=$WORK/bad-$n.json")
-done
 step manifests "$PY" tests/deploy/check_manifests.py --repo . --plain deploy/kubernetes \
   --schema helm/pyusdt/values.schema.json \
   --render "default=$WORK/default.yaml,$WORK/default.json" \
   --render "nondefault=$WORK/nondefault.yaml,$WORK/nondefault.json" \
-  "${bad_args[@]}"
-SUMMARY+=("manifests and chart: $(grep -c '^  ok ' $LOGS/manifests.log) checks passed (schemas, least privilege, agent flags, config keys; $(( ${#bad_args[@]} / 2 )) bad values files rejected)")
+  --render "http-off=$WORK/http-off.yaml,$WORK/http-off.json"
+SUMMARY+=("manifests and chart: $(grep -c '^  ok ' $LOGS/manifests.log) checks passed (schemas, least privilege, agent flags, config keys)")
+
+# The agent serves /healthz and /metrics and watches pods: no file may say otherwise.
+stale_claims() {
+  if grep -rniE "no (/healthz|health endpoint|/metrics( endpoint)?|api call)|has no /metrics" \
+    helm deploy tests/deploy/values-nondefault.yaml; then
+    echo "stale claims above: pyusdt serves /healthz and /metrics and watches pods"
+    return 1
+  fi
+}
+step stale-claims stale_claims
 
 # --- 3. alert rules ---------------------------------------------------------------------
 step rules-check promtool check rules deploy/prometheus/pyusdt-alerts.yaml
@@ -138,7 +134,9 @@ END=$(( $(date +%s) / 15 * 15 - 60 ))
 mkdir -p $WORK/prometheus/data
 step dashboard-data "$PY" tests/deploy/check_dashboard.py gen --repo . --end "$END" --out $WORK/prometheus/series.om
 step backfill promtool tsdb create-blocks-from openmetrics $WORK/prometheus/series.om $WORK/prometheus/data
-printf 'global:\n  scrape_interval: 15s\n' >$WORK/prometheus/prometheus.yml
+# The rule file is loaded: the alerts and some panels read its recorded series.
+RULES="$PWD/deploy/prometheus/pyusdt-alerts.yaml"
+printf 'global:\n  scrape_interval: 15s\n  evaluation_interval: 1s\nrule_files: ["%s"]\n' "$RULES" >$WORK/prometheus/prometheus.yml
 PORT=$(/usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 prometheus --config.file=$WORK/prometheus/prometheus.yml --storage.tsdb.path=$WORK/prometheus/data \
   --web.listen-address="127.0.0.1:$PORT" >$LOGS/prometheus.log 2>&1 &
@@ -169,7 +167,7 @@ else
   [ -x "$PYUSDT" ] || step build-pyusdt cargo build --locked
   free_port() { /usr/bin/python3.11 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
   APORT=$(free_port)
-  "$PYUSDT" agent --quiet --probes gc,import,audit,function --line-mode --max-overhead off \
+  "$PYUSDT" agent --probes gc,import,audit,function --line-mode --max-overhead off \
     --exporter file --otlp-file $WORK/live-otlp.jsonl --metrics-listen "127.0.0.1:$APORT" \
     >$LOGS/live-agent.log 2>&1 &
   AGENT_PID=$!
@@ -180,7 +178,7 @@ else
   done
   grep -q "tracing " $LOGS/live-agent.log || die "the agent did not start tracing in 20 s"
   rm -rf $WORK/live-prometheus && mkdir -p $WORK/live-prometheus
-  printf 'global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pyusdt\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$APORT" >$WORK/live-prometheus/prometheus.yml
+  printf 'global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ["%s"]\nscrape_configs:\n  - job_name: pyusdt\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$RULES" "$APORT" >$WORK/live-prometheus/prometheus.yml
   PORT=$(free_port)
   prometheus --config.file=$WORK/live-prometheus/prometheus.yml --storage.tsdb.path=$WORK/live-prometheus/data \
     --web.listen-address="127.0.0.1:$PORT" >$LOGS/live-prometheus.log 2>&1 &

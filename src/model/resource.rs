@@ -217,6 +217,12 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
     for (k, v) in &facts.container {
         attributes.push(attrs::string(k, v.clone()));
     }
+    // A process outside any pod (or whose pod is not known yet) still runs on this node.
+    if !attributes.iter().any(|kv| kv.key == "k8s.node.name") {
+        if let Some(node) = node_name() {
+            attributes.push(attrs::string("k8s.node.name", node));
+        }
+    }
     if with_command_line {
         if let Some(c) = &facts.command_line {
             // Command lines carry secrets (--password …): redacted, like audit arguments.
@@ -249,6 +255,9 @@ pub fn own(host_name: &str) -> Resource {
     if !host_name.is_empty() {
         attributes.push(attrs::string("host.name", host_name));
     }
+    if let Some(node) = node_name() {
+        attributes.push(attrs::string("k8s.node.name", node));
+    }
     Resource {
         attributes,
         ..Default::default()
@@ -273,11 +282,38 @@ pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// This host's name, as `host.name` wants it.
+/// This host's name, as `host.name` wants it: in Kubernetes the node's name (the agent's pod
+/// has its own UTS namespace, whose hostname is the pod's, e.g. `pyusdt-x7k2p`), else the
+/// kernel's hostname.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    node_name().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The node's name from `K8S_NODE_NAME` (the DaemonSet sets it from `spec.nodeName`), when it
+/// is a valid Kubernetes node name.
+pub fn node_name() -> Option<String> {
+    valid_node_name(&std::env::var(crate::k8s::watch::NODE_NAME_ENV).ok()?)
+}
+
+/// A DNS subdomain (RFC 1123, at most 253 characters), as Kubernetes requires of node names;
+/// anything else is ignored rather than exported.
+fn valid_node_name(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    ok.then(|| name.to_string())
 }
 
 /// Resources of the processes seen so far, read once per process.
@@ -374,6 +410,27 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_names_are_dns_subdomains() {
+        for good in ["node-1", "ip-10-0-0-5.eu-west-1.compute.internal", "a"] {
+            assert_eq!(valid_node_name(good).as_deref(), Some(good));
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "Node",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a/b",
+            "n\n",
+            long.as_str(),
+        ] {
+            assert_eq!(valid_node_name(bad), None, "{bad:?}");
+        }
+    }
 
     fn get<'a>(r: &'a Resource, key: &str) -> Option<&'a str> {
         r.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {

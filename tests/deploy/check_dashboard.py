@@ -27,6 +27,7 @@ import math
 import os
 import re
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -41,7 +42,11 @@ PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "topk", "le", "without", "max", "min",
     "avg", "count", "absent_over_time", "job", "instance",
 }
-GRAFANA_VARS = {"$__rate_interval": "2m", "$__range": "30m", "$__interval": "1m", "$service": ".*"}
+# Not set by pyusdt: the cluster's name, added by the Collector's resource processor
+# (deploy/otel-collector.yaml) or by the chart's PodMonitor relabeling on a direct scrape.
+EXTERNAL_LABELS = {"k8s_cluster_name"}
+GRAFANA_VARS = {"$__rate_interval": "4m", "$__range": "30m", "$__interval": "1m", "$service": ".*",
+                "$cluster": ".*", "$namespace": ".*", "$node": ".*", "$pod": ".*"}
 
 DURATION_BOUNDS = None  # read from src/model/metrics.rs
 
@@ -59,7 +64,7 @@ def emitted_metrics(repo):
     string = r'"((?:[^"\\]|\\[\s\S])*)"'  # a Rust literal; a backslash may end a line
     names = {}
     found = 0
-    for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src):
+    for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src, re.S):
         found += 1
         base = name.replace(".", "_")
         if kind == "histogram":  # unit "s" (metrics.rs: histogram())
@@ -93,8 +98,21 @@ def emitted_labels(repo):
     for path in ("src/model/metrics.rs", "src/report/otlp.rs", "src/report/own.rs", "src/model/resource.rs"):
         for lit, const in re.findall(r'attrs::(?:string|int|boolean|double)\(\s*(?:"([^"]+)"|(?:attrs::)?([A-Z_]+)\b)', read(repo, path)):
             keys.add(lit or consts.get(const, ""))
+    # Pod metadata (src/k8s/metadata.rs): push("k8s.pod.name", ...).
+    keys |= set(re.findall(r'push\(\s*"([a-z0-9_.]+)"', read(repo, "src/k8s/metadata.rs")))
     keys.discard("")
     return {k.replace(".", "_") for k in keys}
+
+
+def recording_rules(repo):
+    """{recorded name: expression} of the rule file."""
+    rules = yaml.safe_load(read(repo, "deploy/prometheus/pyusdt-alerts.yaml"))
+    return {r["record"]: r["expr"].strip() for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def expressions(repo):
@@ -109,22 +127,33 @@ def expressions(repo):
             walk(p.get("panels", []))
 
     walk(dash["panels"])
+    for var in dash["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var.get("definition", ""))
+        if m:
+            out.append((f"variable ${var['name']}", f"group by ({m.group(2)}) ({m.group(1)})"))
     rules = yaml.safe_load(read(repo, "deploy/prometheus/pyusdt-alerts.yaml"))
     for g in rules["groups"]:
         for r in g["rules"]:
-            out.append((f"alert {r['alert']}", r["expr"].strip()))
+            if "alert" in r:
+                out.append((f"alert {r['alert']}", r["expr"].strip()))
+            else:
+                out.append((f"record {r['record']}", r["expr"].strip()))
     return dash, out
 
 
 def check_names(repo):
     metrics = emitted_metrics(repo)
-    labels = emitted_labels(repo)
+    labels = emitted_labels(repo) | EXTERNAL_LABELS
+    recorded = recording_rules(repo)
     _, exprs = expressions(repo)
     problems = []
     for where, e in exprs:
         body = re.sub(r'"[^"]*"', '""', e)  # label values and strings are not names
-        for name in re.findall(r"\b([a-z_][a-z0-9_]*)\s*(?=\{|\[)", body):
-            if name not in metrics and name not in EXTERNAL_METRICS:
+        # Metric names before a selector or range, and recorded names (level:metric:operation).
+        names = set(re.findall(r"(?<![\w:])([a-z_][a-z0-9_]*)\s*(?=\{|\[)", body))
+        names |= set(re.findall(r"(?<![\w:])([a-z_]+:[a-z0-9_:]+)", body))
+        for name in sorted(names):
+            if name not in metrics and name not in EXTERNAL_METRICS and name not in recorded:
                 problems.append(f"{where}: metric {name} is not emitted by pyusdt")
         used_labels = set()
         for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", body):
@@ -134,6 +163,14 @@ def check_names(repo):
         external = set().union(*[v for k, v in EXTERNAL_METRICS.items() if k in e]) if any(k in e for k in EXTERNAL_METRICS) else set()
         for label in sorted(used_labels - labels - {"le"} - external):
             problems.append(f"{where}: label {label} is not an attribute pyusdt sets")
+    # Every alert's runbook_url names a section of deploy/README.md.
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.*)$", read(repo, "deploy/README.md"), re.M)}
+    rules = yaml.safe_load(read(repo, "deploy/prometheus/pyusdt-alerts.yaml"))
+    for r in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        url = r.get("annotations", {}).get("runbook_url", "")
+        m = re.fullmatch(r"deploy/README\.md#([a-z0-9_-]+)", url)
+        if not m or m.group(1) not in anchors:
+            problems.append(f"alert {r['alert']}: runbook_url {url!r} is not a section of deploy/README.md")
     dash, _ = expressions(repo)
     ids, titles = [], []
     for p in dash["panels"]:
@@ -147,6 +184,30 @@ def check_names(repo):
             problems.append(f"panel \"{p['title']}\": datasource is not the $datasource variable")
         if not all(k in p.get("gridPos", {}) for k in "xywh"):
             problems.append(f"panel \"{p['title']}\": no gridPos")
+    # Filterable per cluster, namespace, node and pod: the variables exist and every selector of
+    # a panel uses those its series carry.
+    names = {v["name"] for v in dash["templating"]["list"]}
+    for v in ("cluster", "namespace", "node", "pod", "service"):
+        if v not in names:
+            problems.append(f"dashboard: no ${v} variable")
+    recorded = recording_rules(repo)
+    for where, e in exprs:
+        if not where.startswith("panel "):
+            continue
+        for metric, sel in re.findall(r"([a-z_:][a-z0-9_:]*)\{([^}]*)\}", e):
+            if metric.startswith("pyusdt_"):
+                want = ("$cluster", "$node")  # pyusdt's own series: no namespace, pod or service
+            elif metric in recorded:
+                want = [f"${v}" for v in ("cluster", "namespace", "node", "pod", "service")
+                        if {"cluster": "k8s_cluster_name", "namespace": "k8s_namespace_name", "node": "host_name",
+                            "pod": "k8s_pod_name", "service": "service_name"}[v] in recorded[metric]]
+            else:
+                want = ("$cluster", "$namespace", "$node", "$pod", "$service")
+            missing = [w for w in want if w not in sel]
+            if missing:
+                problems.append(f"{where}: {metric} is not filtered by {', '.join(missing)}")
+        if not re.search(r"[a-z_:][a-z0-9_:]*\{", e):
+            problems.append(f"{where}: no selector, so the variables do not filter it")
     if len(set(ids)) != len(ids):
         problems.append("dashboard: panel ids are not unique")
     if len(set(titles)) != len(titles):
@@ -183,8 +244,9 @@ def gen(repo, end, out):
         fam.setdefault(name, ("counter", []))[1].extend(
             f"{name}_total{lbl(labels)} {per_s * (t - times[0]):.3f} {t}" for t in times)
 
-    def gauge(name, labels, value):
-        fam.setdefault(name, ("gauge", []))[1].extend(f"{name}{lbl(labels)} {value} {t}" for t in times)
+    def gauge(name, labels, value, until=None):
+        fam.setdefault(name, ("gauge", []))[1].extend(
+            f"{name}{lbl(labels)} {value} {t}" for t in times if until is None or t <= until)
 
     def histogram(name, labels, per_s, lo, hi):
         """Observations spread evenly (log-uniform) between lo and hi seconds."""
@@ -205,8 +267,11 @@ def gen(repo, end, out):
 
     procs = [("api", "node-1", "101", "3.11.2"), ("api", "node-2", "202", "3.11.2"), ("worker", "node-1", "303", "3.13.5")]
     for service, host, pid, version in procs:
+        # host_name is the node's name (src/model/resource.rs), as is k8s_node_name.
         res = {"service_name": service, "host_name": host, "process_pid": pid,
-               "process_runtime_name": "cpython", "process_runtime_version": version}
+               "process_runtime_name": "cpython", "process_runtime_version": version,
+               "k8s_cluster_name": "prod", "k8s_namespace_name": "shop", "k8s_node_name": host,
+               "k8s_pod_name": f"{service}-{pid}"}
         heavy = service == "worker"  # a process with long, frequent full collections
         for gen_, per_s, lo, hi in ((0, 20, 1e-5, 5e-4), (1, 2, 1e-4, 2e-3), (2, 0.5 if heavy else 0.05, 0.05 if heavy else 1e-3, 0.5 if heavy else 2e-2)):
             g = {**res, "cpython_gc_generation": str(gen_)}
@@ -223,7 +288,8 @@ def gen(repo, end, out):
             counter("cpython_function_calls", f, 5)
 
     for host, drops in (("node-1", 0.0), ("node-2", 2.5)):
-        own = {"service_name": "pyusdt", "host_name": host, "process_pid": "7"}
+        own = {"service_name": "pyusdt", "host_name": host, "process_pid": "7", "k8s_cluster_name": "prod",
+               "k8s_namespace_name": "pyusdt", "k8s_node_name": host, "k8s_pod_name": f"pyusdt-{host}"}
         for marker, per_s in (("gc", 25), ("import", 0.3), ("audit", 50)):
             counter("pyusdt_events_received", {**own, "cpython_marker": marker}, per_s)
             counter("pyusdt_events_dropped", {**own, "cpython_marker": marker}, drops if marker == "audit" else 0)
@@ -234,6 +300,10 @@ def gen(repo, end, out):
         counter("pyusdt_attach_failures", own, 0)
         counter("pyusdt_spans_orphaned", own, 0.01)
         gauge("pyusdt_processes_traced", own, 2)
+
+    # node-3's agent stopped reporting 10 minutes before the end (PyusdtAgentStoppedReporting).
+    gauge("pyusdt_processes_traced", {"service_name": "pyusdt", "host_name": "node-3", "process_pid": "7",
+                                      "k8s_cluster_name": "prod"}, 2, until=times[-1] - 600)
 
     counter("python_gc_objects_uncollectable", {"job": "legacy-app", "instance": "10.0.0.5:8000", "generation": "2"}, 0.01)
 
@@ -254,14 +324,37 @@ def api(url, path, params):
         return json.load(r)
 
 
+def wait_for_recorded(repo, url, timeout=30):
+    """Prometheus evaluates the rule file from its start: wait until every recorded series has a
+    sample, and return the time to query at (the alerts read the recorded series)."""
+    names = recording_rules(repo)
+    deadline = time.time() + timeout
+    while True:
+        at = time.time()
+        missing = [n for n in names
+                   if not api(url, "/api/v1/query", {"query": n, "time": at})["data"]["result"]]
+        if not missing:
+            print(f"  ok   {len(names)} recording rules evaluated by Prometheus")
+            return at
+        if time.time() > deadline:
+            print(f"  FAIL recording rules without a sample after {timeout} s: {missing}")
+            return None
+        time.sleep(1)
+
+
 def query(repo, url, end):
+    """`end` is where the backfilled data ends; the queries run at the first time when every
+    recording rule has a value (a minute or so later: within every range used)."""
     dash, exprs = expressions(repo)
+    at = wait_for_recorded(repo, url)
+    if at is None:
+        return False
     failures = 0
     for where, e in exprs:
         for var, value in GRAFANA_VARS.items():
             e = e.replace(var, value)
         try:
-            body = api(url, "/api/v1/query", {"query": e, "time": end})
+            body = api(url, "/api/v1/query", {"query": e, "time": at})
         except urllib.error.HTTPError as err:
             body = json.load(err)
         if body.get("status") != "success":
@@ -277,8 +370,11 @@ def query(repo, url, end):
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
-        m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["definition"])
-        values = api(url, f"/api/v1/label/{m.group(2)}/values", {"match[]": m.group(1)})["data"] if m else []
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
+        selector = m.group(1) if m else ""
+        for v, value in GRAFANA_VARS.items():
+            selector = selector.replace(v, value)
+        values = api(url, f"/api/v1/label/{m.group(2)}/values", {"match[]": selector})["data"] if m else []
         ok = bool(values)
         failures += not ok
         print(f"  {'ok  ' if ok else 'FAIL'} variable ${var['name']}: {var['definition']} -> {values}")
@@ -288,6 +384,7 @@ def query(repo, url, end):
 # The live check: alerts not evaluated, with the reason.
 LIVE_SKIPPED_ALERTS = {
     "PythonGCUncollectableObjectsGrowing": "prometheus_client's metric, not pyusdt's",
+    "PyusdtAgentStoppedReporting": "its condition is the agent's absence, and the agent runs",
 }
 
 
@@ -296,6 +393,8 @@ def live(repo, url):
     runs: every panel expression must return a number, and so must every alert's expression
     without its threshold (the workload is not meant to page anyone)."""
     dash, exprs = expressions(repo)
+    if wait_for_recorded(repo, url) is None:
+        return False
     failures = 0
     for where, e in exprs:
         name = where.removeprefix("alert ")
@@ -304,7 +403,7 @@ def live(repo, url):
             continue
         if where.startswith("alert "):
             # `... ) > 0.05`: the value the threshold compares.
-            e = re.sub(r"\)\s*[<>]=?\s*[0-9.e+-]+\s*$", ")", e.strip(), flags=re.S)
+            e = re.sub(r"\s*[<>]=?\s*[0-9.e+-]+\s*$", "", e.strip(), flags=re.S)
         for var, value in {**GRAFANA_VARS, "$__rate_interval": "1m", "$__range": "1m"}.items():
             e = e.replace(var, value)
         body = api(url, "/api/v1/query", {"query": e})
