@@ -18,15 +18,13 @@ PACKAGES=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev python3.11 l
 # advises), tmux (drives the full-screen view of `top` in a test).
 # python3.11-venv: a private virtualenv with the official OTLP protobuf bindings, to check the
 # file exporter's OTLP/JSON (tests/otlp_delivery.rs).
-# prometheus (promtool), golang-go, golang-github-masterminds-sprig-dev: scripts/deploy-check.sh
-# tests the alert rules and dashboard on a real Prometheus and renders the Helm chart with Go's
-# text/template + sprig (what Helm uses; helm itself is not installable here).
+# prometheus (promtool): scripts/deploy-check.sh tests the alert rules and dashboard on a real
+# Prometheus (it renders the Helm chart with real Helm, from PyPI's helm-python-sdk).
 # bpftrace: the reference the benchmarks in bench/ measure pyusdt against. bpftool: tests read
 # the agent's BPF maps and links.
 if $TESTS; then
   PACKAGES+=(systemtap-sdt-dev tmux python3.11-dev python3.11-venv binutils util-linux
-             libcap2-bin prometheus golang-go golang-github-masterminds-sprig-dev bpftrace
-             bpftool)
+             libcap2-bin prometheus bpftrace bpftool)
 fi
 
 missing=()
