@@ -262,6 +262,37 @@ fn quiet_prints_no_informational_lines() {
     assert!(!stderr.contains("INFO"), "-q printed INFO lines: {stderr}");
 }
 
+/// An unreachable collector: the wait at exit is announced, not silent, and the error names
+/// the cause in words, not as a dump of the gRPC library's structures (issue 23 item 7).
+#[test]
+fn an_unreachable_collector_is_said_in_words_at_exit() {
+    if !require_bpf("an_unreachable_collector_is_said_in_words_at_exit") {
+        return;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for protocol in ["grpc", "http/protobuf"] {
+        let out = pyusdt()
+            .args(["run", "-q", "--probes", "gc", "--flush-timeout", "1"])
+            .args(["--otlp-protocol", protocol, "--otlp-endpoint", &endpoint])
+            .args(["--", SYSTEM_PYTHON, "-c", "pass"])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("the collector is not accepting exports")
+                && stderr.contains("Connection refused"),
+            "{protocol}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("source:") && !stderr.contains("Os {"),
+            "{protocol}: a Debug dump: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn run_warns_when_the_command_python_has_no_markers() {
     if !require_bpf("run_warns_when_the_command_python_has_no_markers") {

@@ -191,7 +191,17 @@ fn status_error(status: tonic::Status) -> SendError {
             | Code::DataLoss
     );
     // Transport failures carry their cause (refused, TLS alert …) in the source chain only.
-    let cause = super::error_chain(&status);
+    // The status's own Display dumps that chain in Debug form: its message, then the sources.
+    let mut parts = vec![status.message().to_string()];
+    let mut source = std::error::Error::source(&status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    let cause = parts.join(": ");
     let message = format!("gRPC {:?}: {cause}", status.code());
     match super::untrusted_certificate(&cause) {
         // Retrying cannot make a certificate trusted.

@@ -205,6 +205,7 @@ impl Exporter {
             stats: Arc::clone(&stats),
             stopping: Arc::clone(&stopping),
             shutdown_deadline: Arc::clone(&shutdown_deadline),
+            warned_at_exit: false,
         };
         let thread = std::thread::Builder::new()
             .name("pyusdt-export".into())
@@ -271,6 +272,8 @@ struct Worker {
     stats: Arc<ExportStats>,
     stopping: Arc<AtomicBool>,
     shutdown_deadline: Arc<Mutex<Option<Instant>>>,
+    /// `say_why_exit_waits` has spoken.
+    warned_at_exit: bool,
 }
 
 /// Resolves once the flush deadline has passed (never while running).
@@ -364,6 +367,7 @@ impl Worker {
                 Err(e) if e.retryable && started.elapsed() < MAX_RETRY_ELAPSED => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{} export failed, retrying: {}", signal.name(), e.message);
+                    self.say_why_exit_waits(&e.message);
                     self.stats
                         .error(format!("{}: {}", signal.name(), e.message));
                     last_failure = Some(e.message);
@@ -379,6 +383,28 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Once, when pyusdt is stopping and an export must be retried: the exit then waits up to
+    /// the flush deadline, and the user should know why rather than watch a silent terminal.
+    fn say_why_exit_waits(&mut self, cause: &str) {
+        if self.warned_at_exit || !self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        self.warned_at_exit = true;
+        let left = self
+            .shutdown_deadline
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(left) = left {
+            tracing::warn!(
+                "the collector is not accepting exports ({cause}): retrying what is queued for \
+                 at most {:.1} s more before exiting (--flush-timeout)",
+                left.as_secs_f64()
+            );
         }
     }
 
