@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cli::AgentArgs;
-use crate::commands::session::{
+use crate::discover::interpreters::{discover_process, process_file_ids, Scan};
+use crate::pipeline::{
     interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
 };
-use crate::discover::interpreters::{discover_process, process_file_ids, Scan};
 
 /// How often container files that no process uses any more are released, and exited
 /// processes dropped from the summary's table.

@@ -9,7 +9,7 @@ use super::attrs;
 use super::wire::{self, Value};
 use super::FastHash;
 use crate::decode::Event;
-use crate::report::clock::Clock;
+use crate::model::clock::Clock;
 
 /// Which audit event names become log records (all are counted in metrics regardless).
 pub struct AuditFilter {

@@ -21,7 +21,7 @@ use super::location::CodeLocation;
 use super::wire::{self, Value};
 use super::FastHash;
 use crate::decode::Event;
-use crate::report::clock::Clock;
+use crate::model::clock::Clock;
 
 /// A span as pyusdt makes them: what tells it apart, without the OTLP message's strings
 /// (`to_proto` builds that, `encode` writes its protobuf bytes directly).

@@ -7,14 +7,14 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 
-use super::clock::Clock;
-use crate::commands::process_probes::SamplingTable;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
+use crate::model::clock::Clock;
 use crate::model::logs::{AuditFilter, LogBuffer};
 use crate::model::metrics::{KernelUpdate, MetricsAggregator};
 use crate::model::resource::{self, ProcessFacts, Resources};
+use crate::model::sampling::SamplingTable;
 use crate::model::scope;
 use crate::model::spans::SpanAssembler;
 use crate::model::wire::{self, Encoded};
@@ -82,7 +82,7 @@ impl OtlpSink {
             exporter,
             last_batch: Instant::now(),
             last_metrics: Instant::now(),
-            started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+            started_unix_ns: clock.unix_nanos(crate::model::clock::monotonic_ns()),
             described: HashSet::new(),
             dead_since: HashMap::new(),
             pids_are_ours: true,
@@ -114,7 +114,7 @@ impl OtlpSink {
     fn flush_process(&mut self, pid: u32) {
         self.spans.release_stale(0, 0);
         self.ship_spans_and_logs();
-        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let now = self.clock.unix_nanos(crate::model::clock::monotonic_ns());
         if let Some(metrics) = self.metrics.collect_one(pid, now) {
             let items = count_points(&metrics);
             let request = ExportMetricsServiceRequest {
@@ -185,8 +185,10 @@ impl OtlpSink {
             || self.spans.ready_len() >= full
             || self.logs.ready_len() >= full
         {
-            self.spans
-                .release_stale(super::clock::monotonic_ns(), STALE_PARENT.as_nanos() as u64);
+            self.spans.release_stale(
+                crate::model::clock::monotonic_ns(),
+                STALE_PARENT.as_nanos() as u64,
+            );
             self.ship_spans_and_logs();
         }
         if self.last_metrics.elapsed() >= self.config.metric_interval {
@@ -257,7 +259,7 @@ impl OtlpSink {
 
     fn ship_metrics(&mut self, own: &OwnStats) {
         self.last_metrics = Instant::now();
-        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let now = self.clock.unix_nanos(crate::model::clock::monotonic_ns());
         let mut resource_metrics = Vec::new();
         let mut points = 0u64;
         let per_process = self.metrics.collect(now);

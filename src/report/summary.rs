@@ -6,12 +6,12 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::text::{count, duration, safe};
 use crate::attach::KernelStats;
-use crate::commands::process_probes::{Sampling, SamplingTable};
 use crate::decode::Event;
 use crate::export::ExportCounts;
 use crate::model::metrics::{KernelUpdate, MAX_AUDIT_SERIES};
+use crate::model::sampling::{Sampling, SamplingTable};
+use crate::text::{count, duration, safe};
 
 /// How many of the slowest imports (and calls) the summary names.
 const SLOWEST: usize = 5;
