@@ -259,6 +259,8 @@ impl<'obj> Tracer<'obj> {
         rodata.report_execs = options.report_execs;
         rodata.metrics_only = options.metrics_only;
         rodata.function_probes = options.probes.iter().any(|p| p == Probe::Function);
+        // The histogram's one source; an array of another length does not compile.
+        rodata.duration_bounds_ns = crate::model::metrics::duration_bounds_ns();
         open.maps
             .events
             .set_max_entries(options.ring_buffer_bytes)
@@ -1089,5 +1091,21 @@ mod tests {
         assert!(parse_ring_size("1").is_err());
         assert!(parse_ring_size("lots").is_err());
         assert!(parse_ring_size("4G").is_err());
+    }
+
+    /// The histogram bounds have one source: the object carries none (load writes
+    /// DURATION_BOUNDS in ns), and its buckets are the exported ones (opening needs no root).
+    #[test]
+    fn histogram_bounds_come_from_the_model() {
+        use crate::model::metrics::DURATION_BOUNDS;
+        let mut storage = MaybeUninit::uninit();
+        let open = PyusdtSkelBuilder::default()
+            .open(&mut storage)
+            .expect("the BPF object opens");
+        let rodata = open.maps.rodata_data.as_deref().expect(".rodata");
+        assert!(rodata.duration_bounds_ns.iter().all(|&b| b == 0));
+        assert_eq!(rodata.duration_bounds_ns.len(), DURATION_BOUNDS.len());
+        let agg = bpf::duration_agg::default();
+        assert_eq!(agg.buckets.len(), DURATION_BOUNDS.len() + 1);
     }
 }

@@ -49,8 +49,9 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ),
     (
         "attach",
-        "crate::model::metrics::KernelDurations",
-        "the in-kernel aggregates are read into the model's histogram type",
+        "crate::model::metrics::",
+        "the in-kernel aggregates use the model's histogram: read into its type \
+         (KernelDurations), bucketed with its bounds (written into the BPF side at load)",
     ),
     (
         "audit_names",

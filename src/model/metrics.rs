@@ -26,6 +26,12 @@ pub const DURATION_BOUNDS: [f64; 19] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// DURATION_BOUNDS in nanoseconds: the bounds the BPF side buckets durations with when it
+/// aggregates (--metrics-only), written into its `duration_bounds_ns` before load.
+pub fn duration_bounds_ns() -> [u64; DURATION_BOUNDS.len()] {
+    DURATION_BOUNDS.map(|s| (s * 1e9).round() as u64)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Temporality {
     Cumulative,
@@ -594,6 +600,15 @@ fn histogram(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nanosecond_bounds_are_the_exported_ones() {
+        let ns = super::duration_bounds_ns();
+        for (n, s) in ns.iter().zip(super::DURATION_BOUNDS) {
+            assert_eq!(*n as f64 / 1e9, s, "{n} ns");
+        }
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{ns:?}");
+    }
+
     use super::*;
 
     use crate::decode::{Event, Header};
