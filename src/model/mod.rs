@@ -5,6 +5,7 @@ pub mod attrs;
 pub mod audit_args;
 pub mod clock;
 pub mod env_attributes;
+pub mod fields;
 pub(crate) mod ids;
 pub mod location;
 pub mod logs;

@@ -11,6 +11,7 @@ use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
 use crate::model::clock::Clock;
+use crate::model::fields;
 use crate::model::logs::{AuditFilter, LogBuffer};
 use crate::model::metrics::{KernelUpdate, MetricsAggregator};
 use crate::model::resource::{self, ProcessFacts, Resources};
@@ -216,14 +217,14 @@ impl OtlpSink {
         self.ship(
             spans,
             256,
-            |s, buf| s.encode(buf, 2),
+            |s, buf| s.encode(buf, fields::scope_items::ITEMS),
             |buf| Payload::Traces(Encoded::new(buf)),
         );
         let logs = self.logs.take_ready();
         self.ship(
             logs,
             128,
-            |r, buf| r.encode(buf, 2),
+            |r, buf| r.encode(buf, fields::scope_items::ITEMS),
             |buf| Payload::Logs(Encoded::new(buf)),
         );
     }
@@ -383,10 +384,10 @@ fn encode_request<T>(
     let mut buf = Vec::with_capacity(capacity);
     for process in order.chunk_by(|a, b| a >> 32 == b >> 32) {
         let resource = resources.get((process[0] >> 32) as u32);
-        wire::message(&mut buf, 1, 3, |buf| {
-            wire::prost_message(buf, 1, resource);
-            wire::message(buf, 2, 3, |buf| {
-                wire::prost_message(buf, 1, scope);
+        wire::message(&mut buf, fields::REQUEST_RESOURCE_ITEMS, 3, |buf| {
+            wire::prost_message(buf, fields::resource_items::RESOURCE, resource);
+            wire::message(buf, fields::resource_items::SCOPE_ITEMS, 3, |buf| {
+                wire::prost_message(buf, fields::scope_items::SCOPE, scope);
                 for &key in process {
                     encode(&batch[key as u32 as usize].1, buf);
                 }
