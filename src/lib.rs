@@ -5,6 +5,7 @@
 //!
 //! The library holds everything; the `pyusdt` binary (src/main.rs) parses the command line and
 //! runs a subcommand. The modules the binary and the benchmarks (benches/) use are public.
+mod abi;
 mod attach;
 mod audit_names;
 pub mod bpf;

@@ -73,7 +73,7 @@ pub struct KernelStats {
 impl<'obj> Tracer<'obj> {
     /// Makes the BPF side send the names of `code` again at its next call (user space does not
     /// have them).
-    pub fn forget_code(&self, code: &crate::decode::CodeRef) {
+    pub fn forget_code(&self, code: &crate::abi::CodeRef) {
         let key = bpf::code_ref {
             mm: code.mm,
             name_ptr: code.name_ptr,
@@ -145,13 +145,13 @@ impl<'obj> Tracer<'obj> {
     /// Call durations per code location aggregated in the kernel so far (--metrics-only
     /// with function probes): the calls after each location's first, whose record carried
     /// its names.
-    pub fn function_aggregates(&self) -> Vec<(crate::decode::CodeRef, KernelDurations)> {
+    pub fn function_aggregates(&self) -> Vec<(crate::abi::CodeRef, KernelDurations)> {
         let mut out = Vec::new();
         for (key, totals) in sum_durations(&self.skel.maps.func_agg) {
             let Ok(k) = plain::from_bytes::<bpf::code_ref>(&key) else {
                 continue;
             };
-            let code = crate::decode::CodeRef {
+            let code = crate::abi::CodeRef {
                 pid: k.tgid,
                 mm: k.mm,
                 name_ptr: k.name_ptr,
@@ -253,8 +253,8 @@ impl<'obj> Tracer<'obj> {
                 code: (k.file, k.name, k.line),
                 calls: v.calls,
                 line: v.line,
-                name: crate::decode::c_string(&v.name).into_owned(),
-                file: crate::decode::c_string(&v.file).into_owned(),
+                name: crate::abi::c_string(&v.name).into_owned(),
+                file: crate::abi::c_string(&v.file).into_owned(),
             });
         }
         out
