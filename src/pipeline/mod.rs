@@ -16,6 +16,7 @@ use crate::exit::{CliError, CliResult, Exit};
 pub mod code_names;
 pub mod flags;
 mod follow;
+pub mod host;
 pub mod kernel_metrics;
 pub mod probes;
 mod session;
