@@ -31,6 +31,10 @@ pub fn check(args: &TraceArgs, env: &dyn Fn(&str) -> Option<String>) -> CliResul
         resource_command_line: args.resource_command_line,
     };
     let export = ExportConfig::resolve(&flags, env).map_err(|e| CliError::new(Exit::Usage, e))?;
+    // Said before any usage error below, as it always was.
+    if let Some(warning) = export.clear_text_header_warning() {
+        tracing::warn!("{warning}");
+    }
     let functions = FunctionFilter::new(
         args.function_include.as_deref(),
         args.function_exclude.as_deref(),

@@ -74,9 +74,6 @@ impl<'obj> Session<'obj> {
             function_probes,
             audit_budget,
         } = flags::check(args, &|k| std::env::var(k).ok())?;
-        if let Some(warning) = export.clear_text_header_warning() {
-            tracing::warn!("{warning}");
-        }
         let console_only = export.exporter == ExporterKind::Console;
         // The views that print an audit event's argument count: the console and JSON lines.
         let shows_nargs = (console_only && !args.quiet) || args.output.is_some();
