@@ -4,13 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point::Value, AggregationTemporality, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, Sum,
-};
+use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, Metric};
 
 use super::attrs;
 use super::location::CodeLocation;
+use super::points::histogram;
+pub use super::points::{counter, double_point, gauge, int_point};
 use super::FastHash;
 use crate::decode::Event;
 
@@ -393,13 +392,6 @@ impl MetricsAggregator {
     }
 }
 
-fn temporality_code(t: Temporality) -> i32 {
-    match t {
-        Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
-        Temporality::Delta => AggregationTemporality::Delta as i32,
-    }
-}
-
 fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> {
     let gen = |g: i64| vec![attrs::int(attrs::GC_GENERATION, g)];
     let mut metrics = Vec::new();
@@ -520,84 +512,6 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
     metrics
 }
 
-pub fn int_point(attributes: Vec<KeyValue>, value: i64, start: u64, now: u64) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes,
-        start_time_unix_nano: start,
-        time_unix_nano: now,
-        value: Some(Value::AsInt(value)),
-        ..Default::default()
-    }
-}
-
-pub fn double_point(
-    attributes: Vec<KeyValue>,
-    value: f64,
-    start: u64,
-    now: u64,
-) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes,
-        start_time_unix_nano: start,
-        time_unix_nano: now,
-        value: Some(Value::AsDouble(value)),
-        ..Default::default()
-    }
-}
-
-pub fn counter(
-    name: &str,
-    description: &str,
-    unit: &str,
-    t: Temporality,
-    data_points: Vec<NumberDataPoint>,
-) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Sum(Sum {
-            data_points,
-            aggregation_temporality: temporality_code(t),
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
-
-pub fn gauge(
-    name: &str,
-    description: &str,
-    unit: &str,
-    data_points: Vec<NumberDataPoint>,
-) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Gauge(Gauge { data_points })),
-        ..Default::default()
-    }
-}
-
-fn histogram(
-    name: &str,
-    description: &str,
-    t: Temporality,
-    data_points: Vec<HistogramDataPoint>,
-) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: "s".into(),
-        data: Some(Data::Histogram(Histogram {
-            data_points,
-            aggregation_temporality: temporality_code(t),
-        })),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -612,7 +526,9 @@ mod tests {
     use super::*;
 
     use crate::decode::{Event, Header};
-    use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric::Data, number_data_point::Value, NumberDataPoint,
+    };
     use std::borrow::Cow;
     use std::sync::Arc;
 

@@ -10,6 +10,7 @@ pub(crate) mod ids;
 pub mod location;
 pub mod logs;
 pub mod metrics;
+pub mod points;
 pub mod redact;
 pub mod resource;
 pub mod sampling;
