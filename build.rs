@@ -22,9 +22,19 @@ fn main() {
                 panic!("building {src} failed (is clang installed? run scripts/setup.sh): {e:#}")
             });
         println!("cargo:rerun-if-changed={src}");
-        println!("cargo:rerun-if-changed=bpf/{prog}.h");
-        println!("cargo:rerun-if-changed=bpf/usdt_args.h");
     }
+    // Every header of bpf/: the entry file includes one per concern.
+    let mut headers: Vec<PathBuf> = std::fs::read_dir("bpf")
+        .expect("bpf/ is readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "h"))
+        .collect();
+    headers.sort();
+    for h in headers {
+        println!("cargo:rerun-if-changed={}", h.display());
+    }
+    // A header added later is seen too.
+    println!("cargo:rerun-if-changed=bpf");
 }
 
 /// Debian's multiarch triplet prefix for a Rust target architecture.

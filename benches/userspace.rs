@@ -22,14 +22,14 @@ use pyusdt::bpf::MARKER_PROCESS;
 use pyusdt::bpf::{audit_event, code_ref, event_header, function_event, function_ref_event};
 use pyusdt::bpf::{gc_event, import_event, process_event, MARKER_AUDIT, MARKER_FUNCTION};
 use pyusdt::bpf::{MARKER_FUNCTION_REF, MARKER_GC, MARKER_IMPORT};
-use pyusdt::code_names::CodeNames;
 use pyusdt::decode::{decode, Record};
 use pyusdt::export::config::{ExportConfig, ExportFlags};
 use pyusdt::export::{Batch, Exporter, Payload};
+use pyusdt::model::clock::{monotonic_ns, Clock};
 use pyusdt::model::logs::{AuditFilter, LogBuffer};
 use pyusdt::model::metrics::{MetricsAggregator, Temporality};
 use pyusdt::model::spans::SpanAssembler;
-use pyusdt::report::clock::{monotonic_ns, Clock};
+use pyusdt::pipeline::code_names::CodeNames;
 use pyusdt::report::otlp::{OtlpSink, OwnStats};
 
 /// Records per benchmark iteration (about 25 ms of traffic at 2 M events/s).

@@ -1,5 +1,5 @@
 //! The overhead budget (`--max-overhead PCT`) of the probes attached per process
-//! (src/commands/process_probes.rs): function probes, the governed audit marker, `top`'s
+//! (src/pipeline/probes.rs): function probes, the governed audit marker, `top`'s
 //! counter.
 //!
 //! Every Python call under function probes takes uprobe traps (and every audit event a tuple

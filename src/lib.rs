@@ -5,12 +5,12 @@
 //!
 //! The library holds everything; the `pyusdt` binary (src/main.rs) parses the command line and
 //! runs a subcommand. The modules the binary and the benchmarks (benches/) use are public.
+mod abi;
 mod attach;
 mod audit_names;
 pub mod bpf;
 mod budget;
 pub mod cli;
-pub mod code_names;
 pub mod commands;
 pub mod decode;
 mod discover;
@@ -18,8 +18,10 @@ pub mod exit;
 pub mod export;
 mod k8s;
 pub mod model;
+pub mod pipeline;
 mod preflight;
 pub mod privileges;
 mod probes;
 pub mod report;
 mod serve;
+pub mod text;

@@ -2,18 +2,16 @@
 use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cli::AgentArgs;
-use crate::commands::session::{
+use crate::discover::interpreters::Scan;
+use crate::pipeline::{
     interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
 };
-use crate::discover::interpreters::{discover_process, process_file_ids, Scan};
 
-/// How often container files that no process uses any more are released, and exited
-/// processes dropped from the summary's table.
-const RELEASE_EVERY: Duration = Duration::from_secs(1);
 use crate::exit::{CliError, CliResult, Exit};
+use crate::pipeline::host::Host;
 
 pub fn run(args: &AgentArgs) -> CliResult<i32> {
     let t = &args.trace;
@@ -73,63 +71,16 @@ pub fn run(args: &AgentArgs) -> CliResult<i32> {
         session.attached_files()
     );
 
-    let execs = session.exec_queue();
-    let mut next_rescan = rescan.map(|d| Instant::now() + d);
-    let mut next_release = Instant::now() + RELEASE_EVERY;
-    loop {
-        session.trace(|| {
-            !stop()
-                && execs.borrow().is_empty()
-                && next_rescan.is_none_or(|t| Instant::now() < t)
-                && Instant::now() < next_release
-        })?;
-        if stop() {
-            break;
-        }
-        // Processes that exec'd: a new container's interpreter is attached now, not at the
-        // next rescan. Files examined before cost a stat.
-        let pids = std::mem::take(&mut *execs.borrow_mut());
-        let mut attached = 0;
-        for pid in pids {
-            if !t.no_discover {
-                let found = discover_process(pid as i32, &mut examined);
-                attached += session.attach_all(&found.with_markers);
-                session.note_users(pid, &process_file_ids(pid as i32));
-            }
-            session.offer_functions(pid);
-        }
-        if attached > 0 {
-            tracing::info!("now tracing {} interpreter files", session.attached_files());
-            session.follow_running_processes();
-        }
-        if Instant::now() >= next_release {
-            session.release_unused_files(&mut examined);
-            // Bounded memory whatever the rescan setting: exited processes leave the table.
-            session.retire_exited_processes();
-            next_release = Instant::now() + RELEASE_EVERY;
-        }
-        if next_rescan.is_some_and(|t| Instant::now() >= t) {
-            // Interpreter files that appeared since (new installs, new containers); files seen
-            // before are skipped with a stat.
-            let found = interpreters_to_trace(&[], None, scan, &mut examined)?;
-            if session.attach_all(&found) > 0 {
-                tracing::info!("now tracing {} interpreter files", session.attached_files());
-            }
-            session.follow_running_processes();
-            next_rescan = rescan.map(|d| Instant::now() + d);
-        }
-    }
-    let refused: Vec<String> = crate::discover::refusals::counts()
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(reason, n)| format!("{} {n}", reason.label()))
-        .collect();
-    if !refused.is_empty() {
-        tracing::warn!(
-            "files and mappings refused (pyusdt.discovery.refused): {}",
-            refused.join(", ")
-        );
-    }
+    session.follow_host(
+        &Host {
+            scan,
+            rescan,
+            discover: !t.no_discover,
+        },
+        &mut examined,
+        stop,
+    )?;
+    crate::pipeline::host::warn_refusals();
     tracing::info!("stopping: detaching and flushing");
     session.finish()?;
     Ok(0)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cli::DoctorArgs;
 use crate::discover::{process, Binary, Firing};
 use crate::exit::{CliError, CliResult, Exit};
-use crate::report::text::safe;
+use crate::text::safe;
 
 #[derive(Debug, Serialize)]
 struct Diagnosis {

@@ -9,12 +9,12 @@ use crate::attach::{Tracer, TracerOptions};
 use crate::cli::FlowArgs;
 use crate::commands::child::{fork_stopped, reap};
 use crate::commands::run::{in_terminal_foreground, resolve_command};
-use crate::commands::session::signal_flag;
 use crate::decode::{self, FlowKind, FlowRecord, Record};
 use crate::discover::{process, Binary};
 use crate::exit::{CliError, CliResult, Exit};
+use crate::pipeline::signal_flag;
 use crate::probes::ProbeSet;
-use crate::report::text::safe;
+use crate::text::safe;
 
 pub fn run(args: &FlowArgs) -> CliResult<i32> {
     let command = !args.command.is_empty();

@@ -1,12 +1,9 @@
-//! The subcommands: `list` (discovery only), `run` and `agent` (both through `session`).
+//! The subcommands, each a thin file: parse its flags, build the pipeline (src/pipeline/), run it.
 pub mod agent;
 pub mod child;
 pub mod doctor;
 pub mod flow;
-pub mod kernel_metrics;
 pub mod list;
-pub mod process_probes;
 pub mod run;
-pub mod session;
 pub mod top;
 pub mod top_tui;

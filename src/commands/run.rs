@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cli::RunArgs;
 use crate::commands::child::{fork_stopped, reap, resume};
-use crate::commands::session::{
-    interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
-};
 use crate::discover::interpreters::Scan;
 use crate::discover::{process, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
+use crate::pipeline::{
+    interpreters_to_trace, no_interpreter_error, signal_flag, Session, Terminal,
+};
 
 pub fn run(args: &RunArgs) -> CliResult<i32> {
     let (resolved, implied) = resolve_command(&args.command)?;

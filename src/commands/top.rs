@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use crate::attach::{FunctionCount, Tracer, TracerOptions};
 use crate::cli::TopArgs;
-use crate::commands::process_probes::{ProcessProbes, SamplingTable};
 use crate::commands::run::{exit_code, forward, in_terminal_foreground, resolve_command, spawn};
-use crate::commands::session::{interpreters_to_trace, no_interpreter_error, signal_flag};
 use crate::discover::interpreters::Scan;
 use crate::exit::{CliError, CliResult, Exit};
+use crate::model::sampling::SamplingTable;
+use crate::pipeline::probes::ProcessProbes;
+use crate::pipeline::{interpreters_to_trace, no_interpreter_error, signal_flag};
 use crate::probes::ProbeSet;
-use crate::report::text::{count, safe};
+use crate::text::{count, safe};
 
 pub fn run(args: &TopArgs) -> CliResult<i32> {
     let with_command = !args.command.is_empty();

@@ -10,7 +10,7 @@ use ratatui::widgets::{Block, Row as TableRow, Table, TableState};
 
 use super::top::{Row, View};
 use crate::attach::Tracer;
-use crate::report::text::count;
+use crate::text::count;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sort {

@@ -2,6 +2,7 @@
 //! gRPC or HTTP (or writes OTLP/JSON lines) and retries with backoff on transient failures.
 //! Every item is accounted for: exported, rejected/failed, or dropped because the queue was full.
 pub mod config;
+mod config_file;
 pub(crate) mod file;
 mod grpc;
 mod http;

@@ -150,21 +150,13 @@ fn reserved_label(name: &str) -> bool {
     matches!(name, "le" | "quantile" | "job" | "instance") || name.starts_with("__")
 }
 
-/// The Prometheus label name of an attribute (`k8s.pod.name` → `k8s_pod_name`).
-pub fn label_name(attribute: &str) -> String {
-    sanitize(attribute)
-}
+/// The Prometheus label name of an attribute; defined with the attributes (src/model/attrs.rs),
+/// which check their own labels against it.
+pub use crate::model::attrs::label_name;
 
 /// Prometheus names and label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
 fn sanitize(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
+    label_name(s)
 }
 
 fn label(kv: &KeyValue) -> Option<(String, String)> {

@@ -52,6 +52,19 @@ pub fn is_point_attribute_label(label: &str) -> bool {
     POINT_LABEL_NAMES.contains(&label) || POINT_LABEL_PREFIXES.iter().any(|p| label.starts_with(p))
 }
 
+/// The Prometheus label name of an attribute (`k8s.pod.name` → `k8s_pod_name`):
+/// `[a-zA-Z_][a-zA-Z0-9_]*`, also the rule for Prometheus metric names.
+pub fn label_name(attribute: &str) -> String {
+    let mut out: String = attribute
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -74,7 +87,7 @@ mod tests {
             "pyusdt.function_markers",
             "pyusdt.record",
         ] {
-            let label = crate::export::prometheus::label_name(name);
+            let label = super::label_name(name);
             assert!(super::is_point_attribute_label(&label), "{name}");
         }
     }

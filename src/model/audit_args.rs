@@ -151,7 +151,7 @@ fn decode_int(raw: &[u8], minor: u32) -> Option<i64> {
 
 /// Control characters escaped: values may end up on terminals.
 fn escape(s: &str) -> String {
-    crate::report::text::safe(s).into_owned()
+    crate::text::safe(s).into_owned()
 }
 
 #[cfg(test)]

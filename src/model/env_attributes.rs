@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::attrs;
-use crate::export::prometheus::label_name;
+use super::attrs::label_name;
 
 /// Attributes a process may add (besides `service.name`).
 pub const MAX_ATTRIBUTES: usize = 32;

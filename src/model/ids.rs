@@ -12,7 +12,7 @@ impl IdGenerator {
         // SAFETY: getrandom writes at most 8 bytes into `seed`, which is 8 bytes long.
         let n = unsafe { libc::getrandom((&mut seed as *mut u64).cast(), 8, 0) };
         if n != 8 || seed == 0 {
-            seed = crate::report::clock::monotonic_ns() | 1;
+            seed = crate::model::clock::monotonic_ns() | 1;
         }
         IdGenerator {
             state: Cell::new(seed),

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::attrs;
+use super::fields::span;
 use super::wire::{self, Value};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,18 +29,18 @@ impl CodeLocation {
         let mut encoded = Vec::new();
         wire::attribute(
             &mut encoded,
-            9,
+            span::ATTRIBUTES,
             attrs::CODE_FUNCTION_NAME,
             Value::Str(name.as_bytes()),
         );
         wire::attribute(
             &mut encoded,
-            9,
+            span::ATTRIBUTES,
             attrs::CODE_FILE_PATH,
             Value::Str(file.as_bytes()),
         );
         let l = Value::Int(i64::from(line));
-        wire::attribute(&mut encoded, 9, attrs::CODE_LINE_NUMBER, l);
+        wire::attribute(&mut encoded, span::ATTRIBUTES, attrs::CODE_LINE_NUMBER, l);
         Arc::new(CodeLocation {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),

@@ -3,13 +3,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
+#[cfg(test)]
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
 
 use super::attrs;
+use super::fields::log_record;
 use super::wire::{self, Value};
 use super::FastHash;
 use crate::decode::Event;
-use crate::report::clock::Clock;
+use crate::model::clock::Clock;
 
 /// Which audit event names become log records (all are counted in metrics regardless).
 pub struct AuditFilter {
@@ -57,7 +60,9 @@ const SEVERITY_TEXT: &str = "INFO";
 const EVENT_NAME: &str = "cpython.audit";
 
 impl LogData {
-    /// The OTLP message of the record.
+    /// The OTLP message of the record, built with prost: only for the tests, which check
+    /// that `encode` writes the same bytes.
+    #[cfg(test)]
     pub fn to_proto(&self) -> LogRecord {
         let mut attributes = vec![
             attrs::string(attrs::AUDIT_EVENT, self.name.as_ref()),
@@ -87,22 +92,35 @@ impl LogData {
         wire::message(buf, field, 1, |buf| {
             let name = Value::Str(self.name.as_bytes());
             // In tag order, as prost writes them.
-            wire::fixed64_opt(buf, 1, self.time_unix_nano);
-            wire::varint_opt(buf, 2, SeverityNumber::Info as u64);
-            wire::bytes_opt(buf, 3, SEVERITY_TEXT.as_bytes());
-            wire::any_value(buf, 5, name);
-            wire::attribute(buf, 6, attrs::AUDIT_EVENT, name);
+            wire::fixed64_opt(buf, log_record::TIME_UNIX_NANO, self.time_unix_nano);
+            wire::varint_opt(
+                buf,
+                log_record::SEVERITY_NUMBER,
+                SeverityNumber::Info as u64,
+            );
+            wire::bytes_opt(buf, log_record::SEVERITY_TEXT, SEVERITY_TEXT.as_bytes());
+            wire::any_value(buf, log_record::BODY, name);
+            wire::attribute(buf, log_record::ATTRIBUTES, attrs::AUDIT_EVENT, name);
             let tid = Value::Int(i64::from(self.tid));
-            wire::attribute(buf, 6, attrs::THREAD_ID, tid);
+            wire::attribute(buf, log_record::ATTRIBUTES, attrs::THREAD_ID, tid);
             if let Some(r) = self.sampling_ratio {
-                wire::attribute(buf, 6, "pyusdt.sampling.ratio", Value::Double(r));
+                wire::attribute(
+                    buf,
+                    log_record::ATTRIBUTES,
+                    "pyusdt.sampling.ratio",
+                    Value::Double(r),
+                );
             }
             for (i, v) in &self.args {
                 let k = format!("cpython.audit.arg.{i}");
-                wire::attribute(buf, 6, &k, Value::Str(v.as_bytes()));
+                wire::attribute(buf, log_record::ATTRIBUTES, &k, Value::Str(v.as_bytes()));
             }
-            wire::fixed64_opt(buf, 11, self.time_unix_nano);
-            wire::bytes_opt(buf, 12, EVENT_NAME.as_bytes());
+            wire::fixed64_opt(
+                buf,
+                log_record::OBSERVED_TIME_UNIX_NANO,
+                self.time_unix_nano,
+            );
+            wire::bytes_opt(buf, log_record::EVENT_NAME, EVENT_NAME.as_bytes());
         });
     }
 }

@@ -3,13 +3,17 @@
 //! the SDK's one-resource-per-provider does not fit an agent that speaks for many processes).
 pub mod attrs;
 pub mod audit_args;
+pub mod clock;
 pub mod env_attributes;
+pub mod fields;
 pub(crate) mod ids;
 pub mod location;
 pub mod logs;
 pub mod metrics;
+pub mod points;
 pub mod redact;
 pub mod resource;
+pub mod sampling;
 pub mod spans;
 pub mod wire;
 

@@ -10,21 +10,27 @@
 //! did: deeper ones had a parent in between that was not reported (a call shorter than
 //! --min-duration) or whose end was lost, and it is their nearest reported ancestor. Subtrees
 //! that started before it, or whose thread went idle, are released as roots (orphans).
+//!
+//! Over 500 lines: the assembler and the span encoder are one concern (530 lines), and its
+//! tests (160) check the nesting and the bytes against prost's.
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+#[cfg(test)]
+use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
 use super::attrs;
+use super::fields::{span, status};
 use super::ids::IdGenerator;
 use super::location::CodeLocation;
 use super::wire::{self, Value};
 use super::FastHash;
 use crate::decode::Event;
-use crate::report::clock::Clock;
+use crate::model::clock::Clock;
 
 /// A span as pyusdt makes them: what tells it apart, without the OTLP message's strings
-/// (`to_proto` builds that, `encode` writes its protobuf bytes directly).
+/// (`encode` writes its protobuf bytes directly; `to_proto`, in tests, builds it with prost).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanData {
     /// Zero until the span's subtree is released.
@@ -66,7 +72,9 @@ impl SpanData {
         }
     }
 
-    /// The OTLP message of the span.
+    /// The OTLP message of the span, built with prost: only for the tests, which check that
+    /// `encode` writes the same bytes.
+    #[cfg(test)]
     pub fn to_proto(&self) -> Span {
         let tid = attrs::int(attrs::THREAD_ID, i64::from(self.tid));
         let mut span = Span {
@@ -124,28 +132,30 @@ impl SpanData {
     }
 
     /// Writes the span as a `Span` message in field `field`: the bytes prost writes for
-    /// `to_proto()`.
+    /// `to_proto()` (checked by the tests).
     pub fn encode(&self, buf: &mut Vec<u8>, field: u32) {
         wire::message(buf, field, 2, |buf| {
-            wire::bytes(buf, 1, &self.trace_id);
-            wire::bytes(buf, 2, &self.span_id);
+            wire::bytes(buf, span::TRACE_ID, &self.trace_id);
+            wire::bytes(buf, span::SPAN_ID, &self.span_id);
             if self.parent_span_id != [0; 8] {
-                wire::bytes(buf, 4, &self.parent_span_id);
+                wire::bytes(buf, span::PARENT_SPAN_ID, &self.parent_span_id);
             }
             match &self.what {
-                What::Gc { .. } => wire::bytes(buf, 5, b"gc.collect"),
+                What::Gc { .. } => wire::bytes(buf, span::NAME, b"gc.collect"),
                 What::Import { module, .. } => {
                     const PREFIX: &[u8] = b"import ";
-                    wire::key(buf, 5, 2);
+                    wire::key(buf, span::NAME, wire::LEN);
                     wire::varint(buf, (PREFIX.len() + module.len()) as u64);
                     buf.extend_from_slice(PREFIX);
                     buf.extend_from_slice(module.as_bytes());
                 }
-                What::Function(location) => wire::bytes_opt(buf, 5, location.name.as_bytes()),
+                What::Function(location) => {
+                    wire::bytes_opt(buf, span::NAME, location.name.as_bytes())
+                }
             }
-            wire::varint_opt(buf, 6, SpanKind::Internal as u64);
-            wire::fixed64_opt(buf, 7, self.start_time_unix_nano);
-            wire::fixed64_opt(buf, 8, self.end_time_unix_nano);
+            wire::varint_opt(buf, span::KIND, SpanKind::Internal as u64);
+            wire::fixed64_opt(buf, span::START_TIME_UNIX_NANO, self.start_time_unix_nano);
+            wire::fixed64_opt(buf, span::END_TIME_UNIX_NANO, self.end_time_unix_nano);
             let tid = Value::Int(i64::from(self.tid));
             match &self.what {
                 What::Gc {
@@ -153,28 +163,43 @@ impl SpanData {
                     collected,
                 } => {
                     let g = Value::Int(i64::from(*generation));
-                    wire::attribute(buf, 9, attrs::GC_GENERATION, g);
-                    wire::attribute(buf, 9, attrs::GC_COLLECTED_OBJECTS, Value::Int(*collected));
-                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::GC_GENERATION, g);
+                    wire::attribute(
+                        buf,
+                        span::ATTRIBUTES,
+                        attrs::GC_COLLECTED_OBJECTS,
+                        Value::Int(*collected),
+                    );
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::THREAD_ID, tid);
                 }
                 What::Import { module, found } => {
                     let m = Value::Str(module.as_bytes());
-                    wire::attribute(buf, 9, attrs::IMPORT_MODULE, m);
-                    wire::attribute(buf, 9, attrs::IMPORT_FOUND, Value::Bool(*found));
-                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::IMPORT_MODULE, m);
+                    wire::attribute(
+                        buf,
+                        span::ATTRIBUTES,
+                        attrs::IMPORT_FOUND,
+                        Value::Bool(*found),
+                    );
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::THREAD_ID, tid);
                     if !found {
-                        wire::message(buf, 15, 1, |buf| {
-                            wire::bytes(buf, 2, IMPORT_NOT_FOUND.as_bytes());
-                            wire::varint_opt(buf, 3, StatusCode::Error as u64);
+                        wire::message(buf, span::STATUS, 1, |buf| {
+                            wire::bytes(buf, status::MESSAGE, IMPORT_NOT_FOUND.as_bytes());
+                            wire::varint_opt(buf, status::CODE, StatusCode::Error as u64);
                         });
                     }
                 }
                 What::Function(location) => {
                     // code.function.name, code.file.path, code.line.number: encoded once.
                     buf.extend_from_slice(location.span_attributes());
-                    wire::attribute(buf, 9, attrs::THREAD_ID, tid);
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::THREAD_ID, tid);
                     if let Some(r) = self.sampling_ratio {
-                        wire::attribute(buf, 9, "pyusdt.sampling.ratio", Value::Double(r));
+                        wire::attribute(
+                            buf,
+                            span::ATTRIBUTES,
+                            "pyusdt.sampling.ratio",
+                            Value::Double(r),
+                        );
                     }
                 }
             }

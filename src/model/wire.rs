@@ -7,9 +7,11 @@ use std::marker::PhantomData;
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 
+use super::fields::{any_value, key_value};
+
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
-const LEN: u32 = 2;
+pub const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
 pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
@@ -145,8 +147,8 @@ pub fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: Value<'_>) {
     buf.reserve(10 + len);
     key(buf, field, LEN);
     varint(buf, len as u64);
-    bytes_opt(buf, 1, k.as_bytes());
-    any_value(buf, 2, v);
+    bytes_opt(buf, key_value::KEY, k.as_bytes());
+    any_value(buf, key_value::VALUE, v);
 }
 
 /// An `AnyValue` message in field `field`.
@@ -154,17 +156,17 @@ pub fn any_value(buf: &mut Vec<u8>, field: u32, v: Value<'_>) {
     key(buf, field, LEN);
     varint(buf, v.body_len() as u64);
     match v {
-        Value::Str(s) => bytes(buf, 1, s),
+        Value::Str(s) => bytes(buf, any_value::STRING_VALUE, s),
         Value::Bool(b) => {
-            key(buf, 2, VARINT);
+            key(buf, any_value::BOOL_VALUE, VARINT);
             varint(buf, u64::from(b));
         }
         Value::Int(i) => {
-            key(buf, 3, VARINT);
+            key(buf, any_value::INT_VALUE, VARINT);
             varint(buf, i as u64);
         }
         Value::Double(d) => {
-            key(buf, 4, FIXED64);
+            key(buf, any_value::DOUBLE_VALUE, FIXED64);
             buf.extend_from_slice(&d.to_bits().to_le_bytes());
         }
     }

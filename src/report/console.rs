@@ -2,9 +2,9 @@
 //! audit event.
 use std::io::{self, Write};
 
-use super::clock::Clock;
-use super::text::{safe, Count, Duration};
 use crate::decode::Event;
+use crate::model::clock::Clock;
+use crate::text::{safe, Count, Duration};
 
 pub struct Console {
     out: Box<dyn Write>,

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::clock::Clock;
 use crate::decode::Event;
+use crate::model::clock::Clock;
 
 pub struct JsonLines {
     out: BufWriter<File>,

@@ -1,12 +1,10 @@
 //! Where decoded events go without a collector: a live console stream, JSON lines, a summary.
-pub mod clock;
 pub mod console;
 pub mod jsonl;
 pub mod otlp;
 pub mod own;
 pub mod prom;
 pub mod summary;
-pub mod text;
 
 use crate::decode::{Event, ProcessRecord, Record};
 use crate::model::metrics::KernelUpdate;
@@ -60,7 +58,7 @@ impl Sinks {
         match record {
             Record::Event(e) => self.event(e),
             Record::Process(p) => self.process(p),
-            // The session learns and looks up code names (src/code_names.rs), reads audit names
+            // The session learns and looks up code names (src/pipeline/code_names.rs), reads audit names
             // (src/audit_names.rs), and hands these on as events.
             Record::Function { .. } | Record::FunctionRef { .. } | Record::AuditRef { .. } => {}
             // Only `pyusdt flow` loads the flow programs, and it reads its records itself;

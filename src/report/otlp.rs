@@ -1,5 +1,7 @@
 //! The OpenTelemetry sink: events → spans, metrics and log records (src/model), batched per
 //! the OTel batch settings and handed to the exporter thread (src/export).
+//!
+//! Over 500 lines only with its tests (90).
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -7,14 +9,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 
-use super::clock::Clock;
-use crate::commands::process_probes::SamplingTable;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::config::{ExportConfig, ExporterKind};
 use crate::export::{Batch, ExportCounts, Exporter, Payload};
+use crate::model::clock::Clock;
+use crate::model::fields;
 use crate::model::logs::{AuditFilter, LogBuffer};
 use crate::model::metrics::{KernelUpdate, MetricsAggregator};
 use crate::model::resource::{self, ProcessFacts, Resources};
+use crate::model::sampling::SamplingTable;
 use crate::model::scope;
 use crate::model::spans::SpanAssembler;
 use crate::model::wire::{self, Encoded};
@@ -82,7 +85,7 @@ impl OtlpSink {
             exporter,
             last_batch: Instant::now(),
             last_metrics: Instant::now(),
-            started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+            started_unix_ns: clock.unix_nanos(crate::model::clock::monotonic_ns()),
             described: HashSet::new(),
             dead_since: HashMap::new(),
             pids_are_ours: true,
@@ -114,7 +117,7 @@ impl OtlpSink {
     fn flush_process(&mut self, pid: u32) {
         self.spans.release_stale(0, 0);
         self.ship_spans_and_logs();
-        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let now = self.clock.unix_nanos(crate::model::clock::monotonic_ns());
         if let Some(metrics) = self.metrics.collect_one(pid, now) {
             let items = count_points(&metrics);
             let request = ExportMetricsServiceRequest {
@@ -185,8 +188,10 @@ impl OtlpSink {
             || self.spans.ready_len() >= full
             || self.logs.ready_len() >= full
         {
-            self.spans
-                .release_stale(super::clock::monotonic_ns(), STALE_PARENT.as_nanos() as u64);
+            self.spans.release_stale(
+                crate::model::clock::monotonic_ns(),
+                STALE_PARENT.as_nanos() as u64,
+            );
             self.ship_spans_and_logs();
         }
         if self.last_metrics.elapsed() >= self.config.metric_interval {
@@ -214,14 +219,14 @@ impl OtlpSink {
         self.ship(
             spans,
             256,
-            |s, buf| s.encode(buf, 2),
+            |s, buf| s.encode(buf, fields::scope_items::ITEMS),
             |buf| Payload::Traces(Encoded::new(buf)),
         );
         let logs = self.logs.take_ready();
         self.ship(
             logs,
             128,
-            |r, buf| r.encode(buf, 2),
+            |r, buf| r.encode(buf, fields::scope_items::ITEMS),
             |buf| Payload::Logs(Encoded::new(buf)),
         );
     }
@@ -257,7 +262,7 @@ impl OtlpSink {
 
     fn ship_metrics(&mut self, own: &OwnStats) {
         self.last_metrics = Instant::now();
-        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let now = self.clock.unix_nanos(crate::model::clock::monotonic_ns());
         let mut resource_metrics = Vec::new();
         let mut points = 0u64;
         let per_process = self.metrics.collect(now);
@@ -381,10 +386,10 @@ fn encode_request<T>(
     let mut buf = Vec::with_capacity(capacity);
     for process in order.chunk_by(|a, b| a >> 32 == b >> 32) {
         let resource = resources.get((process[0] >> 32) as u32);
-        wire::message(&mut buf, 1, 3, |buf| {
-            wire::prost_message(buf, 1, resource);
-            wire::message(buf, 2, 3, |buf| {
-                wire::prost_message(buf, 1, scope);
+        wire::message(&mut buf, fields::REQUEST_RESOURCE_ITEMS, 3, |buf| {
+            wire::prost_message(buf, fields::resource_items::RESOURCE, resource);
+            wire::message(buf, fields::resource_items::SCOPE_ITEMS, 3, |buf| {
+                wire::prost_message(buf, fields::scope_items::SCOPE, scope);
                 for &key in process {
                     encode(&batch[key as u32 as usize].1, buf);
                 }

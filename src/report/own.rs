@@ -196,11 +196,7 @@ fn refused_points(
 /// How a process's per-process probes are sampled (the overhead budget): the current duty
 /// ratio, and the time they were attached (divide call or audit counts by its rate to scale
 /// them), for its function probes and its governed audit marker.
-pub fn sampling_metrics(
-    s: &crate::commands::process_probes::Sampling,
-    start: u64,
-    now: u64,
-) -> Vec<Metric> {
+pub fn sampling_metrics(s: &crate::model::sampling::Sampling, start: u64, now: u64) -> Vec<Metric> {
     let mut out = Vec::new();
     if let Some(markers) = s.functions {
         out.extend(function_sampling_metrics(s, markers, start, now));
@@ -237,8 +233,8 @@ pub fn sampling_metrics(
 }
 
 fn function_sampling_metrics(
-    s: &crate::commands::process_probes::Sampling,
-    markers: crate::commands::process_probes::FunctionMarkers,
+    s: &crate::model::sampling::Sampling,
+    markers: crate::model::sampling::FunctionMarkers,
     start: u64,
     now: u64,
 ) -> Vec<Metric> {

@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
-use super::clock::Clock;
 use super::own::OwnStats;
 use crate::decode::{Event, ProcessRecord};
 use crate::export::ExportCounts;
+use crate::model::clock::Clock;
 use crate::model::metrics::{KernelUpdate, MetricsAggregator, Temporality};
 use crate::model::resource::{self, ProcessFacts, Resources};
 use crate::serve::Published;
@@ -23,7 +23,7 @@ pub struct PromSink {
     started_unix_ns: u64,
     /// Processes found gone at the last publication.
     dead_before: std::collections::HashSet<u32>,
-    sampling: Option<crate::commands::process_probes::SamplingTable>,
+    sampling: Option<crate::model::sampling::SamplingTable>,
     /// Whether event PIDs are this process's PIDs (see `pids_are_foreign`).
     pids_are_ours: bool,
 }
@@ -39,7 +39,7 @@ impl PromSink {
             dead_before: Default::default(),
             sampling: None,
             pids_are_ours: true,
-            started_unix_ns: clock.unix_nanos(super::clock::monotonic_ns()),
+            started_unix_ns: clock.unix_nanos(crate::model::clock::monotonic_ns()),
         }
     }
 
@@ -50,7 +50,7 @@ impl PromSink {
     }
 
     /// Function-probe sampling per process, published with its metrics.
-    pub fn set_sampling(&mut self, table: crate::commands::process_probes::SamplingTable) {
+    pub fn set_sampling(&mut self, table: crate::model::sampling::SamplingTable) {
         self.sampling = Some(table);
     }
 
@@ -84,7 +84,7 @@ impl PromSink {
         }
         self.last = Some(Instant::now());
         let (stats, export) = own();
-        let now = self.clock.unix_nanos(super::clock::monotonic_ns());
+        let now = self.clock.unix_nanos(crate::model::clock::monotonic_ns());
         let per_process = self.metrics.collect(now);
         let mut owned = Vec::new();
         for (pid, mut metrics) in per_process {

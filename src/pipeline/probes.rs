@@ -3,7 +3,6 @@
 //! down only the processes it is meant for), the audit marker when a budget is set
 //! (`--probes audit --max-overhead PCT`), since each audit event costs the interpreter a tuple
 //! and a uprobe trap, and `top`'s call counter (`top --max-overhead PCT`).
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,6 +10,7 @@ use std::time::Instant;
 use crate::attach::{FunctionHits, FunctionPlan, ProcessPlan, Tracer};
 use crate::budget::{self, ProcessBudget, Switch};
 use crate::discover::{process, Binary, Firing};
+use crate::model::sampling::{FunctionMarkers, Sampling, SamplingTable};
 
 /// Processes kept in the sampling table after they exit (for the summary), at most.
 const MAX_TABLE: usize = 4096;
@@ -18,51 +18,6 @@ const MAX_TABLE: usize = 4096;
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Returns seen without a single entry before concluding that entries do not fire.
 const ENTRY_EVIDENCE: u64 = 1000;
-
-/// What the function markers of a process's interpreter do, as reported in the resource, the
-/// summary and `list`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FunctionMarkers {
-    /// Entries and returns fire for every call (3.8–3.10).
-    EntryAndReturn,
-    /// 3.11 with --line-mode: entries fire because the line marker is on (slow path).
-    LineMode,
-    /// A version whose behaviour is not verified: entries are watched for.
-    Unverified,
-    /// Watched on an unverified version: returns arrived, entries did not.
-    EntriesDoNotFire,
-}
-
-impl FunctionMarkers {
-    pub fn label(self) -> &'static str {
-        match self {
-            FunctionMarkers::EntryAndReturn => "entry+return",
-            FunctionMarkers::LineMode => "entry+return (line mode)",
-            FunctionMarkers::Unverified => "entry+return (unverified version)",
-            FunctionMarkers::EntriesDoNotFire => "return only (entries never fired)",
-        }
-    }
-}
-
-/// How a process's per-process probes were sampled, shared with the sinks.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// The current duty ratio (1.0: every call and audit event seen).
-    pub ratio: f64,
-    /// Share of the time the probes were attached so far.
-    pub observed_share: f64,
-    /// Seconds the probes were attached so far.
-    pub observed_seconds: f64,
-    /// The probes' cost measured with them on, as a share of the process's time (mean over
-    /// the stretches measured).
-    pub measured_share: f64,
-    /// What the function markers do, when the process has function probes.
-    pub functions: Option<FunctionMarkers>,
-    /// Whether its audit marker is governed by the budget (attached per process).
-    pub audit: bool,
-}
-
-pub type SamplingTable = Rc<RefCell<HashMap<u32, Sampling>>>;
 
 struct Followed {
     /// PID as this process sees it (for attaching).

@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::attach::Tracer;
-use crate::code_names::CodeNames;
 use crate::decode::CodeRef;
 use crate::model::metrics::{KernelDurations, KernelUpdate};
+use crate::pipeline::code_names::CodeNames;
 use crate::report::Sinks;
 
 /// How often the aggregates are read (the metrics export interval is longer).
@@ -76,7 +76,7 @@ impl KernelMetrics {
         last_read: bool,
     ) {
         self.read_at = Some(Instant::now());
-        let now = crate::report::clock::monotonic_ns();
+        let now = crate::model::clock::monotonic_ns();
         // Processes gone before this read (looked at first): nothing can add to their
         // aggregates any more, so this read is their last.
         let exited: HashSet<u32> = if pids_are_ours {

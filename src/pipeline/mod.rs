@@ -1,0 +1,94 @@
+//! The running pipeline shared by `run` and `agent` (and the pieces `top` and `flow` reuse):
+//! flag checks, pre-flight, loading BPF, the sinks, the event loop with its periodic tasks,
+//! name resolution of code locations, per-process probes under the budget, and shutdown.
+//!
+//! Data path: `discover` → `attach` → `decode` → `model` → `report`/`export`; this module
+//! wires them together and the commands (src/commands/) only parse flags and call it.
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::discover::interpreters::{discover, Scan};
+use crate::discover::{Binary, NO_MARKERS_HINT};
+use crate::exit::{CliError, CliResult, Exit};
+
+pub mod code_names;
+pub mod flags;
+mod follow;
+pub mod host;
+pub mod kernel_metrics;
+pub mod probes;
+mod session;
+mod shutdown;
+mod trace;
+
+pub use session::Session;
+
+/// Where the human-readable stream and summary go.
+#[derive(Debug, Clone, Copy)]
+pub enum Terminal {
+    Stdout,
+    /// `run`: keep the command's stdout clean.
+    Stderr,
+}
+
+impl Terminal {
+    fn writer(self) -> Box<dyn Write> {
+        match self {
+            Terminal::Stdout => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            Terminal::Stderr => Box::new(std::io::BufWriter::new(std::io::stderr())),
+        }
+    }
+}
+
+/// The files to attach to: `user_paths` (from --python; unreadable or marker-less ones are
+/// errors), `implied` (e.g. the interpreter of `run`'s command, already checked), and what
+/// `scan` finds. Marker-less CPythons found by the scan are worth a warning. May be empty.
+/// `examined`: see `discover`.
+pub fn interpreters_to_trace(
+    user_paths: &[std::path::PathBuf],
+    implied: Option<std::path::PathBuf>,
+    scan: Scan,
+    examined: &mut HashSet<(u64, u64)>,
+) -> CliResult<Vec<Binary>> {
+    let mut explicit = user_paths.to_vec();
+    explicit.extend(implied);
+    let found = discover(&explicit, scan, examined);
+    if let Some(e) = found.errors.into_iter().next() {
+        return Err(e.into());
+    }
+    for b in &found.without_markers {
+        if user_paths.contains(&b.path) {
+            return Err(CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "--python {} has no CPython markers. {NO_MARKERS_HINT}",
+                    b.path.display()
+                ),
+            ));
+        }
+        tracing::warn!(
+            "{} (CPython {}) has no markers: processes using it are not traced",
+            b.path.display(),
+            b.version.map_or_else(|| "?".into(), |v| v.to_string())
+        );
+    }
+    Ok(found.with_markers)
+}
+
+/// The error for "nothing to attach to".
+pub fn no_interpreter_error() -> CliError {
+    CliError::new(
+        Exit::NoMarkers,
+        format!("found no interpreter with CPython markers to attach to. {NO_MARKERS_HINT}"),
+    )
+}
+
+/// A flag raised by `signal`: the event loop looks at it between polls.
+pub fn signal_flag(signal: libc::c_int) -> CliResult<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal, Arc::clone(&flag))
+        .map_err(|e| CliError::new(Exit::Failure, format!("installing a signal handler: {e}")))?;
+    Ok(flag)
+}
