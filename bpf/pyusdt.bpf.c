@@ -226,6 +226,7 @@ struct span_stack {
 	__u32 _pad;
 	__u64 ts[SPAN_STACK_DEPTH];
 	__s32 line[SPAN_STACK_DEPTH];
+	__u64 name[SPAN_STACK_DEPTH]; /* a call's co_name pointer (see call_pop); 0: an import */
 	__u64 import_ts[IMPORT_STACK_DEPTH];
 };
 
@@ -403,7 +404,7 @@ static __always_inline __u32 spans_in_progress(void)
 }
 
 /* Pushes an import start or a call entry; returns the thread's stack. */
-static __always_inline struct span_stack *stack_push(__s32 line, __u64 epoch)
+static __always_inline struct span_stack *stack_push(__s32 line, __u64 name, __u64 epoch)
 {
 	struct span_stack *st = thread_stack(true, epoch);
 	if (!st)
@@ -412,6 +413,7 @@ static __always_inline struct span_stack *stack_push(__s32 line, __u64 epoch)
 	if (d < SPAN_STACK_DEPTH) {
 		st->ts[d] = bpf_ktime_get_ns();
 		st->line[d] = line;
+		st->name[d] = name;
 	} else {
 		count(STAT_CALLS_TOO_DEEP);
 	}
@@ -429,6 +431,45 @@ static __always_inline __u32 stack_pop(__u64 *start, __s32 *line, __u64 epoch)
 	if (!st || st->depth == 0)
 		return 0;
 	__u32 d = st->depth - 1;
+	if (d < SPAN_STACK_DEPTH) {
+		*start = st->ts[d];
+		*line = st->line[d];
+	}
+	st->depth = d;
+	return d;
+}
+
+/* CPython 3.15 fires function__entry also when a generator or coroutine is created (its frame
+ * starts, then RETURN_GENERATOR leaves it without function__return), so such an entry stays
+ * above its creator's (measured: docs/compatibility.md). A return whose name pointer (co_name's
+ * UTF-8, one per name) is not the innermost entry's, but is one of the CREATED_LOOKAHEAD entries
+ * below it, ends that one: the entries above it were creations and are dropped. An import (name
+ * 0) is never dropped. On 3.8-3.11 entries and returns pair exactly: the innermost matches. */
+#define CREATED_LOOKAHEAD 4
+static __always_inline __u32 call_pop(__u64 name, __u64 *start, __s32 *line, __u64 epoch)
+{
+	struct span_stack *st = thread_stack(false, epoch);
+	*start = 0;
+	*line = 0;
+	if (!st || st->depth == 0)
+		return 0;
+	__u32 d = st->depth - 1;
+	if (d < SPAN_STACK_DEPTH && st->name[d] != name && st->name[d] != 0) {
+		for (__u32 i = 1; i <= CREATED_LOOKAHEAD; i++) {
+			if (i > d)
+				break;
+			__u32 k = d - i;
+			if (k >= SPAN_STACK_DEPTH || st->name[k] == 0)
+				break;
+			if (st->name[k] == name) {
+				d = k;
+				break;
+			}
+		}
+	}
+	/* The compiler would drop this check on the path where d came from k: the verifier
+	 * needs it on every path. */
+	barrier_var(d);
 	if (d < SPAN_STACK_DEPTH) {
 		*start = st->ts[d];
 		*line = st->line[d];
@@ -654,7 +695,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push(0, EPOCH_ANY);
+	struct span_stack *st = stack_push(0, 0, EPOCH_ANY);
 	if (!st)
 		return 0;
 	__u32 i = st->imports;
@@ -928,7 +969,7 @@ int function_entry(struct pt_regs *ctx)
 	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_ENTRY);
-	stack_push((__s32)usdt_arg(ctx, spec, 2), (__u32)cookie);
+	stack_push((__s32)usdt_arg(ctx, spec, 2), (__u64)usdt_arg(ctx, spec, 1), (__u32)cookie);
 	return 0;
 }
 
@@ -949,12 +990,16 @@ int function_return(struct pt_regs *ctx)
 	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_RETURN);
+	long file = usdt_arg(ctx, spec, 0), name = usdt_arg(ctx, spec, 1);
+	/* 3.15's __init__ shim (the frame CALL_ALLOC_AND_ENTER_INIT pushes) returns at line -1
+	 * without an entry: it ends no call. */
+	if ((__s32)usdt_arg(ctx, spec, 2) < 0)
+		return 0;
 	__u64 start;
 	__s32 first_line;
-	__u32 depth = stack_pop(&start, &first_line, (__u32)cookie);
+	__u32 depth = call_pop((__u64)name, &start, &first_line, (__u32)cookie);
 	if (!start || now - start < min_function_ns)
 		return 0;
-	long file = usdt_arg(ctx, spec, 0), name = usdt_arg(ctx, spec, 1);
 	struct code_ref code = {
 		.mm = (__u64)bpf_get_current_task_btf()->mm,
 		.name_ptr = (__u64)name,

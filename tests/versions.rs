@@ -1,0 +1,110 @@
+//! Function spans on every interpreter whose function__entry fires for every frame (3.9 and
+//! 3.15), for the call shapes whose markers differ between versions: a generator resumed and
+//! suspended, a coroutine awaited, an exception unwinding a frame, a call from C (sorted's key).
+//! The truth is CPython's own sys.setprofile record of the same calls: one span per "call"
+//! event, nested as the calls were. On 3.15 a generator's creation fires one more entry (and
+//! the __init__ shim a return at line -1): the pairing in the kernel must drop them.
+mod common;
+
+use std::collections::HashMap;
+
+use common::otlp::{self, attr_str};
+use common::*;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+const OURS: [&str; 8] = [
+    "gen", "consume", "inner", "outer", "raiser", "catcher", "key", "from_c",
+];
+
+#[test]
+fn function_spans_match_setprofile_for_every_call_shape() {
+    if !require_bpf("function_spans_match_setprofile_for_every_call_shape") {
+        return;
+    }
+    let mut checked = Vec::new();
+    for interp in interpreters_with_entries("call shapes") {
+        let v = interp.minor;
+        let receiver = otlp::http();
+        let out = pyusdt()
+            .args([
+                "run",
+                "--quiet",
+                "--probes",
+                "function",
+                "--min-duration",
+                "0",
+            ])
+            .args(["--max-overhead", "off"])
+            .args(["--otlp-endpoint", &receiver.endpoint])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .arg("--")
+            .arg(&interp.python)
+            .arg(workload("call_shapes.py"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "3.{v}: {stderr}");
+        // The workload runs its shapes twice: traced alone, then under sys.setprofile.
+        let truth = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("setprofile: "))
+            .unwrap_or_else(|| panic!("3.{v}: no setprofile record: {stdout}"));
+        let words: Vec<&str> = truth.split_whitespace().collect();
+        let mut expected: HashMap<&str, usize> = HashMap::new();
+        for pair in words.chunks(2) {
+            if pair[0] == "call" {
+                *expected.entry(pair[1]).or_default() += 2;
+            }
+        }
+        let r = receiver.received();
+        // The workload's own functions (asyncio and typing have an `inner` too).
+        let spans: Vec<Span> = otlp::spans(&r)
+            .into_iter()
+            .map(|s| s.item)
+            .filter(|s| {
+                attr_str(&s.attributes, "code.file.path")
+                    .is_some_and(|p| p.ends_with("call_shapes.py"))
+            })
+            .collect();
+        let named = |n: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == n).collect() };
+        for name in OURS {
+            assert_eq!(
+                named(name).len(),
+                expected.get(name).copied().unwrap_or(0),
+                "3.{v}: spans of {name} (setprofile: {truth})"
+            );
+        }
+        // Each span's parent is the call that made it (or resumed it).
+        let by_id: HashMap<&[u8], &Span> =
+            spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+        let parent = |s: &Span| {
+            by_id
+                .get(s.parent_span_id.as_slice())
+                .map(|p| p.name.as_str())
+        };
+        for (child, caller) in [
+            ("gen", "consume"),
+            ("key", "from_c"),
+            ("raiser", "catcher"),
+            ("inner", "outer"),
+            ("consume", "shapes"),
+            ("catcher", "shapes"),
+            ("from_c", "shapes"),
+        ] {
+            for s in named(child) {
+                assert_eq!(parent(s), Some(caller), "3.{v}: parent of {child}");
+            }
+        }
+        // Nothing was left dangling: shapes ends under <module>, twice.
+        let shapes = named("shapes");
+        assert_eq!(shapes.len(), 2, "3.{v}");
+        for s in shapes {
+            assert_eq!(parent(s), Some("<module>"), "3.{v}: parent of shapes");
+        }
+        checked.push(format!("3.{v}"));
+    }
+    eprintln!(
+        "call shapes checked against sys.setprofile on {}",
+        checked.join(", ")
+    );
+}
