@@ -108,3 +108,56 @@ fn function_spans_match_setprofile_for_every_call_shape() {
         checked.join(", ")
     );
 }
+
+/// An interpreter newer than any measured (3.15's executable under the name python3.16, its
+/// stdlib through PYTHONHOME) is not vouched for by its number: `list` says `unverified` for
+/// every marker, and `run --probes function` attaches, counts the entries that arrive, and
+/// keeps the spans because they do.
+#[test]
+fn a_newer_version_is_judged_at_run_time() {
+    if !require_bpf("a_newer_version_is_judged_at_run_time") {
+        return;
+    }
+    let Some(v15) = interpreters().into_iter().find(|i| i.minor == 15) else {
+        eprintln!(
+            "NOTE: no CPython 3.15 (scripts/python-matrix.sh): run-time judgement not checked"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("python3.16");
+    std::fs::copy(&v15.python, &newer).unwrap();
+    let home = v15.python.parent().unwrap().parent().unwrap();
+
+    let out = pyusdt()
+        .args(["list", "--json"])
+        .arg(&newer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = &doc["files"][0];
+    assert_eq!(file["cpython_version"], "3.16");
+    for m in file["markers"].as_array().unwrap() {
+        assert_eq!(m["status"], "unverified", "{m}");
+    }
+
+    let out = pyusdt()
+        .args(["run", "--probes", "function", "--min-duration", "5ms", "--"])
+        .arg(&newer)
+        .arg(workload("sleepy.py"))
+        .env("PYTHONHOME", home)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let all = format!("{stdout}{stderr}");
+    // Judged by the entries that arrive: "(unverified version)" until the first check of the
+    // counts, plain once entries were seen; never detached for want of entries.
+    assert!(
+        all.contains("function markers: entry+return"),
+        "function probes kept: {all}"
+    );
+    assert!(!all.contains("entries never fired"), "{all}");
+    assert!(all.contains("sleepy.py:outer:"), "{all}");
+}
