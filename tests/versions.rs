@@ -161,3 +161,46 @@ fn a_newer_version_is_judged_at_run_time() {
     assert!(!all.contains("entries never fired"), "{all}");
     assert!(all.contains("sleepy.py:outer:"), "{all}");
 }
+
+/// The resource of 3.14's and 3.15's spans names the runtime as the interpreter reports itself.
+#[test]
+fn the_resource_names_the_newest_runtimes() {
+    if !require_bpf("the_resource_names_the_newest_runtimes") {
+        return;
+    }
+    for interp in interpreters().into_iter().filter(|i| i.minor >= 14) {
+        let v = interp.minor;
+        let version = std::process::Command::new(&interp.python)
+            .args(["-c", "import platform; print(platform.python_version())"])
+            .output()
+            .unwrap();
+        let version = text(&version).0.trim().to_string();
+        let receiver = otlp::http();
+        let out = pyusdt()
+            .args(["run", "--quiet", "--probes", "gc,import"])
+            .args(["--otlp-endpoint", &receiver.endpoint])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .arg("--")
+            .arg(&interp.python)
+            .arg(workload("sleepy.py"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "3.{v}: {}", text(&out).1);
+        let r = receiver.received();
+        let spans = otlp::spans(&r);
+        let gc = spans
+            .iter()
+            .find(|s| s.item.name == "gc.collect")
+            .unwrap_or_else(|| panic!("3.{v}: no GC span"));
+        let ra = &gc.resource.attributes;
+        assert_eq!(
+            attr_str(ra, "process.runtime.version").as_deref(),
+            Some(version.as_str()),
+            "3.{v}"
+        );
+        assert_eq!(
+            attr_str(ra, "process.executable.name").as_deref(),
+            Some(format!("python3.{v}").as_str())
+        );
+    }
+}
