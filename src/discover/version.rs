@@ -64,9 +64,13 @@ impl Firing {
             |v| format!("CPython {v}"),
         );
         match self {
-            Firing::Fires if is_function_or_line(marker) && version >= Some(V3_15) => format!(
-                "fires; {v}: entry also once when a generator or coroutine is created, return \
-                 also at each yield and (line -1) in the __init__ shim; not from JIT code"
+            Firing::Fires if marker == "function__entry" && version >= Some(V3_15) => format!(
+                "fires; {v}: also once when a generator or coroutine is created (no return \
+                 follows); not from code the JIT runs"
+            ),
+            Firing::Fires if marker == "function__return" && version >= Some(V3_15) => format!(
+                "fires; {v}: also at each yield, and at line -1 with no entry in the __init__ \
+                 shim; not from code the JIT runs"
             ),
             Firing::Fires => "fires".into(),
             Firing::OnlyWhenLineEnabled => format!(
