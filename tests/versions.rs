@@ -204,3 +204,51 @@ fn the_resource_names_the_newest_runtimes() {
         );
     }
 }
+
+/// --audit-args decodes str, bytes and int arguments from each version's object layouts, the
+/// newest included: open(path, 'w') and os.system(b'true') as the workload passed them.
+#[test]
+fn audit_arguments_are_decoded_on_every_version() {
+    if !require_bpf("audit_arguments_are_decoded_on_every_version") {
+        return;
+    }
+    let mut checked = Vec::new();
+    for interp in interpreters() {
+        let v = interp.minor;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("written-by-the-workload.txt");
+        let target = target.to_str().unwrap();
+        let receiver = otlp::http();
+        let out = pyusdt()
+            .args(["run", "--quiet", "--probes", "audit", "--audit-args"])
+            .args(["--audit-logs", "open,os.system"])
+            .args(["--otlp-endpoint", &receiver.endpoint])
+            .arg("--")
+            .arg(&interp.python)
+            .arg(workload("audit_args.py"))
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "3.{v}: {}", text(&out).1);
+        let r = receiver.received();
+        let records: Vec<(String, Vec<String>)> = otlp::logs(&r)
+            .into_iter()
+            .map(|l| {
+                let a = &l.item.attributes;
+                let args = (0..3)
+                    .map_while(|i| attr_str(a, &format!("cpython.audit.arg.{i}")))
+                    .collect();
+                (attr_str(a, "cpython.audit.event").unwrap_or_default(), args)
+            })
+            .collect();
+        let has = |event: &str, args: &[&str]| {
+            records.iter().any(|(e, a)| {
+                e == event && a.len() >= args.len() && a.iter().zip(args).all(|(x, y)| x == y)
+            })
+        };
+        assert!(has("open", &[target, "w"]), "3.{v}: {records:?}");
+        assert!(has("os.system", &["b'true'"]), "3.{v}: {records:?}");
+        checked.push(format!("3.{v}"));
+    }
+    eprintln!("audit arguments decoded on {}", checked.join(", "));
+}
