@@ -167,9 +167,13 @@ fn top_tells_apart_same_named_functions_where_it_counts_entries() {
     if !require_bpf("top_tells_apart_same_named_functions_where_it_counts_entries") {
         return;
     }
-    let Some(interp) = interpreter_with_entries("telling same-named functions apart") else {
-        return;
-    };
+    // 3.15 too: its specialised A() also runs an __init__ shim, whose return has no entry.
+    for interp in interpreters_with_entries("telling same-named functions apart") {
+        check_same_names(&interp);
+    }
+}
+
+fn check_same_names(interp: &Interpreter) {
     let out = pyusdt()
         .args(["top", "--once", "--limit", "50", "--"])
         .arg(&interp.python)
