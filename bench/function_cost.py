@@ -9,9 +9,9 @@ of that cost to bpftrace's. Needs root, bpftrace and a release build; fails loud
     python3 bench/function_cost.py [--runs 5] [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9]
 
 On 3.11 the counted marker is function__return (entries need line mode); function spans need
-entries, so the span rows are only run on 3.8-3.10 interpreters. Each pyusdt row is compared
-with the bpftrace row above it on the same probes: `top` with count() on one marker (one trap
-per call), the span rows with count() on entry and return (two traps per call).
+entries, so the span rows are only run on 3.8-3.10 and 3.15 interpreters. Each pyusdt row is
+compared with the bpftrace row above it on the same probes: `top` with count() on one marker
+(one trap per call), the span rows with count() on entry and return (two traps per call).
 
 The span rows export OTLP/HTTP to a local receiver that discards (bench/otlp_sink.py), as to a
 collector; a run in which pyusdt dropped or failed to export anything fails the bench, since a
@@ -91,7 +91,8 @@ def main():
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version_info[1])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     minor = int(version)
-    marker = "function__entry" if minor <= 10 else "function__return"
+    entries = minor <= 10 or minor == 15  # function__entry fires for every call
+    marker = "function__entry" if entries else "function__return"
     lib = marker_file(args.python)
     with DiscardSink() as sink:
         run_and_print(args, minor, marker, lib, sink)
@@ -105,7 +106,7 @@ def run_and_print(args, minor, marker, lib, sink):
         ("bpftrace count() per function", "bpftrace-keyed"),
         ("pyusdt top (in-kernel count)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
     ]
-    if minor <= 10:
+    if minor <= 10 or minor == 15:
         # Spans need both markers: their floor is bpftrace counting both (two traps per call).
         configs += [
             ("bpftrace count() on entry+return", "bpftrace2"),

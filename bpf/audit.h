@@ -16,10 +16,12 @@ struct {
 
 /* Copies the first AUDIT_ARGS items of the argument tuple: type name and raw memory. */
 static __always_inline void copy_audit_args(struct audit_args_event *e, void *args,
-					    __u64 ob_size_offset, __s64 nargs)
+					    __u64 layout, __s64 nargs)
 {
-	/* ob_item follows ob_size in a tuple. */
-	char *items = (char *)args + ob_size_offset + 8;
+	/* ob_item follows ob_size in a tuple, and from 3.14 on the cached hash (ob_hash) between
+	 * them (measured: items at +32 on 3.14.8 and 3.15.0, +24 on 3.13). */
+	__u64 minor = (layout >> 8) & 0xff;
+	char *items = (char *)args + (layout & 0xff) + (minor >= 14 ? 16 : 8);
 #pragma unroll
 	for (int i = 0; i < AUDIT_ARGS; i++) {
 		struct audit_arg *a = &e->args[i];
@@ -169,7 +171,7 @@ int audit(struct pt_regs *ctx)
 			return 0;
 		}
 		ae->layout = layout;
-		copy_audit_args(ae, args, ob_size_offset, nargs);
+		copy_audit_args(ae, args, layout, nargs);
 		e = &ae->base;
 		fill_header(&e->h, id, MARKER_AUDIT_ARGS, now, now, depth);
 	} else {

@@ -67,7 +67,7 @@ int function_entry(struct pt_regs *ctx)
 	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_ENTRY);
-	stack_push((__s32)usdt_arg(ctx, spec, 2), (__u32)cookie);
+	stack_push((__s32)usdt_arg(ctx, spec, 2), (__u64)usdt_arg(ctx, spec, 1), (__u32)cookie);
 	return 0;
 }
 
@@ -88,12 +88,16 @@ int function_return(struct pt_regs *ctx)
 	__u64 cookie = usdt_spec_cookie(spec);
 	if (cookie & FUNC_COUNT_HITS)
 		hit(id >> 32, HIT_RETURN);
+	long file = usdt_arg(ctx, spec, 0), name = usdt_arg(ctx, spec, 1);
+	/* 3.15's __init__ shim (the frame CALL_ALLOC_AND_ENTER_INIT pushes) returns at line -1
+	 * without an entry: it ends no call. */
+	if ((__s32)usdt_arg(ctx, spec, 2) < 0)
+		return 0;
 	__u64 start;
 	__s32 first_line;
-	__u32 depth = stack_pop(&start, &first_line, (__u32)cookie);
+	__u32 depth = call_pop((__u64)name, &start, &first_line, (__u32)cookie);
 	if (!start || now - start < min_function_ns)
 		return 0;
-	long file = usdt_arg(ctx, spec, 0), name = usdt_arg(ctx, spec, 1);
 	struct code_ref code = {
 		.mm = (__u64)bpf_get_current_task_btf()->mm,
 		.name_ptr = (__u64)name,

@@ -75,7 +75,7 @@ int BPF_USDT(import_start, const char *module)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push(0, EPOCH_ANY);
+	struct span_stack *st = stack_push(0, 0, EPOCH_ANY);
 	if (!st)
 		return 0;
 	__u32 i = st->imports;

@@ -21,6 +21,7 @@ struct span_stack {
 	__u32 _pad;
 	__u64 ts[SPAN_STACK_DEPTH];
 	__s32 line[SPAN_STACK_DEPTH];
+	__u64 name[SPAN_STACK_DEPTH]; /* a call's co_name pointer (see call_pop); 0: an import */
 	__u64 import_ts[IMPORT_STACK_DEPTH];
 };
 
@@ -86,7 +87,7 @@ static __always_inline __u32 spans_in_progress(void)
 }
 
 /* Pushes an import start or a call entry; returns the thread's stack. */
-static __always_inline struct span_stack *stack_push(__s32 line, __u64 epoch)
+static __always_inline struct span_stack *stack_push(__s32 line, __u64 name, __u64 epoch)
 {
 	struct span_stack *st = thread_stack(true, epoch);
 	if (!st)
@@ -95,6 +96,7 @@ static __always_inline struct span_stack *stack_push(__s32 line, __u64 epoch)
 	if (d < SPAN_STACK_DEPTH) {
 		st->ts[d] = bpf_ktime_get_ns();
 		st->line[d] = line;
+		st->name[d] = name;
 	} else {
 		count(STAT_CALLS_TOO_DEEP);
 	}
@@ -112,6 +114,45 @@ static __always_inline __u32 stack_pop(__u64 *start, __s32 *line, __u64 epoch)
 	if (!st || st->depth == 0)
 		return 0;
 	__u32 d = st->depth - 1;
+	if (d < SPAN_STACK_DEPTH) {
+		*start = st->ts[d];
+		*line = st->line[d];
+	}
+	st->depth = d;
+	return d;
+}
+
+/* CPython 3.15 fires function__entry also when a generator or coroutine is created (its frame
+ * starts, then RETURN_GENERATOR leaves it without function__return), so such an entry stays
+ * above its creator's (measured: docs/compatibility.md). A return whose name pointer (co_name's
+ * UTF-8, one per name) is not the innermost entry's, but is one of the CREATED_LOOKAHEAD entries
+ * below it, ends that one: the entries above it were creations and are dropped. An import (name
+ * 0) is never dropped. On 3.8-3.11 entries and returns pair exactly: the innermost matches. */
+#define CREATED_LOOKAHEAD 4
+static __always_inline __u32 call_pop(__u64 name, __u64 *start, __s32 *line, __u64 epoch)
+{
+	struct span_stack *st = thread_stack(false, epoch);
+	*start = 0;
+	*line = 0;
+	if (!st || st->depth == 0)
+		return 0;
+	__u32 d = st->depth - 1;
+	if (d < SPAN_STACK_DEPTH && st->name[d] != name && st->name[d] != 0) {
+		for (__u32 i = 1; i <= CREATED_LOOKAHEAD; i++) {
+			if (i > d)
+				break;
+			__u32 k = d - i;
+			if (k >= SPAN_STACK_DEPTH || st->name[k] == 0)
+				break;
+			if (st->name[k] == name) {
+				d = k;
+				break;
+			}
+		}
+	}
+	/* The compiler would drop this check on the path where d came from k: the verifier
+	 * needs it on every path. */
+	barrier_var(d);
 	if (d < SPAN_STACK_DEPTH) {
 		*start = st->ts[d];
 		*line = st->line[d];

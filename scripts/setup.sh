@@ -73,7 +73,7 @@ if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
   cargo install --quiet --locked cargo-deny --version "$DENY_VERSION"
 fi
 
-# CPython 3.9 and 3.13 with markers, for the version matrix of the tests (cached outside the
-# repo: about 5 minutes cold, seconds warm).
+# CPython 3.9, 3.13 (built), 3.14 and 3.15 (Debian's binaries) with markers, for the version
+# matrix of the tests (cached outside the repo: about 5 minutes cold, seconds warm).
 bash scripts/python-matrix.sh >/dev/null
 

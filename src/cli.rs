@@ -49,9 +49,10 @@ pub enum Command {
     /// The most frequently called Python functions, counted in the kernel: a table per
     /// interval for every Python process, or over a command's whole run (`-- CMD`).
     ///
-    /// Counts come from function__entry where it fires for every call (CPython 3.8-3.10) and
-    /// from function__return on 3.11, where every call returns once (a generator also returns
-    /// at each yield). 3.12-3.14 have no function markers.
+    /// Counts come from function__entry where it fires for every call (CPython 3.8-3.10, 3.15;
+    /// 3.15 also counts a generator's creation) and from function__return on 3.11, where every
+    /// call returns once (a generator also returns at each yield). 3.12-3.14 have no function
+    /// markers.
     #[command(
         after_help = "Examples:\n  sudo pyusdt top\n  sudo pyusdt top --once -- python3.9 script.py"
     )]
@@ -59,9 +60,9 @@ pub enum Command {
     /// The call tree of one process: a line per function entry and return, indented by
     /// depth per thread (DTrace's py_flowinfo.d, SystemTap's show-call-hierarchy.stp).
     ///
-    /// Needs function markers: CPython 3.8-3.11 built --with-dtrace. On 3.11, entries fire only
-    /// on the interpreter's tracing path, so flow enables the line marker for that process
-    /// alone, which slows it down a lot. 3.12-3.14 have no function markers.
+    /// Needs function markers: CPython 3.8-3.11 or 3.15 built --with-dtrace. On 3.11, entries
+    /// fire only on the interpreter's tracing path, so flow enables the line marker for that
+    /// process alone, which slows it down a lot. 3.12-3.14 have no function markers.
     #[command(
         after_help = "Examples:\n  sudo pyusdt flow -- python3.9 script.py\n  sudo pyusdt flow --pid 4242 --from handle_request"
     )]
@@ -148,8 +149,8 @@ pub struct TraceArgs {
     ///
     /// function is opt-in too: a span per call of at least --min-duration, nested per thread
     /// (GC and import spans under the call that ran them). Every Python call then takes two
-    /// uprobe traps. Needs function__entry: CPython 3.8-3.10 (3.11 fires entries only in line
-    /// mode, 3.12-3.14 have no function markers).
+    /// uprobe traps. Needs function__entry: CPython 3.8-3.10 or 3.15 (3.11 fires entries only
+    /// in line mode, 3.12-3.14 have no function markers).
     #[arg(long, default_value = "gc,import", value_parser = clap::value_parser!(ProbeSet))]
     pub probes: ProbeSet,
     /// With --probes function: calls shorter than this are dropped in the kernel (no

@@ -11,7 +11,8 @@ fn embedded_interpreter_is_traced_through_libpython() {
     if !require_bpf("embedded_interpreter_is_traced_through_libpython") {
         return;
     }
-    for interp in interpreters() {
+    // 3.14 and 3.15 are Debian's binaries with their own glibc: nothing to build against.
+    for interp in interpreters().into_iter().filter(|i| i.embeddable) {
         check_embedding(&interp);
     }
 }

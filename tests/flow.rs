@@ -32,7 +32,7 @@ fn flow_prints_the_call_tree_the_profiler_sees() {
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
-        if v >= 12 {
+        if (12..=14).contains(&v) {
             assert_eq!(out.status.code(), Some(4), "3.{v}: {stdout}{stderr}");
             assert!(stderr.contains("no function markers"), "3.{v}: {stderr}");
             continue;
@@ -67,6 +67,10 @@ fn flow_prints_the_call_tree_the_profiler_sees() {
             })
             .filter(|(_, f)| f != "_pyusdt_profile")
             .collect();
+        // 3.15 fires an entry, and no return, when a generator is created: start() creates two
+        // (the generator expression and gen()). Everything else is as the profiler saw it.
+        let (traced, creations) = without_unreturned_entries(traced);
+        assert_eq!(creations, if v == 15 { 2 } else { 0 }, "3.{v}: {stdout}");
         assert_eq!(traced.first().map(|t| t.1.as_str()), Some("start"));
         assert_eq!(
             traced, expected,
@@ -85,4 +89,28 @@ fn flow_prints_the_call_tree_the_profiler_sees() {
         "flow checked against sys.setprofile on {}",
         checked.join(", ")
     );
+}
+
+/// The trace without the entries that no return ends (matched by name, innermost first), and
+/// how many there were.
+fn without_unreturned_entries(traced: Vec<(String, String)>) -> (Vec<(String, String)>, usize) {
+    let mut open: Vec<usize> = Vec::new();
+    let mut unreturned = Vec::new();
+    for (i, (arrow, name)) in traced.iter().enumerate() {
+        if arrow == "->" {
+            open.push(i);
+        } else if let Some(k) = open.iter().rposition(|&j| traced[j].1 == *name) {
+            unreturned.extend(open.drain(k + 1..));
+            open.pop();
+        }
+    }
+    unreturned.extend(open);
+    let n = unreturned.len();
+    let kept = traced
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !unreturned.contains(i))
+        .map(|(_, t)| t)
+        .collect();
+    (kept, n)
 }

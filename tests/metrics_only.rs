@@ -181,9 +181,13 @@ fn function_calls_are_aggregated_in_the_kernel() {
     if !require_bpf("function_calls_are_aggregated_in_the_kernel") {
         return;
     }
-    let Some(interp) = interpreter_with_entries("function metrics") else {
-        return;
-    };
+    // On 3.15 the generator expression's creation fires an entry with no return.
+    for interp in interpreters_with_entries("function metrics") {
+        check_function_metrics(&interp);
+    }
+}
+
+fn check_function_metrics(interp: &Interpreter) {
     const CALLS: i64 = 20_000;
     let script = format!(
         "def leaf(i):\n    return i\ndef work(n):\n    return sum(leaf(i) for i in range(n))\n\

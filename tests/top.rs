@@ -34,7 +34,7 @@ fn top_counts_every_call_exactly() {
             .unwrap();
         let (stdout, stderr) = text(&out);
         let v = interp.minor;
-        if v >= 12 {
+        if (12..=14).contains(&v) {
             assert_eq!(out.status.code(), Some(4), "3.{v}: {stdout}{stderr}");
             assert!(
                 stderr.contains("no call site") && stderr.contains("PEP 669"),
@@ -45,7 +45,7 @@ fn top_counts_every_call_exactly() {
         assert!(out.status.success(), "3.{v}: {stderr}");
         assert_eq!(calls(&stdout, "fib"), Some(21_891), "3.{v}: {stdout}");
         assert_eq!(calls(&stdout, "by_key"), Some(1_000), "3.{v}: {stdout}");
-        let marker = if v <= 10 {
+        let marker = if v <= 10 || v == 15 {
             "function__entry"
         } else {
             "function__return"
@@ -167,9 +167,13 @@ fn top_tells_apart_same_named_functions_where_it_counts_entries() {
     if !require_bpf("top_tells_apart_same_named_functions_where_it_counts_entries") {
         return;
     }
-    let Some(interp) = interpreter_with_entries("telling same-named functions apart") else {
-        return;
-    };
+    // 3.15 too: its specialised A() also runs an __init__ shim, whose return has no entry.
+    for interp in interpreters_with_entries("telling same-named functions apart") {
+        check_same_names(&interp);
+    }
+}
+
+fn check_same_names(interp: &Interpreter) {
     let out = pyusdt()
         .args(["top", "--once", "--limit", "50", "--"])
         .arg(&interp.python)

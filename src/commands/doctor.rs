@@ -223,8 +223,12 @@ fn advice(binary: &Binary, in_container: bool) -> String {
         Some((3, 11)) => "gc, import, audit work; function spans need --line-mode (slow, kept \
                           within --max-overhead); `top` counts calls through returns"
             .into(),
-        Some((3, 12..=14)) => "gc, import, audit work; 3.12+ has no function markers (calls: \
-                               sys.monitoring or a sampling profiler)"
+        Some((3, 12..=14)) => "gc, import, audit work; 3.12-3.14 have no function markers \
+                               (calls: sys.monitoring or a sampling profiler; 3.15 has them again)"
+            .into(),
+        Some((3, 15)) => "everything works: gc, import, audit and function spans (a generator's \
+                          creation is counted as a call by `top`; code run by the JIT has no \
+                          function events)"
             .into(),
         _ => "gc, import, audit should work; this version is not verified: function markers \
               are checked at run time"

@@ -171,10 +171,26 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
     Ok(exit_status.unwrap_or(0))
 }
 
+/// How many levels deep the call a return of `name` ends is: the innermost call, or on 3.15,
+/// where creating a generator or coroutine fires an entry with no return, the matching one of
+/// the 4 below it (the creations above it are dropped; as in the kernel's span pairing).
+fn return_level(stack: &[String], name: &str) -> usize {
+    let n = stack.len();
+    if stack.last().is_some_and(|top| top != name) {
+        for k in (n.saturating_sub(5)..n - 1).rev() {
+            if stack[k] == name {
+                return k + 1;
+            }
+        }
+    }
+    n
+}
+
 /// Indents by per-thread depth; with `--from FUNC`, prints a thread only while FUNC runs.
 struct Printer {
     from: Option<String>,
-    depth: HashMap<u32, i32>,
+    /// Per thread: the names of the calls in progress, innermost last.
+    stacks: HashMap<u32, Vec<String>>,
     /// Per thread: the depth at which `from` was entered.
     active: HashMap<u32, i32>,
     first_ns: Option<u64>,
@@ -184,7 +200,7 @@ impl Printer {
     fn new(from: Option<String>) -> Printer {
         Printer {
             from,
-            depth: HashMap::new(),
+            stacks: HashMap::new(),
             active: HashMap::new(),
             first_ns: None,
         }
@@ -193,18 +209,22 @@ impl Printer {
     fn print(&mut self, out: &mut impl Write, f: &FlowRecord<'_>) {
         let h = f.header;
         let tid = h.tid;
-        let depth = self.depth.entry(tid).or_insert(0);
+        // 3.15's __init__ shim returns at line -1 and had no entry: it ends no call.
+        if f.kind == FlowKind::Return && f.line < 0 {
+            return;
+        }
+        let stack = self.stacks.entry(tid).or_default();
         let level = match f.kind {
             FlowKind::Entry => {
-                *depth += 1;
-                *depth
+                stack.push(f.name.to_string());
+                stack.len() as i32
             }
             FlowKind::Return => {
-                let l = *depth;
-                *depth -= 1;
-                l
+                let l = return_level(stack, &f.name);
+                stack.truncate(l.saturating_sub(1));
+                l as i32
             }
-            FlowKind::Line => *depth,
+            FlowKind::Line => stack.len() as i32,
         };
         if let Some(from) = &self.from {
             match (self.active.get(&tid), f.kind) {
@@ -237,5 +257,24 @@ impl Printer {
         if f.kind == FlowKind::Return && self.active.get(&tid) == Some(&level) {
             self.active.remove(&tid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::return_level;
+
+    #[test]
+    fn returns_skip_creation_entries() {
+        let stack: Vec<String> = ["start", "gen", "consume", "<genexpr>"]
+            .map(String::from)
+            .to_vec();
+        // The innermost call returns: one level up.
+        assert_eq!(return_level(&stack, "<genexpr>"), 4);
+        // consume returns over a generator it created and never finished (3.15).
+        assert_eq!(return_level(&stack, "consume"), 3);
+        // No match: the innermost is ended, as on 3.8-3.11.
+        assert_eq!(return_level(&stack, "other"), 4);
+        assert_eq!(return_level(&[], "x"), 0);
     }
 }

@@ -132,7 +132,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         return Err(CliError::new(
             Exit::NoMarkers,
             "no interpreter here has function markers to count calls with: CPython 3.12 to 3.14 \
-             have none (removed with PEP 669); 3.8-3.11 builds with --with-dtrace do",
+             have none (removed with PEP 669); 3.8-3.11 and 3.15 builds with --with-dtrace do",
         ));
     }
 

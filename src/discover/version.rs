@@ -1,8 +1,11 @@
 //! The CPython version of an interpreter file and which markers can fire on it.
 //!
-//! Facts from CPython's sources and measurements (see docs/cpython-markers.md): the function and
-//! line markers fire as documented up to 3.10, only partly on 3.11 (gh-98894) and have no call
-//! site at all from 3.12 to 3.14 (PEP 669 work); gc, import and audit fire everywhere.
+//! Facts from CPython's sources and measurements (docs/cpython-markers.md, and
+//! docs/compatibility.md for 3.14 and 3.15, measured on Debian's builds): the function and line
+//! markers fire as documented up to 3.10, only partly on 3.11 (gh-98894) and have no call site
+//! at all from 3.12 to 3.14 (PEP 669 work); 3.15 has function__entry and function__return again
+//! (gh-98894, PR 142397), not line; gc, import and audit fire everywhere. Versions newer than
+//! the newest measured are `Unverified`: judged by what their markers do at run time.
 use std::fmt;
 
 use object::{Object, ObjectSection};
@@ -61,6 +64,14 @@ impl Firing {
             |v| format!("CPython {v}"),
         );
         match self {
+            Firing::Fires if marker == "function__entry" && version >= Some(V3_15) => format!(
+                "fires; {v}: also once when a generator or coroutine is created (no return \
+                 follows); not from code the JIT runs"
+            ),
+            Firing::Fires if marker == "function__return" && version >= Some(V3_15) => format!(
+                "fires; {v}: also at each yield, and at line -1 with no entry in the __init__ \
+                 shim; not from code the JIT runs"
+            ),
             Firing::Fires => "fires".into(),
             Firing::OnlyWhenLineEnabled => format!(
                 "{v}: fires only on the slow tracing path (when the line marker is enabled), \
@@ -68,6 +79,9 @@ impl Firing {
             ),
             Firing::UnknownVersion => "present; CPython version not detected".into(),
             Firing::Unverified => format!("present; firing not verified on {v}"),
+            Firing::NotInBinary if marker == "line" && version >= Some(V3_15) => {
+                format!("{v} has no call site for line (3.15 restored only the function markers)")
+            }
             Firing::NotInBinary if is_function_or_line(marker) && version >= Some(V3_12) => {
                 format!("{v} has no call site for {marker} (removed in 3.12, PEP 669)")
             }
@@ -86,8 +100,13 @@ const V3_12: CPythonVersion = CPythonVersion {
     minor: 12,
     micro: None,
 };
-/// The newest minor release whose marker behaviour was read from its sources.
-const NEWEST_KNOWN_MINOR: u32 = 14;
+const V3_15: CPythonVersion = CPythonVersion {
+    major: 3,
+    minor: 15,
+    micro: None,
+};
+/// The newest minor release whose marker behaviour was measured (docs/compatibility.md).
+const NEWEST_KNOWN_MINOR: u32 = 15;
 
 fn is_function_or_line(marker: &str) -> bool {
     matches!(marker, "function__entry" | "function__return" | "line")
@@ -108,7 +127,10 @@ pub fn firing(marker: &str, version: Option<CPythonVersion>, present: bool) -> F
         |a: CPythonVersion, b: CPythonVersion| (a.major, a.minor) == (b.major, b.minor);
     match marker {
         "function__entry" if same_minor(v, V3_11) => Firing::OnlyWhenLineEnabled,
-        // A 3.12–3.14 file with such a note would be a patched build: do not vouch for it.
+        // Measured on 3.15.0: both fire at every frame start and exit (see `explain`).
+        "function__entry" | "function__return" if same_minor(v, V3_15) => Firing::Fires,
+        // A 3.12–3.14 file with such a note (or 3.15 with line) would be a patched build: do not
+        // vouch for it.
         m if is_function_or_line(m) && v >= V3_12 => Firing::Unverified,
         _ => Firing::Fires,
     }
@@ -214,8 +236,23 @@ mod tests {
         assert_eq!(firing("line", v(13), false), Firing::NotInBinary);
         assert_eq!(firing("line", v(13), true), Firing::Unverified);
         assert_eq!(firing("gc__start", v(13), true), Firing::Fires);
-        assert_eq!(firing("audit", v(15), true), Firing::Unverified);
+        assert_eq!(firing("audit", v(14), true), Firing::Fires);
+        assert_eq!(firing("function__entry", v(14), false), Firing::NotInBinary);
+        assert_eq!(firing("function__entry", v(14), true), Firing::Unverified);
+        assert_eq!(firing("function__entry", v(15), true), Firing::Fires);
+        assert_eq!(firing("function__return", v(15), true), Firing::Fires);
+        assert_eq!(firing("line", v(15), true), Firing::Unverified);
+        assert_eq!(firing("audit", v(15), true), Firing::Fires);
+        // Newer than any measured: judged at run time, never assumed.
+        assert_eq!(firing("function__entry", v(16), true), Firing::Unverified);
+        assert_eq!(firing("gc__start", v(16), true), Firing::Unverified);
         assert_eq!(firing("audit", None, true), Firing::UnknownVersion);
+        assert!(Firing::Fires
+            .explain("function__entry", v(15))
+            .contains("generator"));
+        assert!(Firing::NotInBinary
+            .explain("line", v(15))
+            .contains("only the function markers"));
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub struct Interpreter {
     pub config: PathBuf,
     /// Extra linker flags for embedders (a run path for builds outside the default directories).
     pub embed_ldflags: Vec<String>,
+    /// Whether `config` and the headers are there to build an embedder (not for the unpacked
+    /// Debian binaries of 3.14 and 3.15, which bring their own glibc).
+    pub embeddable: bool,
 }
 
 /// Where scripts/python-matrix.sh keeps its builds.
@@ -253,16 +256,18 @@ pub fn matrix_cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/pyusdt-test"))
 }
 
-/// Debian's 3.11, then the versions scripts/python-matrix.sh built (3.9, 3.13). With CI=true
-/// the matrix versions must be there (set PYUSDT_MATRIX_OPTIONAL=1 to accept fewer).
+/// Debian's 3.11, then the versions scripts/python-matrix.sh provides (3.9 and 3.13 built,
+/// 3.14 and 3.15 Debian's own binaries). With CI=true the matrix versions must be there (set
+/// PYUSDT_MATRIX_OPTIONAL=1 to accept fewer).
 pub fn interpreters() -> Vec<Interpreter> {
     let mut all = vec![Interpreter {
         minor: 11,
         python: PathBuf::from(SYSTEM_PYTHON),
         config: PathBuf::from("/usr/bin/python3.11-config"),
         embed_ldflags: Vec::new(),
+        embeddable: true,
     }];
-    for minor in [9u32, 13] {
+    for minor in [9u32, 13, 14, 15] {
         let prefix = matrix_cache().join(format!("python-3.{minor}"));
         let python = prefix.join(format!("bin/python3.{minor}"));
         if python.exists() {
@@ -271,6 +276,7 @@ pub fn interpreters() -> Vec<Interpreter> {
                 python,
                 config: prefix.join(format!("bin/python3.{minor}-config")),
                 embed_ldflags: vec![format!("-Wl,-rpath,{}", prefix.join("lib").display())],
+                embeddable: minor <= 13,
             });
         } else if std::env::var("CI").as_deref() == Ok("true")
             && std::env::var("PYUSDT_MATRIX_OPTIONAL").is_err()
@@ -296,6 +302,22 @@ pub fn interpreter_with_entries(what: &str) -> Option<Interpreter> {
     let found = interpreters().into_iter().find(|i| i.minor <= 10);
     if found.is_none() {
         eprintln!("NOTE: no CPython <= 3.10 built (scripts/python-matrix.sh): {what} not checked");
+    }
+    found
+}
+
+/// Every provided interpreter whose function__entry fires for every frame: 3.8-3.10 and 3.15
+/// (where a generator's creation fires one more entry). Empty, with a note naming `what`, when
+/// none is there (outside CI: `interpreters` fails CI for a missing one).
+pub fn interpreters_with_entries(what: &str) -> Vec<Interpreter> {
+    let found: Vec<_> = interpreters()
+        .into_iter()
+        .filter(|i| i.minor <= 10 || i.minor == 15)
+        .collect();
+    if found.is_empty() {
+        eprintln!(
+            "NOTE: no CPython <= 3.10 nor 3.15 (scripts/python-matrix.sh): {what} not checked"
+        );
     }
     found
 }
