@@ -10,7 +10,7 @@
 #    chart that depends on pyusdt lints and renders.
 # 2. tests/deploy/check_manifests.py: deploy/kubernetes and the renders against the Kubernetes
 #    schemas (kubernetes-validate, strict), least privilege, probes the API server would
-#    refuse, agent flags against src/cli.rs, the ConfigMap's TOML against src/export/config.rs,
+#    refuse, agent flags against src/cli.rs, the ConfigMap's TOML against src/export/config_file.rs,
 #    the extension values reaching the render, the Collector example; then no file in helm/ or
 #    deploy/ may claim there is no /healthz, /metrics or API call.
 # 3. promtool check rules and promtool test rules (tests/deploy/alerts.test.yaml: sparse and

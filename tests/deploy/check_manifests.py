@@ -5,7 +5,7 @@ Run by scripts/deploy-check.sh, which renders the chart first with real Helm
   --plain DIR                 the plain manifests (deploy/kubernetes)
   --render NAME=YAML,JSON     a chart render and the merged values it was rendered from
   --schema FILE               values.schema.json
-  --repo DIR                  the repository (src/cli.rs, src/export/config.rs, deploy/pyusdt.toml)
+  --repo DIR                  the repository (src/cli.rs, src/export/config_file.rs, deploy/pyusdt.toml)
 
 What is checked, on every plain and rendered manifest:
   - each object against the Kubernetes JSON schemas shipped in kubernetes-validate
@@ -18,7 +18,7 @@ What is checked, on every plain and rendered manifest:
   - deploy/otel-collector.yaml's pipelines use defined components, with OTLP in, traces
     out over OTLP and metrics to the prometheus exporter with resource attributes as labels;
   - the ConfigMap's pyusdt.toml (and deploy/pyusdt.toml) uses only keys, with the types,
-    that src/export/config.rs's FileConfig accepts (it rejects unknown keys);
+    that src/export/config_file.rs's FileConfig accepts (it rejects unknown keys);
   - the chart's values: defaults and the non-default file pass values.schema.json (Helm itself
     refuses the tests/deploy/bad-values files: helm_chart.py refuse).
 Prints one line per check and exits 1 if any failed.
@@ -143,7 +143,7 @@ def check_toml(text, rules, where):
     temporality = doc.get("metrics", {}).get("temporality", "cumulative")
     if temporality not in {"cumulative", "delta", "lowmemory"}:
         bad.append(f"metrics.temporality = {temporality!r}")
-    return check(not bad, f"{where}: pyusdt.toml keys and types match src/export/config.rs"
+    return check(not bad, f"{where}: pyusdt.toml keys and types match src/export/config_file.rs"
                  + (f" ({'; '.join(bad)})" if bad else ""))
 
 
@@ -384,7 +384,7 @@ def main():
     a = ap.parse_args()
 
     flags = cli_long_flags(open(os.path.join(a.repo, "src/cli.rs")).read())
-    rules = toml_rules(open(os.path.join(a.repo, "src/export/config.rs")).read())
+    rules = toml_rules(open(os.path.join(a.repo, "src/export/config_file.rs")).read())
 
     print("deploy/pyusdt.toml:")
     check_toml(open(os.path.join(a.repo, "deploy/pyusdt.toml")).read(), rules, "deploy/pyusdt.toml")
