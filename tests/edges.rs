@@ -4,23 +4,11 @@
 //! at the flush deadline, its items counted as failed.
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
 
 /// The value of the sample `name{…}` whose labels include all of `with` (exactly the
 /// `key="value"` text).
@@ -79,7 +67,7 @@ fn lost_process_and_exec_records_are_counted_and_exported() {
     // Published once a second.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        let body = get(&addr, "/metrics");
+        let body = metrics_body(&addr);
         let lost = |record: &str| {
             sample(
                 &body,

@@ -6,23 +6,11 @@
 //! traced in full.
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::otlp;
 use common::*;
-
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    body.to_string()
-}
 
 /// The label names and values of a sample line (`name{a="1",b="2"} value`), as the text
 /// format defines them; panics on a malformed line.
@@ -151,7 +139,7 @@ fn a_hostile_environment_cannot_break_metrics_or_spoof_the_resource() {
     // Published once a second; wait for both processes' series.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        let body = get(&addr, "/metrics");
+        let body = metrics_body(&addr);
         let gen2 = |service: &str| {
             sample(
                 &body,

@@ -4,22 +4,12 @@
 //! name on the agent's own resource and on each traced process's.
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const NODE: &str = "node-7.pool-a.example.internal";
-
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
-}
 
 /// The value of label `name` in a sample line (values here need no unescaping).
 fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -64,7 +54,7 @@ fn host_name_and_node_name_are_the_nodes() {
     let pid = python.0.id().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (traced, own) = loop {
-        let body = get(&addr, "/metrics");
+        let body = metrics_body(&addr);
         let traced = body
             .lines()
             .find(|l| {

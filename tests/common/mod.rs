@@ -390,3 +390,15 @@ pub fn promtool_check(body: &str) {
         ),
     }
 }
+
+/// The body of `GET /metrics` from an agent's endpoint at `addr` (the answer must be 200 OK).
+pub fn metrics_body(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    body.to_string()
+}
