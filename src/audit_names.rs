@@ -28,7 +28,7 @@ const NAME_MAX: usize = 63;
 /// hundred audit event names).
 const MAX_NAMES: usize = 65_536;
 /// Files whose descriptor is held for reading names at most (as `MAX_ATTACHED_FILES` of
-/// src/attach.rs): one each, shared with the file's `Binary`, given back when the file is
+/// src/attach/mod.rs): one each, shared with the file's `Binary`, given back when the file is
 /// released (`forget`).
 const MAX_OPEN_IMAGES: usize = 256;
 
