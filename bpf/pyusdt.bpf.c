@@ -21,6 +21,7 @@
 #include "audit.h"
 #include "functions.h"
 #include "flow.h"
+#include "gate.h"
 #include "tasks.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

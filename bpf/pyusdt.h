@@ -57,7 +57,8 @@ enum stat {
 	STAT_STACK_RESET = 9,     /* a thread's stack emptied after a sampling gap */
 	STAT_DROP_PROCESS = 10,   /* ring buffer full: a process's description lost */
 	STAT_DROP_EXEC = 11,      /* ring buffer full: an exec record lost */
-	STAT_COUNT = 12,
+	STAT_UNGATED = 12,        /* a process not held at its start (gate.h): table full, signal refused */
+	STAT_COUNT = 13,
 };
 
 /* Common head of every event. `start_ns` is 0 when the done half arrived without

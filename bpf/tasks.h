@@ -29,6 +29,7 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	__u8 one = 1;
 	bpf_map_update_elem(&traced, &ctgid, &one, BPF_ANY);
+	gate_fork(parent, child);
 	return 0;
 }
 
@@ -37,7 +38,7 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
  * of it: a container's new interpreter file is attached within a poll, not at the next rescan.
  * The record is a bare header (a few bytes per exec); user space reads /proc/PID. */
 SEC("tp_btf/sched_process_exec")
-int BPF_PROG(forget_exec, struct task_struct *p)
+int BPF_PROG(forget_exec, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id, tgid = id >> 32;
@@ -59,6 +60,7 @@ int BPF_PROG(forget_exec, struct task_struct *p)
 		fill_header(e, id, MARKER_EXEC, now, now, 0);
 		submit(e, sizeof(*e));
 	}
+	gate_exec(tgid, bprm);
 	return 0;
 }
 
@@ -83,6 +85,7 @@ int BPF_PROG(forget_exited, struct task_struct *p)
 		bpf_map_delete_elem(&func_hits, &tgid);
 		if (filter_tgid)
 			bpf_map_delete_elem(&traced, &tgid);
+		bpf_map_delete_elem(&gated, &tgid);
 	}
 	return 0;
 }

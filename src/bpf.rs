@@ -83,4 +83,5 @@ pub const STAT_CALLS_TOO_DEEP: u32 = stat::STAT_CALLS_TOO_DEEP.0;
 pub const STAT_STACK_RESET: u32 = stat::STAT_STACK_RESET.0;
 pub const STAT_DROP_PROCESS: u32 = stat::STAT_DROP_PROCESS.0;
 pub const STAT_DROP_EXEC: u32 = stat::STAT_DROP_EXEC.0;
+pub const STAT_UNGATED: u32 = stat::STAT_UNGATED.0;
 pub const STAT_COUNT: u32 = stat::STAT_COUNT.0;

@@ -42,7 +42,7 @@ fn audit_heavy_process_is_sampled_and_light_one_is_not() {
     let child_rare: u64 = child_rare.parse().unwrap();
     assert!(child_rare >= 10, "{stdout}");
     assert!(
-        err.contains("audit   marker under --max-overhead: sampled"),
+        err.contains("audit   marker attached to this process alone: sampled"),
         "{err}"
     );
 

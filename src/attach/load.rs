@@ -128,6 +128,7 @@ impl<'obj> Tracer<'obj> {
             max_files: MAX_ATTACHED_FILES,
             refused_for_bound: HashSet::new(),
             options,
+            gate_open: false,
             skel,
         })
     }

@@ -68,6 +68,9 @@ pub struct KernelStats {
     /// Process descriptions and exec records lost because the ring buffer was full.
     pub process_dropped: u64,
     pub exec_dropped: u64,
+    /// Processes not held at their start (gate table full, or the stop refused): their first
+    /// calls may have run before their per-process probes were attached.
+    pub ungated: u64,
 }
 
 impl<'obj> Tracer<'obj> {
@@ -303,6 +306,7 @@ impl<'obj> Tracer<'obj> {
             stacks_reset: sums[bpf::STAT_STACK_RESET as usize],
             process_dropped: sums[bpf::STAT_DROP_PROCESS as usize],
             exec_dropped: sums[bpf::STAT_DROP_EXEC as usize],
+            ungated: sums[bpf::STAT_UNGATED as usize],
         })
     }
 }

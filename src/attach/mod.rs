@@ -12,6 +12,7 @@ use crate::bpf::PyusdtSkel;
 use crate::discover::Reason;
 use crate::probes::ProbeSet;
 
+mod gate;
 mod links;
 mod load;
 mod maps;
@@ -162,5 +163,14 @@ pub struct Tracer<'obj> {
     /// released (`take_refused_for_bound`).
     refused_for_bound: HashSet<(u64, u64)>,
     options: TracerOptions,
+    /// Traced processes are held at their start (gate.rs).
+    gate_open: bool,
     skel: PyusdtSkel<'obj>,
+}
+
+impl Drop for Tracer<'_> {
+    /// No process is left stopped by the gate, whichever way pyusdt ends (short of SIGKILL).
+    fn drop(&mut self) {
+        self.close_gate();
+    }
 }

@@ -81,6 +81,7 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
     if let Some(binary) = implied_binary {
         session.follow_functions(host_pid, child_pid, &binary);
     }
+    session.hold_starts();
     resume(child_pid);
 
     let mut status: Option<i32> = None;

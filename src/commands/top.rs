@@ -86,10 +86,12 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             metrics_only: false,
         },
     )?;
-    // --max-overhead: counters per process, switched off and on by the budget.
+    // --max-overhead: counters per process, switched off and on by the budget. With a
+    // command: counters on its processes alone (held at their start until attached, see
+    // bpf/gate.h), so that no other Python process on the host pays for them.
     let budget = args.max_overhead.and_then(|m| m.0);
-    let mut governor = budget.map(|max| Governor {
-        probes: ProcessProbes::counters(Some(max)),
+    let mut governor = (budget.is_some() || with_command).then(|| Governor {
+        probes: ProcessProbes::counters(budget),
         pid: args.pid,
         every_process: args.pid.is_none() && !with_command,
         children: with_command,
@@ -103,11 +105,23 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         if let Some(g) = &mut governor {
             if g.probes.covers(b) {
                 g.probes.add_binary(b);
-                tracing::info!(
-                    "counting calls of {} ({version}) per process, within --max-overhead {:.1} %",
-                    b.path.display(),
-                    budget.unwrap_or(0.0) * 100.0
-                );
+                match budget {
+                    Some(max) => tracing::info!(
+                        "counting calls of {} ({version}) per process, within --max-overhead \
+                         {:.1} %",
+                        b.path.display(),
+                        max * 100.0
+                    ),
+                    None => tracing::info!(
+                        "counting calls of {} ({version}) at {}, in the command's processes",
+                        b.path.display(),
+                        if b.entries_fire() {
+                            "function__entry"
+                        } else {
+                            "function__return"
+                        }
+                    ),
+                }
                 counted_on.push(version);
             }
             continue;
@@ -140,7 +154,10 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     let terminated = signal_flag(libc::SIGTERM)?;
     let mut out = std::io::stdout().lock();
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
-    let sampling = governor.as_ref().map(|g| g.probes.table.clone());
+    let sampling = governor
+        .as_ref()
+        .filter(|_| budget.is_some())
+        .map(|g| g.probes.table.clone());
     let mut govern = |tracer: &Tracer<'_>| {
         if let Some(g) = &mut governor {
             g.tick(tracer);
@@ -180,6 +197,9 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
 
     // With a command: its whole run, one table at its exit (and per interval unless --once).
     tracer.follow_children_of_self()?;
+    if crate::discover::process::in_host_pid_namespace() {
+        tracer.open_gate();
+    }
     let mut child = spawn(&args.command, &resolved)?;
     let child_pid = child.id() as libc::pid_t;
     let terminal_delivers_sigint = in_terminal_foreground();
@@ -233,6 +253,11 @@ struct Governor {
 
 impl Governor {
     fn tick(&mut self, tracer: &Tracer<'_>) {
+        // The command's processes held at their start: counted from their first call.
+        for pid in tracer.held() {
+            self.probes.offer_started(tracer, pid);
+            tracer.release(pid);
+        }
         if !self.probes.due() {
             return;
         }

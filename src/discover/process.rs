@@ -364,6 +364,14 @@ pub fn is_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether this process sees the host's PIDs (the initial PID namespace, whose inode is
+/// fixed: PROC_PID_INIT_INO), as BPF programs report them.
+pub fn in_host_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == PROC_PID_INIT_INO)
+}
+
 /// Every PID on the host (a racy snapshot: processes come and go).
 pub fn all_pids() -> Vec<i32> {
     procfs::process::all_processes()

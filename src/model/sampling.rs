@@ -43,7 +43,7 @@ pub struct Sampling {
     pub measured_share: f64,
     /// What the function markers do, when the process has function probes.
     pub functions: Option<FunctionMarkers>,
-    /// Whether its audit marker is governed by the budget (attached per process).
+    /// Whether its audit marker is attached per process (governed by the budget, if any).
     pub audit: bool,
 }
 

@@ -114,6 +114,15 @@ impl Session<'_> {
         }
     }
 
+    /// Holds the command's processes at their start until their per-process probes are
+    /// attached (bpf/gate.h), where there are per-process probes and the kernel's PIDs are
+    /// this process's (they are signalled by them).
+    pub fn hold_starts(&mut self) {
+        if self.functions.is_some() && self.pids_are_ours {
+            self.tracer.open_gate();
+        }
+    }
+
     /// Per-process probes for a process about to exec `binary` (`run`'s command, stopped
     /// before its exec): `local_pid` as this process sees it, `host_pid` as events report it.
     pub fn follow_functions(&mut self, host_pid: u32, local_pid: i32, binary: &Binary) {

@@ -50,6 +50,9 @@ pub struct ProcessProbes {
     followed: HashMap<u32, Followed>,
     /// PIDs looked at that use none of the files (not looked at again).
     ignored: HashSet<u32>,
+    /// Executables looked at by `file_at_start` (by device and inode): the added file they
+    /// run or link, if any. Bounded (`MAX_TABLE`).
+    executables: HashMap<(u64, u64), Option<(u64, u64)>>,
     next_epoch: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat.
     ns_per_tick: u64,
@@ -76,6 +79,7 @@ impl ProcessProbes {
             binaries: Vec::new(),
             followed: HashMap::new(),
             ignored: HashSet::new(),
+            executables: HashMap::new(),
             next_epoch: 1,
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
             last_look: None,
@@ -252,6 +256,69 @@ impl ProcessProbes {
                 self.ignored.insert(pid);
             }
         }
+    }
+
+    /// A process held at its start by the gate (`Tracer::held`: a new program, or a fork):
+    /// followed when it maps an added file, or is about to (its executable is one, or links
+    /// one), before it is let go. A followed process that started another program is
+    /// followed anew when that program uses another file.
+    pub fn offer_started(&mut self, tracer: &Tracer<'_>, pid: u32) {
+        let binary = self.file_of(pid).or_else(|| self.file_at_start(pid));
+        if let Some(f) = self.followed.get(&pid) {
+            if binary.as_ref().is_some_and(|b| b.id == f.binary.id) {
+                return;
+            }
+            tracer.detach_process(pid);
+            self.followed.remove(&pid);
+        }
+        self.ignored.remove(&pid);
+        match binary {
+            Some(b) => {
+                self.follow_file(tracer, pid, pid as i32, b);
+            }
+            None => {
+                self.ignored.insert(pid);
+            }
+        }
+    }
+
+    /// The added file a process that has just started its program will map: its executable,
+    /// or the libpython its executable links (not mapped yet: the dynamic loader has not
+    /// run). Read through /proc/PID (the executable and its links, resolved in its root).
+    fn file_at_start(&mut self, pid: u32) -> Option<Binary> {
+        use crate::discover::safe_open;
+        let exe = safe_open::open_proc_link(std::path::Path::new(&format!("/proc/{pid}/exe")));
+        let exe_id = exe.ok()?.id;
+        let found = match self.executables.get(&exe_id) {
+            Some(found) => *found,
+            None => {
+                let found = self.added_file_of_executable(pid, exe_id);
+                if self.executables.len() >= MAX_TABLE {
+                    self.executables.clear();
+                }
+                self.executables.insert(exe_id, found);
+                found
+            }
+        };
+        let b = self.binaries.iter().find(|b| Some(b.id) == found)?;
+        Some(b.clone())
+    }
+
+    /// The added file executable `exe_id` of process `pid` is, or links (see `file_at_start`).
+    fn added_file_of_executable(&self, pid: u32, exe_id: (u64, u64)) -> Option<(u64, u64)> {
+        use crate::discover::safe_open;
+        if self.binaries.iter().any(|b| b.id == exe_id) {
+            return Some(exe_id);
+        }
+        let inner = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let exe = Binary::open(&process::host_path(pid as i32, &inner)).ok()?;
+        if exe.id != exe_id {
+            return None; // replaced since
+        }
+        let lib = exe.linked_libpython()?;
+        let (root_pid, lib_inner) = safe_open::split_proc_root(&lib)?;
+        let id = safe_open::id_in_root(root_pid, &lib_inner)?;
+        self.binaries.iter().any(|b| b.id == id).then_some(id)
     }
 
     /// Detaches the probes of every followed process (at shutdown: nothing more is written

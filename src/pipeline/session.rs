@@ -16,6 +16,7 @@ use crate::cli::TraceArgs;
 use crate::exit::{CliError, CliResult, Exit};
 use crate::export::config::ExporterKind;
 use crate::model::clock::Clock;
+use crate::probes::Probe;
 use crate::report::console::Console;
 use crate::report::jsonl::JsonLines;
 use crate::report::otlp::OtlpSink;
@@ -79,6 +80,11 @@ impl<'obj> Session<'obj> {
         let shows_nargs = (console_only && !args.quiet) || args.output.is_some();
         // Only the agent reads other processes' /proc entries; `run` follows its own children.
         crate::preflight::check_tracing(!follow_processes)?;
+        // `run -- CMD`: the audit marker is attached to the command's processes alone (as
+        // function probes always are): attached per file, every Python process on the host
+        // would have it enabled and pay for it.
+        let audit_per_process = audit_budget.is_some()
+            || (follow_processes && args.probes.iter().any(|p| p == Probe::Audit));
         let tracer = Tracer::load(
             storage,
             TracerOptions {
@@ -91,7 +97,7 @@ impl<'obj> Session<'obj> {
                 flow: None,
                 min_function_ns: args.min_duration.as_nanos() as u64,
                 report_execs: !follow_processes,
-                audit_per_process: audit_budget.is_some(),
+                audit_per_process,
                 metrics_only: args.metrics_only,
             },
         )?;
@@ -120,15 +126,10 @@ impl<'obj> Session<'obj> {
                 )
             })?;
         }
-        let per_process_functions = (function_probes || audit_budget.is_some())
+        let per_process_functions = (function_probes || audit_per_process)
             .then(|| {
                 let max = args.max_overhead.map_or(default_max_overhead, |m| m.0);
-                process_probes_with_budget(
-                    function_probes,
-                    args.line_mode,
-                    audit_budget.is_some(),
-                    max,
-                )
+                process_probes_with_budget(function_probes, args.line_mode, audit_per_process, max)
             })
             .map(RefCell::new);
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();

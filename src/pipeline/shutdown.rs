@@ -23,8 +23,10 @@ impl Session<'_> {
     /// Prints the summary (and writes the JSON summary record); returns an error when the
     /// JSON output could not be written.
     pub fn finish(mut self) -> CliResult<()> {
-        // Probes off first, then one more drain: events written until the detach are read (or
-        // counted as dropped) and go into the flush below, and none is written during it.
+        // No process is held at its start any more (those held are let go), then probes
+        // off, then one more drain: events written until the detach are read (or counted as
+        // dropped) and go into the flush below, and none is written during it.
+        self.tracer.close_gate();
         self.detach_probes();
         self.trace(|| false)?;
         if let Some(a) = &mut self.kernel_metrics {
@@ -37,6 +39,13 @@ impl Session<'_> {
             );
         }
         let mut stats = self.tracer.stats()?;
+        if stats.ungated > 0 {
+            tracing::warn!(
+                "{} processes were not held at their start (too many at once, or the kernel \
+                 refused the stop): their first calls may have run without their probes",
+                crate::text::count(stats.ungated)
+            );
+        }
         // Calls whose code names were not known are lost calls, like those the ring dropped.
         stats.function_dropped += self.code_names.unresolved;
         let elapsed = self.started.elapsed().as_secs_f64();

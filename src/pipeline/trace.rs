@@ -62,7 +62,10 @@ impl Session<'_> {
                         decode::Record::Process(p) if functions.is_some() => {
                             new_pids.borrow_mut().push(p.pid);
                         }
-                        decode::Record::Exec { pid } => execs.borrow_mut().push(*pid),
+                        // `agent`: looked at for new files. `run`: a wakeup of the start gate.
+                        decode::Record::Exec { pid } if !follow_processes => {
+                            execs.borrow_mut().push(*pid)
+                        }
                         decode::Record::AuditRef {
                             header,
                             nargs,
@@ -109,6 +112,14 @@ impl Session<'_> {
                 }
             },
             || {
+                // Processes held at their start (`run`'s gate) get their probes, and go on, at
+                // once: each poll, not each look of the budget.
+                if let Some(f) = functions {
+                    for pid in tracer.held() {
+                        f.borrow_mut().offer_started(tracer, pid);
+                        tracer.release(pid);
+                    }
+                }
                 if let Some(f) = functions.filter(|f| f.borrow_mut().due()) {
                     let mut f = f.borrow_mut();
                     if pids_are_ours {

@@ -98,7 +98,7 @@ struct ProcessRecord {
     audit_by_name: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     function_probes: Option<SamplingRecord>,
-    /// The audit marker under --max-overhead (attached per process).
+    /// The audit marker attached per process (`run`'s processes, or under --max-overhead).
     #[serde(skip_serializing_if = "Option::is_none")]
     audit_marker: Option<SamplingRecord>,
 }

@@ -163,7 +163,7 @@ impl Summary {
             if let Some(s) = sampling.filter(|s| s.audit) {
                 let _ = writeln!(
                     out,
-                    "  audit   marker under --max-overhead: {}",
+                    "  audit   marker attached to this process alone: {}",
                     sampling_text(&s, "audit event")
                 );
             }
