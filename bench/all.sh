@@ -22,6 +22,9 @@ echo
 echo "== the overhead budget: bench/budget.py"
 python3 bench/budget.py --runs 3 --seconds 10
 echo
+echo "== what tracing a command costs other Pythons: bench/bystander.py"
+python3 bench/bystander.py --runs 5
+echo
 echo "== BPF time per program run: bench/bpf_time.sh"
 bash bench/bpf_time.sh
 echo
