@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use opentelemetry_semantic_conventions::attribute as attrs;
+
 /// Annotation that names the service explicitly (semconv: `resource.opentelemetry.io/<attr>`).
 pub const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
 /// Well-known labels, see <https://kubernetes.io/docs/reference/labels-annotations-taints/>.
@@ -44,12 +46,12 @@ impl WorkloadKind {
     /// The resource attribute that carries a workload of this kind's name.
     pub fn attribute(self) -> &'static str {
         match self {
-            WorkloadKind::Deployment => "k8s.deployment.name",
-            WorkloadKind::ReplicaSet => "k8s.replicaset.name",
-            WorkloadKind::StatefulSet => "k8s.statefulset.name",
-            WorkloadKind::DaemonSet => "k8s.daemonset.name",
-            WorkloadKind::CronJob => "k8s.cronjob.name",
-            WorkloadKind::Job => "k8s.job.name",
+            WorkloadKind::Deployment => attrs::K8S_DEPLOYMENT_NAME,
+            WorkloadKind::ReplicaSet => attrs::K8S_REPLICASET_NAME,
+            WorkloadKind::StatefulSet => attrs::K8S_STATEFULSET_NAME,
+            WorkloadKind::DaemonSet => attrs::K8S_DAEMONSET_NAME,
+            WorkloadKind::CronJob => attrs::K8S_CRONJOB_NAME,
+            WorkloadKind::Job => attrs::K8S_JOB_NAME,
         }
     }
 }
@@ -233,12 +235,12 @@ pub fn attributes(pod: &PodMetadata, container_id: &str) -> Vec<(String, String)
             out.push((key.to_string(), value.to_string()));
         }
     };
-    push("k8s.pod.name", &pod.pod_name);
-    push("k8s.pod.uid", &pod.pod_uid);
-    push("k8s.namespace.name", &pod.namespace);
-    push("k8s.node.name", &pod.node_name);
+    push(attrs::K8S_POD_NAME, &pod.pod_name);
+    push(attrs::K8S_POD_UID, &pod.pod_uid);
+    push(attrs::K8S_NAMESPACE_NAME, &pod.namespace);
+    push(attrs::K8S_NODE_NAME, &pod.node_name);
     if let Some(name) = pod.container_name(container_id) {
-        push("k8s.container.name", name);
+        push(attrs::K8S_CONTAINER_NAME, name);
     }
     // Controller first, then the resolved owner when it is another object (ReplicaSet then
     // Deployment, Job then CronJob).
@@ -250,7 +252,7 @@ pub fn attributes(pod: &PodMetadata, container_id: &str) -> Vec<(String, String)
             push(kind.attribute(), name);
         }
     }
-    push("container.id", container_id);
+    push(attrs::CONTAINER_ID, container_id);
     out
 }
 

@@ -1,15 +1,29 @@
-//! Attribute names (the contract with dashboards and alerts) and `KeyValue` constructors.
+//! Attribute and metric names (the contract with dashboards and alerts) and `KeyValue`
+//! constructors. Names come from `opentelemetry-semantic-conventions` (its development-stage
+//! names behind `semconv_experimental`) wherever it has them; the names it lacks are below,
+//! each saying why.
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 
-pub const GC_GENERATION: &str = "cpython.gc.generation";
+pub use opentelemetry_semantic_conventions::attribute::{
+    CODE_FILE_PATH, CODE_FUNCTION_NAME, CODE_LINE_NUMBER, CONTAINER_ID, CPYTHON_GC_GENERATION,
+    HOST_NAME, K8S_CONTAINER_NAME, K8S_CRONJOB_NAME, K8S_DAEMONSET_NAME, K8S_DEPLOYMENT_NAME,
+    K8S_JOB_NAME, K8S_NAMESPACE_NAME, K8S_NODE_NAME, K8S_POD_NAME, K8S_POD_UID,
+    K8S_REPLICASET_NAME, K8S_STATEFULSET_NAME, PROCESS_COMMAND_LINE, PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXECUTABLE_PATH, PROCESS_PID, PROCESS_RUNTIME_NAME, PROCESS_RUNTIME_VERSION,
+    SERVICE_NAME, SERVICE_VERSION, THREAD_ID,
+};
+pub use opentelemetry_semantic_conventions::metric::CPYTHON_GC_COLLECTIONS;
+
+/// A GC span's generation: the conventions' attribute of the `cpython.gc.*` metrics.
+pub const GC_GENERATION: &str = CPYTHON_GC_GENERATION;
+/// A GC span's objects freed. The conventions name only the metric (collected and
+/// uncollectable apart); the marker reports their sum, per collection, as this attribute.
 pub const GC_COLLECTED_OBJECTS: &str = "cpython.gc.collected_objects";
+/// Imports and audit events have no conventions: pyusdt's names, in the `cpython.` namespace
+/// the conventions use for the interpreter's own metrics.
 pub const IMPORT_MODULE: &str = "cpython.import.module";
 pub const IMPORT_FOUND: &str = "cpython.import.found";
 pub const AUDIT_EVENT: &str = "cpython.audit.event";
-pub const THREAD_ID: &str = "thread.id";
-pub const CODE_FUNCTION_NAME: &str = "code.function.name";
-pub const CODE_FILE_PATH: &str = "code.file.path";
-pub const CODE_LINE_NUMBER: &str = "code.line.number";
 
 pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(value.into()))

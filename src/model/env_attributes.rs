@@ -178,7 +178,7 @@ impl FromEnvironment {
                 continue;
             }
             match self.vet_entry(entry, &labels) {
-                Ok((key, value, _)) if key == "service.name" => {
+                Ok((key, value, _)) if key == attrs::SERVICE_NAME => {
                     if service.is_none() {
                         *service = Some(value);
                     } else {
@@ -219,7 +219,7 @@ impl FromEnvironment {
         if value.chars().any(char::is_control) {
             return Err(Refusal::Invalid);
         }
-        if key == "service.name" {
+        if key == attrs::SERVICE_NAME {
             return Ok((key.to_string(), value, String::new()));
         }
         let label = label_name(key);

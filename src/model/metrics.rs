@@ -399,7 +399,7 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
     let mut metrics = Vec::new();
     if !p.gc.is_empty() {
         metrics.push(counter(
-            "cpython.gc.collections",
+            attrs::CPYTHON_GC_COLLECTIONS,
             "Garbage collections (gc__start/gc__done pairs and lone gc__done).",
             "{collection}",
             t,

@@ -97,7 +97,7 @@ impl ProcessFacts {
                 name.as_deref().unwrap_or(""),
             ));
         } else if let Some(id) = crate::k8s::cgroup::container_id(&cgroup) {
-            self.container = vec![("container.id".into(), id)];
+            self.container = vec![(attrs::CONTAINER_ID.into(), id)];
         }
     }
 
@@ -199,35 +199,35 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
             Some(n) => format!("unknown_service:{n}"),
             None => "unknown_service".into(),
         });
-    attributes.push(attrs::string("service.name", service_name));
-    attributes.push(attrs::int("process.pid", i64::from(facts.pid)));
+    attributes.push(attrs::string(attrs::SERVICE_NAME, service_name));
+    attributes.push(attrs::int(attrs::PROCESS_PID, i64::from(facts.pid)));
     if let Some(path) = &facts.executable_path {
-        attributes.push(attrs::string("process.executable.path", path.clone()));
+        attributes.push(attrs::string(attrs::PROCESS_EXECUTABLE_PATH, path.clone()));
     }
     if let Some(name) = exe_name {
-        attributes.push(attrs::string("process.executable.name", name));
+        attributes.push(attrs::string(attrs::PROCESS_EXECUTABLE_NAME, name));
     }
-    attributes.push(attrs::string("process.runtime.name", "cpython"));
+    attributes.push(attrs::string(attrs::PROCESS_RUNTIME_NAME, "cpython"));
     if let Some(v) = &facts.runtime_version {
-        attributes.push(attrs::string("process.runtime.version", v.clone()));
+        attributes.push(attrs::string(attrs::PROCESS_RUNTIME_VERSION, v.clone()));
     }
     if !host_name.is_empty() {
-        attributes.push(attrs::string("host.name", host_name));
+        attributes.push(attrs::string(attrs::HOST_NAME, host_name));
     }
     for (k, v) in &facts.container {
         attributes.push(attrs::string(k, v.clone()));
     }
     // A process outside any pod (or whose pod is not known yet) still runs on this node.
-    if !attributes.iter().any(|kv| kv.key == "k8s.node.name") {
+    if !attributes.iter().any(|kv| kv.key == attrs::K8S_NODE_NAME) {
         if let Some(node) = node_name() {
-            attributes.push(attrs::string("k8s.node.name", node));
+            attributes.push(attrs::string(attrs::K8S_NODE_NAME, node));
         }
     }
     if with_command_line {
         if let Some(c) = &facts.command_line {
             // Command lines carry secrets (--password …): redacted, like audit arguments.
             attributes.push(attrs::string(
-                "process.command_line",
+                attrs::PROCESS_COMMAND_LINE,
                 super::redact::redact(c).into_owned(),
             ));
         }
@@ -248,15 +248,15 @@ pub fn build(facts: &ProcessFacts, host_name: &str, with_command_line: bool) -> 
 /// The resource pyusdt reports its own telemetry under.
 pub fn own(host_name: &str) -> Resource {
     let mut attributes = vec![
-        attrs::string("service.name", "pyusdt"),
-        attrs::string("service.version", env!("CARGO_PKG_VERSION")),
-        attrs::int("process.pid", i64::from(std::process::id())),
+        attrs::string(attrs::SERVICE_NAME, "pyusdt"),
+        attrs::string(attrs::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+        attrs::int(attrs::PROCESS_PID, i64::from(std::process::id())),
     ];
     if !host_name.is_empty() {
-        attributes.push(attrs::string("host.name", host_name));
+        attributes.push(attrs::string(attrs::HOST_NAME, host_name));
     }
     if let Some(node) = node_name() {
-        attributes.push(attrs::string("k8s.node.name", node));
+        attributes.push(attrs::string(attrs::K8S_NODE_NAME, node));
     }
     Resource {
         attributes,
