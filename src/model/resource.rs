@@ -1,6 +1,8 @@
 //! One OTLP resource per traced process: `service.name` from the process's own
 //! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (read from /proc/PID/environ, vetted by
 //! `env_attributes`), process and runtime attributes, and the host.
+//!
+//! Over 500 lines only with its tests (110), which check the precedence of each source.
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
 use std::path::Path;
