@@ -1,5 +1,7 @@
 //! `pyusdt run` inside its own PID namespace (as in a container without hostPID): the command
-//! is still followed, events carry host PIDs, and the summary names the command.
+//! is still followed, events carry host PIDs, and the summary names the command. Its child's
+//! audit events arrive too (there, the audit marker is attached per file: the kernel's PIDs of
+//! the descendants do not name them inside the namespace).
 mod common;
 
 use std::process::Command;
@@ -13,11 +15,11 @@ fn run_follows_its_command_from_inside_a_pid_namespace() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("ns.jsonl");
-    let code = "import os\ntry:\n    __import__(f'pyusdt_nspid_{os.getpid()}')\nexcept ImportError:\n    pass\n";
+    let code = "import os, subprocess, sys\ntry:\n    __import__(f'pyusdt_nspid_{os.getpid()}')\nexcept ImportError:\n    pass\nsubprocess.run([sys.executable, '-S', '-c', 'for i in range(100): id(i)'])\n";
     let out = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(env!("CARGO_BIN_EXE_pyusdt"))
-        .args(["run", "--quiet", "--output"])
+        .args(["run", "--quiet", "--probes", "gc,import,audit", "--output"])
         .arg(&out_path)
         .args(["--", SYSTEM_PYTHON, "-c", code])
         .output()
@@ -43,4 +45,9 @@ fn run_follows_its_command_from_inside_a_pid_namespace() {
         stderr.contains(&format!("PID {host_pid} ({SYSTEM_PYTHON} -c")),
         "summary does not name the command under its host PID: {stderr}"
     );
+    let child_ids = records
+        .iter()
+        .filter(|r| r["name"] == "builtins.id" && r["pid"] != host_pid)
+        .count();
+    assert_eq!(child_ids, 100, "the child's audit events: {stderr}");
 }

@@ -88,9 +88,13 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     )?;
     // --max-overhead: counters per process, switched off and on by the budget. With a
     // command: counters on its processes alone (held at their start until attached, see
-    // bpf/gate.h), so that no other Python process on the host pays for them.
+    // bpf/gate.h), so that no other Python process on the host pays for them; except from a
+    // PID namespace of its own, where the kernel's PIDs of its descendants do not name them
+    // here (counters per file then, the kernel keeping the command's calls only).
     let budget = args.max_overhead.and_then(|m| m.0);
-    let mut governor = (budget.is_some() || with_command).then(|| Governor {
+    let per_process =
+        budget.is_some() || (with_command && crate::discover::process::in_host_pid_namespace());
+    let mut governor = per_process.then(|| Governor {
         probes: ProcessProbes::counters(budget),
         pid: args.pid,
         every_process: args.pid.is_none() && !with_command,
@@ -197,7 +201,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
 
     // With a command: its whole run, one table at its exit (and per interval unless --once).
     tracer.follow_children_of_self()?;
-    if crate::discover::process::in_host_pid_namespace() {
+    if per_process && crate::discover::process::in_host_pid_namespace() {
         tracer.open_gate();
     }
     let mut child = spawn(&args.command, &resolved)?;

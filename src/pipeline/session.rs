@@ -82,9 +82,12 @@ impl<'obj> Session<'obj> {
         crate::preflight::check_tracing(!follow_processes)?;
         // `run -- CMD`: the audit marker is attached to the command's processes alone (as
         // function probes always are): attached per file, every Python process on the host
-        // would have it enabled and pay for it.
+        // would have it enabled and pay for it. Not from a PID namespace of its own, where
+        // the kernel's PIDs of the command's descendants do not name them here.
         let audit_per_process = audit_budget.is_some()
-            || (follow_processes && args.probes.iter().any(|p| p == Probe::Audit));
+            || (follow_processes
+                && args.probes.iter().any(|p| p == Probe::Audit)
+                && crate::discover::process::in_host_pid_namespace());
         let tracer = Tracer::load(
             storage,
             TracerOptions {
