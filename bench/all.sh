@@ -3,11 +3,24 @@
 # a 2-core machine; run it on a quiet one). Needs root, bpftrace, Debian's python3.11 and the
 # 3.9 build of scripts/python-matrix.sh (scripts/setup.sh provides them all); any missing
 # prerequisite stops it with an error, never a partial table.
+#
+# At the end it writes its whole output, with the date, the commit and the machine, into the
+# section of bench/README.md between the `bench/all.sh` markers (bench/write_readme.py):
+# the figures there are this script's own, never typed by hand. --no-write leaves it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+write=1
+[ "${1:-}" = "--no-write" ] && write=0
 PY39=/var/cache/pyusdt-test/python-3.9/bin/python3.9
-[ -x "$PY39" ] || { echo "bench: $PY39 missing: run scripts/setup.sh" >&2; exit 1; }
+PY315=/var/cache/pyusdt-test/python-3.15/bin/python3.15
+for p in "$PY39" "$PY315"; do
+  [ -x "$p" ] || { echo "bench: $p missing: run scripts/setup.sh" >&2; exit 1; }
+done
 cargo build --release --locked -q
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+{
 
 echo "== default probes and the audit marker: bench/overhead.py"
 python3 bench/overhead.py --runs 7
@@ -15,8 +28,9 @@ echo
 echo "== the audit marker, cost per event: bench/audit_cost.py"
 python3 bench/audit_cost.py --runs 7
 echo
-echo "== function probes, cost per call: bench/function_cost.py (3.9, then Debian's 3.11)"
+echo "== function probes, cost per call: bench/function_cost.py (3.9, 3.15, then Debian's 3.11)"
 python3 bench/function_cost.py --runs 5 --python "$PY39"
+python3 bench/function_cost.py --runs 5 --python "$PY315"
 python3 bench/function_cost.py --runs 5
 echo
 echo "== the overhead budget: bench/budget.py"
@@ -33,3 +47,7 @@ python3 bench/footprint.py --runs 3
 echo
 echo "== the user-space path: cargo bench --bench userspace"
 cargo bench --locked --bench userspace 2>&1 | grep -E "^workload|^allocations|^userspace|thrpt"
+} 2>&1 | tee "$out"
+if [ "$write" = 1 ]; then
+  python3 bench/write_readme.py "$out" "$started"
+fi
