@@ -16,6 +16,7 @@ pub mod decode;
 mod discover;
 pub mod exit;
 pub mod export;
+mod globs;
 mod k8s;
 pub mod model;
 pub mod pipeline;

@@ -64,14 +64,29 @@ fn listen_address(given: &str) -> String {
     }
 }
 
+/// Why `/metrics` and `/healthz` cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--metrics-listen {addr}: {source} (give a free port, HOST:PORT or [IPv6]:PORT)")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the HTTP thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Binds `addr` and serves it on a thread of its own; returns the bound address (port 0
 /// picks a free one).
-pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
-    let addr = &listen_address(addr);
-    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+pub fn start(addr: &str, published: Published) -> Result<SocketAddr, ServeError> {
+    let addr = listen_address(addr);
+    let bind_error = |source| ServeError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&addr).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
     published.beat();
     std::thread::Builder::new()
         .name("pyusdt-http".into())
@@ -94,7 +109,7 @@ pub fn start(addr: &str, published: Published) -> Result<SocketAddr, String> {
                 }
             }
         })
-        .map_err(|e| format!("starting the HTTP thread: {e}"))?;
+        .map_err(ServeError::Thread)?;
     Ok(local)
 }
 

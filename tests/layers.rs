@@ -19,6 +19,7 @@ const MODULES: &[(&str, u8, bool)] = &[
     ("probes", 0, true),
     ("budget", 0, true),
     ("privileges", 0, true),
+    ("globs", 0, true),
     // Which files carry markers; Kubernetes pod metadata (read like /proc: a source).
     ("discover", 1, false),
     ("k8s", 1, false),

@@ -248,7 +248,7 @@ impl ExportConfig {
             .clone()
             .or(file.audit.log_events.as_ref().map(|v| v.join(",")))
             .unwrap_or_else(|| "*".into());
-        crate::model::logs::AuditFilter::parse(&audit_log_events)?;
+        crate::model::logs::AuditFilter::parse(&audit_log_events).map_err(|e| e.to_string())?;
         Ok(ExportConfig {
             exporter,
             temporality,

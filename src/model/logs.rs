@@ -2,7 +2,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 #[cfg(test)]
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
@@ -23,18 +23,9 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     /// Comma-separated globs such as `open,subprocess.*,socket.*`.
-    pub fn parse(list: &str) -> Result<AuditFilter, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut all = false;
-        for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            all |= pattern == "*";
-            let glob = Glob::new(pattern)
-                .map_err(|e| format!("bad audit event pattern `{pattern}`: {e}"))?;
-            builder.add(glob);
-        }
-        let globs = builder
-            .build()
-            .map_err(|e| format!("bad audit event patterns `{list}`: {e}"))?;
+    pub fn parse(list: &str) -> Result<AuditFilter, crate::globs::PatternError> {
+        let all = list.split(',').any(|p| p.trim() == "*");
+        let globs = crate::globs::parse(list, "audit event pattern")?;
         Ok(AuditFilter { globs, all })
     }
 

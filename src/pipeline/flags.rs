@@ -39,7 +39,7 @@ pub fn check(args: &TraceArgs, env: &dyn Fn(&str) -> Option<String>) -> CliResul
         args.function_include.as_deref(),
         args.function_exclude.as_deref(),
     )
-    .map_err(|e| CliError::new(Exit::Usage, e))?;
+    .map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
     if args.metrics_only && (export.audit_args || args.audit_logs.is_some()) {
         return Err(CliError::new(
             Exit::Usage,

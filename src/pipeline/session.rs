@@ -147,7 +147,7 @@ impl<'obj> Session<'obj> {
             Some(addr) => {
                 let published = crate::serve::Published::default();
                 let bound = crate::serve::start(addr, published.clone())
-                    .map_err(|e| CliError::new(Exit::Usage, e))?;
+                    .map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
                 tracing::info!("serving /metrics and /healthz on http://{bound}");
                 Some(crate::report::prom::PromSink::new(
                     clock,

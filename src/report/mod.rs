@@ -17,17 +17,17 @@ pub struct FunctionFilter {
 }
 
 impl FunctionFilter {
-    pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<FunctionFilter, String> {
-        let set = |list: &str, flag: &str| -> Result<globset::GlobSet, String> {
-            let mut b = globset::GlobSetBuilder::new();
-            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                b.add(globset::Glob::new(p).map_err(|e| format!("{flag} `{p}`: {e}"))?);
-            }
-            b.build().map_err(|e| format!("{flag}: {e}"))
-        };
+    pub fn new(
+        include: Option<&str>,
+        exclude: Option<&str>,
+    ) -> Result<FunctionFilter, crate::globs::PatternError> {
         Ok(FunctionFilter {
-            include: include.map(|l| set(l, "--function-include")).transpose()?,
-            exclude: exclude.map(|l| set(l, "--function-exclude")).transpose()?,
+            include: include
+                .map(|l| crate::globs::parse(l, "--function-include"))
+                .transpose()?,
+            exclude: exclude
+                .map(|l| crate::globs::parse(l, "--function-exclude"))
+                .transpose()?,
         })
     }
 

@@ -75,7 +75,7 @@ impl OtlpSink {
         runtime_version: Box<dyn Fn(u32) -> Option<String>>,
         exporter: Exporter,
     ) -> Result<OtlpSink, String> {
-        let filter = AuditFilter::parse(&config.audit_log_events)?;
+        let filter = AuditFilter::parse(&config.audit_log_events).map_err(|e| e.to_string())?;
         Ok(OtlpSink {
             clock,
             resources: Resources::new(config.resource_command_line, runtime_version),
