@@ -136,34 +136,106 @@ pub use super::config_file::{
     read_file, FileAudit, FileBatch, FileConfig, FileMetrics, FileOtlp, FileResource,
 };
 
+/// A setting pyusdt cannot use, with what to give instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read --config {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--config {}: {source}", path.display())]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{name}={value}: expected milliseconds")]
+    Milliseconds { name: String, value: String },
+    #[error("{name}={value}: expected a positive integer")]
+    Count { name: String, value: String },
+    #[error("--otlp-protocol: {0}")]
+    ProtocolFlag(Box<ConfigError>),
+    #[error(
+        "--otlp-file is written only by the file exporter, and the exporter is `{0}`: drop \
+         --otlp-file, or use --exporter file"
+    )]
+    FileWithoutFileExporter(String),
+    #[error("--exporter file needs --otlp-file PATH (or `file` in --config)")]
+    FileExporterWithoutPath,
+    #[error("mixing grpc and http/protobuf between signals is not supported")]
+    MixedProtocols,
+    #[error("unknown exporter `{0}`: choose otlp, console or file")]
+    UnknownExporter(String),
+    #[error("{OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={0}: expected cumulative, delta or lowmemory")]
+    Temporality(String),
+    #[error(transparent)]
+    AuditPatterns(#[from] crate::globs::PatternError),
+    #[error("OTLP protocol http/json is not supported: use http/protobuf or grpc")]
+    JsonProtocol,
+    #[error("unknown OTLP protocol `{0}`: use grpc or http/protobuf")]
+    UnknownProtocol(String),
+    #[error(
+        "OTLP endpoint `{0}` must start with http:// or https:// (e.g. http://127.0.0.1:4318)"
+    )]
+    Endpoint(String),
+    #[error("OTLP header name `{0}` is not a valid HTTP header name")]
+    HeaderName(String),
+    #[error("OTLP header `{0}` has control characters in its value")]
+    HeaderValue(String),
+    #[error("OTLP timeout `{0}`: expected milliseconds")]
+    Timeout(String),
+    #[error("OTLP compression `{0}`: use gzip or none")]
+    Compression(String),
+    #[error(
+        "{0} (client certificates for mutual TLS) is not supported yet; terminate mutual TLS \
+         in a local Collector and export to it"
+    )]
+    ClientCertificate(String),
+    #[error("OTLP CA certificate {} ({source_name}): {problem}", path.display())]
+    Certificate {
+        path: PathBuf,
+        /// Where the path was given (the variable, or the configuration file).
+        source_name: String,
+        problem: String,
+    },
+}
+
 impl ExportConfig {
     /// Resolves the configuration. `env` looks up environment variables (std::env::var in
     /// production, a map in tests).
     pub fn resolve(
         flags: &ExportFlags,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<ExportConfig, String> {
+    ) -> Result<ExportConfig, ConfigError> {
         let file = match &flags.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let ms = |name: &str, v: Option<String>| -> Result<Option<Duration>, String> {
+        let ms = |name: &str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
             v.map(|s| {
                 s.trim()
                     .parse::<u64>()
                     .map(Duration::from_millis)
-                    .map_err(|_| format!("{name}={s}: expected milliseconds"))
+                    .map_err(|_| ConfigError::Milliseconds {
+                        name: name.into(),
+                        value: s.clone(),
+                    })
             })
             .transpose()
         };
-        let count = |name: &str, v: Option<String>| -> Result<Option<usize>, String> {
+        let count = |name: &str, v: Option<String>| -> Result<Option<usize>, ConfigError> {
             v.map(|s| {
                 s.trim()
                     .parse::<usize>()
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("{name}={s}: expected a positive integer"))
+                    .ok_or_else(|| ConfigError::Count {
+                        name: name.into(),
+                        value: s.clone(),
+                    })
             })
             .transpose()
         };
@@ -176,7 +248,7 @@ impl ExportConfig {
             || file.otlp.endpoint.is_some();
         // A flag that would otherwise be ignored silently is an error, or says what it means.
         if let Some(p) = &flags.otlp_protocol {
-            parse_protocol(p).map_err(|e| format!("--otlp-protocol: {e}"))?;
+            parse_protocol(p).map_err(|e| ConfigError::ProtocolFlag(Box::new(e)))?;
         }
         let kind = flags
             .exporter
@@ -193,10 +265,7 @@ impl ExportConfig {
                 .into()
             });
         if flags.otlp_file.is_some() && kind != "file" {
-            return Err(format!(
-                "--otlp-file is written only by the file exporter, and the exporter is \
-                 `{kind}`: drop --otlp-file, or use --exporter file"
-            ));
+            return Err(ConfigError::FileWithoutFileExporter(kind));
         }
         let exporter = match kind.as_str() {
             "console" => ExporterKind::Console,
@@ -205,28 +274,22 @@ impl ExportConfig {
                     .otlp_file
                     .clone()
                     .or(file.file.clone())
-                    .ok_or("--exporter file needs --otlp-file PATH (or `file` in --config)")?,
+                    .ok_or(ConfigError::FileExporterWithoutPath)?,
             ),
             "otlp" => {
                 let signals: Vec<(Signal, SignalConfig)> = Signal::ALL
                     .iter()
                     .map(|&s| Ok((s, signal_config(s, flags, &file, &env)?)))
-                    .collect::<Result<_, String>>()?;
+                    .collect::<Result<_, ConfigError>>()?;
                 if signals
                     .iter()
                     .any(|(_, c)| c.protocol != signals[0].1.protocol)
                 {
-                    return Err(
-                        "mixing grpc and http/protobuf between signals is not supported".into(),
-                    );
+                    return Err(ConfigError::MixedProtocols);
                 }
                 ExporterKind::Otlp(signals)
             }
-            other => {
-                return Err(format!(
-                    "unknown exporter `{other}`: choose otlp, console or file"
-                ))
-            }
+            other => return Err(ConfigError::UnknownExporter(other.into())),
         };
 
         let temporality = match env(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE)
@@ -237,18 +300,14 @@ impl ExportConfig {
             None | Some("cumulative") => Temporality::Cumulative,
             // lowmemory: delta for counters and histograms, which is all pyusdt exports.
             Some("delta") | Some("lowmemory") => Temporality::Delta,
-            Some(other) => {
-                return Err(format!(
-                    "{OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={other}: expected cumulative, delta or lowmemory"
-                ))
-            }
+            Some(other) => return Err(ConfigError::Temporality(other.into())),
         };
         let audit_log_events = flags
             .audit_log_events
             .clone()
             .or(file.audit.log_events.as_ref().map(|v| v.join(",")))
             .unwrap_or_else(|| "*".into());
-        crate::model::logs::AuditFilter::parse(&audit_log_events).map_err(|e| e.to_string())?;
+        crate::model::logs::AuditFilter::parse(&audit_log_events)?;
         Ok(ExportConfig {
             exporter,
             temporality,
@@ -334,29 +393,22 @@ fn clear_text_host(url: &str) -> Option<&str> {
 }
 
 /// `grpc` or `http/protobuf`, with what to do otherwise.
-fn parse_protocol(name: &str) -> Result<Protocol, String> {
+fn parse_protocol(name: &str) -> Result<Protocol, ConfigError> {
     match name.trim() {
         "grpc" => Ok(Protocol::Grpc),
         "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        "http/json" => {
-            Err("OTLP protocol http/json is not supported: use http/protobuf or grpc".into())
-        }
-        other => Err(format!(
-            "unknown OTLP protocol `{other}`: use grpc or http/protobuf"
-        )),
+        "http/json" => Err(ConfigError::JsonProtocol),
+        other => Err(ConfigError::UnknownProtocol(other.into())),
     }
 }
 
 /// An endpoint as the user gave it, before /v1/<signal> is appended: an error names it as
 /// given, not as derived (`not-a-url/v1/traces`).
-fn check_endpoint(url: &str) -> Result<(), String> {
+fn check_endpoint(url: &str) -> Result<(), ConfigError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
-        Err(format!(
-            "OTLP endpoint `{url}` must start with http:// or https:// \
-             (e.g. http://127.0.0.1:4318)"
-        ))
+        Err(ConfigError::Endpoint(url.into()))
     }
 }
 
@@ -365,7 +417,7 @@ fn signal_config(
     flags: &ExportFlags,
     file: &FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<SignalConfig, String> {
+) -> Result<SignalConfig, ConfigError> {
     let per = |suffix: &str| {
         env(&format!(
             "OTEL_EXPORTER_OTLP_{}_{suffix}",
@@ -424,21 +476,17 @@ fn signal_config(
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !name_ok {
-            return Err(format!(
-                "OTLP header name `{k}` is not a valid HTTP header name"
-            ));
+            return Err(ConfigError::HeaderName(k.clone()));
         }
         if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(format!(
-                "OTLP header `{k}` has control characters in its value"
-            ));
+            return Err(ConfigError::HeaderValue(k.clone()));
         }
     }
     let timeout_ms = match per("TIMEOUT").or_else(|| env(OTEL_EXPORTER_OTLP_TIMEOUT)) {
         Some(s) => s
             .trim()
             .parse::<u64>()
-            .map_err(|_| format!("OTLP timeout `{s}`: expected milliseconds"))?,
+            .map_err(|_| ConfigError::Timeout(s.clone()))?,
         None => file.otlp.timeout_ms.unwrap_or(10_000),
     };
     let gzip = match per("COMPRESSION")
@@ -449,16 +497,13 @@ fn signal_config(
     {
         None | Some("none") => false,
         Some("gzip") => true,
-        Some(other) => return Err(format!("OTLP compression `{other}`: use gzip or none")),
+        Some(other) => return Err(ConfigError::Compression(other.into())),
     };
     // Client certificates (mutual TLS) are not implemented: refuse rather than connect without.
     for suffix in ["CLIENT_CERTIFICATE", "CLIENT_KEY"] {
         let general = format!("OTEL_EXPORTER_OTLP_{suffix}");
         if env(&general).is_some() || per(suffix).is_some() {
-            return Err(format!(
-                "{general} (client certificates for mutual TLS) is not supported yet; \
-                 terminate mutual TLS in a local Collector and export to it"
-            ));
+            return Err(ConfigError::ClientCertificate(general));
         }
     }
     let per_signal = format!("OTEL_EXPORTER_OTLP_{}_CERTIFICATE", signal.env_infix());
@@ -489,21 +534,21 @@ fn signal_config(
 
 /// The CA file of OTEL_EXPORTER_OTLP_CERTIFICATE: read now, so that a wrong path or a file that
 /// is not PEM stops pyusdt at start-up instead of failing every export later.
-fn read_pem_certificates(path: &Path, source: &str) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("OTLP CA certificate {} ({source}): {e}", path.display()))?;
+fn read_pem_certificates(path: &Path, source: &str) -> Result<Vec<u8>, ConfigError> {
+    let problem = |problem: String| ConfigError::Certificate {
+        path: path.to_path_buf(),
+        source_name: source.to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
     // Parsed now: the gRPC client would skip a certificate it cannot parse, and then every
     // export would fail on an untrusted collector although the CA was given.
     match reqwest::Certificate::from_pem_bundle(&pem) {
         Ok(certs) if !certs.is_empty() => Ok(pem),
-        Ok(_) => Err(format!(
-            "OTLP CA certificate {} ({source}): no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
-            path.display()
+        Ok(_) => Err(problem(
+            "no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)".into(),
         )),
-        Err(e) => Err(format!(
-            "OTLP CA certificate {} ({source}): not a valid PEM certificate: {e}",
-            path.display()
-        )),
+        Err(e) => Err(problem(format!("not a valid PEM certificate: {e}"))),
     }
 }
 
@@ -512,12 +557,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The configuration, or the error's message as the user reads it.
     fn resolve(flags: ExportFlags, vars: &[(&str, &str)]) -> Result<ExportConfig, String> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        ExportConfig::resolve(&flags, &move |k| map.get(k).cloned())
+        ExportConfig::resolve(&flags, &move |k| map.get(k).cloned()).map_err(|e| e.to_string())
     }
 
     fn otlp(c: &ExportConfig, s: Signal) -> SignalConfig {

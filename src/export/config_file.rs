@@ -84,8 +84,14 @@ pub struct FileResource {
     pub command_line: Option<bool>,
 }
 
-pub fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+pub fn read_file(path: &Path) -> Result<FileConfig, super::config::ConfigError> {
+    use super::config::ConfigError;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }

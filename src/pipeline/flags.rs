@@ -30,7 +30,8 @@ pub fn check(args: &TraceArgs, env: &dyn Fn(&str) -> Option<String>) -> CliResul
         audit_args: args.audit_args,
         resource_command_line: args.resource_command_line,
     };
-    let export = ExportConfig::resolve(&flags, env).map_err(|e| CliError::new(Exit::Usage, e))?;
+    let export = ExportConfig::resolve(&flags, env)
+        .map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
     // Said before any usage error below, as it always was.
     if let Some(warning) = export.clear_text_header_warning() {
         tracing::warn!("{warning}");
