@@ -316,3 +316,84 @@ fn run_warns_when_the_command_python_has_no_markers() {
     );
     assert!(stderr.contains("no events"), "{stderr}");
 }
+
+/// Issue 23, item 7: what pyusdt says is true. A program that is not Python is named as such
+/// (`run -- /bin/ls`, `top --pid`/`flow --pid` of a `sleep`), not sent to rebuild a Python with
+/// --with-dtrace; a --enable-shared interpreter is not said to be untraced when its libpython
+/// is attached; function probes that cannot work say why even with -q.
+#[test]
+fn messages_name_what_is_not_python_and_what_is_traced() {
+    if !require_bpf("messages_name_what_is_not_python_and_what_is_traced") {
+        return;
+    }
+    let out = pyusdt()
+        .args(["run", "--", "/bin/ls", "/"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/bin/ls is not a Python program"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no events: /bin/ls is not a Python program"),
+        "{stderr}"
+    );
+
+    let sleeper = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = sleeper.0.id().to_string();
+    for cmd in [
+        &["top", "--once", "--pid", &pid][..],
+        &["flow", "--pid", &pid][..],
+    ] {
+        let out = pyusdt().args(cmd).output().unwrap();
+        assert_error(
+            &out,
+            4,
+            &[&format!(
+                "PID {pid} (/usr/bin/sleep) is not a Python process"
+            )],
+        );
+        let (_, stderr) = text(&out);
+        assert!(!stderr.contains("--with-dtrace"), "{cmd:?}: {stderr}");
+    }
+
+    // 3.11 without line mode: entries do not fire, so no function spans; said with -q too.
+    let out = pyusdt()
+        .args(["run", "-q", "--probes", "function", "--"])
+        .arg(SYSTEM_PYTHON)
+        .args(["-c", "pass"])
+        .output()
+        .unwrap();
+    assert_error(
+        &out,
+        1,
+        &["no function spans: /usr/bin/python3.11", "--line-mode"],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("none of the selected markers"), "{stderr}");
+
+    // A --enable-shared 3.9 running: traced through its libpython, no warning about it.
+    if let Some(i) = interpreters().into_iter().find(|i| i.minor == 9) {
+        let busy = Reaped(
+            Command::new(&i.python)
+                .args(["-c", "import time; time.sleep(30)"])
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = pyusdt()
+            .args(["top", "--once", "--interval", "0.2"])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("python3.9 (CPython 3.9) has no markers"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("libpython3.9.so.1.0"), "{stderr}");
+        drop(busy);
+    }
+}

@@ -56,6 +56,11 @@ impl<'obj> Tracer<'obj> {
         Ok(attached)
     }
 
+    /// The probes the tracer was loaded for (`--probes`).
+    pub fn selected_probes(&self) -> &crate::probes::ProbeSet {
+        &self.options.probes
+    }
+
     /// The files refused because the bound was reached, since the last call: once files are
     /// released, the caller looks at them again (discovery skips files examined before).
     pub fn take_refused_for_bound(&mut self) -> Vec<(u64, u64)> {

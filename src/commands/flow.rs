@@ -26,7 +26,11 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
     }
     // The interpreter files the process uses.
     let (binaries, resolved) = if let Some(pid) = args.pid {
-        let files = process::files_of(pid)?.via_proc_root();
+        let files = process::files_of(pid)?;
+        if !files.runs_python() {
+            return Err(crate::pipeline::not_python_error(&files, pid));
+        }
+        let files = files.via_proc_root();
         let binaries: Vec<Binary> = files.iter().filter_map(|f| Binary::open(f).ok()).collect();
         (binaries, None)
     } else {

@@ -49,12 +49,20 @@ pub fn run(args: &RunArgs) -> CliResult<i32> {
         None,
     )?;
     if session.attach_all(&binaries) == 0 {
+        session.warn_without_function_probes();
         return Err(CliError::new(
             Exit::Failure,
             "could not attach to any interpreter file (see the warnings above)",
         ));
     }
     session.warn_without_function_probes();
+    if command_interpreter(&resolved).is_none() {
+        let program = resolved.display().to_string();
+        tracing::info!(
+            "{program} is not a Python program: the Python processes it starts are traced"
+        );
+        session.note_not_python(&program);
+    }
     // The command is a child of this process: the fork tracepoint adds it to the traced set
     // before it runs a single instruction of its own.
     session.tracer.follow_children_of_self()?;

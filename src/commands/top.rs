@@ -51,7 +51,11 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     // --pid: that process's own files, probes for it alone (no other process pays).
     let (binaries, attach_pid) = match (args.pid, with_command) {
         (Some(pid), false) => {
-            let files = crate::discover::process::files_of(pid as i32)?.via_proc_root();
+            let files = crate::discover::process::files_of(pid as i32)?;
+            if !files.runs_python() {
+                return Err(crate::pipeline::not_python_error(&files, pid as i32));
+            }
+            let files = files.via_proc_root();
             let found: Vec<_> = files
                 .iter()
                 .filter_map(|f| crate::discover::Binary::open(f).ok())

@@ -152,6 +152,27 @@ pub struct Candidate {
 
 impl ProcessFiles {
     /// As `/proc/PID/root/…` paths: always the process's own files, whatever its namespace.
+    /// Whether the process runs CPython at all: it maps a libpython, or its executable is
+    /// named like an interpreter or is a CPython (static build, or an embedder carrying one).
+    pub fn runs_python(&self) -> bool {
+        if !self.libs.is_empty() {
+            return true;
+        }
+        let Some(exe) = self.inner.first() else {
+            return false;
+        };
+        exe.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_python_name)
+            || super::Binary::open(&host_path(self.pid, exe))
+                .is_ok_and(|b| b.version.is_some() || b.has_python_markers())
+    }
+
+    /// The executable, as the process sees it.
+    pub fn executable(&self) -> Option<&Path> {
+        self.inner.first().map(PathBuf::as_path)
+    }
+
     pub fn via_proc_root(&self) -> Vec<PathBuf> {
         self.inner.iter().map(|p| host_path(self.pid, p)).collect()
     }

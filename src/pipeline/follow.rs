@@ -19,10 +19,12 @@ impl Session<'_> {
             }
             // Per-process probes are attached later, per process: the file counts as attached.
             let mut per_process = false;
+            let mut refused_functions = false;
             if let Some(f) = &self.functions {
                 let mut f = f.borrow_mut();
                 if f.wants_functions() {
                     if let Err(why) = f.function_markers(b) {
+                        refused_functions = true;
                         tracing::info!("{}: no function spans: {why}", b.path.display());
                         self.function_refusals
                             .push(format!("{}: {why}", b.path.display()));
@@ -45,10 +47,20 @@ impl Session<'_> {
                     }
                     n += 1;
                 }
+                // The file's function markers cannot give spans (said above, and again by
+                // `warn_without_function_probes` if no file can): nothing more to say.
+                Ok(markers) if markers.is_empty() && refused_functions => {}
                 Ok(markers) if markers.is_empty() => {
+                    let selected: Vec<&str> = self
+                        .tracer
+                        .selected_probes()
+                        .iter()
+                        .flat_map(|p| p.markers().iter().copied())
+                        .collect();
                     tracing::warn!(
-                        "{}: none of the selected markers is in this file",
-                        b.path.display()
+                        "{} has none of the selected markers ({}): not attached",
+                        b.path.display(),
+                        selected.join(", ")
                     )
                 }
                 Ok(markers) => {
@@ -93,6 +105,11 @@ impl Session<'_> {
         for why in &self.function_refusals {
             tracing::warn!("no function spans: {why}");
         }
+    }
+
+    /// `run`'s command is not a Python program: the summary says so when nothing was traced.
+    pub fn note_not_python(&mut self, program: &str) {
+        self.sinks.summary.note_not_python(program);
     }
 
     /// Names `run`'s command in the summary before its first event (it may be gone by the

@@ -68,13 +68,53 @@ pub fn interpreters_to_trace(
                 ),
             ));
         }
-        tracing::warn!(
-            "{} (CPython {}) has no markers: processes using it are not traced",
-            b.path.display(),
-            b.version.map_or_else(|| "?".into(), |v| v.to_string())
-        );
+        let version = b.version.map_or_else(|| "?".into(), |v| v.to_string());
+        // A --enable-shared build: its processes are traced through the libpython it links.
+        match b.linked_libpython() {
+            Some(lib) if traced_through(&lib, &found.with_markers) => tracing::debug!(
+                "{} (CPython {version}) is traced through {}",
+                b.path.display(),
+                lib.display()
+            ),
+            Some(lib) => tracing::warn!(
+                "{} (CPython {version}) has no markers, nor has the {} it links: processes \
+                 using it are not traced",
+                b.path.display(),
+                lib.display()
+            ),
+            None => tracing::warn!(
+                "{} (CPython {version}) has no markers: processes using it are not traced",
+                b.path.display()
+            ),
+        }
     }
     Ok(found.with_markers)
+}
+
+/// Whether `lib` (a libpython an executable links) is one of the files to attach, by device
+/// and inode (it may have been found under another path).
+fn traced_through(lib: &std::path::Path, attached: &[Binary]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = crate::discover::safe_open::split_proc_root(lib)
+        .and_then(|(pid, inner)| crate::discover::safe_open::id_in_root(pid, &inner))
+        .or_else(|| std::fs::metadata(lib).ok().map(|m| (m.dev(), m.ino())));
+    id.is_some_and(|id| attached.iter().any(|b| b.id == id))
+}
+
+/// The error for `--pid` naming a process that does not run CPython (`top --pid` on a
+/// `sleep`): not a missing `--with-dtrace`.
+pub fn not_python_error(files: &crate::discover::process::ProcessFiles, pid: i32) -> CliError {
+    let exe = files.executable().map_or_else(
+        || "?".into(),
+        |p| crate::text::safe(&p.to_string_lossy()).into_owned(),
+    );
+    CliError::new(
+        Exit::NoMarkers,
+        format!(
+            "PID {pid} ({exe}) is not a Python process: it runs no CPython interpreter and maps \
+             no libpython"
+        ),
+    )
 }
 
 /// The error for "nothing to attach to".

@@ -65,6 +65,9 @@ pub struct Summary {
     retired_calls: u64,
     /// Function probes per process: what the interpreter's markers do, and the sampling.
     sampling: Option<SamplingTable>,
+    /// `run`'s command when it is not a Python program (`run -- /bin/ls`): named when nothing
+    /// was traced.
+    not_python: Option<String>,
 }
 
 struct ProcessSummary {
@@ -188,6 +191,11 @@ impl Summary {
 
     /// Names a process before its events arrive (a short-lived command may be gone by then);
     /// the first name given wins.
+    /// `run`'s command is not a Python program: said when no event came.
+    pub fn note_not_python(&mut self, program: &str) {
+        self.not_python = Some(program.to_string());
+    }
+
     pub fn name_process(&mut self, pid: u32, command: &str) {
         self.processes.entry(pid).or_insert_with(|| {
             let mut p = ProcessSummary::new(short_command(command), u64::MAX);

@@ -193,10 +193,17 @@ impl Summary {
             );
         }
         if total == 0 && calls == 0 {
-            let _ = writeln!(
-                out,
-                "  no events: no traced process used an attached interpreter"
-            );
+            let _ = match &self.not_python {
+                Some(program) => writeln!(
+                    out,
+                    "  no events: {program} is not a Python program, and started no Python \
+                     process using an attached interpreter"
+                ),
+                None => writeln!(
+                    out,
+                    "  no events: no traced process used an attached interpreter"
+                ),
+            };
         }
         out
     }
