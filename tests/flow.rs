@@ -114,3 +114,85 @@ fn without_unreturned_entries(traced: Vec<(String, String)>) -> (Vec<(String, St
         .collect();
     (kept, n)
 }
+
+/// `flow --pid` on a process already running a nested loop (step → handler → fib): the tree
+/// is indented from the first entry seen, as with a command (issue 23, item 5: every line at
+/// depth 0 once). A return of a frame entered before the attach ends nothing seen.
+#[test]
+fn flow_pid_of_a_running_process_shows_the_nesting() {
+    if !require_bpf("flow_pid_of_a_running_process_shows_the_nesting") {
+        return;
+    }
+    let Some(interp) = interpreter_with_entries("flow --pid") else {
+        return;
+    };
+    let code = "import time\n\
+                def fib(n): return n if n < 2 else fib(n - 1) + fib(n - 2)\n\
+                def handler(): return fib(3)\n\
+                def step():\n    while True:\n        handler()\n        time.sleep(0.001)\n\
+                step()\n";
+    let busy = Reaped(
+        std::process::Command::new(&interp.python)
+            .args(["-c", code])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut flow = Reaped(
+        pyusdt()
+            .args(["flow", "--pid", &busy.0.id().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Read as it comes: a full pipe would stop flow.
+    let mut stdout = flow.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop(
+        &mut flow.0,
+        libc::SIGINT,
+        std::time::Duration::from_secs(20),
+    );
+    let out = reader.join().unwrap();
+    // The indentation of each entry, by function.
+    let indent = |l: &str| {
+        let rest = l.trim_start().splitn(3, ' ').nth(2).unwrap_or("");
+        rest.len() - rest.trim_start().len()
+    };
+    // From the first handler entry on (fib calls seen before it began before the attach).
+    let from_handler: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !(l.contains("-> ") && l.ends_with(":handler:3")))
+        .collect();
+    let entries = |suffix: &str| -> Vec<usize> {
+        from_handler
+            .iter()
+            .filter(|l| l.contains("-> ") && l.ends_with(suffix))
+            .map(|l| indent(l))
+            .collect()
+    };
+    let handlers = entries(":handler:3");
+    let fibs = entries(":fib:2");
+    assert!(
+        handlers.len() >= 3 && fibs.len() >= 9,
+        "too few calls seen:\n{out}"
+    );
+    let h = handlers.iter().min().unwrap();
+    assert!(
+        fibs.iter().all(|f| f > h),
+        "fib is not indented below handler:\n{}",
+        out.lines().take(40).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        fibs.iter().max().unwrap() >= &(h + 6),
+        "fib's recursion is not indented:\n{}",
+        out.lines().take(40).collect::<Vec<_>>().join("\n")
+    );
+}
