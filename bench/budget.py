@@ -14,10 +14,14 @@ a loop, one `builtins.id` audit event per object, on Debian's python3.11) untrac
 and a light child process raise a rare audit event (`bench.rare`); the table says how many of
 each arrived: all of the light process's, and about the observed share of the sampled one's.
 
+short: processes of 0.2, 0.5 and 1 s (bench/short_work.py: fib(15) calls on the 3.9 build, id()
+audit events on python3.11), ten in a row under one `pyusdt run --max-overhead 5` as a test
+runner starts them, interleaved with batches run untraced: each process's own wall time.
+
 Prints the median throughput of each mode and its ratio to untraced, and what pyusdt's summary
 says of the sampling. Needs root and a release build; fails loudly otherwise.
 
-    python3 bench/budget.py [--only function|top|audit] [--runs 3] [--seconds 10]
+    python3 bench/budget.py [--only function|top|audit|short] [--runs 3] [--seconds 10]
         [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9] [--audit-python /usr/bin/python3.11]
 
 Function spans need function__entry: a 3.8-3.10 interpreter (the default, built by
@@ -171,18 +175,75 @@ def audit_budget(args):
               f"light process {child[0]}/{child[1]}")
 
 
+SHORT_WORK = os.path.join(ROOT, "bench", "short_work.py")
+
+
+def libpython(python):
+    """The libpython a --enable-shared interpreter links (where its markers are), or None."""
+    out = subprocess.run(["ldd", python], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "libpython" in line and "=>" in line:
+            return line.split("=>")[1].split()[0]
+    return None
+
+
+def batch(prefix, python, kind, n, count):
+    """`count` short processes one after the other, under `prefix` (a pyusdt run, or nothing):
+    the wall time each measured of itself."""
+    loop = f'for i in $(seq {count}); do {python} {SHORT_WORK} {kind} {n}; done'
+    out = run(prefix + ["sh", "-c", loop]).stdout
+    return [float(x) for x in out.split()]
+
+
+def short_budget(args):
+    """Processes of 0.2, 0.5 and 1 s, many in a row under one `pyusdt run --max-overhead 5`
+    (as a test runner or a shell loop starts them), interleaved with batches run untraced: each
+    process's own wall time, traced against untraced. The first process of a kind is not known
+    yet and pays until its budget converges; the next ones are sampled from their start."""
+    cases = [("function", args.python), ("audit", args.audit_python)]
+    for kind, python in cases:
+        lib = libpython(python)
+        probe = ["--probes", kind] + (["--python", lib] if lib else [])
+        traced = [PYUSDT, "run", "--quiet", "--max-overhead", "5"] + probe + ["--"]
+        # Work per process for each length, from one untraced process of known work.
+        unit = 200 if kind == "function" else 1_000_000
+        per_unit = statistics.median(batch([], python, kind, unit * 5, 3)) / (unit * 5)
+        minor = run([python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
+        print(f"{kind} ({'fib(15) calls' if kind == 'function' else 'id() audit events'}), "
+              f"CPython 3.{minor}, --max-overhead 5: {args.short_count} processes per batch, "
+              f"{args.runs} interleaved batches each")
+        print(f"{'length':<8} {'untraced s':>11} {'traced s':>9} {'median':>8} {'mean':>7} "
+              f"{'first':>7}")
+        for length in (0.2, 0.5, 1.0):
+            n = max(1, int(length / per_unit))
+            untraced, under, first = [], [], []
+            for _ in range(args.runs):
+                untraced += batch([], python, kind, n, args.short_count)
+                times = batch(traced, python, kind, n, args.short_count)
+                first.append(times[0])
+                under += times
+            base = statistics.median(untraced)
+            print(f"{length:<8g} {base:>11.3f} {statistics.median(under):>9.3f} "
+                  f"{statistics.median(under) / base:>7.3f}x {statistics.mean(under) / base:>6.3f}x "
+                  f"{statistics.median(first) / base:>6.2f}x")
+        print("(median and mean: every traced process against the untraced median; first: the "
+              "first process of each batch, whose kind was not known yet)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["function", "top", "audit"])
+    parser.add_argument("--only", choices=["function", "top", "audit", "short"])
+    parser.add_argument("--short-count", type=int, default=10,
+                        help="short processes per batch (--only short)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--python", default="/var/cache/pyusdt-test/python-3.9/bin/python3.9")
     parser.add_argument("--audit-python", default="/usr/bin/python3.11")
     args = parser.parse_args()
     needs = [PYUSDT]
-    if args.only in (None, "function", "top"):
+    if args.only in (None, "function", "top", "short"):
         needs.append(args.python)
-    if args.only in (None, "audit"):
+    if args.only in (None, "audit", "short"):
         needs.append(args.audit_python)
     for need in needs:
         if not os.path.exists(need):
@@ -195,6 +256,8 @@ def main():
         top_budget(args)
     if args.only in (None, "audit"):
         audit_budget(args)
+    if args.only in (None, "short"):
+        short_budget(args)
 
 
 if __name__ == "__main__":

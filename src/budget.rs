@@ -50,6 +50,9 @@ const MIN_RATIO: f64 = 0.002;
 const SMOOTHING: f64 = 0.25;
 /// System time a short stretch must show before an always-on process is judged on it.
 const MIN_EVIDENCE_NS: u64 = 50_000_000;
+/// The shortest stretch with the probes on that says what they cost a process's kind (five
+/// clock ticks: coarse, but a short process has no more to give).
+const LEARN_AFTER: Duration = Duration::from_millis(50);
 
 /// What to do with a process's function probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,51 @@ impl ProcessBudget {
             last_on: ON_WINDOW,
             off_since: now,
         }
+    }
+
+    /// A process of a kind (the same interpreter running the same program) whose probes were
+    /// measured before at `share` of its time: sampled from its start, so that a process
+    /// too short for the budget to converge (a command-line tool, a test worker) pays no more
+    /// than the budget either. Its probes start detached, and its first window comes at the
+    /// point `phase` (0 to 1, random) of a cycle: of many short processes, that share is
+    /// observed, each paying the budget on average. A cheap kind starts as `new` does.
+    pub fn learned(
+        max_share: f64,
+        user_space_factor: f64,
+        now: Instant,
+        cost_ns: u64,
+        share: f64,
+        phase: f64,
+    ) -> ProcessBudget {
+        let mut b = ProcessBudget::new(Some(max_share), user_space_factor, now, cost_ns);
+        let ratio = (max_share / share.max(f64::MIN_POSITIVE)).clamp(MIN_RATIO, 1.0);
+        if ratio >= 1.0 {
+            return b;
+        }
+        b.ratio = ratio;
+        b.on = false;
+        b.smoothed_share = Some(share);
+        let off_for = ON_WINDOW.mul_f64(1.0 / ratio - 1.0);
+        b.off_since = now
+            .checked_sub(off_for.mul_f64(phase.clamp(0.0, 1.0)))
+            .unwrap_or(now);
+        b
+    }
+
+    /// What the probes cost the process, as a share of its time, as far as known at `now`:
+    /// the moving average of its measured windows, else the current stretch with the probes
+    /// on once it is `LEARN_AFTER` long. For `learned` processes of the same kind.
+    pub fn known_share(&self, now: Instant, cost_ns: u64) -> Option<f64> {
+        if self.smoothed_share.is_some() {
+            return self.smoothed_share;
+        }
+        let elapsed = now.duration_since(self.phase_start);
+        if !self.on || self.switching.is_some() || elapsed < LEARN_AFTER {
+            return None;
+        }
+        let share =
+            cost_ns.saturating_sub(self.phase_cost) as f64 / elapsed.as_nanos().max(1) as f64;
+        Some(((share - self.baseline_share) * self.user_space_factor).clamp(0.0, 1.0))
     }
 
     /// Whether the probes are attached.
@@ -383,6 +431,39 @@ mod tests {
         assert_eq!(b.tick(t0 + ms(1000), 10_000_000), None);
         assert!(b.is_on());
         assert_eq!(b.ratio(), 1.0);
+    }
+
+    #[test]
+    fn a_known_costly_kind_starts_sampled() {
+        // Measured at 60 % before: within 5 %, the probes are on 1/12 of the time, starting
+        // detached; at phase 0 its first window comes after a full off time (1.1 s).
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        let mut b = ProcessBudget::learned(0.05, FUNCTION_USER_SPACE_FACTOR, t0, 0, 0.6, 0.0);
+        assert!(!b.is_on());
+        assert!((b.ratio() - 0.05 / 0.6).abs() < 1e-9);
+        assert_eq!(b.tick(t0 + ms(500), 0), None);
+        assert_eq!(b.tick(t0 + ms(1100), 0), Some(Switch::Attach));
+        // At phase 1 it comes at once.
+        let mut b = ProcessBudget::learned(0.05, FUNCTION_USER_SPACE_FACTOR, t0, 0, 0.6, 1.0);
+        assert_eq!(b.tick(t0 + ms(25), 0), Some(Switch::Attach));
+        // A cheap kind starts on, unsampled.
+        let b = ProcessBudget::learned(0.05, FUNCTION_USER_SPACE_FACTOR, t0, 0, 0.01, 0.5);
+        assert!(b.is_on() && b.ratio() == 1.0);
+    }
+
+    #[test]
+    fn a_short_stretch_tells_the_cost_of_its_kind() {
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        let b = ProcessBudget::new(Some(0.05), 1.0, t0, 0);
+        assert_eq!(
+            b.known_share(t0 + ms(30), 20_000_000),
+            None,
+            "too short to say"
+        );
+        let share = b.known_share(t0 + ms(100), 60_000_000).unwrap();
+        assert!((share - 0.6).abs() < 1e-9, "{share}");
     }
 
     #[test]

@@ -35,6 +35,11 @@ struct Followed {
     counter: bool,
     /// Probes detached for good (attaching failed).
     given_up: bool,
+    /// Its kind (`workload_kind`), under a budget: what its probes cost is learned for the
+    /// next process of the kind.
+    kind: Option<u64>,
+    /// What its probes cost it, as far as known (`ProcessBudget::known_share`).
+    known_share: Option<f64>,
 }
 
 pub struct ProcessProbes {
@@ -50,6 +55,12 @@ pub struct ProcessProbes {
     followed: HashMap<u32, Followed>,
     /// PIDs looked at that use none of the files (not looked at again).
     ignored: HashSet<u32>,
+    /// Under a budget: what the probes cost each kind of process (interpreter file and its
+    /// first arguments), learned from the processes of that kind that exited, so that the
+    /// next one is sampled from its start (`ProcessBudget::learned`). Bounded (`MAX_TABLE`).
+    learned: HashMap<u64, f64>,
+    /// Where a learned process's first window falls in its cycle (xorshift state).
+    phase_state: u64,
     /// Executables looked at by `file_at_start` (by device and inode): the added file they
     /// run or link, if any. Bounded (`MAX_TABLE`).
     executables: HashMap<(u64, u64), Option<(u64, u64)>>,
@@ -80,6 +91,11 @@ impl ProcessProbes {
             followed: HashMap::new(),
             ignored: HashSet::new(),
             executables: HashMap::new(),
+            learned: HashMap::new(),
+            phase_state: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+                | 1,
             next_epoch: 1,
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
             last_look: None,
@@ -197,47 +213,69 @@ impl ProcessProbes {
         if functions.is_none() && !audit && !counter {
             return false;
         }
-        let plan = self.plan(functions, audit, epoch);
-        if let Err(e) = tracer.attach_process(&binary, local_pid, host_pid, plan) {
-            tracing::warn!("PID {host_pid}: no per-process probes: {e}");
-            self.ignored.insert(host_pid);
-            return false;
-        }
-        if functions == Some(FunctionMarkers::LineMode) {
-            tracing::warn!(
-                "PID {host_pid} (CPython {}): line mode on for this process alone, so that \
-                 function__entry fires; its code runs on the interpreter's slow tracing path",
-                binary
-                    .version
-                    .map_or_else(|| "3.11".into(), |v| v.to_string())
-            );
-        }
         let now = Instant::now();
         let cost = kernel_time_ns(local_pid, self.ns_per_tick).unwrap_or(0);
+        // The audit marker's hidden user-space share is the larger.
+        let factor = if audit {
+            budget::AUDIT_USER_SPACE_FACTOR
+        } else {
+            budget::FUNCTION_USER_SPACE_FACTOR
+        };
+        let kind = self
+            .max_share
+            .and_then(|_| workload_kind(local_pid, binary.id));
+        let budget = match (self.max_share, kind.and_then(|k| self.learned.get(&k))) {
+            (Some(max), Some(&share)) => {
+                let phase = self.next_phase();
+                tracing::debug!("PID {host_pid}: its kind's probes cost {share:.3} of its time");
+                ProcessBudget::learned(max, factor, now, cost, share, phase)
+            }
+            _ => ProcessBudget::new(self.max_share, factor, now, cost),
+        };
+        // A kind known to cost more than the budget starts detached (sampled from its start).
+        if budget.is_on() {
+            let plan = self.plan(functions, audit, epoch);
+            if let Err(e) = tracer.attach_process(&binary, local_pid, host_pid, plan) {
+                tracing::warn!("PID {host_pid}: no per-process probes: {e}");
+                self.ignored.insert(host_pid);
+                return false;
+            }
+            if functions == Some(FunctionMarkers::LineMode) {
+                tracing::warn!(
+                    "PID {host_pid} (CPython {}): line mode on for this process alone, so that \
+                     function__entry fires; its code runs on the interpreter's slow tracing path",
+                    binary
+                        .version
+                        .map_or_else(|| "3.11".into(), |v| v.to_string())
+                );
+            }
+        }
         self.followed.insert(
             host_pid,
             Followed {
                 local_pid,
                 binary,
-                // The audit marker's hidden user-space share is the larger.
-                budget: ProcessBudget::new(
-                    self.max_share,
-                    if audit {
-                        budget::AUDIT_USER_SPACE_FACTOR
-                    } else {
-                        budget::FUNCTION_USER_SPACE_FACTOR
-                    },
-                    now,
-                    cost,
-                ),
+                budget,
                 hits: FunctionHits::default(),
                 functions,
                 audit,
                 counter,
                 given_up: false,
+                kind,
+                known_share: None,
             },
         );
         true
+    }
+
+    /// A number in [0, 1) for `ProcessBudget::learned` (xorshift64: spread, not secret).
+    fn next_phase(&mut self) -> f64 {
+        let mut x = self.phase_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.phase_state = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A process seen in an event or found by a scan: followed when it maps one of the files.
@@ -425,6 +463,9 @@ impl ProcessProbes {
                     continue;
                 }
             }
+            if let Some(share) = f.budget.known_share(now, stat.stime * ns_per_tick) {
+                f.known_share = Some(share);
+            }
             if let Some(s) = f.budget.tick(now, stat.stime * ns_per_tick) {
                 switches.push((pid, s));
             }
@@ -457,7 +498,17 @@ impl ProcessProbes {
         let mut table = self.table.borrow_mut();
         for pid in exited {
             tracer.detach_process(pid);
-            self.followed.remove(&pid);
+            if let Some(f) = self.followed.remove(&pid) {
+                if let (Some(kind), Some(share)) = (f.kind, f.known_share) {
+                    if self.learned.len() >= MAX_TABLE {
+                        self.learned.clear();
+                    }
+                    // Half the last one, half what was known: a kind's processes vary.
+                    let known = self.learned.get(&kind).map_or(share, |k| (k + share) / 2.0);
+                    self.learned.insert(kind, known);
+                    tracing::debug!("PID {pid} exited: its kind's probes cost {known:.3}");
+                }
+            }
         }
         // Exited processes stay in the table for the summary; an agent seeing thousands come
         // and go keeps only those it still follows.
@@ -478,6 +529,23 @@ impl ProcessProbes {
             );
         }
     }
+}
+
+/// A process's kind, for learning what probes cost it: the interpreter file (`id`) and its
+/// first three arguments (`python3 -m pytest`, `python3 tool.py`), read from /proc/PID/cmdline
+/// (at most 4 KiB: it is the process's to choose).
+fn workload_kind(local_pid: i32, id: (u64, u64)) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::io::Read;
+    let file = std::fs::File::open(format!("/proc/{local_pid}/cmdline")).ok()?;
+    let mut head = Vec::with_capacity(4096);
+    file.take(4096).read_to_end(&mut head).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    for word in head.split(|&b| b == 0).take(3) {
+        word.hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// What the probes can have cost process `local_pid` so far: its system time (the uprobe traps
