@@ -6,13 +6,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::Code;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
 use super::config::{Signal, SignalConfig};
-use super::{Payload, SendError};
+use super::{retry, Payload, SendError};
 use crate::model::wire::Encoded;
 
 struct Target {
@@ -178,18 +177,9 @@ fn request<T>(message: T, config: &SignalConfig) -> tonic::Request<T> {
     req
 }
 
-/// The OTLP specification's retryable gRPC codes.
+/// Retryable, and after how long, as `retry` decides from the code and the status details.
 fn status_error(status: tonic::Status) -> SendError {
-    let retryable = matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::DataLoss
-    );
+    let verdict = retry::grpc_verdict(status.code(), status.details());
     // Transport failures carry their cause (refused, TLS alert …) in the source chain only.
     // The status's own Display dumps that chain in Debug form: its message, then the sources.
     let mut parts = vec![status.message().to_string()];
@@ -203,7 +193,7 @@ fn status_error(status: tonic::Status) -> SendError {
     }
     let cause = parts.join(": ");
     let message = format!("gRPC {:?}: {cause}", status.code());
-    match super::untrusted_certificate(&cause) {
+    match retry::certificate_refused(&status) {
         // Retrying cannot make a certificate trusted.
         Some(hint) => SendError {
             retryable: false,
@@ -211,9 +201,9 @@ fn status_error(status: tonic::Status) -> SendError {
             retry_after: None,
         },
         None => SendError {
-            retryable,
+            retryable: verdict.retryable,
             message,
-            retry_after: None,
+            retry_after: verdict.delay,
         },
     }
 }

@@ -1,7 +1,7 @@
 //! OTLP/HTTP with protobuf bodies through reqwest (rustls with the ring provider), gzip when
-//! asked; 429, 502, 503 and 504 are retried, honouring Retry-After.
+//! asked; which answers are retried, and after how long, is `retry`'s decision.
 use std::io::Write;
-use std::time::Duration;
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
@@ -10,7 +10,7 @@ use prost::bytes::Bytes;
 use prost::Message;
 
 use super::config::{Signal, SignalConfig};
-use super::{Payload, SendError};
+use super::{retry, Payload, SendError};
 
 pub struct HttpTransport {
     /// One client per signal: each may trust its own CA (OTEL_EXPORTER_OTLP_<SIGNAL>_CERTIFICATE).
@@ -58,7 +58,7 @@ impl HttpTransport {
         }
         let resp = req.body(body).send().await.map_err(|e| {
             let cause = super::error_chain(&e);
-            match super::untrusted_certificate(&cause) {
+            match retry::certificate_refused(&e) {
                 // Retrying cannot make a certificate trusted.
                 Some(hint) => fatal(format!("POST {}: {cause}; {hint}", config.url)),
                 // Connection refused, reset, timed out: the collector may come back.
@@ -72,10 +72,8 @@ impl HttpTransport {
         let status = resp.status();
         let retry_after = resp
             .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| retry::retry_after(v.as_bytes(), SystemTime::now()));
         let bytes = resp.bytes().await.unwrap_or_default();
         if status.is_success() {
             let rejected = match signal {
@@ -95,7 +93,7 @@ impl HttpTransport {
             return Ok(rejected.max(0) as u64);
         }
         Err(SendError {
-            retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            retryable: retry::http_retryable(status.as_u16()),
             message: format!("POST {}: HTTP {status}", config.url),
             retry_after,
         })

@@ -7,6 +7,7 @@ pub(crate) mod file;
 mod grpc;
 mod http;
 pub mod prometheus;
+mod retry;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -23,10 +24,6 @@ use config::{ExporterKind, Signal};
 
 /// Batches waiting for the exporter thread; beyond this, new batches are dropped and counted.
 const QUEUE_BATCHES: usize = 64;
-/// Retry budget of one batch while running.
-const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(60);
-const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// An error and its causes, "outer: inner: innermost", without repeats.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -40,20 +37,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     parts.join(": ")
-}
-
-/// What to say when a send failed on the collector's certificate (None: it did not). Retrying
-/// cannot fix a certificate, so such a failure is not retried.
-fn untrusted_certificate(cause: &str) -> Option<&'static str> {
-    let c = cause.to_ascii_lowercase();
-    if c.contains("unknownissuer") || c.contains("unknown issuer") {
-        Some("the collector's certificate is not trusted: set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA")
-    } else if c.contains("invalid peer certificate") {
-        // Expired, not yet valid, or for another name: the CA file would not help.
-        Some("the collector's certificate was refused (see the reason above)")
-    } else {
-        None
-    }
 }
 
 /// Spans and log records arrive encoded (`model::wire`: written without building the prost
@@ -83,10 +66,10 @@ pub struct Batch {
 /// Why a send failed.
 #[derive(Debug)]
 pub struct SendError {
-    /// UNAVAILABLE, 429, 503 …: worth another try.
+    /// UNAVAILABLE, 429, 503 …: worth another try (`retry`).
     pub retryable: bool,
     pub message: String,
-    /// A delay the server asked for (Retry-After).
+    /// A delay the server asked for (Retry-After, RetryInfo).
     pub retry_after: Option<Duration>,
 }
 
@@ -314,7 +297,7 @@ impl Worker {
     async fn deliver(&mut self, batch: Batch) {
         let signal = batch.payload.signal();
         let started = Instant::now();
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = retry::Backoff::default();
         let mut last_failure: Option<String> = None;
         loop {
             if self.past_deadline() {
@@ -365,16 +348,22 @@ impl Worker {
                     }
                     return;
                 }
-                Err(e) if e.retryable && started.elapsed() < MAX_RETRY_ELAPSED => {
+                Err(e) if e.retryable => {
+                    let wait = backoff.wait(e.retry_after);
+                    if let Some(why) = self.beyond_budget(wait, started, e.retry_after) {
+                        ExportStats::add(&self.stats.failed, signal, batch.items);
+                        tracing::warn!("{} export failed: {}; {why}", signal.name(), e.message);
+                        self.stats
+                            .error(format!("{}: {}; {why}", signal.name(), e.message));
+                        return;
+                    }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{} export failed, retrying: {}", signal.name(), e.message);
                     self.say_why_exit_waits(&e.message);
                     self.stats
                         .error(format!("{}: {}", signal.name(), e.message));
                     last_failure = Some(e.message);
-                    let wait = e.retry_after.unwrap_or(backoff).min(MAX_BACKOFF);
                     self.sleep_unless_past_deadline(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
                     ExportStats::add(&self.stats.failed, signal, batch.items);
@@ -407,6 +396,39 @@ impl Worker {
                 left.as_secs_f64()
             );
         }
+    }
+
+    /// Why a retry after `wait` would come too late (None: it would not): past the batch's
+    /// retry budget, or past the flush deadline when stopping. Giving up now frees the thread for
+    /// the batches behind instead of sleeping for nothing.
+    fn beyond_budget(
+        &self,
+        wait: Duration,
+        started: Instant,
+        asked: Option<Duration>,
+    ) -> Option<String> {
+        let budget = retry::MAX_RETRY_ELAPSED.saturating_sub(started.elapsed());
+        let flush = self
+            .stopping
+            .load(Ordering::Relaxed)
+            .then(|| self.shutdown_deadline.lock().ok().and_then(|d| *d))
+            .flatten()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let left = flush.map_or(budget, |f| f.min(budget));
+        if wait < left {
+            return None;
+        }
+        Some(match asked {
+            Some(a) if a >= left => format!(
+                "the collector asked to wait {:.1} s, beyond the {:.1} s left to deliver",
+                a.as_secs_f64(),
+                left.as_secs_f64()
+            ),
+            _ => format!(
+                "not delivered within the retry budget ({} s, or --flush-timeout when stopping)",
+                retry::MAX_RETRY_ELAPSED.as_secs()
+            ),
+        })
     }
 
     async fn sleep_unless_past_deadline(&self, wait: Duration) {
