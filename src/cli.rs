@@ -87,7 +87,7 @@ pub struct FlowArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Seconds per table.
+    /// Seconds per table (with a command: one table, at its exit, after its own output).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub interval: f64,
     /// Rows per table.
