@@ -90,7 +90,7 @@ pub fn run(
                         if paused { " — PAUSED" } else { "" },
                         match sampled {
                             0 => String::new(),
-                            n => format!(" — {n} sampled (--max-overhead): their counts cover part of the time"),
+                            n => format!(" — {n} sampled (--max-overhead): their CALLS are lower bounds"),
                         }
                     )),
                     header,
