@@ -98,7 +98,7 @@ pub fn run(
                 // FILE:LINE gets 3/4 of what the fixed columns leave, and is cut from the left
                 // to fit: the file's name and the line stay visible.
                 let fixed: u16 = 7 + 15 + 11 + 11 + 7 + 6 + 2;
-                let location_width = (body.width.saturating_sub(fixed) * 3 / 4).max(8);
+                let location_width = (body.width.saturating_sub(fixed) / 4 * 3).max(8);
                 let table_rows = rows.iter().map(|r| {
                     TableRow::new(vec![
                         r.pid.to_string(),
