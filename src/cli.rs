@@ -87,7 +87,7 @@ pub struct FlowArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Seconds per table.
+    /// Seconds per table (with a command: one table, at its exit, after its own output).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub interval: f64,
     /// Rows per table.
@@ -108,7 +108,7 @@ pub struct TopArgs {
     /// The share of a process's time the call counter may cost, in percent (e.g. 5), or `off`
     /// (the default). With a budget the counter is attached per process, and a process it
     /// would cost more is counted in short windows only: the table says so, and its counts
-    /// cover that share of the time.
+    /// are the calls made in those windows (a lower bound, not scaled to the whole run).
     #[arg(long, value_name = "PCT", value_parser = parse_max_overhead)]
     pub max_overhead: Option<MaxOverhead>,
     /// A command to run and count the calls of (and of the processes it starts), after `--`.

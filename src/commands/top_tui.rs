@@ -8,7 +8,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Row as TableRow, Table, TableState};
 
-use super::top::{Row, View};
+use super::top::{cut_left, Row, View};
 use crate::attach::Tracer;
 use crate::text::count;
 
@@ -90,34 +90,40 @@ pub fn run(
                         if paused { " — PAUSED" } else { "" },
                         match sampled {
                             0 => String::new(),
-                            n => format!(" — {n} sampled (--max-overhead): their counts cover part of the time"),
+                            n => format!(" — {n} sampled (--max-overhead): their CALLS are lower bounds"),
                         }
                     )),
                     header,
                 );
+                // FILE:LINE gets 3/4 of what the fixed columns leave, and is cut from the left
+                // to fit: the file's name and the line stay visible.
+                let fixed: u16 = 7 + 15 + 11 + 11 + 7 + 6 + 2;
+                let location_width = (body.width.saturating_sub(fixed) / 4 * 3).max(8);
                 let table_rows = rows.iter().map(|r| {
                     TableRow::new(vec![
                         r.pid.to_string(),
+                        r.process.clone(),
                         count(r.calls),
                         format!("{:.1}", r.rate),
                         format!("{:.1}%", r.share),
-                        r.location.clone(),
+                        cut_left(&r.location, location_width.into()),
                         r.function.clone(),
                     ])
                 });
                 let table = Table::new(
                     table_rows,
                     [
-                        Constraint::Length(8),
-                        Constraint::Length(12),
-                        Constraint::Length(12),
                         Constraint::Length(7),
-                        Constraint::Fill(3),
+                        Constraint::Length(15),
+                        Constraint::Length(11),
+                        Constraint::Length(11),
+                        Constraint::Length(7),
+                        Constraint::Length(location_width),
                         Constraint::Fill(1),
                     ],
                 )
                 .header(
-                    TableRow::new(vec!["PID", "CALLS", "CALLS/s", "SHARE", "FILE:LINE", "FUNCTION"])
+                    TableRow::new(vec!["PID", "COMMAND", "CALLS", "CALLS/s", "SHARE", "FILE:LINE", "FUNCTION"])
                         .style(Style::new().add_modifier(Modifier::BOLD)),
                 )
                 .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
