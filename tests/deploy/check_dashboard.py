@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -58,14 +59,39 @@ def read(repo, path):
         return f.read()
 
 
+def semconv_constants(repo):
+    """{CONSTANT: "name"} of opentelemetry-semantic-conventions, at the version Cargo.lock pins,
+    read from its source (src/model/attrs.rs re-exports these constants rather than spelling
+    the names), plus the literal constants attrs.rs defines itself."""
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
+        cwd=repo, check=True, capture_output=True, text=True).stdout)
+    crate = [p for p in meta["packages"] if p["name"] == "opentelemetry-semantic-conventions"]
+    if not crate:
+        raise SystemExit("check_dashboard: opentelemetry-semantic-conventions is not a dependency: update this check")
+    src = os.path.dirname(crate[0]["manifest_path"])
+    consts = {}
+    for part in ("attribute.rs", "metric.rs"):
+        with open(os.path.join(src, "src", part)) as f:
+            consts.update(re.findall(r'pub const (\w+): &str = "([^"]+)";', f.read()))
+    consts.update(re.findall(r'pub const (\w+): &str = "([^"]+)";', read(repo, "src/model/attrs.rs")))
+    # attrs.rs aliases: `pub const GC_GENERATION: &str = CPYTHON_GC_GENERATION;`
+    for alias, target in re.findall(r"pub const (\w+): &str = ([A-Z0-9_]+);", read(repo, "src/model/attrs.rs")):
+        consts[alias] = consts[target]
+    return consts
+
+
 def emitted_metrics(repo):
     """{prometheus name: otel name} for every metric pyusdt builds, by the Collector's mapping."""
     src = "".join(read(repo, p) for p in ("src/model/metrics.rs", "src/report/otlp.rs", "src/report/own.rs"))
     string = r'"((?:[^"\\]|\\[\s\S])*)"'  # a Rust literal; a backslash may end a line
     names = {}
+    consts = semconv_constants(repo)
     found = 0
-    for kind, name, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + string + r",\s*" + string + r",\s*([^,]*),", src, re.S):
+    name_arg = r'(?:' + string + r'|attrs::([A-Z0-9_]+))'
+    for kind, lit, const, _description, rest in re.findall(r"\b(counter|histogram|gauge)\(\s*" + name_arg + r",\s*" + string + r",\s*([^,]*),", src, re.S):
         found += 1
+        name = lit or consts[const]
         base = name.replace(".", "_")
         if kind == "histogram":  # unit "s" (metrics.rs: histogram())
             for suffix in ("_bucket", "_sum", "_count"):
@@ -92,14 +118,14 @@ def emitted_metrics(repo):
 
 def emitted_labels(repo):
     """Attribute keys (data points and resources) as Prometheus labels."""
-    attrs = read(repo, "src/model/attrs.rs")
-    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', attrs))
+    consts = semconv_constants(repo)
     keys = set()
     for path in ("src/model/metrics.rs", "src/report/otlp.rs", "src/report/own.rs", "src/model/resource.rs"):
         for lit, const in re.findall(r'attrs::(?:string|int|boolean|double)\(\s*(?:"([^"]+)"|(?:attrs::)?([A-Z_]+)\b)', read(repo, path)):
-            keys.add(lit or consts.get(const, ""))
-    # Pod metadata (src/k8s/metadata.rs): push("k8s.pod.name", ...).
-    keys |= set(re.findall(r'push\(\s*"([a-z0-9_.]+)"', read(repo, "src/k8s/metadata.rs")))
+            keys.add(lit or consts[const])
+    # Pod metadata (src/k8s/metadata.rs): push(attrs::K8S_POD_NAME, ...) and the workload
+    # kinds' attrs::K8S_<KIND>_NAME.
+    keys |= {consts[c] for c in re.findall(r"attrs::(K8S_[A-Z0-9_]+|CONTAINER_ID)\b", read(repo, "src/k8s/metadata.rs"))}
     keys.discard("")
     return {k.replace(".", "_") for k in keys}
 
