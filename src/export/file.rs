@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Payload, SendError};
+use super::{Payload, SendError, StartError};
 
 pub struct FileTransport {
     out: BufWriter<File>,
@@ -14,23 +14,27 @@ pub struct FileTransport {
 /// Files created by `create_early`, until `create` takes them.
 static EARLY: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
 
-fn open(path: &Path) -> Result<File, String> {
-    File::create(path).map_err(|e| format!("cannot write --otlp-file {}: {e}", path.display()))
+fn open(path: &Path) -> Result<File, StartError> {
+    File::create(path).map_err(|source| StartError::File {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates the file now, for a later `create` of the same path: `agent` creates it as root,
 /// before it becomes a user that may not create it there.
-pub fn create_early(path: &Path) -> Result<(), String> {
+pub fn create_early(path: &Path) -> Result<(), StartError> {
     let file = open(path)?;
+    // A poisoned lock only means a panic elsewhere while it was held: the list is still sound.
     EARLY
         .lock()
-        .map_err(|_| "the early-created files' lock is poisoned".to_string())?
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push((path.to_path_buf(), file));
     Ok(())
 }
 
 impl FileTransport {
-    pub fn create(path: &Path) -> Result<FileTransport, String> {
+    pub fn create(path: &Path) -> Result<FileTransport, StartError> {
         let early = EARLY.lock().ok().and_then(|mut files| {
             let i = files.iter().position(|(p, _)| p == path)?;
             Some(files.swap_remove(i).1)

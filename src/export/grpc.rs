@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
 use super::config::{Signal, SignalConfig};
-use super::{retry, Payload, SendError};
+use super::{retry, Payload, SendError, StartError};
 use crate::model::wire::Encoded;
 
 struct Target {
@@ -27,15 +27,18 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Must run inside a tokio runtime (the channels connect in background tasks).
-    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<GrpcTransport, String> {
-        let target = |s: Signal| -> Result<Target, String> {
+    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<GrpcTransport, StartError> {
+        let target = |s: Signal| -> Result<Target, StartError> {
             let config = signals
                 .iter()
                 .find(|(x, _)| *x == s)
                 .map(|(_, c)| c.clone())
-                .ok_or_else(|| format!("no configuration for {}", s.name()))?;
+                .ok_or(StartError::NoSignal(s.name()))?;
             let mut endpoint = Endpoint::from_str(&config.url)
-                .map_err(|e| format!("bad OTLP endpoint {}: {e}", config.url))?
+                .map_err(|source| StartError::Endpoint {
+                    url: config.url.clone(),
+                    source,
+                })?
                 .timeout(config.timeout)
                 .connect_timeout(config.timeout);
             if config.url.starts_with("https://") {
@@ -52,25 +55,18 @@ impl GrpcTransport {
                     }
                     (Some(pem), false) => tls = tls.ca_certificate(Certificate::from_pem(pem)),
                     (None, true) => tls = tls.with_native_roots(),
-                    (None, false) => {
-                        return Err(format!(
-                            "{}: no system CA certificates to verify the collector with: \
-                             install them (Debian: ca-certificates) or set \
-                             OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA",
-                            config.url
-                        ))
-                    }
+                    (None, false) => return Err(StartError::NoSystemRoots(config.url.clone())),
                 }
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| format!("TLS for {}: {e}", config.url))?;
+                endpoint = endpoint.tls_config(tls).map_err(|source| StartError::Tls {
+                    url: config.url.clone(),
+                    source,
+                })?;
             }
             for (k, v) in &config.headers {
-                MetadataKey::<tonic::metadata::Ascii>::from_bytes(k.as_bytes()).map_err(|_| {
-                    format!("OTLP header name `{k}` is not a valid gRPC metadata key")
-                })?;
+                MetadataKey::<tonic::metadata::Ascii>::from_bytes(k.as_bytes())
+                    .map_err(|_| StartError::GrpcHeaderName(k.clone()))?;
                 MetadataValue::try_from(v.as_str())
-                    .map_err(|_| format!("OTLP header `{k}` has a value gRPC cannot carry"))?;
+                    .map_err(|_| StartError::GrpcHeaderValue(k.clone()))?;
             }
             Ok(Target {
                 channel: endpoint.connect_lazy(),

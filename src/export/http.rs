@@ -10,7 +10,7 @@ use prost::bytes::Bytes;
 use prost::Message;
 
 use super::config::{Signal, SignalConfig};
-use super::{retry, Payload, SendError};
+use super::{retry, Payload, SendError, StartError};
 
 pub struct HttpTransport {
     /// One client per signal: each may trust its own CA (OTEL_EXPORTER_OTLP_<SIGNAL>_CERTIFICATE).
@@ -18,13 +18,13 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<HttpTransport, String> {
+    pub fn new(signals: &[(Signal, SignalConfig)]) -> Result<HttpTransport, StartError> {
         // reqwest is built without a default crypto provider: use ring, as tonic does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let signals = signals
             .iter()
             .map(|(signal, config)| Ok((*signal, config.clone(), client(config)?)))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, StartError>>()?;
         Ok(HttpTransport { signals })
     }
 
@@ -101,14 +101,18 @@ impl HttpTransport {
 }
 
 /// System roots, plus the configured CA's certificates. Verification is always on.
-fn client(config: &SignalConfig) -> Result<reqwest::Client, String> {
+fn client(config: &SignalConfig) -> Result<reqwest::Client, StartError> {
     let mut builder = reqwest::Client::builder();
     if let Some(pem) = &config.ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("OTLP CA certificate for {}: {e}", config.url))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|source| {
+            StartError::Certificate {
+                url: config.url.clone(),
+                source,
+            }
+        })?;
         builder = builder.tls_certs_merge(certs);
     }
-    builder.build().map_err(|e| format!("HTTP client: {e}"))
+    builder.build().map_err(StartError::HttpClient)
 }
 
 fn fatal(message: String) -> SendError {

@@ -155,16 +155,67 @@ pub struct Exporter {
     shutdown_deadline: Arc<Mutex<Option<Instant>>>,
 }
 
+/// Why the exporter cannot start, with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("starting the exporter's {what}: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write --otlp-file {}: {source} (give a writable path)", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OTLP CA certificate for {url}: {source}")]
+    Certificate {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("no OTLP configuration for {0}")]
+    NoSignal(&'static str),
+    #[error("bad OTLP endpoint {url}: {source}")]
+    Endpoint {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "{0}: no system CA certificates to verify the collector with: install them (Debian: \
+         ca-certificates) or set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of its CA"
+    )]
+    NoSystemRoots(String),
+    #[error("TLS for {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("OTLP header name `{0}` is not a valid gRPC metadata key")]
+    GrpcHeaderName(String),
+    #[error("OTLP header `{0}` has a value gRPC cannot carry")]
+    GrpcHeaderValue(String),
+}
+
 impl Exporter {
     /// Starts the exporter thread; `None` for the console exporter (nothing to ship).
-    pub fn start(kind: &ExporterKind) -> Result<Option<Exporter>, String> {
+    pub fn start(kind: &ExporterKind) -> Result<Option<Exporter>, StartError> {
         let stats = Arc::new(ExportStats::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let shutdown_deadline = Arc::new(Mutex::new(None));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("starting the exporter's runtime: {e}"))?;
+            .map_err(|source| StartError::Thread {
+                what: "runtime",
+                source,
+            })?;
         let transport = match kind {
             ExporterKind::Console => return Ok(None),
             ExporterKind::Otlp(signals) if signals.is_empty() => return Ok(None),
@@ -194,7 +245,10 @@ impl Exporter {
         let thread = std::thread::Builder::new()
             .name("pyusdt-export".into())
             .spawn(move || worker.run(runtime))
-            .map_err(|e| format!("starting the exporter thread: {e}"))?;
+            .map_err(|source| StartError::Thread {
+                what: "thread",
+                source,
+            })?;
         Ok(Some(Exporter {
             tx: Some(tx),
             thread: Some(thread),

@@ -117,7 +117,8 @@ impl<'obj> Session<'obj> {
             None => None,
         };
         if let ExporterKind::File(path) = &export.exporter {
-            crate::export::file::create_early(path).map_err(|e| CliError::new(Exit::Failure, e))?;
+            crate::export::file::create_early(path)
+                .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
         }
         if let Some(policy) = privileges {
             // The BPF object is loaded, the output files are open, and no other thread runs
@@ -142,7 +143,7 @@ impl<'obj> Session<'obj> {
             clock,
             Box::new(move |pid| runtime_version(pid, &lookup.borrow())),
         )
-        .map_err(|e| CliError::new(Exit::Failure, e))?;
+        .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
         let mut prom = match &args.metrics_listen {
             Some(addr) => {
                 let published = crate::serve::Published::default();

@@ -51,13 +51,22 @@ pub struct OtlpSink {
     sampling: Option<SamplingTable>,
 }
 
+/// Why the OTLP sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Start(#[from] crate::export::StartError),
+    #[error(transparent)]
+    AuditPatterns(#[from] crate::globs::PatternError),
+}
+
 impl OtlpSink {
     /// `None` for the console exporter. `runtime_version` tells the CPython version a process runs.
     pub fn new(
         config: ExportConfig,
         clock: Clock,
         runtime_version: Box<dyn Fn(u32) -> Option<String>>,
-    ) -> Result<Option<OtlpSink>, String> {
+    ) -> Result<Option<OtlpSink>, SinkError> {
         if config.exporter == ExporterKind::Console {
             return Ok(None);
         }
@@ -74,8 +83,8 @@ impl OtlpSink {
         clock: Clock,
         runtime_version: Box<dyn Fn(u32) -> Option<String>>,
         exporter: Exporter,
-    ) -> Result<OtlpSink, String> {
-        let filter = AuditFilter::parse(&config.audit_log_events).map_err(|e| e.to_string())?;
+    ) -> Result<OtlpSink, SinkError> {
+        let filter = AuditFilter::parse(&config.audit_log_events)?;
         Ok(OtlpSink {
             clock,
             resources: Resources::new(config.resource_command_line, runtime_version),
