@@ -169,8 +169,15 @@ fn short_processes_of_a_known_kind_are_sampled_from_their_start() {
     let shares: Vec<f64> = started.iter().map(|&p| observed(p)).collect();
     // The first of the kind runs traced until its budget acts (100 ms or more of its ~0.5 s).
     assert!(shares[0] > 0.1, "first: {shares:?}\n{err}");
-    // Of the last five, most are never attached, or only for a window: each pays the budget
-    // on average, not a converging first stretch.
-    let sampled = shares[2..].iter().filter(|&&s| s < 0.2).count();
-    assert!(sampled >= 3, "observed shares {shares:?}\n{err}");
+    // The last five start detached, each attached for a window at a random point of its
+    // cycle: on average they are attached about the budget's ratio of their time (0.05 over
+    // a cost of ~0.3 while attached: ~0.17, plus the windows' granularity; 0.14-0.33 seen
+    // singly), where a first stretch traced in full was 0.4 or more of a process this short.
+    // One process's share depends on its phase: the mean is what the budget promises.
+    let later = &shares[2..];
+    let mean = later.iter().sum::<f64>() / later.len() as f64;
+    assert!(
+        mean < 0.3,
+        "observed shares {shares:?}, mean of the last five {mean:.3}\n{err}"
+    );
 }
