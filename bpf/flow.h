@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-/* `flow` (each call and line as a record) and `top` (calls counted in the kernel).
+/* `flow` (each call and line as a record) and `top` (calls counted and timed in the kernel).
  * Included by pyusdt.bpf.c only (one object, one skeleton). */
 #ifndef PYUSDT_FLOW_H
 #define PYUSDT_FLOW_H
@@ -102,8 +102,11 @@ static __always_inline void count_call(const char *file, const char *name, int l
 	if (!fresh)
 		return;
 	fresh->calls = 1;
+	fresh->timed = 0;
+	fresh->total_ns = 0;
+	fresh->own_ns = 0;
 	fresh->line = line;
-	fresh->_pad = 0;
+	fresh->at_entry = line_in_key;
 	read_code_names(fresh->name, fresh->file, name, file);
 	/* Another CPU may have created it meanwhile: then add to that one. */
 	if (bpf_map_update_elem(&func_counts, &key, fresh, BPF_NOEXIST) != 0) {
@@ -115,13 +118,155 @@ static __always_inline void count_call(const char *file, const char *name, int l
 	}
 }
 
-/* Attached to function__entry where it fires (3.8-3.10), else to function__return (3.11):
- * every call enters once and returns once. */
+/* Timed `top`: the calls in progress on a thread, innermost last. Time spent in the calls a
+ * frame made is added to its child_ns, so that its own time is its duration less that. A
+ * generator (3.8-3.10, 3.15) enters at each resumption and returns at each yield: its time
+ * between yields is counted, the time it sits suspended is not. */
+struct time_frame {
+	__u64 ts;
+	__u64 child_ns;
+	__u64 file;
+	__u64 name;
+	__s32 line;
+	__u32 _pad;
+};
+
+struct time_stack {
+	__u32 depth; /* may exceed TIME_STACK_DEPTH: the frames beyond are counted, not timed */
+	__u32 epoch; /* of the attachment that pushed the frames (see stack.h) */
+	struct time_frame f[SPAN_STACK_DEPTH];
+};
+
+/* Task-local, as span_stacks: freed with the thread, dropped at exec (tasks.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct time_stack);
+} time_stacks SEC(".maps");
+
+/* The thread's time stack, emptied when it was filled under another attachment (a sampling
+ * gap of the budget: a return then is not paired with an entry from before the gap). */
+static __always_inline struct time_stack *time_stack(bool create, __u32 epoch)
+{
+	struct time_stack *st = bpf_task_storage_get(&time_stacks, bpf_get_current_task_btf(), 0,
+						    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (st && st->epoch != epoch) {
+		st->depth = 0;
+		st->epoch = epoch;
+	}
+	return st;
+}
+
+static __always_inline void time_push(__u64 cookie, const char *file, const char *name, int line)
+{
+	struct time_stack *st = time_stack(true, (__u32)cookie);
+	if (!st)
+		return;
+	__u32 d = st->depth;
+	if (d < SPAN_STACK_DEPTH) {
+		st->f[d].ts = bpf_ktime_get_ns();
+		st->f[d].child_ns = 0;
+		st->f[d].file = (__u64)file;
+		st->f[d].name = (__u64)name;
+		st->f[d].line = line;
+	} else if (d < 0x7fffffff) {
+		count(STAT_CALLS_TOO_DEEP);
+	}
+	st->depth = d + 1;
+}
+
+/* Attached to function__entry where it fires (3.8-3.10, 3.15), else to function__return
+ * (3.11): every call enters once and returns once. Timed `top` also pushes the call. */
 SEC("usdt")
 int count_entry(struct pt_regs *ctx)
 {
 	FUNCTION_MARKER_ARGS(ctx);
 	count_call(file, name, line, true);
+	if (time_calls && wanted(bpf_get_current_pid_tgid() >> 32))
+		time_push(usdt_spec_cookie(spec), file, name, line);
+	return 0;
+}
+
+/* Timed `top`, at function__return: pops the call and adds its time to its count's entry.
+ * On 3.15 a generator's or coroutine's creation enters without returning (docs/compatibility.md):
+ * a return that is not the innermost entry's ends the nearest entry of its function below, and
+ * the creations above it are dropped, the time of the calls made while they were on top
+ * (added to their child_ns) going to the call that made them. On 3.8-3.10 entries and returns
+ * pair exactly, and the innermost entry is the one. */
+SEC("usdt")
+int time_return(struct pt_regs *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	FUNCTION_MARKER_ARGS(ctx);
+	struct time_stack *st = time_stack(false, (__u32)usdt_spec_cookie(spec));
+	if (!st || st->depth == 0)
+		return 0;
+	__u32 d = st->depth - 1;
+	if (d >= SPAN_STACK_DEPTH) {
+		st->depth = d; /* a frame beyond the stack: counted at its entry, not timed */
+		return 0;
+	}
+	if (st->f[d].name != (__u64)name || st->f[d].file != (__u64)file) {
+		__u32 found = d;
+		__u64 created_child_ns = st->f[d].child_ns;
+		for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
+			if (i > d)
+				break;
+			__u32 k = d - i;
+			if (k >= SPAN_STACK_DEPTH)
+				break;
+			if (st->f[k].name == (__u64)name && st->f[k].file == (__u64)file) {
+				found = k;
+				break;
+			}
+			created_child_ns += st->f[k].child_ns;
+		}
+		if (found == d) {
+			/* Not a call seen entering (attached after it began): nothing to time. */
+			st->depth = d;
+			return 0;
+		}
+		d = found;
+		barrier_var(d);
+		if (d < SPAN_STACK_DEPTH)
+			st->f[d].child_ns += created_child_ns;
+	}
+	barrier_var(d);
+	if (d >= SPAN_STACK_DEPTH)
+		return 0;
+	struct time_frame *fr = &st->f[d];
+	__u64 dur = now > fr->ts ? now - fr->ts : 0;
+	__u64 own = dur > fr->child_ns ? dur - fr->child_ns : 0;
+	struct func_key key = { .pid = bpf_get_current_pid_tgid() >> 32,
+				.line = fr->line,
+				.file = fr->file,
+				.name = fr->name };
+	/* A recursive call's time is already in its outermost call's total. */
+	bool outermost = true;
+	for (__u32 k = 0; k < SPAN_STACK_DEPTH; k++) {
+		if (k >= d)
+			break;
+		if (st->f[k].name == key.name && st->f[k].file == key.file &&
+		    st->f[k].line == fr->line) {
+			outermost = false;
+			break;
+		}
+	}
+	if (d > 0) {
+		__u32 parent = d - 1;
+		barrier_var(parent); /* the verifier needs the check the compiler would drop */
+		if (parent < SPAN_STACK_DEPTH)
+			st->f[parent].child_ns += dur;
+	}
+	st->depth = d;
+	struct func_count *c = bpf_map_lookup_elem(&func_counts, &key);
+	if (!c)
+		return 0; /* not counted (table full: counted as such at its entry) */
+	__sync_fetch_and_add(&c->timed, 1);
+	__sync_fetch_and_add(&c->own_ns, own);
+	if (outermost)
+		__sync_fetch_and_add(&c->total_ns, dur);
 	return 0;
 }
 

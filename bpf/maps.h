@@ -20,6 +20,7 @@ const volatile __u64 min_function_ns = 0;      /* function spans: shorter calls 
 const volatile bool report_execs = false;      /* agent: tell user space of every exec */
 const volatile bool metrics_only = false;      /* --metrics-only: aggregate here, no records */
 const volatile bool function_probes = false;   /* --probes function: calls are on the stacks */
+const volatile bool time_calls = false;        /* top: time each call, not only count it */
 
 /* Set by `pyusdt run` after load: its own PID namespace (device, inode) and its PID there.
  * Processes it forks are traced; comparing in its own namespace keeps this right when

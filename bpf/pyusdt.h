@@ -199,8 +199,13 @@ struct func_key {
 
 struct func_count {
 	__u64 calls;
+	/* Timed `top` (time_calls): the calls whose return was seen, their time with the calls
+	 * they made (total; a recursive call's only in its outermost call) and without (own). */
+	__u64 timed;
+	__u64 total_ns;
+	__u64 own_ns;
 	__u32 line; /* first line (function__entry) or a returning line (function__return) */
-	__u32 _pad;
+	__u32 at_entry; /* 1: counted at function__entry (and timed, with time_calls) */
 	char name[FUNC_NAME_LEN]; /* copied once, when the entry is created */
 	char file[FUNC_FILE_LEN];
 };

@@ -50,6 +50,8 @@ int BPF_PROG(forget_exec, struct task_struct *p, int old_pid, struct linux_binpr
 	if (st)
 		release_imports(st);
 	bpf_task_storage_delete(&span_stacks, task);
+	if (time_calls)
+		bpf_task_storage_delete(&time_stacks, task);
 	if (report_execs) {
 		struct event_header *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {

@@ -99,6 +99,18 @@ pub struct TopArgs {
     /// Only this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Row order: own time (the default; time in a function less the calls it made), total
+    /// time (with those calls), or calls. Processes whose interpreter fires no
+    /// function__entry (3.11) have counts only and come after the timed rows.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub sort: Option<TopSort>,
+    /// Count calls only, without timing them: one probe per call instead of two (at entry
+    /// and return), so cheaper; the table then has no OWN and TOTAL columns.
+    #[arg(long)]
+    pub calls_only: bool,
+    /// One JSON object per table (JSON Lines) instead of the text table.
+    #[arg(long)]
+    pub json: bool,
     /// Interpreter or libpython file to attach to (repeatable), besides the ones discovered.
     #[arg(long = "python", value_name = "PATH")]
     pub pythons: Vec<PathBuf>,
@@ -114,6 +126,14 @@ pub struct TopArgs {
     /// A command to run and count the calls of (and of the processes it starts), after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `top --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopSort {
+    Own,
+    Total,
+    Calls,
 }
 
 #[derive(Debug, Args)]

@@ -119,9 +119,14 @@ impl<'obj> Tracer<'obj> {
         if plan.audit && binary.has_marker("audit") {
             steps.push(("audit", &p.audit, self.audit_cookie(binary)));
         }
-        if plan.counter {
+        if let Some(epoch) = plan.counter {
+            let epoch = u64::from(epoch);
             if binary.entries_fire() {
-                steps.push(("function__entry", &p.count_entry, 0));
+                // Returns before entries: detaching pops entries first (see detach_process).
+                if self.options.time_functions {
+                    steps.push(("function__return", &p.time_return, epoch));
+                }
+                steps.push(("function__entry", &p.count_entry, epoch));
             } else if binary.has_marker("function__return") {
                 steps.push(("function__return", &p.count_return, 0));
             }
@@ -188,24 +193,34 @@ impl<'obj> Tracer<'obj> {
     }
 
     /// Attaches the call counter to `binary`: to function__entry where it fires for every call
-    /// (3.8–3.10), else to function__return (3.11, where entries need the slow line mode; every
-    /// call returns once). Returns the marker used, or `None` when the file has neither.
-    /// `pid`: -1 for every process using the file, else that process alone.
+    /// (3.8–3.10, 3.15), else to function__return (3.11, where entries need the slow line mode;
+    /// every call returns once). With `TracerOptions::time_functions` and entries firing, also
+    /// the timer at function__return. Returns the marker counted at, or `None` when the file
+    /// has neither. `pid`: -1 for every process using the file, else that process alone.
     pub fn attach_function_counter(
         &mut self,
         binary: &Binary,
         pid: i32,
     ) -> Result<Option<&'static str>, AttachError> {
-        let (marker, prog) = if binary.entries_fire() {
-            ("function__entry", &self.skel.progs.count_entry)
+        let p = &self.skel.progs;
+        let mut plan = Vec::new();
+        let marker = if binary.entries_fire() {
+            if self.options.time_functions {
+                plan.push(("function__return", &p.time_return));
+            }
+            plan.push(("function__entry", &p.count_entry));
+            "function__entry"
         } else if binary.has_marker("function__return") {
-            ("function__return", &self.skel.progs.count_return)
+            plan.push(("function__return", &p.count_return));
+            "function__return"
         } else {
             return Ok(None);
         };
         let _lease = lease(binary)?;
-        let link = attach_marker(prog, pid, binary, marker, None)?;
-        self.links.push(link);
+        for (m, prog) in plan {
+            let link = attach_marker(prog, pid, binary, m, None)?;
+            self.links.push(link);
+        }
         Ok(Some(marker))
     }
 

@@ -42,6 +42,7 @@ impl<'obj> Tracer<'obj> {
         rodata.report_execs = options.report_execs;
         rodata.metrics_only = options.metrics_only;
         rodata.function_probes = options.probes.iter().any(|p| p == Probe::Function);
+        rodata.time_calls = options.count_functions && options.time_functions;
         // The histogram's one source; an array of another length does not compile.
         rodata.duration_bounds_ns = crate::model::metrics::duration_bounds_ns();
         open.maps
@@ -65,6 +66,9 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .count_return
             .set_autoload(options.count_functions);
+        open.progs
+            .time_return
+            .set_autoload(options.count_functions && options.time_functions);
         if !options.probes.iter().any(|p| p == Probe::Function) {
             // An LRU is preallocated too: keep it minimal (one entry per CPU) when unused.
             let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1).max(1) as u32;

@@ -41,7 +41,14 @@ pub struct FunctionCount {
     /// function's identity in its process.
     pub code: (u64, u64, u32),
     pub calls: u64,
+    /// Timed `top`: the calls whose return was seen, and their time with (total) and without
+    /// (own) the calls they made; a recursive call's total is in its outermost call's alone.
+    pub timed: u64,
+    pub total_ns: u64,
+    pub own_ns: u64,
     pub line: u32,
+    /// Counted at function__entry (3.8-3.10, 3.15): timed too, in a timed `top`.
+    pub at_entry: bool,
     pub name: String,
     pub file: String,
 }
@@ -255,7 +262,11 @@ impl<'obj> Tracer<'obj> {
                 pid: k.pid,
                 code: (k.file, k.name, k.line),
                 calls: v.calls,
+                timed: v.timed,
+                total_ns: v.total_ns,
+                own_ns: v.own_ns,
                 line: v.line,
+                at_entry: v.at_entry != 0,
                 name: crate::abi::c_string(&v.name).into_owned(),
                 file: crate::abi::c_string(&v.file).into_owned(),
             });

@@ -98,6 +98,9 @@ pub struct TracerOptions {
     pub audit_nargs: bool,
     /// Load the in-kernel call counters (`pyusdt top`).
     pub count_functions: bool,
+    /// With `count_functions`: also time each call where function__entry fires (own and
+    /// total time per function, `pyusdt top`), at the cost of a probe at each return.
+    pub time_functions: bool,
     /// Load the flow programs (`pyusdt flow`); `Some(true)` also reports line events.
     pub flow: Option<bool>,
     /// Function probes: calls shorter than this are not sent to user space.
@@ -120,9 +123,10 @@ pub struct ProcessPlan {
     pub functions: Option<FunctionPlan>,
     /// The audit marker (with `TracerOptions::audit_per_process`).
     pub audit: bool,
-    /// The call counter of `top` (with `TracerOptions::count_functions`): at function__entry
+    /// The call counter of `top` (with `TracerOptions::count_functions`), with the epoch of
+    /// this attachment (a thread's timed calls from before it are dropped): at function__entry
     /// where it fires for every call, else at function__return.
-    pub counter: bool,
+    pub counter: Option<u32>,
 }
 
 /// Settings of one attachment of a process's function probes.

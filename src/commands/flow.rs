@@ -76,6 +76,7 @@ pub fn run(args: &FlowArgs) -> CliResult<i32> {
             audit_args: false,
             audit_nargs: false,
             count_functions: false,
+            time_functions: false,
             flow: Some(args.lines),
             min_function_ns: 0,
             report_execs: false,

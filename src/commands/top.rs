@@ -1,6 +1,7 @@
-//! `pyusdt top`: the most frequently called Python functions, counted in the kernel (one map
-//! entry per process and code object; nothing per call crosses to user space), printed as a
-//! table per interval, or once over a command's whole run.
+//! `pyusdt top`: where a Python program's time goes, per function: calls, own time (less the
+//! calls it made) and total time, counted and timed in the kernel (one map entry per process
+//! and code object; nothing per call crosses to user space), printed as a table (or JSON) per
+//! interval, or once over a command's whole run.
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::mem::MaybeUninit;
@@ -9,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::attach::{FunctionCount, Tracer, TracerOptions};
-use crate::cli::TopArgs;
+use crate::cli::{TopArgs, TopSort};
 use crate::commands::run::{exit_code, forward, in_terminal_foreground, resolve_command, spawn};
 use crate::discover::interpreters::Scan;
 use crate::exit::{CliError, CliResult, Exit};
@@ -83,6 +84,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
             audit_args: false,
             audit_nargs: false,
             count_functions: true,
+            time_functions: !args.calls_only,
             flow: None,
             min_function_ns: 0,
             report_execs: false,
@@ -121,13 +123,14 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
                         max * 100.0
                     ),
                     None => tracing::info!(
-                        "counting calls of {} ({version}) at {}, in the command's processes",
+                        "counting calls of {} ({version}) at {}, in the command's processes{}",
                         b.path.display(),
                         if b.entries_fire() {
                             "function__entry"
                         } else {
                             "function__return"
-                        }
+                        },
+                        untimed_note(b, args)
                     ),
                 }
                 counted_on.push(version);
@@ -137,8 +140,9 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         match tracer.attach_function_counter(b, attach_pid)? {
             Some(marker) => {
                 tracing::info!(
-                    "counting calls of {} ({version}) at {marker}",
-                    b.path.display()
+                    "counting calls of {} ({version}) at {marker}{}",
+                    b.path.display(),
+                    untimed_note(b, args)
                 );
                 counted_on.push(version);
             }
@@ -176,7 +180,7 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
         // All processes, table per interval, until SIGINT/SIGTERM (or one table with --once);
         // a full-screen view on a terminal.
         let mut view = View::new(args, sampling);
-        if !args.once && std::io::stdout().is_terminal() {
+        if !args.once && !args.json && std::io::stdout().is_terminal() {
             crate::commands::top_tui::run(&mut view, &tracer, interval, &mut || {
                 govern(&tracer);
                 interrupted.load(Ordering::Relaxed) || terminated.load(Ordering::Relaxed)
@@ -245,6 +249,16 @@ pub fn run(args: &TopArgs) -> CliResult<i32> {
     Ok(exit_code(status))
 }
 
+/// What the log line of a counted file adds when its calls cannot be timed.
+fn untimed_note(binary: &crate::discover::Binary, args: &TopArgs) -> &'static str {
+    if args.calls_only || binary.entries_fire() {
+        ""
+    } else {
+        " (not timed: this version fires no function__entry for every call, so calls are \
+         counted at their return and have no duration)"
+    }
+}
+
 /// How long the loops sleep between looks at the signals and the budget.
 const GOVERN_STEP_MS: u64 = 20;
 /// How often a governed `top` looks for new processes to count.
@@ -308,6 +322,13 @@ fn report_lost(tracer: &Tracer<'_>) -> CliResult<()> {
             count(stats.function_table_full)
         );
     }
+    if stats.calls_too_deep > 0 {
+        tracing::warn!(
+            "{} calls counted but not timed: nested deeper than the 64 Python frames a \
+             thread's timing stack holds (bpf/pyusdt.h SPAN_STACK_DEPTH)",
+            count(stats.calls_too_deep)
+        );
+    }
     Ok(())
 }
 
@@ -320,14 +341,48 @@ pub struct Row {
     pub calls: u64,
     pub rate: f64,
     pub share: f64,
+    /// Time in the calls that returned, less the calls they made (`None`: not timed, its
+    /// interpreter fires no function__entry, or --calls-only).
+    pub own_ns: Option<u64>,
+    /// Time in the calls that returned, with the calls they made (a recursive call's in its
+    /// outermost call's only).
+    pub total_ns: Option<u64>,
+    /// `own_ns` and `total_ns` in percent of the interval (of one thread's time: a function
+    /// running on several threads at once may exceed 100).
+    pub own_share: Option<f64>,
+    pub total_share: Option<f64>,
+    /// FILE:LINE as shown, the file and line apart (JSON).
     pub location: String,
+    pub file: String,
+    /// `None` where the marker gave none (3.15 enters a class body at -1, a module at 0).
+    pub line: Option<u32>,
     pub function: String,
 }
 
+impl Row {
+    /// The order of `key`: greatest first; rows without time after the timed ones.
+    pub fn order(key: TopSort, a: &Row, b: &Row) -> std::cmp::Ordering {
+        let by_calls = b.calls.cmp(&a.calls);
+        match key {
+            TopSort::Calls => by_calls,
+            TopSort::Own => b.own_ns.cmp(&a.own_ns).then(by_calls),
+            TopSort::Total => b.total_ns.cmp(&a.total_ns).then(by_calls),
+        }
+    }
+}
+
+/// Calls, own and total ns of a function so far.
+type Totals = (u64, u64, u64);
+
 /// What was shown last, to show calls per interval.
 pub struct View {
-    previous: HashMap<(u32, (u64, u64, u32)), u64>,
+    previous: HashMap<(u32, (u64, u64, u32)), Totals>,
     limit: usize,
+    /// Calls are timed (no --calls-only).
+    pub timed: bool,
+    /// Row order of the text and JSON output (the full-screen view has its own).
+    pub sort: TopSort,
+    json: bool,
     pub pid: Option<u32>,
     /// Totals since the start instead of per interval (a command's whole run).
     cumulative: bool,
@@ -340,9 +395,15 @@ pub struct View {
 
 impl View {
     fn new(args: &TopArgs, sampling: Option<SamplingTable>) -> View {
+        let timed = !args.calls_only;
         View {
             previous: HashMap::new(),
             limit: args.limit,
+            timed,
+            sort: args
+                .sort
+                .unwrap_or(if timed { TopSort::Own } else { TopSort::Calls }),
+            json: args.json,
             pid: args.pid,
             cumulative: false,
             sampling,
@@ -387,51 +448,71 @@ impl View {
         out
     }
 
-    /// The rows since the last call (or since the start when cumulative), busiest first,
-    /// and the total number of calls.
+    /// The rows since the last call (or since the start when cumulative), in `self.sort`'s
+    /// order, and the total number of calls.
     pub fn rows(&mut self, tracer: &Tracer<'_>, elapsed: Duration) -> (Vec<Row>, u64) {
         let all = tracer.function_counts();
-        let counts: Vec<&FunctionCount> = all
+        let zero = (0, 0, 0);
+        let mut deltas: Vec<(Totals, &FunctionCount)> = all
             .iter()
             .filter(|c| self.pid.is_none_or(|p| p == c.pid))
-            .collect();
-        let mut deltas: Vec<(u64, &FunctionCount)> = counts
-            .iter()
-            .copied()
             .map(|c| {
                 let before = if self.cumulative {
-                    0
+                    zero
                 } else {
-                    self.previous.get(&(c.pid, c.code)).copied().unwrap_or(0)
+                    self.previous.get(&(c.pid, c.code)).copied().unwrap_or(zero)
                 };
-                (c.calls.saturating_sub(before), c)
+                let now = (c.calls, c.total_ns, c.own_ns);
+                let delta = (
+                    now.0.saturating_sub(before.0),
+                    now.1.saturating_sub(before.1),
+                    now.2.saturating_sub(before.2),
+                );
+                (delta, c)
             })
-            .filter(|(n, _)| *n > 0)
+            .filter(|((calls, total, _), _)| *calls > 0 || *total > 0)
             .collect();
-        deltas.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then(a.1.pid.cmp(&b.1.pid))
-                .then(a.1.name.cmp(&b.1.name))
-        });
-        let total: u64 = deltas.iter().map(|(n, _)| n).sum();
+        deltas.sort_by(|a, b| a.1.pid.cmp(&b.1.pid).then(a.1.name.cmp(&b.1.name)));
+        let total: u64 = deltas.iter().map(|((n, _, _), _)| n).sum();
         let mut names = HashMap::new();
         for (_, c) in &deltas {
             names.entry(c.pid).or_insert_with(|| self.name_of(c.pid));
         }
         let secs = elapsed.as_secs_f64().max(1e-3);
-        let rows = deltas
+        let percent_of_interval = |ns: u64| 100.0 * ns as f64 / (secs * 1e9);
+        let mut rows: Vec<Row> = deltas
             .iter()
-            .map(|(n, c)| Row {
-                pid: c.pid,
-                process: names.get(&c.pid).cloned().unwrap_or_else(|| "-".into()),
-                calls: *n,
-                rate: *n as f64 / secs,
-                share: 100.0 * *n as f64 / total.max(1) as f64,
-                location: format!("{}:{}", safe(&c.file), c.line),
-                function: safe(&c.name).into_owned(),
+            .map(|((n, total_ns, own_ns), c)| {
+                // The marker's int, kept as u32 by the kernel side.
+                let line = u32::try_from(c.line as i32).ok().filter(|&n| n > 0);
+                // Counted at entry, and so timed: 3.8-3.10 and 3.15.
+                let timed = self.timed && c.at_entry;
+                Row {
+                    pid: c.pid,
+                    process: names.get(&c.pid).cloned().unwrap_or_else(|| "-".into()),
+                    calls: *n,
+                    rate: *n as f64 / secs,
+                    share: 100.0 * *n as f64 / total.max(1) as f64,
+                    own_ns: timed.then_some(*own_ns),
+                    total_ns: timed.then_some(*total_ns),
+                    own_share: timed.then(|| percent_of_interval(*own_ns)),
+                    total_share: timed.then(|| percent_of_interval(*total_ns)),
+                    location: match line {
+                        Some(n) => format!("{}:{n}", safe(&c.file)),
+                        None => safe(&c.file).into_owned(),
+                    },
+                    file: c.file.clone(),
+                    line,
+                    function: safe(&c.name).into_owned(),
+                }
             })
             .collect();
-        self.previous = all.iter().map(|c| ((c.pid, c.code), c.calls)).collect();
+        let key = self.sort;
+        rows.sort_by(|a, b| Row::order(key, a, b));
+        self.previous = all
+            .iter()
+            .map(|c| ((c.pid, c.code), (c.calls, c.total_ns, c.own_ns)))
+            .collect();
         // Forget processes that exited (all of them, not only those shown): the kernel table
         // stays bounded.
         if !self.cumulative {
@@ -448,8 +529,61 @@ impl View {
         (rows, total)
     }
 
-    /// The table as plain text (pipes, --once).
+    /// One table: text, or a JSON object on one line (--json).
     fn print(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
+        if self.json {
+            self.print_json(out, tracer, elapsed);
+        } else {
+            self.print_text(out, tracer, elapsed);
+        }
+    }
+
+    /// The table as one JSON object (JSON Lines: one per interval): times in seconds, `null`
+    /// where a function is not timed.
+    fn print_json(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
+        let (rows, total) = self.rows(tracer, elapsed);
+        let processes: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
+        let seconds = |ns: Option<u64>| ns.map(|n| n as f64 / 1e9);
+        let shown: Vec<serde_json::Value> = rows
+            .iter()
+            .take(self.limit)
+            .map(|r| {
+                serde_json::json!({
+                    "pid": r.pid,
+                    "command": r.process,
+                    "calls": r.calls,
+                    "calls_per_s": r.rate,
+                    "share": r.share,
+                    "own_s": seconds(r.own_ns),
+                    "total_s": seconds(r.total_ns),
+                    "own_share": r.own_share,
+                    "total_share": r.total_share,
+                    "file": r.file,
+                    "line": r.line,
+                    "function": r.function,
+                })
+            })
+            .collect();
+        let sampled: Vec<serde_json::Value> = self
+            .sampled(rows.iter().take(self.limit).map(|r| r.pid))
+            .into_iter()
+            .map(|(pid, share)| serde_json::json!({"pid": pid, "attached_share": share}))
+            .collect();
+        let table = serde_json::json!({
+            "elapsed_s": elapsed.as_secs_f64(),
+            "calls": total,
+            "processes": processes.len(),
+            "timed": self.timed,
+            "sort": format!("{:?}", self.sort).to_lowercase(),
+            "rows": shown,
+            "sampled": sampled,
+        });
+        let _ = writeln!(out, "{table}");
+        let _ = out.flush();
+    }
+
+    /// The table as plain text (pipes, --once).
+    fn print_text(&mut self, out: &mut impl Write, tracer: &Tracer<'_>, elapsed: Duration) {
         let (rows, total) = self.rows(tracer, elapsed);
         let processes: HashSet<u32> = rows.iter().map(|r| r.pid).collect();
         let _ = writeln!(
@@ -461,13 +595,40 @@ impl View {
             if processes.len() == 1 { "" } else { "es" }
         );
         // Up to FILE:LINE the row fits in 80 columns; FILE:LINE is cut from the left so that
-        // the file's name and the line stay.
-        let _ = writeln!(
-            out,
-            "{:>7} {:<10} {:>11} {:>9} {:>6}  {:<LOCATION_WIDTH$} FUNCTION",
-            "PID", "COMMAND", "CALLS", "CALLS/s", "SHARE", "FILE:LINE"
-        );
+        // the file's name and the line stay. Time columns where some row is timed (3.11's
+        // calls are counted at their return, untimed: see the note at the start).
+        let timed = self.timed && rows.iter().any(|r| r.own_ns.is_some());
+        if timed {
+            let _ = writeln!(
+                out,
+                "{:>7} {:<10} {:>11} {:>8} {:>6} {:>8} {:>6}  {:<TIMED_LOCATION_WIDTH$} FUNCTION",
+                "PID", "COMMAND", "CALLS", "OWN", "OWN%", "TOTAL", "TOTAL%", "FILE:LINE"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:>7} {:<10} {:>11} {:>9} {:>6}  {:<LOCATION_WIDTH$} FUNCTION",
+                "PID", "COMMAND", "CALLS", "CALLS/s", "SHARE", "FILE:LINE"
+            );
+        }
         for r in rows.iter().take(self.limit) {
+            if timed {
+                let percent = |p: Option<f64>| p.map_or_else(|| "-".into(), |p| format!("{p:.1}%"));
+                let _ = writeln!(
+                    out,
+                    "{:>7} {:<10} {:>11} {:>8} {:>6} {:>8} {:>6}  {:<TIMED_LOCATION_WIDTH$} {}",
+                    r.pid,
+                    cut_right(&r.process, 10),
+                    count(r.calls),
+                    r.own_ns.map_or_else(|| "-".into(), duration),
+                    percent(r.own_share),
+                    r.total_ns.map_or_else(|| "-".into(), duration),
+                    percent(r.total_share),
+                    cut_left(&r.location, TIMED_LOCATION_WIDTH),
+                    r.function
+                );
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "{:>7} {:<10} {:>11} {:>9} {:>5.1}%  {:<LOCATION_WIDTH$} {}",
@@ -478,6 +639,13 @@ impl View {
                 r.share,
                 cut_left(&r.location, LOCATION_WIDTH),
                 r.function
+            );
+        }
+        if timed && rows.iter().take(self.limit).any(|r| r.own_ns.is_none()) {
+            let _ = writeln!(
+                out,
+                "  -: not timed, the interpreter fires no function__entry (CPython 3.11): calls \
+                 counted at their return"
             );
         }
         // A sampled count is what was seen while the counter was attached, and says no more:
@@ -500,6 +668,18 @@ impl View {
 
 /// Width of FILE:LINE in the plain table: with the columns before it, 72 of 80 columns.
 const LOCATION_WIDTH: usize = 22;
+/// The same with the OWN and TOTAL columns: 80 columns.
+const TIMED_LOCATION_WIDTH: usize = 16;
+
+/// A duration in at most 8 characters: `870ns`, `12.3µs`, `456.7ms`, `12.34s`.
+pub fn duration(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
 
 /// The name of a process (`/proc/PID/comm`, set by the process itself: at most 64 bytes read,
 /// control characters escaped, blanks replaced so that the table's columns stay columns), or
@@ -564,6 +744,43 @@ mod tests {
         );
         assert_eq!(cut_left("a.py:1", LOCATION_WIDTH), "a.py:1");
         assert_eq!(cut_left("é/ü/b.py:7", 6), "….py:7");
+    }
+
+    #[test]
+    fn durations_fit_their_column() {
+        assert_eq!(duration(870), "870ns");
+        assert_eq!(duration(12_345), "12.3µs");
+        assert_eq!(duration(456_700_000), "456.7ms");
+        assert_eq!(duration(12_340_000_000), "12.34s");
+        // 999.95 µs rounds up in its own unit: still 8 characters at most.
+        assert!(duration(999_999).chars().count() <= 8);
+    }
+
+    #[test]
+    fn rows_without_time_come_after_the_timed_ones() {
+        let row = |calls, own: Option<u64>| Row {
+            pid: 1,
+            process: "p".into(),
+            calls,
+            rate: 0.0,
+            share: 0.0,
+            own_ns: own,
+            total_ns: own,
+            own_share: None,
+            total_share: None,
+            location: String::new(),
+            file: String::new(),
+            line: None,
+            function: String::new(),
+        };
+        let mut rows = [row(900, None), row(10, Some(5)), row(20, Some(50))];
+        rows.sort_by(|a, b| Row::order(TopSort::Own, a, b));
+        assert_eq!(
+            rows.iter().map(|r| r.calls).collect::<Vec<_>>(),
+            [20, 10, 900]
+        );
+        rows.sort_by(|a, b| Row::order(TopSort::Calls, a, b));
+        assert_eq!(rows[0].calls, 900);
     }
 
     #[test]

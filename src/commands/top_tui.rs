@@ -8,12 +8,15 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Row as TableRow, Table, TableState};
 
-use super::top::{cut_left, Row, View};
+use super::top::{cut_left, duration, Row, View};
 use crate::attach::Tracer;
+use crate::cli::TopSort;
 use crate::text::count;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sort {
+    Own,
+    Total,
     Calls,
     Pid,
     Function,
@@ -21,17 +24,23 @@ enum Sort {
 }
 
 impl Sort {
-    fn next(self) -> Sort {
+    /// The next order (`s`); own and total time only when calls are timed.
+    fn next(self, timed: bool) -> Sort {
         match self {
+            Sort::Own => Sort::Total,
+            Sort::Total => Sort::Calls,
             Sort::Calls => Sort::Pid,
             Sort::Pid => Sort::Function,
             Sort::Function => Sort::File,
+            Sort::File if timed => Sort::Own,
             Sort::File => Sort::Calls,
         }
     }
 
     fn name(self) -> &'static str {
         match self {
+            Sort::Own => "own time",
+            Sort::Total => "total time",
             Sort::Calls => "calls",
             Sort::Pid => "pid",
             Sort::Function => "function",
@@ -41,6 +50,8 @@ impl Sort {
 
     fn apply(self, rows: &mut [Row]) {
         match self {
+            Sort::Own => rows.sort_by(|a, b| Row::order(TopSort::Own, a, b)),
+            Sort::Total => rows.sort_by(|a, b| Row::order(TopSort::Total, a, b)),
             Sort::Calls => rows.sort_by_key(|r| std::cmp::Reverse(r.calls)),
             Sort::Pid => rows.sort_by(|a, b| a.pid.cmp(&b.pid).then(b.calls.cmp(&a.calls))),
             Sort::Function => rows.sort_by(|a, b| a.function.cmp(&b.function)),
@@ -60,7 +71,12 @@ pub fn run(
     let result = (|| {
         let mut rows: Vec<Row> = Vec::new();
         let mut total = 0u64;
-        let mut sort = Sort::Calls;
+        let mut sort = match view.sort {
+            TopSort::Own => Sort::Own,
+            TopSort::Total => Sort::Total,
+            TopSort::Calls => Sort::Calls,
+        };
+        let timed = view.timed;
         let mut paused = false;
         let mut state = TableState::default().with_selected(Some(0));
         let mut refreshed = Instant::now() - interval;
@@ -95,35 +111,56 @@ pub fn run(
                     )),
                     header,
                 );
-                // FILE:LINE gets 3/4 of what the fixed columns leave, and is cut from the left
-                // to fit: the file's name and the line stay visible.
-                let fixed: u16 = 7 + 15 + 11 + 11 + 7 + 6 + 2;
-                let location_width = (body.width.saturating_sub(fixed) / 4 * 3).max(8);
+                // FILE:LINE gets half of what the fixed columns leave (3/4 without the time
+                // columns), and is cut from the left to fit: the file's name and the line stay
+                // visible.
+                let time_columns: u16 = if timed { 9 + 7 + 9 + 7 } else { 0 };
+                let fixed: u16 = 7 + 15 + 11 + 11 + 7 + 6 + 2 + time_columns;
+                let left = body.width.saturating_sub(fixed);
+                let location_width = if timed { left / 2 } else { left / 4 * 3 }.max(8);
+                let time = |ns: Option<u64>| ns.map_or_else(|| "-".into(), duration);
+                let percent = |p: Option<f64>| p.map_or_else(|| "-".into(), |p| format!("{p:.1}%"));
                 let table_rows = rows.iter().map(|r| {
-                    TableRow::new(vec![
+                    let mut cells = vec![
                         r.pid.to_string(),
                         r.process.clone(),
                         count(r.calls),
                         format!("{:.1}", r.rate),
                         format!("{:.1}%", r.share),
-                        cut_left(&r.location, location_width.into()),
-                        r.function.clone(),
-                    ])
+                    ];
+                    if timed {
+                        cells.extend([
+                            time(r.own_ns),
+                            percent(r.own_share),
+                            time(r.total_ns),
+                            percent(r.total_share),
+                        ]);
+                    }
+                    cells.extend([cut_left(&r.location, location_width.into()), r.function.clone()]);
+                    TableRow::new(cells)
                 });
-                let table = Table::new(
-                    table_rows,
-                    [
+                let mut widths = vec![
+                    Constraint::Length(7),
+                    Constraint::Length(15),
+                    Constraint::Length(11),
+                    Constraint::Length(11),
+                    Constraint::Length(7),
+                ];
+                let mut header = vec!["PID", "COMMAND", "CALLS", "CALLS/s", "SHARE"];
+                if timed {
+                    widths.extend([
+                        Constraint::Length(9),
                         Constraint::Length(7),
-                        Constraint::Length(15),
-                        Constraint::Length(11),
-                        Constraint::Length(11),
+                        Constraint::Length(9),
                         Constraint::Length(7),
-                        Constraint::Length(location_width),
-                        Constraint::Fill(1),
-                    ],
-                )
+                    ]);
+                    header.extend(["OWN", "OWN%", "TOTAL", "TOTAL%"]);
+                }
+                widths.extend([Constraint::Length(location_width), Constraint::Fill(1)]);
+                header.extend(["FILE:LINE", "FUNCTION"]);
+                let table = Table::new(table_rows, widths)
                 .header(
-                    TableRow::new(vec!["PID", "COMMAND", "CALLS", "CALLS/s", "SHARE", "FILE:LINE", "FUNCTION"])
+                    TableRow::new(header)
                         .style(Style::new().add_modifier(Modifier::BOLD)),
                 )
                 .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -143,7 +180,7 @@ pub fn run(
                         KeyCode::Char('q') | KeyCode::Esc => break,
                         KeyCode::Char(' ') | KeyCode::Char('p') => paused = !paused,
                         KeyCode::Char('s') => {
-                            sort = sort.next();
+                            sort = sort.next(timed);
                             sort.apply(&mut rows);
                         }
                         KeyCode::Down => state.select_next(),

@@ -134,7 +134,7 @@ impl ProcessProbes {
                 line_mode: m == FunctionMarkers::LineMode,
             }),
             audit,
-            counter: self.counter,
+            counter: self.counter.then_some(epoch),
         }
     }
 

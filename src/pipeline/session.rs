@@ -97,6 +97,7 @@ impl<'obj> Session<'obj> {
                 audit_args: export.audit_args,
                 audit_nargs: shows_nargs,
                 count_functions: false,
+                time_functions: false,
                 flow: None,
                 min_function_ns: args.min_duration.as_nanos() as u64,
                 report_execs: !follow_processes,
