@@ -125,6 +125,10 @@ static __always_inline void count_call(const char *file, const char *name, int l
 struct time_frame {
 	__u64 ts;
 	__u64 child_ns;
+	/* Durations of calls of the same function above it: not in the total if this frame
+	 * returns (they are within its own duration), added to the total if it turns out to be a
+	 * 3.15 creation, which never returns (flush_created). */
+	__u64 pending_ns;
 	__u64 file;
 	__u64 name;
 	__s32 line;
@@ -167,6 +171,7 @@ static __always_inline void time_push(__u64 cookie, const char *file, const char
 	if (d < SPAN_STACK_DEPTH) {
 		st->f[d].ts = bpf_ktime_get_ns();
 		st->f[d].child_ns = 0;
+		st->f[d].pending_ns = 0;
 		st->f[d].file = (__u64)file;
 		st->f[d].name = (__u64)name;
 		st->f[d].line = line;
@@ -188,6 +193,18 @@ int count_entry(struct pt_regs *ctx)
 	return 0;
 }
 
+/* A frame dropped as a 3.15 creation: the calls of its function it held pending were the
+ * outermost after all, and their time goes to the total. */
+static __always_inline void flush_created(struct time_frame *fr, __u32 tgid)
+{
+	if (!fr->pending_ns)
+		return;
+	struct func_key key = { .pid = tgid, .line = fr->line, .file = fr->file, .name = fr->name };
+	struct func_count *c = bpf_map_lookup_elem(&func_counts, &key);
+	if (c)
+		__sync_fetch_and_add(&c->total_ns, fr->pending_ns);
+}
+
 /* Timed `top`, at function__return: pops the call and adds its time to its count's entry.
  * On 3.15 a generator's or coroutine's creation enters without returning (docs/compatibility.md):
  * a return that is not the innermost entry's ends the nearest entry of its function below, and
@@ -207,9 +224,9 @@ int time_return(struct pt_regs *ctx)
 		st->depth = d; /* a frame beyond the stack: counted at its entry, not timed */
 		return 0;
 	}
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (st->f[d].name != (__u64)name || st->f[d].file != (__u64)file) {
 		__u32 found = d;
-		__u64 created_child_ns = st->f[d].child_ns;
 		for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
 			if (i > d)
 				break;
@@ -220,12 +237,24 @@ int time_return(struct pt_regs *ctx)
 				found = k;
 				break;
 			}
-			created_child_ns += st->f[k].child_ns;
 		}
 		if (found == d) {
 			/* Not a call seen entering (attached after it began): nothing to time. */
 			st->depth = d;
 			return 0;
+		}
+		/* The frames above `found` are creations: dropped, their pending totals flushed,
+		 * and the time of the calls made while they were on top given to `found`. */
+		__u64 created_child_ns = 0;
+		for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
+			__u32 k = found + i;
+			if (k > d)
+				break;
+			barrier_var(k); /* the verifier needs the check the compiler would drop */
+			if (k >= SPAN_STACK_DEPTH)
+				break;
+			created_child_ns += st->f[k].child_ns;
+			flush_created(&st->f[k], tgid);
 		}
 		d = found;
 		barrier_var(d);
@@ -238,17 +267,19 @@ int time_return(struct pt_regs *ctx)
 	struct time_frame *fr = &st->f[d];
 	__u64 dur = now > fr->ts ? now - fr->ts : 0;
 	__u64 own = dur > fr->child_ns ? dur - fr->child_ns : 0;
-	struct func_key key = { .pid = bpf_get_current_pid_tgid() >> 32,
-				.line = fr->line,
-				.file = fr->file,
-				.name = fr->name };
-	/* A recursive call's time is already in its outermost call's total. */
+	struct func_key key = { .pid = tgid, .line = fr->line, .file = fr->file, .name = fr->name };
+	/* A recursive call's time is in the nearest outer call of its function: held pending
+	 * there, and dropped when that call returns (its duration covers it). */
 	bool outermost = true;
-	for (__u32 k = 0; k < SPAN_STACK_DEPTH; k++) {
-		if (k >= d)
+	for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
+		if (i > d)
+			break;
+		__u32 k = d - i;
+		if (k >= SPAN_STACK_DEPTH)
 			break;
 		if (st->f[k].name == key.name && st->f[k].file == key.file &&
 		    st->f[k].line == fr->line) {
+			st->f[k].pending_ns += dur;
 			outermost = false;
 			break;
 		}
