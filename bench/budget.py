@@ -101,7 +101,7 @@ def top_budget(args):
     top = [PYUSDT, "top", "--once", "--no-discover"]
     modes = {
         "untraced": workload,
-        "top, every call counted": top + ["--"] + workload,
+        "top, every call counted and timed": top + ["--"] + workload,
         "top, --max-overhead 5": top + ["--max-overhead", "5", "--"] + workload,
     }
     results = {name: [] for name in modes}

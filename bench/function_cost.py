@@ -8,10 +8,12 @@ of that cost to bpftrace's. Needs root, bpftrace and a release build; fails loud
 
     python3 bench/function_cost.py [--runs 5] [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9]
 
-On 3.11 the counted marker is function__return (entries need line mode); function spans need
-entries, so the span rows are only run on 3.8-3.10 and 3.15 interpreters. Each pyusdt row is
-compared with the bpftrace row above it on the same probes: `top` with count() on one marker
-(one trap per call), the span rows with count() on entry and return (two traps per call).
+On 3.11 the counted marker is function__return (entries need line mode); timed `top` and
+function spans need entries, so their rows are only run on 3.8-3.10 and 3.15 interpreters.
+Each pyusdt row is compared with the bpftrace row above it doing the same work: `top
+--calls-only` with count() per function on one marker (one trap per call); timed `top` with a
+timestamp per thread at entry and a histogram per function at return (two traps per call); the
+span rows with count() on entry and return.
 
 The span rows export OTLP/HTTP to a local receiver that discards (bench/otlp_sink.py), as to a
 collector; a run in which pyusdt dropped or failed to export anything fails the bench, since a
@@ -108,9 +110,14 @@ def run_and_print(args, minor, marker, lib, sink):
         (f"bpftrace count() on {marker}", "bpftrace"),
         # What `top` does: a count per function, keyed by the marker's arguments.
         ("bpftrace count() per function", "bpftrace-keyed"),
-        ("pyusdt top (in-kernel count)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
+        ("pyusdt top --calls-only", [PYUSDT, "top", "--once", "--calls-only", "--no-discover", "--"]),
     ]
     if minor <= 10 or minor == 15:
+        # What timed `top` does: a timestamp at entry, a duration per function at return.
+        configs += [
+            ("bpftrace timestamp + hist() per fn", "bpftrace-timed"),
+            ("pyusdt top (own and total time)", [PYUSDT, "top", "--once", "--no-discover", "--"]),
+        ]
         # Spans need both markers: their floor is bpftrace counting both (two traps per call).
         configs += [
             ("bpftrace count() on entry+return", "bpftrace2"),
@@ -130,6 +137,8 @@ def run_and_print(args, minor, marker, lib, sink):
     both = (f"usdt:{lib}:python:function__entry,usdt:{lib}:python:function__return "
             "{ @c = count(); }")
     keyed = f"usdt:{lib}:python:{marker} {{ @c[pid, arg0, arg1, arg2] = count(); }}"
+    timed = (f"usdt:{lib}:python:function__entry {{ @ts[tid] = nsecs; }} "
+             f"usdt:{lib}:python:function__return {{ @t[pid, arg0, arg1] = hist(nsecs - @ts[tid]); }}")
 
     for _ in range(args.runs):
         for name, prefix in configs:
@@ -140,6 +149,8 @@ def run_and_print(args, minor, marker, lib, sink):
                 out = under_bpftrace(both, cmd)
             elif prefix == "bpftrace-keyed":
                 out = under_bpftrace(keyed, cmd)
+            elif prefix == "bpftrace-timed":
+                out = under_bpftrace(timed, cmd)
             else:
                 out = subprocess.run(prefix + cmd, capture_output=True, text=True, check=True,
                                      env=EXPORT_ENV)
