@@ -63,15 +63,16 @@ def under_bpftrace(program, cmd):
 
 
 def stop_bpftrace(tracer):
-    """SIGINT, as a user would stop it; killed, and the bench failed, if it does not stop (it
-    happened once here)."""
+    """SIGINT, as a user would stop it; killed if it does not stop within 60 s (bpftrace 0.17
+    sometimes hangs detaching on a host without tracefs mounted). The workload has finished by
+    then, so its time stands; the kill closes bpftrace's probes before the next run starts."""
     tracer.send_signal(signal.SIGINT)
     try:
         tracer.wait(timeout=60)
     except subprocess.TimeoutExpired:
         tracer.kill()
         tracer.wait()
-        sys.exit("bpftrace did not stop on SIGINT within 60 s")
+        print("note: bpftrace did not stop on SIGINT within 60 s: killed", file=sys.stderr)
 
 
 # The summary's counts of lost events: ring-buffer drops ("N dropped"), and export failures and
