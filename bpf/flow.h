@@ -80,12 +80,13 @@ int flow_line(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline void count_call(const char *file, const char *name, int line,
+/* Counts a call of the process, if it is wanted; returns whether it was. */
+static __always_inline bool count_call(const char *file, const char *name, int line,
 				       bool line_in_key)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
-		return;
+		return false;
 	struct func_key key = { .pid = id >> 32,
 				.line = line_in_key ? line : 0,
 				.file = (__u64)file,
@@ -95,12 +96,12 @@ static __always_inline void count_call(const char *file, const char *name, int l
 		__sync_fetch_and_add(&c->calls, 1);
 		if (!line_in_key)
 			c->line = line; /* a returning line: keep the latest */
-		return;
+		return true;
 	}
 	__u32 zero = 0;
 	struct func_count *fresh = bpf_map_lookup_elem(&func_count_scratch, &zero);
 	if (!fresh)
-		return;
+		return true;
 	fresh->calls = 1;
 	fresh->timed = 0;
 	fresh->total_ns = 0;
@@ -116,6 +117,7 @@ static __always_inline void count_call(const char *file, const char *name, int l
 		else
 			count(STAT_FUNC_TABLE_FULL);
 	}
+	return true;
 }
 
 /* Timed `top`: the calls in progress on a thread, innermost last. Time spent in the calls a
@@ -187,10 +189,28 @@ SEC("usdt")
 int count_entry(struct pt_regs *ctx)
 {
 	FUNCTION_MARKER_ARGS(ctx);
-	count_call(file, name, line, true);
-	if (time_calls && wanted(bpf_get_current_pid_tgid() >> 32))
+	if (count_call(file, name, line, true) && time_calls)
 		time_push(usdt_spec_cookie(spec), file, name, line);
 	return 0;
+}
+
+/* The nearest frame below `d` of the function (file, name; and first line when `line` is not
+ * ANY_LINE), or `d` when there is none. */
+#define ANY_LINE ((__s64)1 << 32)
+static __always_inline __u32 nearest_below(struct time_stack *st, __u32 d, __u64 file,
+					   __u64 name, __s64 line)
+{
+	for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
+		if (i > d)
+			break;
+		__u32 k = d - i;
+		if (k >= SPAN_STACK_DEPTH)
+			break;
+		if (st->f[k].name == name && st->f[k].file == file &&
+		    (line == ANY_LINE || st->f[k].line == line))
+			return k;
+	}
+	return d;
 }
 
 /* A frame dropped as a 3.15 creation: the calls of its function it held pending were the
@@ -226,18 +246,8 @@ int time_return(struct pt_regs *ctx)
 	}
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (st->f[d].name != (__u64)name || st->f[d].file != (__u64)file) {
-		__u32 found = d;
-		for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
-			if (i > d)
-				break;
-			__u32 k = d - i;
-			if (k >= SPAN_STACK_DEPTH)
-				break;
-			if (st->f[k].name == (__u64)name && st->f[k].file == (__u64)file) {
-				found = k;
-				break;
-			}
-		}
+		/* The return's line is not the entry's: any line of the function. */
+		__u32 found = nearest_below(st, d, (__u64)file, (__u64)name, ANY_LINE);
 		if (found == d) {
 			/* Not a call seen entering (attached after it began): nothing to time. */
 			st->depth = d;
@@ -270,19 +280,12 @@ int time_return(struct pt_regs *ctx)
 	struct func_key key = { .pid = tgid, .line = fr->line, .file = fr->file, .name = fr->name };
 	/* A recursive call's time is in the nearest outer call of its function: held pending
 	 * there, and dropped when that call returns (its duration covers it). */
-	bool outermost = true;
-	for (__u32 i = 1; i < SPAN_STACK_DEPTH; i++) {
-		if (i > d)
-			break;
-		__u32 k = d - i;
-		if (k >= SPAN_STACK_DEPTH)
-			break;
-		if (st->f[k].name == key.name && st->f[k].file == key.file &&
-		    st->f[k].line == fr->line) {
-			st->f[k].pending_ns += dur;
-			outermost = false;
-			break;
-		}
+	__u32 outer = nearest_below(st, d, key.file, key.name, fr->line);
+	bool outermost = outer == d;
+	if (!outermost) {
+		barrier_var(outer);
+		if (outer < SPAN_STACK_DEPTH)
+			st->f[outer].pending_ns += dur;
 	}
 	if (d > 0) {
 		__u32 parent = d - 1;
