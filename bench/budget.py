@@ -114,9 +114,9 @@ def top_budget(args):
                 # The first row of the table names the hot function; the note gives the share.
                 rows = [l for l in out.splitlines() if l.strip().endswith(" fib")]
                 named += bool(rows)
-                note = [l for l in out.splitlines() if "counted " in l and "% of the time" in l]
+                note = [l for l in out.splitlines() if "counter attached " in l and "% of the time" in l]
                 if note:
-                    covered.append(float(note[0].split("counted ")[1].split(" %")[0]))
+                    covered.append(float(note[0].split("counter attached ")[1].split(" %")[0]))
         print(f"top: run {i + 1}/{args.runs} done", file=sys.stderr)
     minor = run([args.python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
     table(f"top: CPython 3.{minor}, {args.seconds:g} s per run, median of {args.runs} runs",

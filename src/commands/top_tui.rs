@@ -8,10 +8,10 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Row as TableRow, Table, TableState};
 
-use super::top::{cut_left, duration, Row, View};
+use super::top::{cut_left, Row, View};
 use crate::attach::Tracer;
 use crate::cli::TopSort;
-use crate::text::count;
+use crate::text::{count, duration};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sort {
@@ -114,7 +114,7 @@ pub fn run(
                 // FILE:LINE gets half of what the fixed columns leave (3/4 without the time
                 // columns), and is cut from the left to fit: the file's name and the line stay
                 // visible.
-                let time_columns: u16 = if timed { 9 + 7 + 9 + 7 } else { 0 };
+                let time_columns: u16 = if timed { 10 + 7 + 10 + 7 } else { 0 };
                 let fixed: u16 = 7 + 15 + 11 + 11 + 7 + 6 + 2 + time_columns;
                 let left = body.width.saturating_sub(fixed);
                 let location_width = if timed { left / 2 } else { left / 4 * 3 }.max(8);
@@ -149,9 +149,9 @@ pub fn run(
                 let mut header = vec!["PID", "COMMAND", "CALLS", "CALLS/s", "SHARE"];
                 if timed {
                     widths.extend([
-                        Constraint::Length(9),
+                        Constraint::Length(10),
                         Constraint::Length(7),
-                        Constraint::Length(9),
+                        Constraint::Length(10),
                         Constraint::Length(7),
                     ]);
                     header.extend(["OWN", "OWN%", "TOTAL", "TOTAL%"]);
