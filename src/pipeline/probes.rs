@@ -40,6 +40,8 @@ struct Followed {
     kind: Option<u64>,
     /// What its probes cost it, as far as known (`ProcessBudget::known_share`).
     known_share: Option<f64>,
+    /// The first process of its kind: what it costs is its kind's cost until it exits.
+    first_of_kind: bool,
 }
 
 pub struct ProcessProbes {
@@ -58,9 +60,7 @@ pub struct ProcessProbes {
     /// Under a budget: what the probes cost each kind of process (interpreter file and its
     /// first arguments), learned from the processes of that kind that exited, so that the
     /// next one is sampled from its start (`ProcessBudget::learned`). Bounded (`MAX_TABLE`).
-    learned: HashMap<u64, f64>,
-    /// Where a learned process's first window falls in its cycle (xorshift state).
-    phase_state: u64,
+    learned: HashMap<u64, KindCost>,
     /// Executables looked at by `file_at_start` (by device and inode): the added file they
     /// run or link, if any. Bounded (`MAX_TABLE`).
     executables: HashMap<(u64, u64), Option<(u64, u64)>>,
@@ -92,10 +92,6 @@ impl ProcessProbes {
             ignored: HashSet::new(),
             executables: HashMap::new(),
             learned: HashMap::new(),
-            phase_state: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-                | 1,
             next_epoch: 1,
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
             last_look: None,
@@ -224,11 +220,17 @@ impl ProcessProbes {
         let kind = self
             .max_share
             .and_then(|_| workload_kind(local_pid, binary.id));
-        let budget = match (self.max_share, kind.and_then(|k| self.learned.get(&k))) {
-            (Some(max), Some(&share)) => {
-                let phase = self.next_phase();
-                tracing::debug!("PID {host_pid}: its kind's probes cost {share:.3} of its time");
-                ProcessBudget::learned(max, factor, now, cost, share, phase)
+        let budget = match (self.max_share, kind.and_then(|k| self.learned.get_mut(&k))) {
+            (Some(max), Some(known)) => {
+                // The kind's balance moves to this process (another one of the kind starting
+                // meanwhile starts from nothing) and comes back when it exits.
+                let carried = std::mem::take(&mut known.balance_ns);
+                tracing::debug!(
+                    "PID {host_pid}: its kind's probes cost {:.3} of its time, {:.1} ms carried",
+                    known.share,
+                    carried / 1e6
+                );
+                ProcessBudget::learned(max, factor, now, cost, known.share, carried)
             }
             _ => ProcessBudget::new(self.max_share, factor, now, cost),
         };
@@ -263,19 +265,10 @@ impl ProcessProbes {
                 given_up: false,
                 kind,
                 known_share: None,
+                first_of_kind: false,
             },
         );
         true
-    }
-
-    /// A number in [0, 1) for `ProcessBudget::learned` (xorshift64: spread, not secret).
-    fn next_phase(&mut self) -> f64 {
-        let mut x = self.phase_state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.phase_state = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A process seen in an event or found by a scan: followed when it maps one of the files.
@@ -465,8 +458,29 @@ impl ProcessProbes {
             }
             if let Some(share) = f.budget.known_share(now, stat.stime * ns_per_tick) {
                 f.known_share = Some(share);
+                // The next process of its kind may start before this one exits (a test
+                // runner's next worker): it is sampled from its start as soon as the cost is
+                // known; the balance follows when this one exits.
+                if let Some(kind) = f.kind {
+                    if !self.learned.contains_key(&kind) && self.learned.len() < MAX_TABLE {
+                        f.first_of_kind = true;
+                    }
+                    if f.first_of_kind {
+                        let entry = self.learned.entry(kind).or_insert(KindCost {
+                            share,
+                            balance_ns: 0.0,
+                        });
+                        entry.share = share;
+                    }
+                }
             }
             if let Some(s) = f.budget.tick(now, stat.stime * ns_per_tick) {
+                tracing::debug!(
+                    "PID {pid}: {s:?} after {:?} on, measured {:.3}, balance {:.1} ms",
+                    f.budget.observed(now),
+                    f.budget.measured_share,
+                    f.budget.balance_ns(now) / 1e6
+                );
                 switches.push((pid, s));
             }
         }
@@ -498,16 +512,31 @@ impl ProcessProbes {
         let mut table = self.table.borrow_mut();
         for pid in exited {
             tracer.detach_process(pid);
-            if let Some(f) = self.followed.remove(&pid) {
-                if let (Some(kind), Some(share)) = (f.kind, f.known_share) {
-                    if self.learned.len() >= MAX_TABLE {
-                        self.learned.clear();
-                    }
+            if let Some(mut f) = self.followed.remove(&pid) {
+                let Some(kind) = f.kind else { continue };
+                let balance = f.budget.settle(now);
+                let known = self.learned.get(&kind).copied();
+                let share = match (known, f.known_share) {
+                    (_, Some(s)) if f.first_of_kind => s,
                     // Half the last one, half what was known: a kind's processes vary.
-                    let known = self.learned.get(&kind).map_or(share, |k| (k + share) / 2.0);
-                    self.learned.insert(kind, known);
-                    tracing::debug!("PID {pid} exited: its kind's probes cost {known:.3}");
+                    (Some(k), Some(s)) => (k.share + s) / 2.0,
+                    (None, Some(s)) => s,
+                    (Some(k), None) => k.share,
+                    (None, None) => continue,
+                };
+                if known.is_none() && self.learned.len() >= MAX_TABLE {
+                    self.learned.clear();
                 }
+                let entry = self.learned.entry(kind).or_insert(KindCost {
+                    share,
+                    balance_ns: 0.0,
+                });
+                entry.share = share;
+                entry.balance_ns = budget::carried(entry.balance_ns + balance, share);
+                tracing::debug!(
+                    "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its account",
+                    entry.balance_ns / 1e6
+                );
             }
         }
         // Exited processes stay in the table for the summary; an agent seeing thousands come
@@ -529,6 +558,15 @@ impl ProcessProbes {
             );
         }
     }
+}
+
+/// What the probes cost a kind of process (`workload_kind`), as learned from its processes that
+/// exited: their share of its time while on, and the budget's balance left to the next one
+/// (`ProcessBudget::settle`).
+#[derive(Debug, Clone, Copy)]
+struct KindCost {
+    share: f64,
+    balance_ns: f64,
 }
 
 /// A process's kind, for learning what probes cost it: the interpreter file (`id`) and its
