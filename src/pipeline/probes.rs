@@ -5,6 +5,8 @@
 //! and a uprobe trap, and `top`'s call counter (`top --max-overhead PCT`).
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::attach::{FunctionHits, FunctionPlan, ProcessPlan, Tracer};
@@ -42,6 +44,8 @@ struct Followed {
     known_share: Option<f64>,
     /// The first process of its kind: what it costs is its kind's cost until it exits.
     first_of_kind: bool,
+    /// Its probes are being detached on another thread (set when done), since then.
+    detaching: Option<(Arc<AtomicBool>, Instant)>,
 }
 
 pub struct ProcessProbes {
@@ -266,6 +270,7 @@ impl ProcessProbes {
                 kind,
                 known_share: None,
                 first_of_kind: false,
+                detaching: None,
             },
         );
         true
@@ -433,6 +438,14 @@ impl ProcessProbes {
             if let Some(h) = hits.get(&pid) {
                 f.hits = *h;
             }
+            if let Some((done, since)) = &f.detaching {
+                if !done.load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
+                tracing::debug!("PID {pid}: Detach took {:?}", since.elapsed());
+                f.detaching = None;
+                f.budget.switched(now, stat.stime * ns_per_tick);
+            }
             if f.given_up {
                 continue;
             }
@@ -487,7 +500,15 @@ impl ProcessProbes {
         for (pid, switch) in switches {
             let started = Instant::now();
             match switch {
-                Switch::Detach => tracer.detach_process(pid),
+                Switch::Detach => {
+                    // Released on a thread of its own: the switch ends when the kernel is done.
+                    if let Some(done) = tracer.detach_process_soon(pid) {
+                        if let Some(f) = self.followed.get_mut(&pid) {
+                            f.detaching = Some((done, started));
+                        }
+                        continue;
+                    }
+                }
                 Switch::Attach => {
                     let epoch = self.next_epoch();
                     let f = &self.followed[&pid];
@@ -511,7 +532,7 @@ impl ProcessProbes {
         }
         let mut table = self.table.borrow_mut();
         for pid in exited {
-            tracer.detach_process(pid);
+            let _ = tracer.detach_process_soon(pid);
             if let Some(mut f) = self.followed.remove(&pid) {
                 let Some(kind) = f.kind else { continue };
                 let balance = f.budget.settle(now);
