@@ -15,7 +15,7 @@ and a light child process raise a rare audit event (`bench.rare`); the table say
 each arrived: all of the light process's, and about the observed share of the sampled one's.
 
 short: processes of 0.2, 0.5 and 1 s (bench/short_work.py: fib(15) calls on the 3.9 build, id()
-audit events on python3.11), ten in a row under one `pyusdt run --max-overhead 5` as a test
+audit events on python3.11), twenty in a row under one `pyusdt run --max-overhead 5` as a test
 runner starts them, interleaved with batches run untraced: each process's own wall time.
 
 Prints the median throughput of each mode and its ratio to untraced, and what pyusdt's summary
@@ -224,16 +224,18 @@ def short_budget(args):
                 under += times
             base = statistics.median(untraced)
             print(f"{length:<8g} {base:>11.3f} {statistics.median(under):>9.3f} "
-                  f"{statistics.median(under) / base:>7.3f}x {statistics.mean(under) / base:>6.3f}x "
+                  f"{statistics.median(under) / base:>7.3f}x "
+                  f"{statistics.mean(under) / statistics.mean(untraced):>6.3f}x "
                   f"{statistics.median(first) / base:>6.2f}x")
-        print("(median and mean: every traced process against the untraced median; first: the "
-              "first process of each batch, whose kind was not known yet)")
+        print("(median: the traced processes' median against the untraced one; mean: their mean "
+              "against the untraced mean, i.e. the batch's total time, first processes included; "
+              "first: the first process of each batch, whose kind was not known yet)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["function", "top", "audit", "short"])
-    parser.add_argument("--short-count", type=int, default=10,
+    parser.add_argument("--short-count", type=int, default=20,
                         help="short processes per batch (--only short)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
