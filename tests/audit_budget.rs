@@ -169,11 +169,11 @@ fn short_processes_of_a_known_kind_are_sampled_from_their_start() {
     let shares: Vec<f64> = started.iter().map(|&p| observed(p)).collect();
     // The first of the kind runs traced until its budget acts (100 ms or more of its ~0.5 s).
     assert!(shares[0] > 0.1, "first: {shares:?}\n{err}");
-    // The last five start detached, each attached for a window at a random point of its
-    // cycle: on average they are attached about the budget's ratio of their time (0.05 over
-    // a cost of ~0.3 while attached: ~0.17, plus the windows' granularity; 0.14-0.33 seen
-    // singly), where a first stretch traced in full was 0.4 or more of a process this short.
-    // One process's share depends on its phase: the mean is what the budget promises.
+    // The last five start detached and take turns: a window when their kind's account (the
+    // first one's debt, then what each earns at the budget's share of its time) covers one.
+    // On average they are attached no more than about the budget's ratio of their time (0.05
+    // over a cost of ~0.3 while attached: ~0.17, plus the windows' granularity), where a first
+    // stretch traced in full was 0.4 or more of a process this short.
     let later = &shares[2..];
     let mean = later.iter().sum::<f64>() / later.len() as f64;
     assert!(
