@@ -10,7 +10,18 @@
 # DT_RPATH). Nothing is installed into the system. Debian builds no free-threaded (3.14t/3.15t)
 # package of them, so there is none here either.
 #
+# Beside them, interpreters without markers (issue 24): the official `python:*` Docker images
+# are built without --with-dtrace, so they carry no markers, and the marker-less path is tested
+# on builds like theirs, side by side with the same source built --with-dtrace. 3.11 (bookworm's
+# source package) and 3.13 (trixie's, the tarball of the marker build above) are configured as
+# the images configure them, --enable-shared --with-lto, made with the slim images' flags
+# (Debian's CFLAGS, frame pointers, -Wl,--strip-all: .dynsym only, no .symtab), into
+# python-<v>-official. Unlike the images: no PGO (--enable-optimizations: too long on 2 cores;
+# its -fno-semantic-interposition is passed instead), no ensurepip, no JIT.
+# LTO makes these the slow ones (tens of minutes), hence at low priority beside a benchmark:
+#
 #   bash scripts/python-matrix.sh          # build what is missing, print the interpreters
+#   PYUSDT_MATRIX_VERSIONS="3.11-official 3.13-official" nice -n 19 ionice -c3 bash scripts/python-matrix.sh
 #   PYUSDT_MATRIX_CACHE=/elsewhere bash scripts/python-matrix.sh
 #
 # Needs root for apt (build dependencies). Versions whose sources cannot be fetched are skipped
@@ -23,6 +34,11 @@ MATRIX=(
   "3.9  bullseye python3.9"
   "3.13 trixie   python3.13"
 )
+# version  suite     source package (marker-less, like the official images: 3.11.2 and 3.13.5)
+OFFICIAL_MATRIX=(
+  "3.11 bookworm python3.11"
+  "3.13 trixie   python3.13"
+)
 # version  suite  (Debian binaries; forky, not sid: a version reaches forky only after sid's
 # migration checks, so it changes less often, and forky is what the next stable ships;
 # 3.14.8 and 3.15.0 when written, 3.15.0 being the first release with function markers again)
@@ -31,7 +47,8 @@ DEB_MATRIX=(
   "3.15 forky"
 )
 # PYUSDT_MATRIX_VERSIONS="3.14 3.15" limits the work to those versions (the others are still
-# printed when cached), so that two runs never prepare the same version at once.
+# printed when cached), so that two runs never prepare the same version at once; the marker-less
+# builds are named with their suffix, "3.13-official", and are built only when named so.
 ONLY=${PYUSDT_MATRIX_VERSIONS:-}
 BUILD_DEPS=(build-essential libffi-dev zlib1g-dev libssl-dev libbz2-dev liblzma-dev
             libsqlite3-dev libreadline-dev systemtap-sdt-dev libgdbm-dev libncurses-dev
@@ -41,11 +58,25 @@ log() { echo "python-matrix: $*" >&2; }
 
 interpreter() { echo "$CACHE/python-$1/bin/python$1"; }
 
+official_interpreter() { echo "$CACHE/python-$1-official/bin/python$1"; }
+
 usable() { # a cached build that runs and carries markers in its libpython
   local v=$1 py
   py=$(interpreter "$v")
   [ -x "$py" ] && "$py" -c 'import sys' 2>/dev/null &&
     [ -n "$(ls "$CACHE/python-$v/lib/libpython$v"*.so* 2>/dev/null)" ]
+}
+
+usable_official() { # a cached build that runs, whose libpython has no markers and is stripped
+  local v=$1 py lib sections
+  py=$(official_interpreter "$v")
+  lib=$(find "$CACHE/python-$v-official/lib" -maxdepth 1 -name "libpython$v*.so.*" -type f 2>/dev/null | head -n1)
+  [ -x "$py" ] && "$py" -c 'import sys' 2>/dev/null && [ -n "$lib" ] || return 1
+  sections=$(readelf -SW "$lib" 2>/dev/null) || return 1
+  ! readelf -nW "$lib" 2>/dev/null | grep -q stapsdt &&
+    ! grep -qE '\s\.note\.stapsdt\s' <<< "$sections" &&
+    grep -qE '\s\.dynsym\s' <<< "$sections" &&
+    ! grep -qE '\s\.symtab\s' <<< "$sections"
 }
 
 # The Debian archive's URI, from this machine's own apt sources (no host name in the repo).
@@ -69,8 +100,8 @@ install_build_deps() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-build() {
-  local v=$1 suite=$2 pkg=$3 work uri src
+build() { # kind: dtrace (markers) or official (none, like the Docker images)
+  local v=$1 suite=$2 pkg=$3 kind=${4:-dtrace} work uri src
   uri=$(archive_uri)
   if [ -z "$uri" ]; then log "no Debian archive in /etc/apt sources: skipping $v"; return 0; fi
   work=$(mktemp -d)
@@ -85,22 +116,46 @@ build() {
     log "could not fetch $pkg from $suite: skipping $v"
     return 0
   fi
-  src=$(ls "$work"/"${pkg}"_*.orig.tar.xz 2>/dev/null | head -n1)
+  # The upstream tarball: .tar.xz, or .tar.gz for bookworm's python3.11 (not its .asc).
+  src=$(find "$work" -maxdepth 1 -name "${pkg}_*.orig.tar.[gx]z" | head -n1)
   [ -n "$src" ] || { log "no upstream tarball for $pkg: skipping $v"; return 0; }
   tar -C "$work" -xf "$src"
-  local dir
+  local dir prefix name start=$SECONDS
   dir=$(find "$work" -maxdepth 1 -type d -name 'Python-*' | head -n1)
-  log "building $(basename "$dir") --with-dtrace --enable-shared (a few minutes)"
-  local prefix="$CACHE/python-$v"
+  local configure=(--enable-shared --without-ensurepip) make_args=()
+  if [ "$kind" = official ]; then
+    name="$v-official"
+    prefix="$CACHE/python-$name"
+    configure+=(--with-lto LDFLAGS="-Wl,--strip-all -Wl,-rpath,$prefix/lib")
+    # The slim images' make flags: Debian's CFLAGS (-O2 wins over OPT's -O3) with frame
+    # pointers, and -fno-semantic-interposition, which their --enable-optimizations brings:
+    # exported functions may then be inlined at internal call sites, as in the images.
+    make_args=("EXTRA_CFLAGS=$(dpkg-buildflags --get CFLAGS) -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer"
+               "CFLAGS_NODIST=-fno-semantic-interposition"
+               "LDFLAGS=$(dpkg-buildflags --get LDFLAGS) -Wl,--strip-all -Wl,-rpath,$prefix/lib")
+    log "building $(basename "$dir") without markers, --enable-shared --with-lto, stripped (LTO: tens of minutes)"
+  else
+    name=$v
+    prefix="$CACHE/python-$name"
+    configure+=(--with-dtrace OPT="-O1 -g0" LDFLAGS="-Wl,-rpath,$prefix/lib")
+    log "building $(basename "$dir") --with-dtrace --enable-shared (a few minutes)"
+  fi
   rm -rf "$prefix"
-  (cd "$dir" &&
-    ./configure -q --with-dtrace --enable-shared --without-ensurepip --prefix="$prefix" \
-      OPT="-O1 -g0" LDFLAGS="-Wl,-rpath,$prefix/lib" >/dev/null &&
-    make -s -j"$(nproc)" >/dev/null 2>&1 &&
-    make -s install >/dev/null 2>&1)
+  if ! (cd "$dir" &&
+        ./configure -q --prefix="$prefix" "${configure[@]}" &&
+        make -s -j"$(nproc)" "${make_args[@]}" &&
+        make -s install) > "$work/build.log" 2>&1; then
+    log "building $name stopped; the end of its log:"
+    tail -n 20 "$work/build.log" >&2
+  fi
   rm -rf "$prefix/lib/python$v/test" "$prefix/lib/python$v/"*/test
-  usable "$v" || { log "build of $v failed"; rm -rf "$prefix"; return 1; }
-  log "built $(interpreter "$v")"
+  if [ "$kind" = official ]; then
+    usable_official "$v" || { log "build of $name failed"; rm -rf "$prefix"; return 1; }
+    log "built $(official_interpreter "$v") in $(( (SECONDS - start) / 60 )) min"
+  else
+    usable "$v" || { log "build of $name failed"; rm -rf "$prefix"; return 1; }
+    log "built $(interpreter "$v") in $(( (SECONDS - start) / 60 )) min"
+  fi
 }
 
 # The interpreter, the stdlib, and forky's copies of the libraries whose bookworm versions are
@@ -166,6 +221,19 @@ for row in "${MATRIX[@]}"; do
   build "$v" "$suite" "$pkg" &
   pids+=($!)
 done
+for row in "${OFFICIAL_MATRIX[@]}"; do
+  read -r v suite pkg <<< "$row"
+  if usable_official "$v"; then
+    log "cached: $(official_interpreter "$v")"
+    continue
+  fi
+  # Built only when asked for by name: LTO takes ten minutes or more, and setup.sh runs this.
+  if ! [[ " $ONLY " == *" $v-official "* ]]; then continue; fi
+  [ "$(id -u)" -eq 0 ] || { log "not root: cannot build $v-official"; continue; }
+  install_build_deps
+  build "$v" "$suite" "$pkg" official &
+  pids+=($!)
+done
 for row in "${DEB_MATRIX[@]}"; do
   read -r v suite <<< "$row"
   if usable_deb "$v"; then
@@ -186,5 +254,9 @@ done
 for row in "${DEB_MATRIX[@]}"; do
   read -r v _ <<< "$row"
   usable_deb "$v" && interpreter "$v"
+done
+for row in "${OFFICIAL_MATRIX[@]}"; do
+  read -r v _ <<< "$row"
+  usable_official "$v" && official_interpreter "$v"
 done
 exit 0
