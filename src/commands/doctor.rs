@@ -28,7 +28,18 @@ struct Diagnosis {
     function_markers: &'static str,
     /// Markers whose semaphore is set in this process now: some tracer has them enabled.
     enabled_now: Vec<String>,
+    /// Without markers: the hook points found in the interpreter (`pyusdt list` has their
+    /// addresses). pyusdt does not trace through them yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_points: Option<Vec<HookPoint>>,
     advice: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HookPoint {
+    name: &'static str,
+    /// `symbol table` or `exported`.
+    source: &'static str,
 }
 
 pub fn run(args: &DoctorArgs) -> CliResult<i32> {
@@ -80,6 +91,9 @@ pub fn run(args: &DoctorArgs) -> CliResult<i32> {
         let Some(main) = binaries
             .iter()
             .find(|b| b.has_python_markers())
+            // Without markers: the file whose hook points were looked for (the libpython of
+            // an --enable-shared build, not its executable).
+            .or_else(|| binaries.iter().find(|b| b.hooks.is_some()))
             .or_else(|| binaries.iter().find(|b| b.version.is_some()))
             .or(binaries.first())
         else {
@@ -195,6 +209,15 @@ fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
         } else {
             Vec::new()
         },
+        hook_points: binary.hooks.as_ref().map(|h| {
+            h.found
+                .iter()
+                .map(|f| HookPoint {
+                    name: f.name,
+                    source: f.source.label(),
+                })
+                .collect()
+        }),
         advice: advice(binary, in_container),
     }
 }
@@ -317,6 +340,30 @@ fn write_table(
                 } else {
                     d.enabled_now.join(", ")
                 }
+            )?;
+        }
+        if let Some(hooks) = &d.hook_points {
+            // Grouped by where they were found, in the order looked for.
+            let mut sources: Vec<(&str, Vec<&str>)> = Vec::new();
+            for h in hooks {
+                match sources.iter_mut().find(|(s, _)| *s == h.source) {
+                    Some((_, names)) => names.push(h.name),
+                    None => sources.push((h.source, vec![h.name])),
+                }
+            }
+            let found = if sources.is_empty() {
+                "none found".to_string()
+            } else {
+                sources
+                    .iter()
+                    .map(|(source, names)| format!("{source}: {}", names.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            writeln!(
+                out,
+                "  hook points  {found} (not traced yet: `pyusdt list {}`)",
+                safe(&d.interpreter.to_string_lossy())
             )?;
         }
         writeln!(out, "  advice       {}", d.advice)?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::ListArgs;
 use crate::discover::process;
 use crate::discover::stapsdt::ObjectKind;
-use crate::discover::{Binary, NO_MARKERS_HINT};
+use crate::discover::{hooks, Binary, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 
 #[derive(Serialize)]
@@ -22,6 +22,29 @@ struct FileReport<'a> {
     markers: Vec<MarkerReport<'a>>,
     /// CPython markers this file lacks, with why (e.g. 3.12+ has no function markers).
     absent: Vec<AbsentMarker>,
+    /// A CPython without markers: the functions and data that could stand in for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hooks: Option<HooksReport>,
+}
+
+#[derive(Serialize)]
+struct HooksReport {
+    found: Vec<HookReport>,
+    /// `_PyRuntime`'s debug offsets (3.13+): the version they give.
+    debug_offsets: Option<String>,
+    /// The hook points looked for and not found.
+    missing: Vec<&'static str>,
+    /// pyusdt does not trace through them yet.
+    traced: bool,
+}
+
+#[derive(Serialize)]
+struct HookReport {
+    name: &'static str,
+    address: u64,
+    size: u64,
+    source: &'static str,
+    gives: &'static str,
 }
 
 #[derive(Serialize)]
@@ -73,7 +96,20 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
     }
     // A --enable-shared interpreter: point at the library that has the markers.
     if let Some(lib) = binaries.iter().find_map(Binary::linked_libpython) {
-        if Binary::open(&lib).is_ok_and(|l| l.has_python_markers()) {
+        let lib_file = Binary::open(&lib);
+        if lib_file.as_ref().is_ok_and(|l| l.hooks.is_some()) {
+            return Err(CliError::new(
+                Exit::NoMarkers,
+                format!(
+                    "{} has no CPython markers, nor its libpython {}: run `pyusdt list {}` \
+                     for the hook points that could stand in for them. {NO_MARKERS_HINT}",
+                    files[0].display(),
+                    lib.display(),
+                    lib.display()
+                ),
+            ));
+        }
+        if lib_file.is_ok_and(|l| l.has_python_markers()) {
             return Err(CliError::new(
                 Exit::NoMarkers,
                 format!(
@@ -157,7 +193,34 @@ fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
         } else {
             Vec::new()
         },
+        hooks: b.hooks.as_ref().map(|h| HooksReport {
+            found: h
+                .found
+                .iter()
+                .map(|f| HookReport {
+                    name: f.name,
+                    address: f.address,
+                    size: f.size,
+                    source: f.source.label(),
+                    gives: gives(f.name),
+                })
+                .collect(),
+            debug_offsets: h.debug_offsets.map(|d| d.version()),
+            missing: hooks::WANTED
+                .iter()
+                .map(|&(name, _)| name)
+                .filter(|name| !h.found.iter().any(|f| f.name == *name))
+                .collect(),
+            traced: false,
+        }),
     }
+}
+
+fn gives(name: &str) -> &'static str {
+    hooks::WANTED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, gives)| gives)
 }
 
 /// The markers of CPython's `Include/pydtrace.d` that have call sites in some release.
@@ -195,6 +258,9 @@ fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Re
         )?;
         if r.markers.is_empty() {
             writeln!(out, "  no USDT markers")?;
+            if let Some(h) = &r.hooks {
+                write_hooks(out, h)?;
+            }
             continue;
         }
         writeln!(
@@ -235,6 +301,42 @@ fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Re
         for a in &r.absent {
             writeln!(out, "  note: {}: {}", a.name, a.note)?;
         }
+    }
+    Ok(())
+}
+
+/// The hook points of a CPython without markers, and that they are not traced yet.
+fn write_hooks(out: &mut impl Write, h: &HooksReport) -> std::io::Result<()> {
+    if h.found.is_empty() {
+        return writeln!(
+            out,
+            "  no symbols of the hook points either (a static, stripped build)"
+        );
+    }
+    writeln!(
+        out,
+        "  hook points that could stand in for markers (pyusdt does not trace through them yet):"
+    )?;
+    writeln!(
+        out,
+        "  {:<27} {:<13} {:<18} {:>6}  WOULD GIVE",
+        "SYMBOL", "SOURCE", "ADDRESS", "SIZE"
+    )?;
+    for f in &h.found {
+        writeln!(
+            out,
+            "  {:<27} {:<13} {:#018x} {:>6}  {}",
+            f.name, f.source, f.address, f.size, f.gives
+        )?;
+    }
+    if let Some(v) = &h.debug_offsets {
+        writeln!(
+            out,
+            "  note: _PyRuntime starts with the debug offsets of CPython {v}"
+        )?;
+    }
+    if !h.missing.is_empty() {
+        writeln!(out, "  note: not found: {}", h.missing.join(", "))?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! An ELF file read without mapping it: a buffer the size of the file, zeroed and filled only
-//! where the parsers look (headers, notes, the dynamic section and `.rodata`), read with
+//! where the parsers look (headers, notes, the dynamic section, `.rodata`, and the symbol
+//! tables of a CPython without markers), read with
 //! `pread`. A file truncated meanwhile gives an error, not a SIGBUS; the bytes read are
 //! bounded whatever the headers claim; the pages never filled are never touched, so they cost
 //! address space, not memory.
@@ -16,6 +17,20 @@ pub const MAX_READ_BYTES: u64 = 64 << 20;
 const HEAD_BYTES: u64 = 4096;
 /// `.rodata` beyond this is not read (the version then comes from the file name alone).
 const MAX_RODATA_BYTES: u64 = 32 << 20;
+/// A symbol table (or its strings) beyond this is not read (libpython's `.dynsym` is about
+/// 40 KB, a debug build's `.symtab` a few MB).
+const MAX_SYMBOLS_BYTES: u64 = 16 << 20;
+
+/// What to read beyond the headers, notes and dynamic section.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts {
+    /// `.rodata`: the CPython version is read there (only worth it for files that look like
+    /// CPython).
+    pub rodata: bool,
+    /// `.symtab`, `.dynsym` and their strings: the hook points of a CPython without markers
+    /// (src/discover/hooks.rs).
+    pub symbols: bool,
+}
 
 struct Filler<'a> {
     file: &'a OpenedFile,
@@ -42,10 +57,9 @@ impl Filler<'_> {
     }
 }
 
-/// The file's bytes where the parsers of this module's callers look, zeros elsewhere;
-/// `.rodata` only when `rodata` (the CPython version is read there: only worth it for files
-/// that look like CPython).
-pub fn read(file: &OpenedFile, rodata: bool) -> Result<Vec<u8>, OpenError> {
+/// The file's bytes where the parsers of this module's callers look, zeros elsewhere, and
+/// the `parts` asked for.
+pub fn read(file: &OpenedFile, parts: Parts) -> Result<Vec<u8>, OpenError> {
     let mut f = Filler {
         file,
         // Zeroed allocation: calloc maps fresh zero pages, none touched until filled.
@@ -54,8 +68,8 @@ pub fn read(file: &OpenedFile, rodata: bool) -> Result<Vec<u8>, OpenError> {
     };
     f.fill(0, HEAD_BYTES)?;
     match FileKind::parse(&*f.buf) {
-        Ok(FileKind::Elf32) => fill_elf::<elf::FileHeader32<Endianness>>(&mut f, rodata)?,
-        Ok(FileKind::Elf64) => fill_elf::<elf::FileHeader64<Endianness>>(&mut f, rodata)?,
+        Ok(FileKind::Elf32) => fill_elf::<elf::FileHeader32<Endianness>>(&mut f, parts)?,
+        Ok(FileKind::Elf64) => fill_elf::<elf::FileHeader64<Endianness>>(&mut f, parts)?,
         // Not ELF: the caller says so, from the first bytes.
         _ => {}
     }
@@ -63,11 +77,11 @@ pub fn read(file: &OpenedFile, rodata: bool) -> Result<Vec<u8>, OpenError> {
 }
 
 /// Fills the program and section headers, the section names, every note section, the
-/// dynamic section and its strings, and `.rodata`. Malformed headers stop the filling: the
-/// parser then reports them.
+/// dynamic section and its strings, and the `parts` asked for. Malformed headers stop the
+/// filling: the parser then reports them.
 fn fill_elf<Elf: FileHeader<Endian = Endianness>>(
     f: &mut Filler<'_>,
-    rodata: bool,
+    parts: Parts,
 ) -> Result<(), OpenError> {
     let header: Elf = match Elf::parse(&*f.buf) {
         Ok(h) => *h,
@@ -105,7 +119,15 @@ fn fill_elf<Elf: FileHeader<Endian = Endianness>>(
                 let link = s.sh_link(endian) as usize;
                 wanted.extend(section_range::<Elf>(&header, endian, &f.buf, link));
             }
-            _ if rodata
+            elf::SHT_SYMTAB | elf::SHT_DYNSYM if parts.symbols && size <= MAX_SYMBOLS_BYTES => {
+                wanted.push((off, size));
+                let link = s.sh_link(endian) as usize;
+                wanted.extend(
+                    section_range::<Elf>(&header, endian, &f.buf, link)
+                        .filter(|&(_, size)| size <= MAX_SYMBOLS_BYTES),
+                );
+            }
+            _ if parts.rodata
                 && sections.section_name(endian, s).ok() == Some(&b".rodata"[..])
                 && size <= MAX_RODATA_BYTES =>
             {
@@ -149,7 +171,11 @@ mod tests {
             eprintln!("skipped: no /usr/bin/python3.11");
             return;
         };
-        let sparse = read(&opened, true).unwrap();
+        let parts = Parts {
+            rodata: true,
+            symbols: false,
+        };
+        let sparse = read(&opened, parts).unwrap();
         let whole = std::fs::read(path).unwrap();
         let a = crate::discover::stapsdt::read(&sparse).unwrap();
         let b = crate::discover::stapsdt::read(&whole).unwrap();

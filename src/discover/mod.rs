@@ -1,4 +1,5 @@
 //! Discovery: which files carry CPython's USDT markers, which markers can fire, and where they are.
+pub mod hooks;
 pub mod image;
 pub mod interpreters;
 pub mod lease;
@@ -86,6 +87,8 @@ pub struct Binary {
     pub id: (u64, u64),
     pub notes: SdtNotes,
     pub version: Option<CPythonVersion>,
+    /// A CPython without markers: the hook points that could stand in for them (issue 24).
+    pub hooks: Option<hooks::Hooks>,
     /// The process through which the file was found (its executable or a mapping), when it
     /// was: the file is released once no process uses it any more.
     pub found_in: Option<u32>,
@@ -118,8 +121,8 @@ impl Binary {
         name: Option<&str>,
     ) -> Result<Binary, DiscoverError> {
         let read =
-            |rodata| image::read(&file, rodata).map_err(|e| DiscoverError::from_open(&path, e));
-        let mut data = read(false)?;
+            |parts| image::read(&file, parts).map_err(|e| DiscoverError::from_open(&path, e));
+        let mut data = read(image::Parts::default())?;
         let notes = stapsdt::read(&data).map_err(|e| match e {
             stapsdt::ParseError::NotElf => DiscoverError::NotElf {
                 path: path.clone(),
@@ -130,16 +133,27 @@ impl Binary {
                 reason,
             },
         })?;
-        if version::looks_like_python(name, &notes) {
-            // Its version string is in .rodata: read it too (headers again, a few KB).
-            data = read(true)?;
+        let python = version::looks_like_python(name, &notes);
+        // Without markers, and not an executable whose libpython holds the interpreter.
+        let markerless = python
+            && !notes.markers.iter().any(|m| m.provider == PROVIDER)
+            && !notes.needed.iter().any(|n| n.starts_with("libpython"));
+        if python {
+            // Its version string is in .rodata: read it too (headers again, a few KB), and
+            // without markers, the symbol tables.
+            data = read(image::Parts {
+                rodata: true,
+                symbols: markerless,
+            })?;
         }
         let version = version::detect(name, &data, &notes);
+        let hooks = markerless.then(|| hooks::find(&data, &file)).flatten();
         Ok(Binary {
             path,
             id: file.id,
             notes,
             version,
+            hooks,
             found_in: None,
             file,
         })

@@ -1,0 +1,236 @@
+//! Hook points of a CPython file without markers (issue 24): the functions and data that
+//! stand in for the markers on builds made without `--with-dtrace` (the official `python:*`
+//! images, uv's, conda's, pyenv's). They are looked for in this order, each source named: the
+//! symbol table (`.symtab`, which pyenv's and debug builds keep, with the interpreter's internal
+//! functions), then the exported symbols (`.dynsym`, which every `--enable-shared` build keeps,
+//! the stripped official images included). Deriving internal functions from exported ones'
+//! machine code comes after these, and is not done yet: `list` shows what was found and that
+//! none of it is traced so far.
+//!
+//! The file is someone else's: the tables were read within `image::MAX_READ_BYTES`, names are
+//! compared, never printed from the file, and `_PyRuntime`'s first bytes are read with one
+//! bounded `pread`.
+use object::read::elf::ElfFile64;
+use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use super::safe_open::OpenedFile;
+
+/// Where a hook point was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `.symtab`: every function, static ones included.
+    SymbolTable,
+    /// `.dynsym`: the exported API only.
+    Exported,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::SymbolTable => "symbol table",
+            Source::Exported => "exported",
+        }
+    }
+}
+
+/// One hook point found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// One of `WANTED`'s names.
+    pub name: &'static str,
+    pub address: u64,
+    pub size: u64,
+    pub source: Source,
+}
+
+/// The debug offsets at the start of `_PyRuntime` (CPython 3.13+, `_Py_DebugOffsets`): the
+/// cookie `xdebugpy`, then the version as `PY_VERSION_HEX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugOffsets {
+    pub version_hex: u64,
+}
+
+impl DebugOffsets {
+    /// `3.13.5` from 0x030d05f0.
+    pub fn version(&self) -> String {
+        let v = self.version_hex;
+        format!(
+            "{}.{}.{}",
+            (v >> 24) & 0xff,
+            (v >> 16) & 0xff,
+            (v >> 8) & 0xff
+        )
+    }
+}
+
+/// What a file without markers offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// In `WANTED`'s order; each name at most once (the symbol table's, when both have it).
+    pub found: Vec<Hook>,
+    /// Read from `_PyRuntime` when it was found and starts with the cookie.
+    pub debug_offsets: Option<DebugOffsets>,
+}
+
+/// The hook points looked for, and what each would give (the measurements of issue 24).
+pub const WANTED: &[(&str, &str)] = &[
+    (
+        "PyObject_CallMethodObjArgs",
+        "imports: its call of importlib's _find_and_load, as the import markers (exact)",
+    ),
+    (
+        "sys_audit_tstate",
+        "audit: every event raised from C (internal; symbol table only)",
+    ),
+    (
+        "PySys_Audit",
+        "audit: events raised through the public API only (422 of 673 measured)",
+    ),
+    (
+        "gc_collect_main",
+        "GC: each collection, its generation, collected and pause (internal)",
+    ),
+    (
+        "PyGC_Collect",
+        "GC: the collector is its first local call on 3.11 (derivation)",
+    ),
+    (
+        "_Py_HandlePending",
+        "GC: the collector is called from it with generation -1 on 3.13+ (derivation)",
+    ),
+    (
+        "_PyRuntime",
+        "runtime state: debug offsets on 3.13+, GC counters",
+    ),
+];
+
+/// The cookie of `_Py_DebugOffsets`.
+const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
+
+/// The hook points of the 64-bit ELF image `data` (read with `image::Parts::symbols`), and
+/// `_PyRuntime`'s debug offsets read from `file`. `None` for a file that does not parse.
+pub fn find(data: &[u8], file: &OpenedFile) -> Option<Hooks> {
+    let elf = ElfFile64::<Endianness>::parse(data).ok()?;
+    let mut hooks = Hooks::default();
+    for &(name, _) in WANTED {
+        let hook = lookup(elf.symbols(), name, Source::SymbolTable)
+            .or_else(|| lookup(elf.dynamic_symbols(), name, Source::Exported));
+        if let Some(hook) = hook {
+            hooks.found.push(hook);
+        }
+    }
+    if let Some(runtime) = hooks.found.iter().find(|h| h.name == "_PyRuntime") {
+        hooks.debug_offsets = debug_offsets(&elf, runtime.address, file);
+    }
+    Some(hooks)
+}
+
+fn lookup<'data, S>(symbols: S, name: &'static str, source: Source) -> Option<Hook>
+where
+    S: Iterator,
+    S::Item: ObjectSymbol<'data>,
+{
+    let data_symbol = name == "_PyRuntime";
+    symbols
+        .filter(|s| s.is_definition() && s.name_bytes().ok() == Some(name.as_bytes()))
+        .find(|s| {
+            if data_symbol {
+                s.kind() == SymbolKind::Data
+            } else {
+                s.kind() == SymbolKind::Text && s.size() > 0
+            }
+        })
+        .map(|s| Hook {
+            name,
+            address: s.address(),
+            size: s.size(),
+            source,
+        })
+}
+
+/// `_PyRuntime`'s first 16 bytes, read from the file at the address's place in its section:
+/// the debug offsets when they start with the cookie.
+fn debug_offsets(
+    elf: &ElfFile64<'_, Endianness>,
+    address: u64,
+    file: &OpenedFile,
+) -> Option<DebugOffsets> {
+    let section = elf.sections().find(|s| {
+        let start = s.address();
+        address >= start && address.saturating_add(16) <= start.saturating_add(s.size())
+    })?;
+    let (offset, size) = section.file_range()?;
+    let within = address - section.address();
+    if within.saturating_add(16) > size {
+        return None;
+    }
+    let mut head = [0u8; 16];
+    file.read_exact_at(&mut head, offset.checked_add(within)?)
+        .ok()?;
+    if &head[..8] != DEBUG_COOKIE {
+        return None;
+    }
+    let version_hex = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    // A plausible 3.x version, or the bytes are not what the cookie promised.
+    ((version_hex >> 24) == 3).then_some(DebugOffsets { version_hex })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::image::{self, Parts};
+    use crate::discover::safe_open::open_path;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    /// Debian's python3.11 read as a file without markers would be: its tables, for mutating.
+    fn sample() -> Option<(OpenedFile, Vec<u8>)> {
+        let file = open_path(Path::new("/usr/bin/python3.11"), true).ok()?;
+        let parts = Parts {
+            rodata: false,
+            symbols: true,
+        };
+        let data = image::read(&file, parts).ok()?;
+        Some((file, data))
+    }
+
+    #[test]
+    fn finds_the_exported_functions_of_a_real_interpreter() {
+        let Some((file, data)) = sample() else {
+            eprintln!("skipped: no /usr/bin/python3.11");
+            return;
+        };
+        let hooks = find(&data, &file).unwrap();
+        let names: Vec<_> = hooks.found.iter().map(|h| h.name).collect();
+        assert!(names.contains(&"PyGC_Collect"), "{names:?}");
+        assert!(names.contains(&"_PyRuntime"), "{names:?}");
+        // 3.11 has no debug offsets.
+        assert_eq!(hooks.debug_offsets, None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Garbage and damaged tables give fewer hooks or none, never a panic, and every hook
+        /// found still names one of `WANTED`.
+        #[test]
+        fn damaged_tables_never_panic(flips in proptest::collection::vec((any::<u32>(), any::<u8>()), 1..64)) {
+            let Some((file, mut data)) = sample() else { return Ok(()); };
+            // Damage the headers and the first MB, where the tables are.
+            let span = data.len().min(1 << 20);
+            for (at, byte) in flips {
+                let i = at as usize % span;
+                data[i] ^= byte | 1;
+            }
+            if let Some(h) = find(&data, &file) {
+                prop_assert!(h.found.iter().all(|f| WANTED.iter().any(|(n, _)| *n == f.name)));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let Some((file, _)) = sample() else { return Ok(()); };
+            let _ = find(&bytes, &file);
+        }
+    }
+}

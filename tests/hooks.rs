@@ -1,0 +1,266 @@
+//! Hook points of CPythons without markers (`pyusdt list`, issue 24), against binutils' `nm`:
+//! the same symbols at the same addresses, from the symbol table where a build keeps one
+//! (pyenv's) and from the exported symbols where it is stripped (builds like the official
+//! images, made by scripts/python-matrix.sh), and `_PyRuntime`'s debug offsets against the
+//! interpreter's own version; `doctor` on a running process of such a build.
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// Defined symbols as `nm` prints them (`-D`: the exported ones), name → address.
+fn nm(path: &Path, exported: bool) -> HashMap<String, u64> {
+    let mut cmd = Command::new("nm");
+    cmd.arg("--defined-only");
+    if exported {
+        cmd.arg("-D");
+    }
+    let out = cmd
+        .arg(path)
+        .output()
+        .expect("nm (binutils) is installed by scripts/setup.sh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+            Some((name.to_string(), u64::from_str_radix(addr, 16).ok()?))
+        })
+        .collect()
+}
+
+/// `pyusdt list --json PATH`: the file's report, and the exit status.
+fn list(path: &Path) -> (Value, i32, String) {
+    let out = pyusdt()
+        .args(["list", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    (
+        v["files"][0].clone(),
+        out.status.code().unwrap_or(-1),
+        stderr,
+    )
+}
+
+fn found(report: &Value) -> HashMap<String, (u64, String)> {
+    report["hooks"]["found"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hooks: {report}"))
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                (
+                    h["address"].as_u64().unwrap(),
+                    h["source"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn interpreter_version(python: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn libpython(prefix: &Path, minor: u32) -> PathBuf {
+    prefix.join(format!("lib/libpython3.{minor}.so.1.0"))
+}
+
+/// Built like the official images: no markers, stripped to `.dynsym`. Every hook point found
+/// is exported, at nm's address; the internal functions are not there; the debug offsets say
+/// the interpreter's version on 3.13 and are absent on 3.11, which has none.
+#[test]
+fn stripped_builds_show_their_exported_hook_points() {
+    let mut checked = 0;
+    for minor in [11u32, 13] {
+        let prefix = matrix_cache().join(format!("python-3.{minor}-official"));
+        let python = prefix.join(format!("bin/python3.{minor}"));
+        if !python.exists() {
+            let why = format!(
+                "{} missing: PYUSDT_MATRIX_VERSIONS=3.{minor}-official bash \
+                 scripts/python-matrix.sh builds it (scripts/setup.sh --deps-only does)",
+                python.display()
+            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("NOTE: {why}");
+            continue;
+        }
+        let lib = libpython(&prefix, minor);
+        let (report, code, stderr) = list(&lib);
+        assert_eq!(code, 4, "no markers: exit 4\n{stderr}");
+        assert!(stderr.contains("no CPython markers"), "{stderr}");
+        assert_eq!(report["markers"].as_array().unwrap().len(), 0);
+        assert_eq!(report["hooks"]["traced"], false);
+        let hooks = found(&report);
+        let exported = nm(&lib, true);
+        let mut want = vec![
+            "PyObject_CallMethodObjArgs",
+            "PySys_Audit",
+            "PyGC_Collect",
+            "_PyRuntime",
+        ];
+        if minor >= 13 {
+            want.push("_Py_HandlePending");
+        }
+        for name in &want {
+            let (address, source) = hooks
+                .get(*name)
+                .unwrap_or_else(|| panic!("3.{minor}: {name} not found: {report}"));
+            assert_eq!(source, "exported", "3.{minor}: {name}");
+            assert_eq!(Some(address), exported.get(*name), "3.{minor}: {name}");
+        }
+        assert_eq!(hooks.len(), want.len(), "3.{minor}: {report}");
+        let missing = report["hooks"]["missing"].to_string();
+        assert!(
+            missing.contains("gc_collect_main") && missing.contains("sys_audit_tstate"),
+            "3.{minor}: internal functions are not in a stripped build: {missing}"
+        );
+        let debug = &report["hooks"]["debug_offsets"];
+        if minor >= 13 {
+            assert_eq!(debug.as_str(), Some(interpreter_version(&python).as_str()));
+        } else {
+            assert!(debug.is_null(), "3.11 has no debug offsets: {debug}");
+        }
+        // Its executable holds nothing: pointed at the library.
+        let (_, code, stderr) = list(&python);
+        assert_eq!(code, 4);
+        assert!(
+            stderr.contains(&format!("nor its libpython {}", lib.display())),
+            "{stderr}"
+        );
+        checked += 1;
+    }
+    eprintln!("checked {checked} stripped builds");
+}
+
+/// pyenv's builds keep `.symtab`: the internal functions are found there, and preferred to
+/// the exported symbols for the exported ones too (same address). Checked on the pyenv
+/// interpreters this machine carries, 3.11 and 3.13, when present.
+#[test]
+fn symbol_tables_give_the_internal_functions() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let versions = PathBuf::from(home).join(".pyenv/versions");
+    let mut checked = 0;
+    for (minor, dir) in [(11u32, "3.11.7"), (13, "3.13.0")] {
+        let prefix = versions.join(dir);
+        let lib = libpython(&prefix, minor);
+        if !lib.exists() {
+            eprintln!("NOTE: no pyenv {dir} ({}): not checked", lib.display());
+            continue;
+        }
+        let (report, code, stderr) = list(&lib);
+        assert_eq!(code, 4, "{stderr}");
+        let hooks = found(&report);
+        let symbols = nm(&lib, false);
+        for name in [
+            "gc_collect_main",
+            "sys_audit_tstate",
+            "PyGC_Collect",
+            "_PyRuntime",
+        ] {
+            let (address, source) = hooks
+                .get(name)
+                .unwrap_or_else(|| panic!("pyenv {dir}: {name} not found: {report}"));
+            assert_eq!(source, "symbol table", "pyenv {dir}: {name}");
+            assert_eq!(Some(address), symbols.get(name), "pyenv {dir}: {name}");
+        }
+        let python = prefix.join(format!("bin/python3.{minor}"));
+        let debug = &report["hooks"]["debug_offsets"];
+        if minor >= 13 {
+            assert_eq!(debug.as_str(), Some(interpreter_version(&python).as_str()));
+        }
+        checked += 1;
+    }
+    eprintln!("checked {checked} pyenv builds");
+}
+
+/// A build with markers is listed by its markers alone.
+#[test]
+fn builds_with_markers_have_no_hook_section() {
+    let (report, code, stderr) = list(Path::new(SYSTEM_PYTHON));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(report.get("hooks").is_none(), "{report}");
+}
+
+/// `doctor` on a running process of a build without markers names the file whose hook points
+/// were looked for (the libpython, not the executable) and the hook points with their source,
+/// and says that they are not traced.
+#[test]
+fn doctor_shows_a_running_processs_hook_points() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let prefix = PathBuf::from(home).join(".pyenv/versions/3.13.0");
+    let python = prefix.join("bin/python3.13");
+    if !python.exists() {
+        eprintln!("NOTE: no pyenv 3.13.0 ({}): not checked", python.display());
+        return;
+    }
+    let mut child = Reaped(
+        Command::new(&python)
+            .args([
+                "-c",
+                "import sys, time; print(1, flush=True); time.sleep(60)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Running its program (its libpython mapped) once it printed.
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.0.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let pid = child.0.id() as u64;
+
+    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let me = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("PID {pid} not in the report: {stdout}"))
+        .clone();
+    assert_eq!(me["markers"], false, "{me}");
+    assert_eq!(
+        me["interpreter"].as_str(),
+        Some(libpython(&prefix, 13).to_str().unwrap()),
+        "{me}"
+    );
+    let points = me["hook_points"].as_array().unwrap();
+    for name in ["gc_collect_main", "sys_audit_tstate", "_PyRuntime"] {
+        assert!(
+            points
+                .iter()
+                .any(|p| p["name"] == name && p["source"] == "symbol table"),
+            "{name}: {me}"
+        );
+    }
+
+    let out = pyusdt().arg("doctor").output().unwrap();
+    let (stdout, _) = text(&out);
+    let block: String = stdout
+        .split("\nPID ")
+        .find(|b| b.starts_with(&format!("{pid} ")))
+        .unwrap_or_else(|| panic!("PID {pid}: {stdout}"))
+        .to_string();
+    assert!(
+        block.contains("hook points  symbol table: ") && block.contains("not traced yet"),
+        "{block}"
+    );
+}
