@@ -63,8 +63,13 @@ def semconv_constants(repo):
     """{CONSTANT: "name"} of opentelemetry-semantic-conventions, at the version Cargo.lock pins,
     read from its source (src/model/attrs.rs re-exports these constants rather than spelling
     the names), plus the literal constants attrs.rs defines itself."""
+    # --filter-platform: offline, cargo only has the packages this host's build downloaded;
+    # without it cargo metadata wants every platform's (android_system_properties, ...).
+    host = re.search(r"^host: (\S+)$", subprocess.run(
+        ["rustc", "-vV"], check=True, capture_output=True, text=True).stdout, re.M).group(1)
     meta = json.loads(subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline",
+         "--filter-platform", host],
         cwd=repo, check=True, capture_output=True, text=True).stdout)
     crate = [p for p in meta["packages"] if p["name"] == "opentelemetry-semantic-conventions"]
     if not crate:
