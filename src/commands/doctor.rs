@@ -93,7 +93,7 @@ pub fn run(args: &DoctorArgs) -> CliResult<i32> {
             .find(|b| b.has_python_markers())
             // Without markers: the file whose hook points were looked for (the libpython of
             // an --enable-shared build, not its executable).
-            .or_else(|| binaries.iter().find(|b| b.hooks.is_some()))
+            .or_else(|| binaries.iter().find(|b| b.markerless))
             .or_else(|| binaries.iter().find(|b| b.version.is_some()))
             .or(binaries.first())
         else {
@@ -209,7 +209,8 @@ fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
         } else {
             Vec::new()
         },
-        hook_points: binary.hooks.as_ref().map(|h| {
+        // A table that cannot be read is shown as none found, with the reason logged.
+        hook_points: hook_points(binary).map(|h| {
             h.found
                 .iter()
                 .map(|f| HookPoint {
@@ -220,6 +221,14 @@ fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
         }),
         advice: advice(binary, in_container),
     }
+}
+
+fn hook_points(binary: &Binary) -> Option<crate::discover::hooks::Hooks> {
+    binary
+        .hooks()
+        .inspect_err(|e| tracing::warn!("hook points not read: {e}"))
+        .ok()
+        .flatten()
 }
 
 /// What to do, for this interpreter.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::ListArgs;
 use crate::discover::process;
 use crate::discover::stapsdt::ObjectKind;
-use crate::discover::{hooks, Binary, NO_MARKERS_HINT};
+use crate::discover::{hooks, Binary, DiscoverError, NO_MARKERS_HINT};
 use crate::exit::{CliError, CliResult, Exit};
 
 #[derive(Serialize)]
@@ -71,7 +71,10 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
         (None, None) => return Err(CliError::new(Exit::Usage, "give a PATH or --pid PID")),
     };
     let binaries = open_all(&files, pid)?;
-    let reports: Vec<FileReport<'_>> = binaries.iter().map(|b| report(b, pid)).collect();
+    let reports = binaries
+        .iter()
+        .map(|b| report(b, pid))
+        .collect::<Result<Vec<FileReport<'_>>, _>>()?;
 
     let mut out = std::io::stdout().lock();
     let written = if args.json {
@@ -97,7 +100,7 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
     // A --enable-shared interpreter: point at the library that has the markers.
     if let Some(lib) = binaries.iter().find_map(Binary::linked_libpython) {
         let lib_file = Binary::open(&lib);
-        if lib_file.as_ref().is_ok_and(|l| l.hooks.is_some()) {
+        if lib_file.as_ref().is_ok_and(|l| l.markerless) {
             return Err(CliError::new(
                 Exit::NoMarkers,
                 format!(
@@ -160,8 +163,9 @@ fn open_all(files: &[PathBuf], pid: Option<i32>) -> CliResult<Vec<Binary>> {
     Ok(binaries)
 }
 
-fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
-    FileReport {
+fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError> {
+    let hooks = b.hooks()?;
+    Ok(FileReport {
         path: &b.path,
         pid,
         kind: b.notes.kind,
@@ -193,7 +197,7 @@ fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
         } else {
             Vec::new()
         },
-        hooks: b.hooks.as_ref().map(|h| HooksReport {
+        hooks: hooks.map(|h| HooksReport {
             found: h
                 .found
                 .iter()
@@ -202,7 +206,7 @@ fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
                     address: f.address,
                     size: f.size,
                     source: f.source.label(),
-                    gives: gives(f.name),
+                    gives: f.gives,
                 })
                 .collect(),
             debug_offsets: h.debug_offsets.map(|d| d.version()),
@@ -213,14 +217,7 @@ fn report(b: &Binary, pid: Option<i32>) -> FileReport<'_> {
                 .collect(),
             traced: false,
         }),
-    }
-}
-
-fn gives(name: &str) -> &'static str {
-    hooks::WANTED
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or("", |(_, gives)| gives)
+    })
 }
 
 /// The markers of CPython's `Include/pydtrace.d` that have call sites in some release.

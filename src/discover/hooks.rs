@@ -38,6 +38,8 @@ impl Source {
 pub struct Hook {
     /// One of `WANTED`'s names.
     pub name: &'static str,
+    /// What it would give (`WANTED`'s description).
+    pub gives: &'static str,
     pub address: u64,
     pub size: u64,
     pub source: Source,
@@ -112,9 +114,9 @@ const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 pub fn find(data: &[u8], file: &OpenedFile) -> Option<Hooks> {
     let elf = ElfFile64::<Endianness>::parse(data).ok()?;
     let mut hooks = Hooks::default();
-    for &(name, _) in WANTED {
-        let hook = lookup(elf.symbols(), name, Source::SymbolTable)
-            .or_else(|| lookup(elf.dynamic_symbols(), name, Source::Exported));
+    for &wanted in WANTED {
+        let hook = lookup(elf.symbols(), wanted, Source::SymbolTable)
+            .or_else(|| lookup(elf.dynamic_symbols(), wanted, Source::Exported));
         if let Some(hook) = hook {
             hooks.found.push(hook);
         }
@@ -125,7 +127,11 @@ pub fn find(data: &[u8], file: &OpenedFile) -> Option<Hooks> {
     Some(hooks)
 }
 
-fn lookup<'data, S>(symbols: S, name: &'static str, source: Source) -> Option<Hook>
+fn lookup<'data, S>(
+    symbols: S,
+    (name, gives): (&'static str, &'static str),
+    source: Source,
+) -> Option<Hook>
 where
     S: Iterator,
     S::Item: ObjectSymbol<'data>,
@@ -142,6 +148,7 @@ where
         })
         .map(|s| Hook {
             name,
+            gives,
             address: s.address(),
             size: s.size(),
             source,

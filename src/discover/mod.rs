@@ -87,8 +87,9 @@ pub struct Binary {
     pub id: (u64, u64),
     pub notes: SdtNotes,
     pub version: Option<CPythonVersion>,
-    /// A CPython without markers: the hook points that could stand in for them (issue 24).
-    pub hooks: Option<hooks::Hooks>,
+    /// A CPython whose interpreter is in this file and which has no markers: the file whose
+    /// hook points could stand in for them (issue 24; `hooks()`).
+    pub markerless: bool,
     /// The process through which the file was found (its executable or a mapping), when it
     /// was: the file is released once no process uses it any more.
     pub found_in: Option<u32>,
@@ -139,24 +140,39 @@ impl Binary {
             && !notes.markers.iter().any(|m| m.provider == PROVIDER)
             && !notes.needed.iter().any(|n| n.starts_with("libpython"));
         if python {
-            // Its version string is in .rodata: read it too (headers again, a few KB), and
-            // without markers, the symbol tables.
+            // Its version string is in .rodata: read it too (headers again, a few KB).
             data = read(image::Parts {
                 rodata: true,
-                symbols: markerless,
+                symbols: false,
             })?;
         }
         let version = version::detect(name, &data, &notes);
-        let hooks = markerless.then(|| hooks::find(&data, &file)).flatten();
         Ok(Binary {
             path,
             id: file.id,
             notes,
             version,
-            hooks,
+            markerless,
             found_in: None,
             file,
         })
+    }
+
+    /// The hook points of a CPython without markers (`None` for any other file, or one whose
+    /// tables do not parse). Reads the symbol tables (up to 16 MB each), so only `list` and
+    /// `doctor` ask for them: nothing traces through them yet, and the agent's discovery of
+    /// every process does not pay for them.
+    pub fn hooks(&self) -> Result<Option<hooks::Hooks>, DiscoverError> {
+        if !self.markerless {
+            return Ok(None);
+        }
+        let parts = image::Parts {
+            rodata: false,
+            symbols: true,
+        };
+        let data =
+            image::read(&self.file, parts).map_err(|e| DiscoverError::from_open(&self.path, e))?;
+        Ok(hooks::find(&data, &self.file))
     }
 
     /// The path libbpf is given to attach: this process's descriptor of the examined file.
