@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 /// A Python process that waits, untouched by the test, as any other on the host.
 fn bystander(python: &Path) -> Reaped {
@@ -25,17 +24,7 @@ fn bystander(python: &Path) -> Reaped {
 
 /// The markers `doctor` finds enabled in `pid` now.
 fn enabled_in(pid: u32) -> Vec<String> {
-    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    let p = v["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .unwrap_or_else(|| panic!("PID {pid} not diagnosed: {stdout}"))
-        .clone();
+    let p = diagnosis(pid).unwrap_or_else(|| panic!("PID {pid} not diagnosed"));
     p["enabled_now"]
         .as_array()
         .unwrap()

@@ -19,14 +19,6 @@ fn sleeper(python: &Path) -> Reaped {
     )
 }
 
-fn doctor() -> Vec<Value> {
-    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    v["processes"].as_array().unwrap().clone()
-}
-
 fn of(report: &[Value], pid: u32) -> Value {
     report
         .iter()
@@ -57,7 +49,7 @@ fn doctor_diagnoses_each_python_process() {
     let container = Reaped(namespaced_python(dir.path(), &dir.path().join("never")));
     std::thread::sleep(Duration::from_millis(500));
 
-    let report = doctor();
+    let report = doctor_json();
     let s = of(&report, system.0.id());
     assert_eq!(s["markers"], true);
     assert_eq!(s["cpython_version"], "3.11.2");
@@ -96,7 +88,7 @@ fn doctor_diagnoses_each_python_process() {
     // With an agent attached, the semaphores of the markers it traces are set in the process.
     let (mut agent, log) = start_agent(&["--quiet"]);
     wait_for_line(&log, "tracing ");
-    let s = of(&doctor(), system.0.id());
+    let s = of(&doctor_json(), system.0.id());
     let enabled: Vec<&str> = s["enabled_now"]
         .as_array()
         .unwrap()
@@ -120,7 +112,7 @@ fn doctor_diagnoses_each_python_process() {
     );
     let status = stop(&mut agent.0, libc::SIGTERM, Duration::from_secs(10));
     assert!(status.success());
-    let s = of(&doctor(), system.0.id());
+    let s = of(&doctor_json(), system.0.id());
     assert_eq!(
         s["enabled_now"],
         serde_json::json!([]),

@@ -235,22 +235,14 @@ fn slow_collector_answering_after_2_s() {
 /// The semaphores a running program has enabled, as `pyusdt doctor --json` reads them from its
 /// memory (None: doctor does not list the process).
 fn enabled_markers(pid: u32) -> Option<Vec<String>> {
-    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
-    assert!(out.status.success(), "doctor: {}", text(&out).1);
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .map(|p| {
-            p["enabled_now"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_str().unwrap().to_string())
-                .collect()
-        })
+    diagnosis(pid).map(|p| {
+        p["enabled_now"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect()
+    })
 }
 
 const STDIN: &[u8] = b"some input\nfor the traced program\n";

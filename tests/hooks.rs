@@ -223,19 +223,9 @@ fn doctor_shows_a_running_processs_hook_points() {
     // Running its program (its libpython mapped) once it printed.
     let mut first = [0u8; 1];
     std::io::Read::read_exact(child.0.stdout.as_mut().unwrap(), &mut first).unwrap();
-    let pid = child.0.id() as u64;
+    let pid = child.0.id();
 
-    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    let me = v["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"].as_u64() == Some(pid))
-        .unwrap_or_else(|| panic!("PID {pid} not in the report: {stdout}"))
-        .clone();
+    let me = diagnosis(pid).unwrap_or_else(|| panic!("PID {pid} not diagnosed"));
     assert_eq!(me["markers"], false, "{me}");
     assert_eq!(
         me["interpreter"].as_str(),

@@ -228,6 +228,20 @@ pub fn summary(records: &[Value]) -> &Value {
     last
 }
 
+/// `pyusdt doctor --json`'s diagnoses, one per Python process of the host.
+pub fn doctor_json() -> Vec<Value> {
+    let out = pyusdt().args(["doctor", "--json"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "doctor: {stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    v["processes"].as_array().unwrap().clone()
+}
+
+/// `pyusdt doctor --json`'s diagnosis of `pid` (None: doctor does not list it).
+pub fn diagnosis(pid: u32) -> Option<Value> {
+    doctor_json().into_iter().find(|p| p["pid"] == pid)
+}
+
 pub fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
