@@ -185,7 +185,8 @@ impl Workload {
             tid: t.tid,
             marker,
             depth: t.depth,
-            _pad: [0; 6],
+            source: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -301,7 +302,8 @@ fn workload(n: usize) -> (Records, Records) {
                 tid: pid,
                 marker: MARKER_PROCESS,
                 depth: 0,
-                _pad: [0; 6],
+                source: 0,
+                _pad: [0; 5],
             },
             ..Default::default()
         };

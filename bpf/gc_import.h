@@ -69,32 +69,68 @@ int BPF_USDT(gc_done, long collected)
 	return 0;
 }
 
+/* An import starts (the start marker, or the hooked call: `sp` and `obj` its stack pointer
+ * and module name object, 0 for the marker); returns the thread's stack. */
+static __always_inline struct span_stack *import_begin(__u64 sp, __u64 obj)
+{
+	struct span_stack *st = stack_push(0, 0, EPOCH_ANY);
+	if (!st)
+		return 0;
+	__u32 i = st->imports;
+	if (i < IMPORT_STACK_DEPTH) {
+		st->import_ts[i] = bpf_ktime_get_ns();
+		st->import_sp[i] = sp;
+		st->import_obj[i] = obj;
+	} else {
+		count(STAT_IMPORT_TOO_DEEP);
+	}
+	st->imports = i + 1;
+	__sync_fetch_and_add(&imports_in_progress, 1);
+	return st;
+}
+
 SEC("usdt")
 int BPF_USDT(import_start, const char *module)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	struct span_stack *st = stack_push(0, 0, EPOCH_ANY);
-	if (!st)
-		return 0;
-	__u32 i = st->imports;
-	if (i < IMPORT_STACK_DEPTH)
-		st->import_ts[i] = bpf_ktime_get_ns();
-	else
-		count(STAT_IMPORT_TOO_DEEP);
-	st->imports = i + 1;
-	__sync_fetch_and_add(&imports_in_progress, 1);
+	import_begin(0, 0);
 	return 0;
 }
 
-SEC("usdt")
-int BPF_USDT(import_done, const char *module, int found)
+/* The module name of a hooked import, from its str object: the characters of a compact
+ * ASCII string follow its header (`data_offset`: sizeof(PyASCIIObject) of the version); a
+ * compact non-ASCII one keeps a UTF-8 copy's pointer 8 bytes further, when it was made.
+ * Otherwise the name is left empty (the decoder says it is unknown). */
+#define PYUNICODE_STATE_OFFSET 32
+#define PYUNICODE_COMPACT 0x20
+#define PYUNICODE_ASCII 0x40
+static __always_inline void read_module_obj(char *dst, __u64 obj, __u64 data_offset)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!wanted(id >> 32))
-		return 0;
+	__u32 state = 0;
+	dst[0] = '\0';
+	if (bpf_probe_read_user(&state, sizeof(state), (void *)(obj + PYUNICODE_STATE_OFFSET)) < 0 ||
+	    !(state & PYUNICODE_COMPACT))
+		return;
+	if (state & PYUNICODE_ASCII) {
+		if (bpf_probe_read_user_str(dst, MODULE_LEN, (void *)(obj + data_offset)) < 0)
+			dst[0] = '\0';
+		return;
+	}
+	__u64 utf8 = 0;
+	if (bpf_probe_read_user(&utf8, sizeof(utf8), (void *)(obj + data_offset + 8)) < 0 || !utf8)
+		return;
+	if (bpf_probe_read_user_str(dst, MODULE_LEN, (void *)utf8) < 0)
+		dst[0] = '\0';
+}
+
+/* An import ends: pops it and sends its event (or aggregates it), the module name read from
+ * `module_utf8` (the marker's argument) or, from a hook, from the str object `module_obj`. */
+static __always_inline void import_end(__u64 id, __u64 now, int found, __u8 source,
+				       const char *module_utf8, __u64 module_obj,
+				       __u64 data_offset)
+{
 	__u64 unused_start, start = 0;
 	__s32 line;
 	__u32 depth = stack_pop(&unused_start, &line, EPOCH_ANY);
@@ -115,20 +151,34 @@ int BPF_USDT(import_done, const char *module, int found)
 		};
 		if (!aggregate(&import_agg, &key, start, now, 0))
 			count(STAT_DROP_IMPORT);
-		return 0;
+		return;
 	}
 	struct import_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_IMPORT);
-		return 0;
+		return;
 	}
 	/* After the pop: depth counts the enclosing spans. */
 	fill_header(&e->h, id, MARKER_IMPORT, start, now, depth);
+	e->h.source = source;
 	e->found = found;
 	e->nesting = nesting;
-	if (bpf_probe_read_user_str(e->module, sizeof(e->module), module) < 0)
+	if (module_obj) {
+		read_module_obj(e->module, module_obj, data_offset);
+	} else if (bpf_probe_read_user_str(e->module, sizeof(e->module), module_utf8) < 0) {
 		e->module[0] = '\0';
+	}
 	submit(e, sizeof(*e));
+}
+
+SEC("usdt")
+int BPF_USDT(import_done, const char *module, int found)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	import_end(id, now, found, SOURCE_MARKER, module, 0, 0);
 	return 0;
 }
 

@@ -136,6 +136,7 @@ static __always_inline void fill_header(struct event_header *h, __u64 id, __u8 m
 	h->tid = (__u32)id;
 	h->marker = marker;
 	h->depth = depth > 255 ? 255 : depth;
+	h->source = SOURCE_MARKER;
 	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
 }
 

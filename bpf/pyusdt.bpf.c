@@ -18,6 +18,7 @@
 #include "process.h"
 #include "aggregate.h"
 #include "gc_import.h"
+#include "hooks.h"
 #include "audit.h"
 #include "functions.h"
 #include "flow.h"

@@ -70,7 +70,18 @@ struct event_header {
 	__u32 tid;
 	__u8 marker;    /* enum marker */
 	__u8 depth;     /* imports (and traced calls) still in progress on the thread at the end */
-	__u8 _pad[6];
+	__u8 source;    /* enum signal_source: where the event was seen */
+	__u8 _pad[5];
+};
+
+/* Where an event was seen: a CPython marker, or a hook point of a build without markers
+ * (src/discover/hooks.rs), found in the symbol table, among the exported symbols, or derived
+ * from an exported function's machine code. */
+enum signal_source {
+	SOURCE_MARKER = 0,
+	SOURCE_SYMBOL_TABLE = 1,
+	SOURCE_EXPORTED = 2,
+	SOURCE_DERIVED = 3,
 };
 
 struct gc_event {

@@ -23,6 +23,10 @@ struct span_stack {
 	__s32 line[SPAN_STACK_DEPTH];
 	__u64 name[SPAN_STACK_DEPTH]; /* a call's co_name pointer (see call_pop); 0: an import */
 	__u64 import_ts[IMPORT_STACK_DEPTH];
+	/* Imports seen through a hook point (hooks.h): the stack pointer at the hooked call's
+	 * entry, which tells its return from other calls' returns, and the module name object. */
+	__u64 import_sp[IMPORT_STACK_DEPTH];
+	__u64 import_obj[IMPORT_STACK_DEPTH];
 };
 
 /* Task-local storage: every function event looks its thread's stack up, and a hash keyed by

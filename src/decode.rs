@@ -23,6 +23,46 @@ pub struct Header {
     /// Spans still in progress on the thread when the event ended: imports and, with function
     /// probes, calls (nesting for spans).
     pub depth: u8,
+    /// Where the event was seen: a marker, or a hook point of a build without markers.
+    pub source: SignalSource,
+}
+
+/// Where an event was seen (`enum signal_source` of bpf/pyusdt.h): a CPython marker, or a
+/// hook point of a build without markers (src/discover/hooks.rs) and where that was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignalSource {
+    #[default]
+    Marker,
+    SymbolTable,
+    Exported,
+    Derived,
+}
+
+impl SignalSource {
+    /// The value of the `pyusdt.signal.source` attribute and of JSON output's `source`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SignalSource::Marker => "usdt",
+            SignalSource::SymbolTable => "symbol_table",
+            SignalSource::Exported => "exported_symbol",
+            SignalSource::Derived => "derived",
+        }
+    }
+
+    /// The byte the BPF programs write (and their cookie carries); unknown values read as
+    /// the marker's, which is what every other event is.
+    pub fn from_byte(b: u8) -> SignalSource {
+        match b {
+            1 => SignalSource::SymbolTable,
+            2 => SignalSource::Exported,
+            3 => SignalSource::Derived,
+            _ => SignalSource::Marker,
+        }
+    }
+
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
 }
 
 impl Header {
@@ -200,6 +240,7 @@ pub fn decode(data: &[u8]) -> Result<Record<'_>, DecodeError> {
         pid: raw.pid,
         tid: raw.tid,
         depth: raw.depth,
+        source: SignalSource::from_byte(raw.source),
     };
     match raw.marker {
         bpf::MARKER_GC => {
@@ -350,7 +391,8 @@ mod tests {
             tid: 8,
             marker,
             depth: 1,
-            _pad: [0; 6],
+            source: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -398,6 +440,7 @@ mod tests {
                     pid: 7,
                     tid: 8,
                     depth: 1,
+                    source: Default::default(),
                 },
                 nargs: None,
                 image: 3,

@@ -1,7 +1,7 @@
 //! Links: the markers attached per interpreter file (for every process mapping it), per
 //! process (function probes, the governed audit marker, `top`'s counter, `flow`), and
 //! detached again; each attach under a read lease of the file.
-use libbpf_rs::{Link, MapCore, MapFlags, UsdtOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts, UsdtOpts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use super::maps::per_cpu_entries;
 use super::{AttachError, ProcessPlan, Tracer};
 use crate::bpf;
 use crate::discover::lease::Lease;
-use crate::discover::{refusals, Binary, Reason, PROVIDER};
+use crate::discover::{hooks, refusals, Binary, Reason, PROVIDER};
 use crate::probes::Probe;
 
 /// `FUNC_COUNT_HITS` of bpf/pyusdt.h: a function probe's cookie bit asking for hit counts.
@@ -50,11 +50,48 @@ impl<'obj> Tracer<'obj> {
                 attached.push(marker);
             }
         }
+        if !binary.has_python_markers() {
+            if let Some(plan) = binary.hook_plan() {
+                attached.extend(self.attach_hooks(binary, plan, &mut new_links)?);
+            }
+        }
         // All or nothing per file: a half-attached gc (start without done) would mislead.
         self.file_links
             .entry(binary.id)
             .or_default()
             .extend(new_links);
+        Ok(attached)
+    }
+
+    /// Attaches the selected probes that `plan` can stand in for, on a file without markers,
+    /// for every process mapping it: imports at `PyObject_CallMethodObjArgs` (bpf/hooks.h).
+    /// Returns the functions attached at.
+    fn attach_hooks(
+        &self,
+        binary: &Binary,
+        plan: &hooks::Plan,
+        links: &mut Vec<Link>,
+    ) -> Result<Vec<&'static str>, AttachError> {
+        let mut attached = Vec::new();
+        let wants = |p: Probe| self.options.probes.iter().any(|q| q == p);
+        if wants(Probe::Import) {
+            if let Ok(site) = &plan.imports {
+                let p = &self.skel.progs;
+                // The return first: an entry seen before its return's probe exists would stay
+                // pushed (released in the reverse order).
+                for (prog, retprobe) in
+                    [(&p.hook_import_return, true), (&p.hook_import_entry, false)]
+                {
+                    let opts = UprobeOpts {
+                        cookie: site.cookie(),
+                        retprobe,
+                        ..Default::default()
+                    };
+                    links.push(attach_function(prog, binary, site.site, opts)?);
+                }
+                attached.push(site.site.symbol);
+            }
+        }
         Ok(attached)
     }
 
@@ -303,6 +340,29 @@ fn attach_marker(
     })
 }
 
+/// Attaches `prog` at a hook point of `binary` (its entry, or its returns with
+/// `opts.retprobe`) for every process mapping the file, through the examined file's descriptor.
+fn attach_function(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    binary: &Binary,
+    site: hooks::Site,
+    opts: UprobeOpts,
+) -> Result<Link, AttachError> {
+    let offset = usize::try_from(site.file_offset).map_err(|_| {
+        AttachError::Object(format!(
+            "{}: offset of {} out of range",
+            binary.path.display(),
+            site.symbol
+        ))
+    })?;
+    prog.attach_uprobe_with_opts(-1, binary.attach_path(), offset, opts)
+        .map_err(|source| AttachError::Attach {
+            marker: site.symbol,
+            path: binary.path.clone(),
+            source,
+        })
+}
+
 /// A read lease on `binary` while libbpf attaches to it (see `discover::lease`); a refusal
 /// is counted and is the error.
 /// `None` for a host file that only the host's root can truncate (see `Lease::needed`).
@@ -336,15 +396,7 @@ fn audit_cookie(binary: &Binary) -> u64 {
 /// `ob_refcnt` and `ob_type`). Free-threaded builds (`python3.13t`, `libpython3.13t.so`) have a
 /// larger object header that is not decoded: their audit argument count stays unknown.
 fn ob_size_offset(binary: &Binary) -> u64 {
-    let name = binary
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    let version_and_rest = name.trim_start_matches("lib").trim_start_matches("python");
-    let abi_flag = version_and_rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
-    let free_threaded = abi_flag.starts_with('t');
-    if cfg!(target_pointer_width = "64") && !free_threaded {
+    if cfg!(target_pointer_width = "64") && !binary.free_threaded() {
         16
     } else {
         0

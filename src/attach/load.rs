@@ -66,6 +66,14 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .count_return
             .set_autoload(options.count_functions);
+        // Hook points of builds without markers (bpf/hooks.h): imports only, so far.
+        let imports = options.probes.iter().any(|p| p == Probe::Import);
+        for prog in [
+            &mut open.progs.hook_import_entry,
+            &mut open.progs.hook_import_return,
+        ] {
+            prog.set_autoload(imports);
+        }
         open.progs
             .time_return
             .set_autoload(options.count_functions && options.time_functions);

@@ -141,18 +141,21 @@ pub(crate) fn resolve_command(
     if let Some(interpreter) = command_interpreter(&resolved) {
         let name = program.to_string_lossy();
         match Binary::open(&interpreter) {
-            Ok(b) if b.has_python_markers() => implied = Some(interpreter),
-            // A --enable-shared build: the markers are in the libpython it links.
-            Ok(b) if b.linked_libpython().is_some_and(|l| {
-                Binary::open(&l).is_ok_and(|lib| lib.has_python_markers())
-            }) =>
+            Ok(b) if b.traceable() => implied = Some(interpreter),
+            // A --enable-shared build: the markers (or hook points) are in the libpython it
+            // links.
+            Ok(b)
+                if b.linked_libpython()
+                    .is_some_and(|l| Binary::open(&l).is_ok_and(|lib| lib.traceable())) =>
             {
                 implied = b.linked_libpython();
             }
             Ok(b) => tracing::warn!(
-                "`{name}` runs {}{}, which has no CPython markers: it will not be traced. {NO_MARKERS_HINT}",
+                "`{name}` runs {}{}, which has no CPython markers, nor hook points pyusdt can \
+                 trace through: it will not be traced. {NO_MARKERS_HINT}",
                 b.path.display(),
-                b.version.map_or_else(String::new, |v| format!(" (CPython {v})")),
+                b.version
+                    .map_or_else(String::new, |v| format!(" (CPython {v})")),
             ),
             Err(e) => tracing::warn!("`{name}`: {e}; it will not be traced"),
         }

@@ -4,8 +4,9 @@
 //! symbol table (`.symtab`, which pyenv's and debug builds keep, with the interpreter's internal
 //! functions), then the exported symbols (`.dynsym`, which every `--enable-shared` build keeps,
 //! the stripped official images included). Deriving internal functions from exported ones'
-//! machine code comes after these, and is not done yet: `list` shows what was found and that
-//! none of it is traced so far.
+//! machine code comes after these, and is not done yet. `plan` says which signals can be traced
+//! through what was found, and why not the others: imports are (bpf/hooks.h), GC and audit not
+//! yet.
 //!
 //! The file is someone else's: the tables were read within `image::MAX_READ_BYTES`, names are
 //! compared, never printed from the file, and `_PyRuntime`'s first bytes are read with one
@@ -14,6 +15,8 @@ use object::read::elf::ElfFile64;
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use super::safe_open::OpenedFile;
+use super::version::CPythonVersion;
+use crate::decode::SignalSource;
 
 /// Where a hook point was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,14 @@ impl Source {
             Source::Exported => "exported",
         }
     }
+
+    /// What the events seen through it carry.
+    pub fn signal(self) -> SignalSource {
+        match self {
+            Source::SymbolTable => SignalSource::SymbolTable,
+            Source::Exported => SignalSource::Exported,
+        }
+    }
 }
 
 /// One hook point found.
@@ -43,6 +54,9 @@ pub struct Hook {
     pub address: u64,
     pub size: u64,
     pub source: Source,
+    /// Where its first byte is in the file, for a function whose code the file holds: where
+    /// a uprobe is attached.
+    pub file_offset: Option<u64>,
 }
 
 /// The debug offsets at the start of `_PyRuntime` (CPython 3.13+, `_Py_DebugOffsets`): the
@@ -117,7 +131,10 @@ pub fn find(data: &[u8], file: &OpenedFile) -> Option<Hooks> {
     for &wanted in WANTED {
         let hook = lookup(elf.symbols(), wanted, Source::SymbolTable)
             .or_else(|| lookup(elf.dynamic_symbols(), wanted, Source::Exported));
-        if let Some(hook) = hook {
+        if let Some(mut hook) = hook {
+            if hook.name != "_PyRuntime" {
+                hook.file_offset = code_offset(&elf, hook.address, hook.size);
+            }
             hooks.found.push(hook);
         }
     }
@@ -152,7 +169,112 @@ where
             address: s.address(),
             size: s.size(),
             source,
+            file_offset: None,
         })
+}
+
+/// The file offset of the function at `address` (`size` bytes), when it lies wholly inside an
+/// executable section whose bytes the file holds: a symbol pointing anywhere else is not a
+/// place to attach.
+fn code_offset(elf: &ElfFile64<'_, Endianness>, address: u64, size: u64) -> Option<u64> {
+    let end = address.checked_add(size)?;
+    let section = elf.sections().find(|s| {
+        // Text: SHT_PROGBITS with SHF_EXECINSTR.
+        s.kind() == object::SectionKind::Text
+            && address >= s.address()
+            && end <= s.address().saturating_add(s.size())
+    })?;
+    let (offset, len) = section.file_range()?;
+    let within = address - section.address();
+    (within.checked_add(size)? <= len).then(|| offset.checked_add(within))?
+}
+
+/// A hook point a signal is traced through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    pub symbol: &'static str,
+    pub file_offset: u64,
+    pub source: Source,
+}
+
+/// Imports, through `PyObject_CallMethodObjArgs`'s calls of `_find_and_load` (bpf/hooks.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSite {
+    pub site: Site,
+    /// Where a compact ASCII str's characters start: the size of the version's PyASCIIObject.
+    pub str_data_offset: u64,
+}
+
+impl ImportSite {
+    /// The BPF programs' cookie (bpf/hooks.h): the data offset, and the events' source.
+    pub fn cookie(&self) -> u64 {
+        self.str_data_offset | u64::from(self.site.source.signal().byte()) << 8
+    }
+}
+
+/// What a CPython file without markers can be traced through, per signal, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub imports: Result<ImportSite, String>,
+    pub gc: Result<Site, String>,
+    pub audit: Result<Site, String>,
+}
+
+impl Plan {
+    /// Whether anything can be traced.
+    pub fn any(&self) -> bool {
+        self.imports.is_ok() || self.gc.is_ok() || self.audit.is_ok()
+    }
+}
+
+/// What `hooks` of a file of CPython `version` allow (`free_threaded`: a `t` build, whose
+/// objects have a larger header). Fails closed: an unknown version or layout traces nothing.
+pub fn plan(hooks: &Hooks, version: Option<CPythonVersion>, free_threaded: bool) -> Plan {
+    let not_yet = || Err("not traced through hook points yet (issue 24)".to_string());
+    Plan {
+        imports: import_site(hooks, version, free_threaded),
+        gc: not_yet(),
+        audit: not_yet(),
+    }
+}
+
+fn import_site(
+    hooks: &Hooks,
+    version: Option<CPythonVersion>,
+    free_threaded: bool,
+) -> Result<ImportSite, String> {
+    const SYMBOL: &str = "PyObject_CallMethodObjArgs";
+    let v = version.ok_or("the CPython version is not known")?;
+    if free_threaded {
+        return Err("a free-threaded build: its object layout is not read".into());
+    }
+    // sizeof(PyASCIIObject) on 64-bit builds: 3.11 still has `wstr` (48 bytes), 3.12 removed
+    // it (40). Before 3.11, import.c calls another function (_PyObject_CallMethodIdObjArgs).
+    let str_data_offset = match (v.major, v.minor) {
+        (3, 11) => 48,
+        (3, 12..=14) => 40,
+        _ => {
+            return Err(format!(
+                "CPython {v}: its import call and str layout are not known"
+            ))
+        }
+    };
+    let hook = hooks
+        .found
+        .iter()
+        .find(|h| h.name == SYMBOL)
+        .ok_or_else(|| format!("{SYMBOL} not found"))?;
+    let file_offset = hook
+        .file_offset
+        .ok_or_else(|| format!("{SYMBOL} is not in the file's code"))?;
+    Ok(ImportSite {
+        site: Site {
+            symbol: SYMBOL,
+            file_offset,
+            source: hook.source,
+        },
+        str_data_offset,
+    })
 }
 
 /// `_PyRuntime`'s first 16 bytes, read from the file at the address's place in its section:

@@ -1,4 +1,4 @@
-//! Finds the marker-bearing interpreter files of a host: given paths, running processes and
+//! Finds the interpreter files of a host that pyusdt can trace: given paths, running processes and
 //! the usual install locations, each file once by (device, inode).
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,10 +19,11 @@ const USUAL_DIRS: &[&str] = &[
 /// What discovery found.
 #[derive(Debug, Default)]
 pub struct Discovered {
-    /// Files with CPython markers, deduplicated.
-    pub with_markers: Vec<Binary>,
-    /// CPython files without markers (worth a warning: nothing they run is traced).
-    pub without_markers: Vec<Binary>,
+    /// Files pyusdt can trace (CPython markers, or hook points standing in for them),
+    /// deduplicated.
+    pub traceable: Vec<Binary>,
+    /// CPython files it cannot (worth a warning: nothing they run is traced).
+    pub untraceable: Vec<Binary>,
     /// Explicitly given paths that could not be read.
     pub errors: Vec<DiscoverError>,
 }
@@ -33,10 +34,10 @@ impl Discovered {
         if !seen.insert(binary.id) {
             return;
         }
-        if binary.has_python_markers() {
-            self.with_markers.push(binary);
+        if binary.traceable() {
+            self.traceable.push(binary);
         } else if explicit || binary.version.is_some() {
-            self.without_markers.push(binary);
+            self.untraceable.push(binary);
         }
     }
 }

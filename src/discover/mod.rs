@@ -90,6 +90,8 @@ pub struct Binary {
     /// A CPython whose interpreter is in this file and which has no markers: the file whose
     /// hook points could stand in for them (issue 24; `hooks()`).
     pub markerless: bool,
+    /// `hook_plan()`, made at its first call.
+    plan: std::sync::OnceLock<Option<hooks::Plan>>,
     /// The process through which the file was found (its executable or a mapping), when it
     /// was: the file is released once no process uses it any more.
     pub found_in: Option<u32>,
@@ -153,15 +155,15 @@ impl Binary {
             notes,
             version,
             markerless,
+            plan: std::sync::OnceLock::new(),
             found_in: None,
             file,
         })
     }
 
     /// The hook points of a CPython without markers (`None` for any other file, or one whose
-    /// tables do not parse). Reads the symbol tables (up to 16 MB each), so only `list` and
-    /// `doctor` ask for them: nothing traces through them yet, and the agent's discovery of
-    /// every process does not pay for them.
+    /// tables do not parse). Reads the symbol tables (up to 16 MB each): only for the files
+    /// that have no markers.
     pub fn hooks(&self) -> Result<Option<hooks::Hooks>, DiscoverError> {
         if !self.markerless {
             return Ok(None);
@@ -173,6 +175,35 @@ impl Binary {
         let data =
             image::read(&self.file, parts).map_err(|e| DiscoverError::from_open(&self.path, e))?;
         Ok(hooks::find(&data, &self.file))
+    }
+
+    /// What a CPython without markers can be traced through (`None` for any other file, or
+    /// when its tables cannot be read: said once). Made once per file.
+    pub fn hook_plan(&self) -> Option<&hooks::Plan> {
+        self.plan
+            .get_or_init(|| match self.hooks() {
+                Ok(found) => found.map(|h| hooks::plan(&h, self.version, self.free_threaded())),
+                Err(e) => {
+                    tracing::warn!("hook points not read: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Whether pyusdt can trace this file: its markers, or hook points standing in for them.
+    pub fn traceable(&self) -> bool {
+        self.has_python_markers() || self.hook_plan().is_some_and(hooks::Plan::any)
+    }
+
+    /// A free-threaded build (`python3.13t`, `libpython3.13t.so`), by its file name: its
+    /// objects have a larger header, whose fields pyusdt does not read.
+    pub fn free_threaded(&self) -> bool {
+        let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let version_and_rest = name.trim_start_matches("lib").trim_start_matches("python");
+        let abi_flag =
+            version_and_rest.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        abi_flag.starts_with('t')
     }
 
     /// The path libbpf is given to attach: this process's descriptor of the examined file.
@@ -278,8 +309,10 @@ fn within(root: &Option<PathBuf>, path: &Path) -> PathBuf {
 pub const NO_MARKERS_HINT: &str =
     "CPython carries USDT markers only when built with --with-dtrace: \
 Debian/Ubuntu system python3, Fedora/RHEL/UBI have them; Docker Hub python:* images, pyenv, uv \
-(python-build-standalone), conda-forge and manylinux builds do not. Use the distribution's \
-python3 (e.g. /usr/bin/python3.11) or rebuild with ./configure --with-dtrace.";
+(python-build-standalone), conda-forge and manylinux builds do not. Without them, pyusdt traces \
+imports of CPython 3.11-3.14 through its exported functions (`pyusdt list FILE` shows what a \
+file allows). For everything, use the distribution's python3 (e.g. /usr/bin/python3.11) or \
+rebuild with ./configure --with-dtrace.";
 
 fn not_elf_hint(data: &[u8]) -> String {
     // The first page only (all that was read of a file that is not ELF).

@@ -543,6 +543,7 @@ mod tests {
                 pid: 1,
                 tid: 1,
                 depth: 0,
+                source: Default::default(),
             },
             name: Cow::Owned(name.into()),
             file: Cow::Borrowed("app.py"),

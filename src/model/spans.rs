@@ -546,6 +546,7 @@ mod tests {
             pid: 1,
             tid,
             depth,
+            source: Default::default(),
         }
     }
 

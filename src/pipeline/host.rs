@@ -50,7 +50,7 @@ impl Session<'_> {
             for pid in pids {
                 if host.discover {
                     let found = discover_process(pid as i32, examined);
-                    attached += self.attach_all(&found.with_markers);
+                    attached += self.attach_all(&found.traceable);
                     self.note_users(pid, &process_file_ids(pid as i32));
                 }
                 self.offer_functions(pid);

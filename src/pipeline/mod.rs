@@ -42,9 +42,10 @@ impl Terminal {
     }
 }
 
-/// The files to attach to: `user_paths` (from --python; unreadable or marker-less ones are
+/// The files to attach to: `user_paths` (from --python; unreadable or untraceable ones are
 /// errors), `implied` (e.g. the interpreter of `run`'s command, already checked), and what
-/// `scan` finds. Marker-less CPythons found by the scan are worth a warning. May be empty.
+/// `scan` finds. CPythons found by the scan that cannot be traced (no markers, no hook points)
+/// are worth a warning. May be empty.
 /// `examined`: see `discover`.
 pub fn interpreters_to_trace(
     user_paths: &[std::path::PathBuf],
@@ -58,12 +59,13 @@ pub fn interpreters_to_trace(
     if let Some(e) = found.errors.into_iter().next() {
         return Err(e.into());
     }
-    for b in &found.without_markers {
+    for b in &found.untraceable {
         if user_paths.contains(&b.path) {
             return Err(CliError::new(
                 Exit::NoMarkers,
                 format!(
-                    "--python {} has no CPython markers. {NO_MARKERS_HINT}",
+                    "--python {} has no CPython markers, nor hook points pyusdt can trace \
+                     through. {NO_MARKERS_HINT}",
                     b.path.display()
                 ),
             ));
@@ -71,24 +73,25 @@ pub fn interpreters_to_trace(
         let version = b.version.map_or_else(|| "?".into(), |v| v.to_string());
         // A --enable-shared build: its processes are traced through the libpython it links.
         match b.linked_libpython() {
-            Some(lib) if traced_through(&lib, &found.with_markers) => tracing::debug!(
+            Some(lib) if traced_through(&lib, &found.traceable) => tracing::debug!(
                 "{} (CPython {version}) is traced through {}",
                 b.path.display(),
                 lib.display()
             ),
             Some(lib) => tracing::warn!(
-                "{} (CPython {version}) has no markers, nor has the {} it links: processes \
-                 using it are not traced",
+                "{} (CPython {version}) has no markers, nor has the {} it links, nor hook \
+                 points to stand in for them: processes using it are not traced",
                 b.path.display(),
                 lib.display()
             ),
             None => tracing::warn!(
-                "{} (CPython {version}) has no markers: processes using it are not traced",
+                "{} (CPython {version}) has no markers, nor hook points to stand in for them: \
+                 processes using it are not traced",
                 b.path.display()
             ),
         }
     }
-    Ok(found.with_markers)
+    Ok(found.traceable)
 }
 
 /// Whether `lib` (a libpython an executable links) is one of the files to attach, by device

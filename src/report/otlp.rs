@@ -466,6 +466,7 @@ mod tests {
         sink.pids_are_foreign();
         for pid in [7, 3] {
             let header = |depth| Header {
+                source: Default::default(),
                 start_ns: Some(10),
                 end_ns: 20,
                 pid,

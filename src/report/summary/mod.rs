@@ -387,6 +387,7 @@ mod tests {
             pid: 7,
             tid: 7,
             depth: 0,
+            source: Default::default(),
         }
     }
 

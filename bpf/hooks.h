@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: Apache-2.0
+/* Hook points of CPythons built without markers (issue 24): src/discover/hooks.rs finds them
+ * and attaches these programs at a function's first instruction and at its returns, with a
+ * cookie: bits 0-7 the size of the version's PyASCIIObject (where a compact ASCII str's
+ * characters start), bits 8-15 the enum signal_source the events carry.
+ *
+ * Imports: import.c (3.11+) loads a module by calling
+ *   PyObject_CallMethodObjArgs(importlib, &_Py_ID(_find_and_load), abs_name, import_func, NULL)
+ * exactly between the two import markers of builds that have them. The entry program keeps the
+ * calls whose method name is the str "_find_and_load" and starts an import, with the stack
+ * pointer at the entry; the return program ends it at the return whose stack pointer is the
+ * one just above (the return address popped), found when the call returned a module, as the
+ * done marker's `mod != NULL`. Other calls' returns see another stack pointer.
+ * Included by pyusdt.bpf.c only (one object, one skeleton). */
+#ifndef PYUSDT_HOOKS_H
+#define PYUSDT_HOOKS_H
+
+#define HOOK_DATA_OFFSET(cookie) ((cookie) & 0xff)
+#define HOOK_SOURCE(cookie) (((cookie) >> 8) & 0xff)
+
+/* "_find_and_load" and its NUL, as two little-endian words (the second's 8th byte is not the
+ * string's). */
+#define FIND_AND_LOAD_LEN 14
+#define FIND_AND_LOAD_0 0x6e615f646e69665fULL /* "_find_an" */
+#define FIND_AND_LOAD_1 0x0064616f6c5f64ULL   /* "d_load\0" */
+#define LOW_7_BYTES 0x00ffffffffffffffULL
+
+/* A str's length, hash and state: 16 bytes into the object, after ob_refcnt and ob_type (64-bit
+ * builds with the GIL; the free-threaded ones are refused in user space). */
+struct str_head {
+	__s64 length;
+	__u64 hash;
+	__u32 state;
+	__u32 _pad;
+};
+
+SEC("uprobe")
+int hook_import_entry(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 name = PT_REGS_PARM2(ctx);
+	struct str_head head;
+	if (bpf_probe_read_user(&head, sizeof(head), (void *)(name + 16)) < 0)
+		return 0;
+	if (head.length != FIND_AND_LOAD_LEN ||
+	    (head.state & (PYUNICODE_COMPACT | PYUNICODE_ASCII)) !=
+		    (PYUNICODE_COMPACT | PYUNICODE_ASCII))
+		return 0;
+	__u64 text[2];
+	if (bpf_probe_read_user(text, sizeof(text), (void *)(name + HOOK_DATA_OFFSET(cookie))) < 0)
+		return 0;
+	if (text[0] != FIND_AND_LOAD_0 || (text[1] & LOW_7_BYTES) != FIND_AND_LOAD_1)
+		return 0;
+	/* Beyond the import stack, the return could not be told from others: not started. */
+	struct span_stack *st = current_stack(false);
+	if (st && st->imports >= IMPORT_STACK_DEPTH) {
+		count(STAT_IMPORT_TOO_DEEP);
+		return 0;
+	}
+	import_begin(PT_REGS_SP(ctx), PT_REGS_PARM3(ctx));
+	return 0;
+}
+
+/* Ends an import whose return was not seen (the kernel installs at most 64 pending return
+ * probes per thread): counted as a start without its done. */
+static __always_inline void import_drop(struct span_stack *st)
+{
+	__u64 start;
+	__s32 line;
+	stack_pop(&start, &line, EPOCH_ANY);
+	st->imports -= 1;
+	__sync_fetch_and_add(&imports_in_progress, -1);
+	count(STAT_UNPAIRED_START);
+}
+
+/* Imports in progress below a return that were not ended: dropped, at most this many. */
+#define STALE_IMPORTS 4
+
+SEC("uretprobe")
+int hook_import_return(struct pt_regs *ctx)
+{
+	/* Most returns are other calls': with no import in progress anywhere, nothing to do. */
+	if (!imports_in_progress)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	struct span_stack *st = current_stack(false);
+	if (!st)
+		return 0;
+	__u64 sp = PT_REGS_SP(ctx);
+	for (int i = 0; i <= STALE_IMPORTS; i++) {
+		__u32 n = st->imports;
+		if (n == 0 || n > IMPORT_STACK_DEPTH)
+			return 0;
+		__u64 entry_sp = st->import_sp[n - 1];
+		/* An import of the markers, or a call deeper than the innermost import. */
+		if (entry_sp == 0 || entry_sp + 8 > sp)
+			return 0;
+		if (entry_sp + 8 == sp) {
+			__u64 cookie = bpf_get_attach_cookie(ctx);
+			import_end(id, now, PT_REGS_RC(ctx) != 0, HOOK_SOURCE(cookie), 0,
+				   st->import_obj[n - 1], HOOK_DATA_OFFSET(cookie));
+			return 0;
+		}
+		/* Started deeper than this frame: it returned unseen. */
+		import_drop(st);
+	}
+	return 0;
+}
+
+#endif /* PYUSDT_HOOKS_H */
