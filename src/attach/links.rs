@@ -2,8 +2,9 @@
 //! process (function probes, the governed audit marker, `top`'s counter, `flow`), and
 //! detached again; each attach under a read lease of the file.
 use libbpf_rs::{Link, MapCore, MapFlags, UprobeOpts, UsdtOpts};
+use std::mem::take;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::maps::per_cpu_entries;
 use super::{AttachError, ProcessPlan, Tracer};
@@ -14,6 +15,21 @@ use crate::probes::Probe;
 
 /// `FUNC_COUNT_HITS` of bpf/pyusdt.h: a function probe's cookie bit asking for hit counts.
 const FUNC_COUNT_HITS: u64 = 1 << 32;
+
+/// libbpf's USDT manager (one per BPF object) is not thread-safe: attaching a USDT link takes
+/// spec IDs from its free list, and destroying one gives them back with `realloc`. Links are
+/// destroyed on threads of their own (`detach_process_soon`) while the event loop attaches
+/// others: unserialized, the two corrupted the heap (`realloc(): invalid next size`, 1 run in
+/// 9 of tests/faults.rs). Every USDT link is created and destroyed under this lock.
+static USDT_MANAGER: Mutex<()> = Mutex::new(());
+
+/// The lock of `USDT_MANAGER` (a panic while holding it leaves nothing half-done that a later
+/// holder could trip on: libbpf's calls return before the guard drops).
+pub(super) fn usdt_manager() -> MutexGuard<'static, ()> {
+    USDT_MANAGER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl<'obj> Tracer<'obj> {
     /// Attaches every selected probe to `binary` for all processes mapping it (pid -1): the
@@ -45,14 +61,16 @@ impl<'obj> Tracer<'obj> {
                 if !binary.has_marker(marker) {
                     continue;
                 }
-                let link = attach_marker(self.program(marker), -1, binary, marker, Some(opts()))?;
+                let link = attach_marker(self.program(marker), -1, binary, marker, Some(opts()));
+                let link = link.inspect_err(|_| release_in_order(take(&mut new_links)))?;
                 new_links.push(link);
                 attached.push(marker);
             }
         }
         if !binary.has_python_markers() {
             if let Some(plan) = binary.hook_plan() {
-                attached.extend(self.attach_hooks(binary, plan, &mut new_links)?);
+                let hooked = self.attach_hooks(binary, plan, &mut new_links);
+                attached.extend(hooked.inspect_err(|_| release_in_order(take(&mut new_links)))?);
             }
         }
         // All or nothing per file: a half-attached gc (start without done) would mislead.
@@ -129,10 +147,8 @@ impl<'obj> Tracer<'obj> {
     /// events. Starts go before dones (the reverse of attaching), so that no start is left
     /// waiting for its done.
     pub fn detach_links(&mut self, id: (u64, u64)) {
-        if let Some(mut links) = self.file_links.remove(&id) {
-            while let Some(link) = links.pop() {
-                drop(link);
-            }
+        if let Some(links) = self.file_links.remove(&id) {
+            release_in_order(links);
         }
     }
 
@@ -177,7 +193,9 @@ impl<'obj> Tracer<'obj> {
                 cookie,
                 ..Default::default()
             };
-            links.push(attach_marker(prog, pid, binary, marker, Some(opts))?);
+            let link = attach_marker(prog, pid, binary, marker, Some(opts));
+            let link = link.inspect_err(|_| release_in_order(take(&mut links)))?;
+            links.push(link);
         }
         self.process_links.borrow_mut().insert(host_pid, links);
         Ok(())
@@ -200,14 +218,25 @@ impl<'obj> Tracer<'obj> {
         let done = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&done);
         // A thread that cannot start drops its closure, and with it the links, at once.
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("pyusdt-detach".into())
             .spawn(move || {
                 release_in_order(links);
                 flag.store(true, Ordering::Release);
             })
-            .ok()
-            .map(|_| done)
+            .ok()?;
+        // Joined before the object goes (Tracer's drop): the links refer to its USDT manager.
+        let mut threads = self.detach_threads.borrow_mut();
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
+        Some(done)
+    }
+
+    /// Waits for the links released on threads of their own (`detach_process_soon`).
+    pub(super) fn join_detach_threads(&self) {
+        for thread in self.detach_threads.borrow_mut().drain(..) {
+            let _ = thread.join();
+        }
     }
 
     /// The audit program's cookie for `binary` (see `audit_cookie`), with its `audit_images`
@@ -329,6 +358,7 @@ fn attach_marker(
     opts: Option<UsdtOpts>,
 ) -> Result<Link, AttachError> {
     let path = binary.attach_path();
+    let _manager = usdt_manager();
     let attached = match opts {
         Some(o) => prog.attach_usdt_with_opts(pid, &path, PROVIDER, marker, o),
         None => prog.attach_usdt(pid, &path, PROVIDER, marker),
@@ -407,6 +437,7 @@ fn ob_size_offset(binary: &Binary) -> u64 {
 /// without its entry is ignored, while entries without returns would fill the thread's stack
 /// (released together, on threads of their own, they filled it 2,294 times in 6 s of fib).
 fn release_in_order(mut links: Vec<Link>) {
+    let _manager = usdt_manager();
     while let Some(link) = links.pop() {
         drop(link);
     }

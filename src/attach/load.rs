@@ -136,6 +136,7 @@ impl<'obj> Tracer<'obj> {
             file_links: HashMap::new(),
             _process_links: process_links,
             process_links: RefCell::default(),
+            detach_threads: RefCell::default(),
             audit_names: RefCell::default(),
             max_files: MAX_ATTACHED_FILES,
             refused_for_bound: HashSet::new(),

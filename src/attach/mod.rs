@@ -159,6 +159,9 @@ pub struct Tracer<'obj> {
     /// switched off and on by the overhead budget, between ring-buffer polls (hence a
     /// RefCell: `run` holds the tracer shared).
     process_links: RefCell<HashMap<u32, Vec<Link>>>,
+    /// Threads releasing links (`detach_process_soon`): joined before the links and the
+    /// object drop.
+    detach_threads: RefCell<Vec<std::thread::JoinHandle<()>>>,
     /// Interpreter files whose audit event names come by address, and the names read.
     audit_names: RefCell<AuditNames>,
     /// Files attached for every process at most (`limit_files`).
@@ -176,5 +179,7 @@ impl Drop for Tracer<'_> {
     /// No process is left stopped by the gate, whichever way pyusdt ends (short of SIGKILL).
     fn drop(&mut self) {
         self.close_gate();
+        // No link may outlive the object's USDT manager, nor be destroyed while another is.
+        self.join_detach_threads();
     }
 }
