@@ -29,9 +29,12 @@ struct Diagnosis {
     /// Markers whose semaphore is set in this process now: some tracer has them enabled.
     enabled_now: Vec<String>,
     /// Without markers: the hook points found in the interpreter (`pyusdt list` has their
-    /// addresses). pyusdt does not trace through them yet.
+    /// addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     hook_points: Option<Vec<HookPoint>>,
+    /// Without markers: the signals traced through hook points, as `import: SYMBOL (source)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    traced_through_hooks: Vec<String>,
     advice: String,
 }
 
@@ -219,8 +222,28 @@ fn diagnose(pid: i32, binary: &Binary, in_container: bool) -> Diagnosis {
                 })
                 .collect()
         }),
+        traced_through_hooks: traced_through_hooks(binary),
         advice: advice(binary, in_container),
     }
+}
+
+/// The signals a file without markers gives through hook points (`pyusdt run` and `agent`
+/// attach them), as `import: PyObject_CallMethodObjArgs (exported_symbol)`.
+fn traced_through_hooks(binary: &Binary) -> Vec<String> {
+    let Some(plan) = binary.hook_plan() else {
+        return Vec::new();
+    };
+    let sites = [
+        ("import", plan.imports.as_ref().ok().map(|i| i.site)),
+        ("gc", plan.gc.as_ref().ok().copied()),
+        ("audit", plan.audit.as_ref().ok().copied()),
+    ];
+    sites
+        .into_iter()
+        .filter_map(|(signal, site)| {
+            site.map(|s| format!("{signal}: {} ({})", s.symbol, s.source.signal().label()))
+        })
+        .collect()
 }
 
 fn hook_points(binary: &Binary) -> Option<crate::discover::hooks::Hooks> {
@@ -236,19 +259,23 @@ fn advice(binary: &Binary, in_container: bool) -> String {
     let minor = binary.version.map(|v| (v.major, v.minor));
     if !binary.has_python_markers() {
         let path = binary.path.to_string_lossy();
-        return if path.contains("/.pyenv/") {
+        // Imports come through hook points; GC, audit and calls need the markers.
+        let partly = if binary.hook_plan().is_some_and(|p| p.imports.is_ok()) {
+            "imports are traced through hook points; for GC, audit and calls, "
+        } else {
+            ""
+        };
+        let fix = if path.contains("/.pyenv/") {
             "pyenv build without markers: rebuild with PYTHON_CONFIGURE_OPTS=--with-dtrace, or \
              use the distribution's python3"
-                .into()
         } else if in_container {
             "the image's CPython was built without --with-dtrace (the Docker Hub python:* images \
              are): use a Debian/Ubuntu/Fedora-based image's python3, or build with --with-dtrace"
-                .into()
         } else {
             "built without --with-dtrace: use the distribution's python3 (Debian/Ubuntu/Fedora/\
              RHEL carry the markers) or rebuild with ./configure --with-dtrace"
-                .into()
         };
+        return format!("{partly}{fix}");
     }
     match minor {
         Some((3, m)) if m <= 10 => "everything works: gc, import, audit and function spans".into(),
@@ -371,9 +398,15 @@ fn write_table(
             };
             writeln!(
                 out,
-                "  hook points  {found} (not traced yet: `pyusdt list {}`)",
+                "  hook points  {found} (`pyusdt list {}`)",
                 safe(&d.interpreter.to_string_lossy())
             )?;
+            let traced = if d.traced_through_hooks.is_empty() {
+                "nothing".to_string()
+            } else {
+                d.traced_through_hooks.join("; ")
+            };
+            writeln!(out, "  traced at    {traced}")?;
         }
         writeln!(out, "  advice       {}", d.advice)?;
     }

@@ -34,8 +34,44 @@ struct HooksReport {
     debug_offsets: Option<String>,
     /// The hook points looked for and not found.
     missing: Vec<&'static str>,
-    /// pyusdt does not trace through them yet.
+    /// What is traced through them, per signal, or why not.
+    signals: Vec<SignalReport>,
+}
+
+#[derive(Serialize)]
+struct SignalReport {
+    /// `import`, `gc`, `audit`.
+    signal: &'static str,
     traced: bool,
+    /// The function probed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    through: Option<&'static str>,
+    /// Its source, as events carry it (`symbol_table`, `exported_symbol`, `derived`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why_not: Option<String>,
+}
+
+impl SignalReport {
+    fn of(signal: &'static str, site: Result<hooks::Site, &String>) -> SignalReport {
+        match site {
+            Ok(site) => SignalReport {
+                signal,
+                traced: true,
+                through: Some(site.symbol),
+                source: Some(site.source.signal().label()),
+                why_not: None,
+            },
+            Err(why) => SignalReport {
+                signal,
+                traced: false,
+                through: None,
+                source: None,
+                why_not: Some(why.clone()),
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -94,7 +130,7 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
         }
     }
 
-    if binaries.iter().any(Binary::has_python_markers) {
+    if binaries.iter().any(Binary::traceable) {
         return Ok(0);
     }
     // A --enable-shared interpreter: point at the library that has the markers.
@@ -104,8 +140,8 @@ pub fn run(args: &ListArgs) -> CliResult<i32> {
             return Err(CliError::new(
                 Exit::NoMarkers,
                 format!(
-                    "{} has no CPython markers, nor its libpython {}: run `pyusdt list {}` \
-                     for the hook points that could stand in for them. {NO_MARKERS_HINT}",
+                    "{} has no CPython markers, nor its libpython {}, whose hook points stand \
+                     in for some of them: run `pyusdt list {}`. {NO_MARKERS_HINT}",
                     files[0].display(),
                     lib.display(),
                     lib.display()
@@ -165,6 +201,13 @@ fn open_all(files: &[PathBuf], pid: Option<i32>) -> CliResult<Vec<Binary>> {
 
 fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError> {
     let hooks = b.hooks()?;
+    let signals = b.hook_plan().map_or_else(Vec::new, |plan| {
+        vec![
+            SignalReport::of("import", plan.imports.as_ref().map(|i| i.site)),
+            SignalReport::of("gc", plan.gc.as_ref().copied()),
+            SignalReport::of("audit", plan.audit.as_ref().copied()),
+        ]
+    });
     Ok(FileReport {
         path: &b.path,
         pid,
@@ -215,7 +258,7 @@ fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError>
                 .map(|&(name, _)| name)
                 .filter(|name| !h.found.iter().any(|f| f.name == *name))
                 .collect(),
-            traced: false,
+            signals,
         }),
     })
 }
@@ -302,18 +345,28 @@ fn write_tables(out: &mut impl Write, reports: &[FileReport<'_>]) -> std::io::Re
     Ok(())
 }
 
-/// The hook points of a CPython without markers, and that they are not traced yet.
+/// The hook points of a CPython without markers, and what is traced through them.
 fn write_hooks(out: &mut impl Write, h: &HooksReport) -> std::io::Result<()> {
+    for s in &h.signals {
+        match (s.through, s.source, &s.why_not) {
+            (Some(through), Some(source), _) => {
+                writeln!(out, "  {:<7} traced at {through} ({source})", s.signal)?
+            }
+            (_, _, why) => writeln!(
+                out,
+                "  {:<7} not traced: {}",
+                s.signal,
+                why.as_deref().unwrap_or("?")
+            )?,
+        }
+    }
     if h.found.is_empty() {
         return writeln!(
             out,
             "  no symbols of the hook points either (a static, stripped build)"
         );
     }
-    writeln!(
-        out,
-        "  hook points that could stand in for markers (pyusdt does not trace through them yet):"
-    )?;
+    writeln!(out, "  hook points that stand in for markers:")?;
     writeln!(
         out,
         "  {:<27} {:<13} {:<18} {:>6}  WOULD GIVE",

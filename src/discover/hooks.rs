@@ -230,7 +230,7 @@ impl Plan {
 /// What `hooks` of a file of CPython `version` allow (`free_threaded`: a `t` build, whose
 /// objects have a larger header). Fails closed: an unknown version or layout traces nothing.
 pub fn plan(hooks: &Hooks, version: Option<CPythonVersion>, free_threaded: bool) -> Plan {
-    let not_yet = || Err("not traced through hook points yet (issue 24)".to_string());
+    let not_yet = || Err("not traced through hook points yet".to_string());
     Plan {
         imports: import_site(hooks, version, free_threaded),
         gc: not_yet(),

@@ -24,6 +24,9 @@ pub const GC_COLLECTED_OBJECTS: &str = "cpython.gc.collected_objects";
 pub const IMPORT_MODULE: &str = "cpython.import.module";
 pub const IMPORT_FOUND: &str = "cpython.import.found";
 pub const AUDIT_EVENT: &str = "cpython.audit.event";
+/// Where a GC or import span, or an audit record, was seen: `usdt` (the marker),
+/// `symbol_table`, `exported_symbol` or `derived` (hook points of builds without markers).
+pub const SIGNAL_SOURCE: &str = "pyusdt.signal.source";
 
 pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(value.into()))

@@ -26,7 +26,7 @@ use super::ids::IdGenerator;
 use super::location::CodeLocation;
 use super::wire::{self, Value};
 use super::FastHash;
-use crate::decode::Event;
+use crate::decode::{Event, SignalSource};
 use crate::model::clock::Clock;
 
 /// A span as pyusdt makes them: what tells it apart, without the OTLP message's strings
@@ -44,6 +44,8 @@ pub struct SpanData {
     pub what: What,
     /// `pyusdt.sampling.ratio` of a function span.
     pub sampling_ratio: Option<f64>,
+    /// `pyusdt.signal.source` of a GC or import span (function spans come from markers only).
+    pub source: SignalSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +102,7 @@ impl SpanData {
                     attrs::int(attrs::GC_GENERATION, i64::from(*generation)),
                     attrs::int(attrs::GC_COLLECTED_OBJECTS, *collected),
                     tid,
+                    attrs::string(attrs::SIGNAL_SOURCE, self.source.label()),
                 ];
             }
             What::Import { module, found } => {
@@ -107,6 +110,7 @@ impl SpanData {
                     attrs::string(attrs::IMPORT_MODULE, module.as_ref()),
                     attrs::boolean(attrs::IMPORT_FOUND, *found),
                     tid,
+                    attrs::string(attrs::SIGNAL_SOURCE, self.source.label()),
                 ];
                 if !found {
                     span.status = Some(Status {
@@ -157,6 +161,7 @@ impl SpanData {
             wire::fixed64_opt(buf, span::START_TIME_UNIX_NANO, self.start_time_unix_nano);
             wire::fixed64_opt(buf, span::END_TIME_UNIX_NANO, self.end_time_unix_nano);
             let tid = Value::Int(i64::from(self.tid));
+            let source = Value::Str(self.source.label().as_bytes());
             match &self.what {
                 What::Gc {
                     generation,
@@ -171,6 +176,7 @@ impl SpanData {
                         Value::Int(*collected),
                     );
                     wire::attribute(buf, span::ATTRIBUTES, attrs::THREAD_ID, tid);
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::SIGNAL_SOURCE, source);
                 }
                 What::Import { module, found } => {
                     let m = Value::Str(module.as_bytes());
@@ -182,6 +188,7 @@ impl SpanData {
                         Value::Bool(*found),
                     );
                     wire::attribute(buf, span::ATTRIBUTES, attrs::THREAD_ID, tid);
+                    wire::attribute(buf, span::ATTRIBUTES, attrs::SIGNAL_SOURCE, source);
                     if !found {
                         wire::message(buf, span::STATUS, 1, |buf| {
                             wire::bytes(buf, status::MESSAGE, IMPORT_NOT_FOUND.as_bytes());
@@ -483,6 +490,7 @@ impl SpanAssembler {
             tid: h.tid,
             what,
             sampling_ratio,
+            source: h.source,
         })
     }
 }

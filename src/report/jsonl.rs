@@ -29,6 +29,9 @@ struct Record<'a> {
     pid: u32,
     tid: u32,
     depth: u8,
+    /// Where it was seen: `usdt`, or a hook point's `symbol_table`, `exported_symbol`,
+    /// `derived` (docs/compatibility.md).
+    source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     generation: Option<Option<i32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +70,7 @@ impl JsonLines {
             pid: h.pid,
             tid: h.tid,
             depth: h.depth,
+            source: h.source.label(),
             generation: None,
             collected: None,
             module: None,

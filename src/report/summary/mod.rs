@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 
-use crate::decode::Event;
+use crate::decode::{Event, SignalSource};
 use crate::export::ExportCounts;
 use crate::model::metrics::{KernelUpdate, MAX_AUDIT_SERIES};
 use crate::model::sampling::{Sampling, SamplingTable};
@@ -78,6 +78,8 @@ struct ProcessSummary {
     gc: BTreeMap<i32, GcStats>,
     imports: u64,
     imports_not_found: u64,
+    /// Where the imports were seen (the process's interpreter file has one source).
+    import_source: SignalSource,
     import_total_ns: u64,
     slowest_imports: Slowest,
     /// Imports aggregated in the kernel (--metrics-only): no module names.
@@ -150,6 +152,7 @@ impl ProcessSummary {
             gc: BTreeMap::new(),
             imports: 0,
             imports_not_found: 0,
+            import_source: SignalSource::Marker,
             import_total_ns: 0,
             slowest_imports: Slowest::default(),
             imports_in_kernel: false,
@@ -236,6 +239,7 @@ impl Summary {
             } => {
                 p.imports += 1;
                 p.imports_not_found += u64::from(!found);
+                p.import_source = h.source;
                 if let Some(d) = h.duration_ns() {
                     // Nested imports run inside their parent's time: count top-level ones only.
                     if *nesting == 0 {

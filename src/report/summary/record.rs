@@ -32,6 +32,7 @@ impl Summary {
                     gc_collections: p.gc.values().map(|g| g.collections).sum(),
                     imports: p.imports,
                     imports_not_found: p.imports_not_found,
+                    import_source: (p.imports > 0).then(|| p.import_source.label()),
                     audit_events: p.audit_total,
                     audit_by_name: p.audit.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                     function_probes: self
@@ -92,6 +93,9 @@ struct ProcessRecord {
     gc_collections: u64,
     imports: u64,
     imports_not_found: u64,
+    /// Where the imports were seen (`usdt`, or a hook point's source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import_source: Option<&'static str>,
     audit_events: u64,
     /// Audit events per event name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]

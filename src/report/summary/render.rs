@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::{ExportSummary, Summary};
 use crate::attach::KernelStats;
+use crate::decode::SignalSource;
 use crate::model::metrics::MAX_AUDIT_SERIES;
 use crate::model::sampling::Sampling;
 use crate::text::{count, duration, safe};
@@ -103,9 +104,14 @@ impl Summary {
                 } else {
                     p.slowest_imports.to_string()
                 };
+                // A build without markers: say which hook point stood in for them.
+                let source = match p.import_source {
+                    SignalSource::Marker => String::new(),
+                    s => format!("; seen at a hook point ({})", s.label()),
+                };
                 let _ = writeln!(
                     out,
-                    "  import  {} modules ({} not found), {} in top-level imports; slowest: {slowest}",
+                    "  import  {} modules ({} not found), {} in top-level imports; slowest: {slowest}{source}",
                     count(p.imports),
                     count(p.imports_not_found),
                     duration(p.import_total_ns),
