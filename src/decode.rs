@@ -10,6 +10,7 @@ use crate::bpf::{
     self, audit_arg, audit_args_event, audit_event, audit_ref_event, event_header, flow_event,
     function_event, function_ref_event, gc_event, import_event, process_event,
 };
+pub use crate::discover::hooks::SignalSource;
 
 /// What every event carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,44 +26,6 @@ pub struct Header {
     pub depth: u8,
     /// Where the event was seen: a marker, or a hook point of a build without markers.
     pub source: SignalSource,
-}
-
-/// Where an event was seen (`enum signal_source` of bpf/pyusdt.h): a CPython marker, or a
-/// hook point of a build without markers (src/discover/hooks.rs) and where that was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SignalSource {
-    #[default]
-    Marker,
-    SymbolTable,
-    Exported,
-    Derived,
-}
-
-impl SignalSource {
-    /// The value of the `pyusdt.signal.source` attribute and of JSON output's `source`.
-    pub fn label(self) -> &'static str {
-        match self {
-            SignalSource::Marker => "usdt",
-            SignalSource::SymbolTable => "symbol_table",
-            SignalSource::Exported => "exported_symbol",
-            SignalSource::Derived => "derived",
-        }
-    }
-
-    /// The byte the BPF programs write (and their cookie carries); unknown values read as
-    /// the marker's, which is what every other event is.
-    pub fn from_byte(b: u8) -> SignalSource {
-        match b {
-            1 => SignalSource::SymbolTable,
-            2 => SignalSource::Exported,
-            3 => SignalSource::Derived,
-            _ => SignalSource::Marker,
-        }
-    }
-
-    pub fn byte(self) -> u8 {
-        self as u8
-    }
 }
 
 impl Header {

@@ -16,7 +16,44 @@ use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use super::safe_open::OpenedFile;
 use super::version::CPythonVersion;
-use crate::decode::SignalSource;
+
+/// Where an event was seen (`enum signal_source` of bpf/pyusdt.h): a CPython marker, or a
+/// hook point of a build without markers (src/discover/hooks.rs) and where that was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignalSource {
+    #[default]
+    Marker,
+    SymbolTable,
+    Exported,
+    Derived,
+}
+
+impl SignalSource {
+    /// The value of the `pyusdt.signal.source` attribute and of JSON output's `source`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SignalSource::Marker => "usdt",
+            SignalSource::SymbolTable => "symbol_table",
+            SignalSource::Exported => "exported_symbol",
+            SignalSource::Derived => "derived",
+        }
+    }
+
+    /// The byte the BPF programs write (and their cookie carries); unknown values read as
+    /// the marker's, which is what every other event is.
+    pub fn from_byte(b: u8) -> SignalSource {
+        match b {
+            1 => SignalSource::SymbolTable,
+            2 => SignalSource::Exported,
+            3 => SignalSource::Derived,
+            _ => SignalSource::Marker,
+        }
+    }
+
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
+}
 
 /// Where a hook point was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
