@@ -6,6 +6,10 @@ Runs bench/mixed_workload.py untraced and under `pyusdt run` with each probe set
 elapsed time and its ratio to the untraced median. Needs root and a release build.
 
     python3 bench/overhead.py [--runs 7]
+
+With `--without-markers PYTHON` (a CPython built without --with-dtrace, e.g. the matrix's
+python-3.13-official), it measures the default probes on it instead: imports traced through
+hook points (docs/compatibility.md, "Builds without markers"), against untraced.
 """
 import argparse
 import os
@@ -36,8 +40,8 @@ if os.path.exists(BPFTRACE):
     ))
 
 
-def once(prefix):
-    command = [PYTHON, WORKLOAD]
+def once(prefix, python=PYTHON):
+    command = [python, WORKLOAD]
     if prefix and prefix[-1] == "-c":  # bpftrace takes the command as one string
         command = [" ".join(command)]
     out = subprocess.run(prefix + command, capture_output=True, text=True, check=True)
@@ -49,9 +53,13 @@ def once(prefix):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--without-markers", metavar="PYTHON",
+                        help="measure the default probes on this marker-less CPython instead")
     args = parser.parse_args()
     if not os.path.exists(PYUSDT):
         sys.exit("build first: cargo build --release")
+    if args.without_markers:
+        return without_markers(args.without_markers, args.runs)
     audit = subprocess.run([PYTHON, WORKLOAD, "--count-audit"], capture_output=True, text=True, check=True)
     events = int(audit.stdout.split()[1])
     print(f"workload raises {events:,} audit events per run (sys.addaudithook count)")
@@ -72,6 +80,22 @@ def main():
         print(f"per audit event (added time / {events:,} events):")
         for name, us in per.items():
             print(f"  {name:<32} {us:>6.2f} µs  {us / per[floor]:>5.2f}x bpftrace count()")
+
+
+def without_markers(python, runs):
+    """The default probes (gc, import) on a build without markers: imports at hook points."""
+    configs = [("untraced", []),
+               ("pyusdt (default probes, hooks)", [PYUSDT, "run", "--quiet", "--"])]
+    times = {name: [] for name, _ in configs}
+    for _ in range(runs):
+        for name, prefix in configs:
+            times[name].append(once(prefix, python))
+    base = statistics.median(times["untraced"])
+    print(f"{python} (no markers), {runs} interleaved runs:")
+    print(f"  {'configuration':<34} {'median s':>9} {'ratio':>7}")
+    for name, _ in configs:
+        m = statistics.median(times[name])
+        print(f"  {name:<34} {m:>9.4f} {m / base:>6.3f}x")
 
 
 if __name__ == "__main__":
