@@ -261,7 +261,7 @@ fn advice(binary: &Binary, in_container: bool) -> String {
         let path = binary.path.to_string_lossy();
         // Imports come through hook points; GC, audit and calls need the markers.
         let partly = if binary.hook_plan().is_some_and(|p| p.imports.is_ok()) {
-            "imports are traced through hook points; for GC, audit and calls, "
+            "imports are traced through hook points (GC, audit and calls need markers). "
         } else {
             ""
         };
