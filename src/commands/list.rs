@@ -373,10 +373,15 @@ fn write_hooks(out: &mut impl Write, h: &HooksReport) -> std::io::Result<()> {
         "SYMBOL", "SOURCE", "ADDRESS", "SIZE"
     )?;
     for f in &h.found {
+        // A derived function's size is not known: only its start is.
+        let size = match f.size {
+            0 => "-".to_string(),
+            n => n.to_string(),
+        };
         writeln!(
             out,
             "  {:<27} {:<13} {:#018x} {:>6}  {}",
-            f.name, f.source, f.address, f.size, f.gives
+            f.name, f.source, f.address, size, f.gives
         )?;
     }
     if let Some(v) = &h.debug_offsets {

@@ -3,17 +3,18 @@
 //! images, uv's, conda's, pyenv's). They are looked for in this order, each source named: the
 //! symbol table (`.symtab`, which pyenv's and debug builds keep, with the interpreter's internal
 //! functions), then the exported symbols (`.dynsym`, which every `--enable-shared` build keeps,
-//! the stripped official images included). Deriving internal functions from exported ones'
-//! machine code comes after these, and is not done yet. `plan` says which signals can be traced
-//! through what was found, and why not the others: imports are (bpf/hooks.h), GC and audit not
-//! yet.
+//! the stripped official images included), then internal functions derived from exported
+//! ones' machine code (src/discover/derive.rs, validated or refused). `plan` says which signals
+//! can be traced through what was found, and why not the others: imports and audit are
+//! (bpf/hooks.h), GC not yet.
 //!
 //! The file is someone else's: the tables were read within `image::MAX_READ_BYTES`, names are
-//! compared, never printed from the file, and `_PyRuntime`'s first bytes are read with one
-//! bounded `pread`.
+//! compared, never printed from the file, a function's code is read with one bounded `pread`
+//! of at most `derive::MAX_FUNCTION_BYTES`, and so are `_PyRuntime`'s first bytes.
 use object::read::elf::ElfFile64;
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
 
+use super::derive;
 use super::safe_open::OpenedFile;
 use super::version::CPythonVersion;
 
@@ -62,6 +63,8 @@ pub enum Source {
     SymbolTable,
     /// `.dynsym`: the exported API only.
     Exported,
+    /// The target of a call in an exported function's code, validated (src/discover/derive.rs).
+    Derived,
 }
 
 impl Source {
@@ -69,6 +72,7 @@ impl Source {
         match self {
             Source::SymbolTable => "symbol table",
             Source::Exported => "exported",
+            Source::Derived => "derived",
         }
     }
 
@@ -77,6 +81,7 @@ impl Source {
         match self {
             Source::SymbolTable => SignalSource::SymbolTable,
             Source::Exported => SignalSource::Exported,
+            Source::Derived => SignalSource::Derived,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct Hooks {
     pub found: Vec<Hook>,
     /// Read from `_PyRuntime` when it was found and starts with the cookie.
     pub debug_offsets: Option<DebugOffsets>,
+    /// Derivations tried and refused: the function wanted, and why.
+    pub refused: Vec<(&'static str, String)>,
 }
 
 /// The hook points looked for, and what each would give (the measurements of issue 24).
@@ -133,7 +140,7 @@ pub const WANTED: &[(&str, &str)] = &[
     ),
     (
         "sys_audit_tstate",
-        "audit: every event raised from C (internal; symbol table only)",
+        "audit: every event raised from C (internal: symbol table, or derived from PySys_Audit)",
     ),
     (
         "PySys_Audit",
@@ -178,7 +185,96 @@ pub fn find(data: &[u8], file: &OpenedFile) -> Option<Hooks> {
     if let Some(runtime) = hooks.found.iter().find(|h| h.name == "_PyRuntime") {
         hooks.debug_offsets = debug_offsets(&elf, runtime.address, file);
     }
+    derive_missing(&elf, file, &mut hooks);
     Some(hooks)
+}
+
+/// The internal functions not found in a symbol table, derived from the exported functions
+/// that call them (src/discover/derive.rs): `sys_audit_tstate` from `PySys_Audit`.
+fn derive_missing(elf: &ElfFile64<'_, Endianness>, file: &OpenedFile, hooks: &mut Hooks) {
+    const WORKER: &str = "sys_audit_tstate";
+    if hooks.found.iter().any(|h| h.name == WORKER) {
+        return;
+    }
+    let Some(wrapper) = hooks.found.iter().find(|h| h.name == "PySys_Audit") else {
+        return;
+    };
+    let derived = derive_from(elf, file, wrapper, derive::audit_worker);
+    match derived {
+        Ok((address, file_offset)) => {
+            let at = WANTED.iter().position(|(n, _)| *n == WORKER).unwrap_or(0);
+            let gives = WANTED[at].1;
+            let hook = Hook {
+                name: WORKER,
+                gives,
+                address,
+                size: 0,
+                source: Source::Derived,
+                file_offset: Some(file_offset),
+            };
+            // Keep WANTED's order.
+            let i = hooks
+                .found
+                .iter()
+                .position(|h| WANTED.iter().position(|(n, _)| *n == h.name) > Some(at))
+                .unwrap_or(hooks.found.len());
+            hooks.found.insert(i, hook);
+        }
+        Err(why) => hooks.refused.push((WORKER, why)),
+    }
+}
+
+/// The function `derive` finds in `wrapper`'s code: its address and file offset.
+fn derive_from(
+    elf: &ElfFile64<'_, Endianness>,
+    file: &OpenedFile,
+    wrapper: &Hook,
+    derive: fn(derive::Function<'_>, &derive::Layout) -> Result<u64, String>,
+) -> Result<(u64, u64), String> {
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err(format!(
+            "derivation reads x86-64 code only, not {:?}",
+            elf.architecture()
+        ));
+    }
+    let offset = wrapper
+        .file_offset
+        .ok_or_else(|| format!("{} is not in the file's code", wrapper.name))?;
+    let len = usize::try_from(wrapper.size)
+        .ok()
+        .filter(|n| (1..=derive::MAX_FUNCTION_BYTES).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{}: {} bytes is not a wrapper's size",
+                wrapper.name, wrapper.size
+            )
+        })?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(|e| format!("{}'s code not read: {e}", wrapper.name))?;
+    let layout = derive::Layout {
+        text: text_range(elf).ok_or("no .text section")?,
+        exported: elf
+            .dynamic_symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .map(|s| s.address()..s.address().saturating_add(s.size()))
+            .collect(),
+    };
+    let function = derive::Function {
+        address: wrapper.address,
+        bytes: &bytes,
+    };
+    let target =
+        derive(function, &layout).map_err(|why| format!("from {}: {why}", wrapper.name))?;
+    let file_offset = code_offset(elf, target, 1)
+        .ok_or_else(|| format!("{target:#x} is not in the file's code"))?;
+    Ok((target, file_offset))
+}
+
+/// The addresses of the `.text` section.
+fn text_range(elf: &ElfFile64<'_, Endianness>) -> Option<std::ops::Range<u64>> {
+    let text = elf.section_by_name(".text")?;
+    Some(text.address()..text.address().checked_add(text.size())?)
 }
 
 fn lookup<'data, S>(
@@ -267,12 +363,36 @@ impl Plan {
 /// What `hooks` of a file of CPython `version` allow (`free_threaded`: a `t` build, whose
 /// objects have a larger header). Fails closed: an unknown version or layout traces nothing.
 pub fn plan(hooks: &Hooks, version: Option<CPythonVersion>, free_threaded: bool) -> Plan {
-    let not_yet = || Err("not traced through hook points yet".to_string());
     Plan {
         imports: import_site(hooks, version, free_threaded),
-        gc: not_yet(),
-        audit: not_yet(),
+        gc: Err("not traced through hook points yet".to_string()),
+        audit: audit_site(hooks, version),
     }
+}
+
+/// Audit events, at `sys_audit_tstate(tstate, event, format, va)`'s entry (bpf/hooks.h): the
+/// function every event raised from C passes through, 3.9 to 3.14 (3.8's `PySys_Audit` did the
+/// work itself). It reads a `char *` only: no object layout, free-threaded builds included.
+fn audit_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<Site, String> {
+    const SYMBOL: &str = "sys_audit_tstate";
+    let v = version.ok_or("the CPython version is not known")?;
+    if !matches!((v.major, v.minor), (3, 9..=14)) {
+        return Err(format!("CPython {v}: its audit function is not known"));
+    }
+    let Some(hook) = hooks.found.iter().find(|h| h.name == SYMBOL) else {
+        return Err(match hooks.refused.iter().find(|(n, _)| *n == SYMBOL) {
+            Some((_, why)) => format!("{SYMBOL} not derived: {why}"),
+            None => format!("{SYMBOL} not found, nor PySys_Audit to derive it from"),
+        });
+    };
+    let file_offset = hook
+        .file_offset
+        .ok_or_else(|| format!("{SYMBOL} is not in the file's code"))?;
+    Ok(Site {
+        symbol: SYMBOL,
+        file_offset,
+        source: hook.source,
+    })
 }
 
 fn import_site(
@@ -372,6 +492,49 @@ mod tests {
         assert!(names.contains(&"_PyRuntime"), "{names:?}");
         // 3.11 has no debug offsets.
         assert_eq!(hooks.debug_offsets, None);
+    }
+
+    /// Derived from PySys_Audit's code, sys_audit_tstate is where pyenv's symbol table says
+    /// it is (3.11, 3.12, 3.13: three compilations of the wrapper), and a wrapper whose code
+    /// is another function's is refused.
+    #[test]
+    fn derivation_agrees_with_symbol_tables() {
+        let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+        let mut checked = 0;
+        for (dir, minor) in [("3.11.7", 11), ("3.12.1", 12), ("3.13.0", 13)] {
+            let path = home.join(format!(
+                ".pyenv/versions/{dir}/lib/libpython3.{minor}.so.1.0"
+            ));
+            let Ok(file) = open_path(&path, true) else {
+                eprintln!("NOTE: no pyenv {dir}: not checked");
+                continue;
+            };
+            let parts = Parts {
+                rodata: false,
+                symbols: true,
+            };
+            let data = image::read(&file, parts).unwrap();
+            let hooks = find(&data, &file).unwrap();
+            let by_name = |n: &str| hooks.found.iter().find(|h| h.name == n).unwrap().clone();
+            let (wrapper, worker) = (by_name("PySys_Audit"), by_name("sys_audit_tstate"));
+            assert_eq!(worker.source, Source::SymbolTable);
+            let elf = ElfFile64::<Endianness>::parse(&*data).unwrap();
+            let derived = derive_from(&elf, &file, &wrapper, derive::audit_worker);
+            assert_eq!(
+                derived,
+                Ok((worker.address, worker.file_offset.unwrap())),
+                "pyenv {dir}"
+            );
+            // Another function's code in its place: refused, not guessed.
+            let other = by_name("PyObject_CallMethodObjArgs");
+            let wrong = Hook {
+                name: "PySys_Audit",
+                ..other
+            };
+            assert!(derive_from(&elf, &file, &wrong, derive::audit_worker).is_err());
+            checked += 1;
+        }
+        eprintln!("checked {checked} pyenv builds");
     }
 
     proptest! {

@@ -1,4 +1,5 @@
 //! Discovery: which files carry CPython's USDT markers, which markers can fire, and where they are.
+pub mod derive;
 pub mod hooks;
 pub mod image;
 pub mod interpreters;
@@ -189,6 +190,13 @@ impl Binary {
                 }
             })
             .as_ref()
+    }
+
+    /// Whether audit events can be traced: the audit marker, or on a file without markers its
+    /// audit hook point.
+    pub fn can_trace_audit(&self) -> bool {
+        self.has_marker("audit")
+            || (!self.has_python_markers() && self.hook_plan().is_some_and(|p| p.audit.is_ok()))
     }
 
     /// Whether pyusdt can trace this file: its markers, or hook points standing in for them.
