@@ -113,4 +113,46 @@ int hook_import_return(struct pt_regs *ctx)
 	return 0;
 }
 
+SEC("uprobe")
+int hook_audit_entry(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	/* Without a thread state the function returns at once: no event. */
+	if (!PT_REGS_PARM1(ctx))
+		return 0;
+	const char *event = (const char *)PT_REGS_PARM2(ctx);
+	if (metrics_only) {
+		struct audit_count_key key = { .tgid = id >> 32 };
+		if (bpf_probe_read_user_str(key.name, sizeof(key.name), event) < 0)
+			key.name[0] = '\0';
+		if (!count_in(&audit_counts, &key))
+			count(STAT_DROP_AUDIT);
+		if (!described_here(id))
+			note_process(id, bpf_ktime_get_ns());
+		return 0;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	if (!described_here(id))
+		note_process(id, now);
+	__u32 depth = 0;
+	if (function_probes || imports_in_progress) {
+		struct span_stack *st = current_stack(false);
+		depth = st ? st->depth : 0;
+	}
+	struct audit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_DROP_AUDIT);
+		return 0;
+	}
+	fill_header(&e->h, id, MARKER_AUDIT, now, now, depth);
+	e->h.source = HOOK_SOURCE(bpf_get_attach_cookie(ctx));
+	e->nargs = -1;
+	if (bpf_probe_read_user_str(e->name, sizeof(e->name), event) < 0)
+		e->name[0] = '\0';
+	submit(e, sizeof(*e));
+	return 0;
+}
+
 #endif /* PYUSDT_HOOKS_H */

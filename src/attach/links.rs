@@ -82,7 +82,8 @@ impl<'obj> Tracer<'obj> {
     }
 
     /// Attaches the selected probes that `plan` can stand in for, on a file without markers,
-    /// for every process mapping it: imports at `PyObject_CallMethodObjArgs` (bpf/hooks.h).
+    /// for every process mapping it: imports at `PyObject_CallMethodObjArgs`, audit at
+    /// `sys_audit_tstate` (bpf/hooks.h).
     /// Returns the functions attached at.
     fn attach_hooks(
         &self,
@@ -105,9 +106,23 @@ impl<'obj> Tracer<'obj> {
                         retprobe,
                         ..Default::default()
                     };
-                    links.push(attach_function(prog, binary, site.site, opts)?);
+                    links.push(attach_function(prog, binary, -1, site.site, opts)?);
                 }
                 attached.push(site.site.symbol);
+            }
+        }
+        // Per process instead (`attach_process`) when the audit marker would be.
+        if wants(Probe::Audit) && !self.options.audit_per_process {
+            if let Ok(site) = &plan.audit {
+                let opts = audit_hook_opts(site);
+                links.push(attach_function(
+                    &self.skel.progs.hook_audit_entry,
+                    binary,
+                    -1,
+                    *site,
+                    opts,
+                )?);
+                attached.push(site.symbol);
             }
         }
         Ok(attached)
@@ -171,8 +186,14 @@ impl<'obj> Tracer<'obj> {
                 steps.push(("line", &p.function_line, cookie));
             }
         }
+        // On a file without markers, audit at its hook point (bpf/hooks.h) for this process.
+        let mut audit_hook = None;
         if plan.audit && binary.has_marker("audit") {
             steps.push(("audit", &p.audit, self.audit_cookie(binary)));
+        } else if plan.audit {
+            audit_hook = binary
+                .hook_plan()
+                .and_then(|h| h.audit.as_ref().ok().copied());
         }
         if let Some(epoch) = plan.counter {
             let epoch = u64::from(epoch);
@@ -194,6 +215,12 @@ impl<'obj> Tracer<'obj> {
                 ..Default::default()
             };
             let link = attach_marker(prog, pid, binary, marker, Some(opts));
+            let link = link.inspect_err(|_| release_in_order(take(&mut links)))?;
+            links.push(link);
+        }
+        if let Some(site) = audit_hook {
+            let opts = audit_hook_opts(&site);
+            let link = attach_function(&p.hook_audit_entry, binary, pid, site, opts);
             let link = link.inspect_err(|_| release_in_order(take(&mut links)))?;
             links.push(link);
         }
@@ -370,11 +397,21 @@ fn attach_marker(
     })
 }
 
+/// The audit hook's options: its cookie carries the events' source (bpf/hooks.h).
+fn audit_hook_opts(site: &hooks::Site) -> UprobeOpts {
+    UprobeOpts {
+        cookie: u64::from(site.source.signal().byte()) << 8,
+        ..Default::default()
+    }
+}
+
 /// Attaches `prog` at a hook point of `binary` (its entry, or its returns with
-/// `opts.retprobe`) for every process mapping the file, through the examined file's descriptor.
+/// `opts.retprobe`) for process `pid` (-1: every process mapping the file), through the
+/// examined file's descriptor.
 fn attach_function(
     prog: &libbpf_rs::ProgramMut<'_>,
     binary: &Binary,
+    pid: i32,
     site: hooks::Site,
     opts: UprobeOpts,
 ) -> Result<Link, AttachError> {
@@ -385,7 +422,7 @@ fn attach_function(
             site.symbol
         ))
     })?;
-    prog.attach_uprobe_with_opts(-1, binary.attach_path(), offset, opts)
+    prog.attach_uprobe_with_opts(pid, binary.attach_path(), offset, opts)
         .map_err(|source| AttachError::Attach {
             marker: site.symbol,
             path: binary.path.clone(),

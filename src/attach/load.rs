@@ -66,7 +66,7 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .count_return
             .set_autoload(options.count_functions);
-        // Hook points of builds without markers (bpf/hooks.h): imports only, so far.
+        // Hook points of builds without markers (bpf/hooks.h): imports and audit, so far.
         let imports = options.probes.iter().any(|p| p == Probe::Import);
         for prog in [
             &mut open.progs.hook_import_entry,
@@ -74,6 +74,8 @@ impl<'obj> Tracer<'obj> {
         ] {
             prog.set_autoload(imports);
         }
+        let audit = options.probes.iter().any(|p| p == Probe::Audit);
+        open.progs.hook_audit_entry.set_autoload(audit);
         open.progs
             .time_return
             .set_autoload(options.count_functions && options.time_functions);

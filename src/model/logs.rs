@@ -11,7 +11,7 @@ use super::attrs;
 use super::fields::log_record;
 use super::wire::{self, Value};
 use super::FastHash;
-use crate::decode::Event;
+use crate::decode::{Event, SignalSource};
 use crate::model::clock::Clock;
 
 /// Which audit event names become log records (all are counted in metrics regardless).
@@ -45,6 +45,8 @@ pub struct LogData {
     pub sampling_ratio: Option<f64>,
     /// Decoded and redacted arguments (--audit-args), by position.
     pub args: Vec<(usize, String)>,
+    /// Where the event was seen: the audit marker, or a hook point of a build without one.
+    pub source: SignalSource,
 }
 
 const SEVERITY_TEXT: &str = "INFO";
@@ -58,6 +60,7 @@ impl LogData {
         let mut attributes = vec![
             attrs::string(attrs::AUDIT_EVENT, self.name.as_ref()),
             attrs::int(attrs::THREAD_ID, i64::from(self.tid)),
+            attrs::string(attrs::SIGNAL_SOURCE, self.source.label()),
         ];
         if let Some(r) = self.sampling_ratio {
             attributes.push(attrs::double("pyusdt.sampling.ratio", r));
@@ -94,6 +97,8 @@ impl LogData {
             wire::attribute(buf, log_record::ATTRIBUTES, attrs::AUDIT_EVENT, name);
             let tid = Value::Int(i64::from(self.tid));
             wire::attribute(buf, log_record::ATTRIBUTES, attrs::THREAD_ID, tid);
+            let source = Value::Str(self.source.label().as_bytes());
+            wire::attribute(buf, log_record::ATTRIBUTES, attrs::SIGNAL_SOURCE, source);
             if let Some(r) = self.sampling_ratio {
                 wire::attribute(
                     buf,
@@ -194,6 +199,7 @@ impl LogBuffer {
             name: self.interned(name),
             sampling_ratio: ratio,
             args: decoded,
+            source: header.source,
         };
         self.ready.push((header.pid, record));
     }
@@ -229,6 +235,7 @@ mod tests {
                 name: "open".into(),
                 sampling_ratio: None,
                 args: Vec::new(),
+                source: SignalSource::Marker,
             },
             LogData {
                 time_unix_nano: 0,
@@ -236,6 +243,7 @@ mod tests {
                 name: "".into(),
                 sampling_ratio: Some(0.5),
                 args: vec![(0, "/etc/passwd".into()), (2, "x".repeat(200))],
+                source: SignalSource::Derived,
             },
         ];
         for r in &records {

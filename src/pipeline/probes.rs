@@ -120,7 +120,7 @@ impl ProcessProbes {
     /// carry, or its audit marker when governed.
     pub fn covers(&self, binary: &Binary) -> bool {
         (self.functions && self.function_markers(binary).is_ok())
-            || (self.audit && binary.has_marker("audit"))
+            || (self.audit && binary.can_trace_audit())
             || (self.counter && binary.has_marker("function__return"))
     }
 
@@ -208,7 +208,7 @@ impl ProcessProbes {
             .functions
             .then(|| self.function_markers(&binary).ok())
             .flatten();
-        let audit = self.audit && binary.has_marker("audit");
+        let audit = self.audit && binary.can_trace_audit();
         let counter = self.counter && binary.has_marker("function__return");
         if functions.is_none() && !audit && !counter {
             return false;

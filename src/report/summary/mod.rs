@@ -80,6 +80,8 @@ struct ProcessSummary {
     imports_not_found: u64,
     /// Where the imports were seen (the process's interpreter file has one source).
     import_source: SignalSource,
+    /// Where the audit events were seen.
+    audit_source: SignalSource,
     import_total_ns: u64,
     slowest_imports: Slowest,
     /// Imports aggregated in the kernel (--metrics-only): no module names.
@@ -153,6 +155,7 @@ impl ProcessSummary {
             imports: 0,
             imports_not_found: 0,
             import_source: SignalSource::Marker,
+            audit_source: SignalSource::Marker,
             import_total_ns: 0,
             slowest_imports: Slowest::default(),
             imports_in_kernel: false,
@@ -254,7 +257,10 @@ impl Summary {
                     p.slowest_functions.offer(d, name);
                 }
             }
-            Event::Audit { name, .. } => p.add_audit(name, 1),
+            Event::Audit { name, .. } => {
+                p.audit_source = h.source;
+                p.add_audit(name, 1);
+            }
         }
     }
 

@@ -34,6 +34,7 @@ impl Summary {
                     imports_not_found: p.imports_not_found,
                     import_source: (p.imports > 0).then(|| p.import_source.label()),
                     audit_events: p.audit_total,
+                    audit_source: (p.audit_total > 0).then(|| p.audit_source.label()),
                     audit_by_name: p.audit.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                     function_probes: self
                         .sampling_of(*pid)
@@ -97,6 +98,9 @@ struct ProcessRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     import_source: Option<&'static str>,
     audit_events: u64,
+    /// Where the audit events were seen (`usdt`, or a hook point's source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_source: Option<&'static str>,
     /// Audit events per event name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     audit_by_name: std::collections::BTreeMap<String, u64>,

@@ -158,12 +158,15 @@ impl Summary {
                         count(rest)
                     ),
                 };
+                let source = match p.audit_source {
+                    SignalSource::Marker => String::new(),
+                    s => format!("; seen at a hook point ({})", s.label()),
+                };
                 let _ = writeln!(
                     out,
-                    "  audit   {} events ({rate}): {}{}",
+                    "  audit   {} events ({rate}): {}{more}{source}",
                     count(p.audit_total),
                     top.join(", "),
-                    more
                 );
             }
             if let Some(s) = sampling.filter(|s| s.audit) {
