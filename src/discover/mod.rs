@@ -8,6 +8,7 @@ pub mod process;
 pub mod refusals;
 pub mod safe_open;
 pub mod stapsdt;
+pub mod unwind;
 pub mod version;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -175,7 +176,7 @@ impl Binary {
         };
         let data =
             image::read(&self.file, parts).map_err(|e| DiscoverError::from_open(&self.path, e))?;
-        Ok(hooks::find(&data, &self.file))
+        Ok(hooks::find(&data, &self.file, self.version))
     }
 
     /// What a CPython without markers can be traced through (`None` for any other file, or
