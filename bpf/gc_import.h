@@ -18,28 +18,21 @@ struct {
 	__type(value, struct gc_start);
 } gc_starts SEC(".maps");
 
-SEC("usdt")
-int BPF_USDT(gc_start, int generation)
+/* A collection starts on this thread (the start marker, or gc_collect_main's entry). */
+static __always_inline void gc_begin(__u64 id, int generation)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!wanted(id >> 32))
-		return 0;
 	__u32 tid = (__u32)id;
 	struct gc_start s = { .ts = bpf_ktime_get_ns(), .generation = generation };
 	/* A start still pending means its done was never seen: replace it, count it. */
 	if (bpf_map_lookup_elem(&gc_starts, &tid))
 		count(STAT_UNPAIRED_START);
 	bpf_map_update_elem(&gc_starts, &tid, &s, BPF_ANY);
-	return 0;
 }
 
-SEC("usdt")
-int BPF_USDT(gc_done, long collected)
+/* It ends, with `collected` objects (n + m, as the done marker says): its event is sent, or
+ * aggregated, as seen from `source` (enum signal_source). */
+static __always_inline void gc_end(__u64 id, __u64 now, long collected, __u8 source)
 {
-	__u64 now = bpf_ktime_get_ns();
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!wanted(id >> 32))
-		return 0;
 	__u32 tid = (__u32)id;
 	__u64 start = 0;
 	__s32 generation = -1;
@@ -54,18 +47,39 @@ int BPF_USDT(gc_done, long collected)
 		struct duration_key key = { .tgid = id >> 32, .series = generation };
 		if (!aggregate(&gc_agg, &key, start, now, collected))
 			count(STAT_DROP_GC);
-		return 0;
+		return;
 	}
 	struct gc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_DROP_GC);
-		return 0;
+		return;
 	}
 	fill_header(&e->h, id, MARKER_GC, start, now, spans_in_progress());
+	e->h.source = source;
 	e->collected = collected;
 	e->generation = generation;
 	e->_pad = 0;
 	submit(e, sizeof(*e));
+}
+
+SEC("usdt")
+int BPF_USDT(gc_start, int generation)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	gc_begin(id, generation);
+	return 0;
+}
+
+SEC("usdt")
+int BPF_USDT(gc_done, long collected)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	gc_end(id, now, collected, SOURCE_MARKER);
 	return 0;
 }
 

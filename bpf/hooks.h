@@ -114,6 +114,27 @@ int hook_import_return(struct pt_regs *ctx)
 }
 
 SEC("uprobe")
+int hook_gc_entry(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	gc_begin(id, (int)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+SEC("uretprobe")
+int hook_gc_return(struct pt_regs *ctx)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	gc_end(id, now, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)));
+	return 0;
+}
+
+SEC("uprobe")
 int hook_audit_entry(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();

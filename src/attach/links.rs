@@ -82,8 +82,8 @@ impl<'obj> Tracer<'obj> {
     }
 
     /// Attaches the selected probes that `plan` can stand in for, on a file without markers,
-    /// for every process mapping it: imports at `PyObject_CallMethodObjArgs`, audit at
-    /// `sys_audit_tstate` (bpf/hooks.h).
+    /// for every process mapping it: imports at `PyObject_CallMethodObjArgs`, GC at
+    /// `gc_collect_main`, audit at `sys_audit_tstate` (bpf/hooks.h).
     /// Returns the functions attached at.
     fn attach_hooks(
         &self,
@@ -111,10 +111,24 @@ impl<'obj> Tracer<'obj> {
                 attached.push(site.site.symbol);
             }
         }
+        if wants(Probe::Gc) {
+            if let Ok(site) = &plan.gc {
+                let p = &self.skel.progs;
+                // The return first, as for imports.
+                for (prog, retprobe) in [(&p.hook_gc_return, true), (&p.hook_gc_entry, false)] {
+                    let opts = UprobeOpts {
+                        retprobe,
+                        ..hook_opts(site)
+                    };
+                    links.push(attach_function(prog, binary, -1, *site, opts)?);
+                }
+                attached.push(site.symbol);
+            }
+        }
         // Per process instead (`attach_process`) when the audit marker would be.
         if wants(Probe::Audit) && !self.options.audit_per_process {
             if let Ok(site) = &plan.audit {
-                let opts = audit_hook_opts(site);
+                let opts = hook_opts(site);
                 links.push(attach_function(
                     &self.skel.progs.hook_audit_entry,
                     binary,
@@ -219,7 +233,7 @@ impl<'obj> Tracer<'obj> {
             links.push(link);
         }
         if let Some(site) = audit_hook {
-            let opts = audit_hook_opts(&site);
+            let opts = hook_opts(&site);
             let link = attach_function(&p.hook_audit_entry, binary, pid, site, opts);
             let link = link.inspect_err(|_| release_in_order(take(&mut links)))?;
             links.push(link);
@@ -397,8 +411,8 @@ fn attach_marker(
     })
 }
 
-/// The audit hook's options: its cookie carries the events' source (bpf/hooks.h).
-fn audit_hook_opts(site: &hooks::Site) -> UprobeOpts {
+/// A GC or audit hook's options: its cookie carries the events' source (bpf/hooks.h).
+fn hook_opts(site: &hooks::Site) -> UprobeOpts {
     UprobeOpts {
         cookie: u64::from(site.source.signal().byte()) << 8,
         ..Default::default()

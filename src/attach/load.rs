@@ -66,13 +66,20 @@ impl<'obj> Tracer<'obj> {
         open.progs
             .count_return
             .set_autoload(options.count_functions);
-        // Hook points of builds without markers (bpf/hooks.h): imports and audit, so far.
+        // Hook points of builds without markers (bpf/hooks.h).
         let imports = options.probes.iter().any(|p| p == Probe::Import);
         for prog in [
             &mut open.progs.hook_import_entry,
             &mut open.progs.hook_import_return,
         ] {
             prog.set_autoload(imports);
+        }
+        let gc = options.probes.iter().any(|p| p == Probe::Gc);
+        for prog in [
+            &mut open.progs.hook_gc_entry,
+            &mut open.progs.hook_gc_return,
+        ] {
+            prog.set_autoload(gc);
         }
         let audit = options.probes.iter().any(|p| p == Probe::Audit);
         open.progs.hook_audit_entry.set_autoload(audit);

@@ -82,6 +82,8 @@ struct ProcessSummary {
     import_source: SignalSource,
     /// Where the audit events were seen.
     audit_source: SignalSource,
+    /// Where the collections were seen.
+    gc_source: SignalSource,
     import_total_ns: u64,
     slowest_imports: Slowest,
     /// Imports aggregated in the kernel (--metrics-only): no module names.
@@ -156,6 +158,7 @@ impl ProcessSummary {
             imports_not_found: 0,
             import_source: SignalSource::Marker,
             audit_source: SignalSource::Marker,
+            gc_source: SignalSource::Marker,
             import_total_ns: 0,
             slowest_imports: Slowest::default(),
             imports_in_kernel: false,
@@ -229,6 +232,7 @@ impl Summary {
                         .or_insert_with(GcStats::new);
                 g.collections += 1;
                 g.collected += collected;
+                p.gc_source = h.source;
                 if let Some(d) = h.duration_ns() {
                     g.pauses.saturating_record(d.max(1));
                     g.max_ns = g.max_ns.max(d);

@@ -30,6 +30,7 @@ impl Summary {
                     pid: *pid,
                     command: p.command.clone(),
                     gc_collections: p.gc.values().map(|g| g.collections).sum(),
+                    gc_source: (!p.gc.is_empty()).then(|| p.gc_source.label()),
                     imports: p.imports,
                     imports_not_found: p.imports_not_found,
                     import_source: (p.imports > 0).then(|| p.import_source.label()),
@@ -92,6 +93,9 @@ struct ProcessRecord {
     pid: u32,
     command: String,
     gc_collections: u64,
+    /// Where the collections were seen (`usdt`, or a hook point's source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gc_source: Option<&'static str>,
     imports: u64,
     imports_not_found: u64,
     /// Where the imports were seen (`usdt`, or a hook point's source).

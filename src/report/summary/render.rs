@@ -91,9 +91,13 @@ impl Summary {
                         duration(g.max_ns)
                     )
                 };
+                let source = match p.gc_source {
+                    SignalSource::Marker => String::new(),
+                    s => format!("; seen at a hook point ({})", s.label()),
+                };
                 let _ = writeln!(
                     out,
-                    "  gc      {label}: {} collections, {pauses}, {} objects collected",
+                    "  gc      {label}: {} collections, {pauses}, {} objects collected{source}",
                     count(g.collections),
                     count(g.collected.max(0) as u64)
                 );
