@@ -7,6 +7,8 @@
 //! PySys_Audit(event, format, ...)  ->  sys_audit_tstate(tstate, event, format, &va)
 //! PyGC_Collect()                   ->  gc_collect_with_callback(tstate, 2)        (3.11, 3.12)
 //! gc_collect_with_callback(t, g)   ->  gc_collect_main(t, g, &collected, &uncollectable, 0)
+//! PyGC_Collect()                   ->  gc_collect_main(tstate, 2, MANUAL)         (3.13)
+//! _Py_HandlePending(tstate)        ->  gc_collect_main(tstate, -1, HEAP)          (3.13)
 //! ```
 //!
 //! Each step takes the one direct call of a local function at which the registers hold what
@@ -19,10 +21,11 @@
 //! - exactly one direct call matches: its target lies in the file's `.text`, outside the
 //!   function, and is not an exported function (those are not what is derived); calls through
 //!   the PLT, such as `__stack_chk_fail`, are not local;
-//! - at that call, the registers hold what the shape says, followed from the function's entry
-//!   through moves between registers and of constants: a move that a forward branch may skip
-//!   or that lies in a loop, any other write, and any other call (which clobbers the
-//!   caller-saved registers) make a register unknown; a loop around the call refuses it;
+//! - at that call, the registers hold what the shape says on every path from the function's
+//!   entry (a data-flow over its branches, loops included): values follow moves between
+//!   registers and of constants; any other write, and any other call (which clobbers the
+//!   caller-saved registers), make a register unknown, and so does a join of paths that
+//!   disagree; a jump through a register or into an instruction refuses the function;
 //! - the target starts a function that `.eh_frame` describes (src/discover/unwind.rs) and is
 //!   not inside an exported function.
 //!
@@ -142,10 +145,20 @@ pub fn audit_worker(function: Function<'_>, layout: &Layout) -> Result<Derived, 
     )
 }
 
-/// `gc_collect_with_callback`, derived from `PyGC_Collect` (3.11, 3.12): the local call with
-/// the oldest generation, 2, in esi.
+/// The local call of `PyGC_Collect` with the oldest generation, 2, in esi:
+/// `gc_collect_with_callback` on 3.11 and 3.12, `gc_collect_main` itself on 3.13.
 pub fn gc_with_callback(function: Function<'_>, layout: &Layout) -> Result<Derived, String> {
     one_matching_call(function, layout, &[(Register::RSI, Value::Constant(2))])
+}
+
+/// `gc_collect_main`, derived from `_Py_HandlePending` (3.13): the local call given -1
+/// (`GENERATION_AUTO`, as a 32-bit constant) in esi.
+pub fn gc_auto(function: Function<'_>, layout: &Layout) -> Result<Derived, String> {
+    one_matching_call(
+        function,
+        layout,
+        &[(Register::RSI, Value::Constant(0xffff_ffff))],
+    )
 }
 
 /// `gc_collect_main`, derived from `gc_collect_with_callback(tstate, generation)`: the local
@@ -171,22 +184,7 @@ pub fn one_matching_call(
     let code = decode(function)?;
     let end = function.address + function.bytes.len() as u64;
     let inside = function.address..end;
-    // Instructions that may not run before a later one does: skipped by a forward branch, or
-    // in a loop (run again after later ones).
-    let mut skipped = Vec::new();
-    let mut loops = Vec::new();
-    for i in &code {
-        if let Some(target) = branch_target(i) {
-            if !inside.contains(&target) {
-                continue; // A tail call or a jump to cold code: leaves the function.
-            }
-            if target <= i.ip() {
-                loops.push(target..i.next_ip());
-            } else {
-                skipped.push(i.next_ip()..target);
-            }
-        }
-    }
+    let states = states_before(&code, &inside)?;
     let local_calls = code.iter().enumerate().filter(|(_, i)| {
         let direct = i.flow_control() == FlowControl::Call && i.op0_kind() == OpKind::NearBranch64;
         let t = i.near_branch64();
@@ -195,11 +193,10 @@ pub fn one_matching_call(
     let mut matching = Vec::new();
     let mut why_not = Vec::new();
     for (at, call) in local_calls {
-        if loops.iter().any(|r| r.contains(&call.ip())) {
-            why_not.push(format!("the call at {:#x} is in a loop", call.ip()));
+        let Some(known) = &states[at] else {
+            why_not.push(format!("the call at {:#x} is never reached", call.ip()));
             continue;
-        }
-        let known = state_before(&code[..at], &skipped, &loops);
+        };
         let wrong = expect
             .iter()
             .find(|(register, value)| known.get(register) != Some(value));
@@ -227,19 +224,78 @@ pub fn one_matching_call(
     Ok(Derived { address, bounds })
 }
 
-/// What the registers hold after `code` (a function's instructions from its entry).
-fn state_before(code: &[Instruction], skipped: &[Range<u64>], loops: &[Range<u64>]) -> Known {
-    let mut known: Known = ARGUMENTS
+/// What the registers surely hold before each instruction of `code` (`None`: not reached from
+/// the entry), whatever path led there: a forward data-flow over the function's branches, the
+/// values at a join those that every path into it agrees on, iterated until nothing changes
+/// (a loop's second pass can only forget). Fails on what makes the paths unknown: a jump
+/// through a register, or into the middle of an instruction.
+fn states_before(code: &[Instruction], inside: &Range<u64>) -> Result<Vec<Option<Known>>, String> {
+    let index: HashMap<u64, usize> = code.iter().enumerate().map(|(n, i)| (i.ip(), n)).collect();
+    let mut successors = Vec::with_capacity(code.len());
+    for (n, i) in code.iter().enumerate() {
+        let mut next = Vec::new();
+        let falls_through = !matches!(
+            i.flow_control(),
+            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::Interrupt
+        );
+        match i.flow_control() {
+            FlowControl::IndirectBranch => {
+                return Err(format!("an indirect jump at {:#x}", i.ip()));
+            }
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                if let Some(target) = branch_target(i).filter(|t| inside.contains(t)) {
+                    let to = *index
+                        .get(&target)
+                        .ok_or_else(|| format!("a jump at {:#x} into an instruction", i.ip()))?;
+                    next.push(to);
+                } else if branch_target(i).is_none() {
+                    return Err(format!("an indirect jump at {:#x}", i.ip()));
+                }
+                // Elsewhere: a tail call or cold code, which leaves the function.
+            }
+            _ => {}
+        }
+        if falls_through && n + 1 < code.len() {
+            next.push(n + 1);
+        }
+        successors.push(next);
+    }
+    let entry: Known = ARGUMENTS
         .iter()
         .enumerate()
         .map(|(n, r)| (*r, Value::Argument(n)))
         .collect();
-    let mut info = InstructionInfoFactory::new();
-    for i in code {
-        let uncertain = skipped.iter().chain(loops).any(|r| r.contains(&i.ip()));
-        step(&mut known, &mut info, i, uncertain);
+    let mut states: Vec<Option<Known>> = vec![None; code.len()];
+    if code.is_empty() {
+        return Ok(states);
     }
-    known
+    states[0] = Some(entry);
+    let mut work = vec![0usize];
+    let mut info = InstructionInfoFactory::new();
+    // Each pass over an instruction can only remove registers: bounded by the registers known.
+    let mut budget = code.len().saturating_mul(ARGUMENTS.len() + 16 + 2);
+    while let Some(n) = work.pop() {
+        budget = budget
+            .checked_sub(1)
+            .ok_or("the data-flow does not settle")?;
+        let mut out = states[n].clone().unwrap_or_default();
+        step(&mut out, &mut info, &code[n]);
+        for &m in &successors[n] {
+            let joined = match &states[m] {
+                None => out.clone(),
+                Some(have) => have
+                    .iter()
+                    .filter(|(r, v)| out.get(*r) == Some(*v))
+                    .map(|(r, v)| (*r, *v))
+                    .collect(),
+            };
+            if states[m].as_ref() != Some(&joined) {
+                states[m] = Some(joined);
+                work.push(m);
+            }
+        }
+    }
+    Ok(states)
 }
 
 /// Decodes every instruction of `function`, or says why it is not code.
@@ -276,9 +332,8 @@ fn branch_target(i: &Instruction) -> Option<u64> {
     }
 }
 
-/// What `i` does to the registers whose values are known (`uncertain`: it may not run, or run
-/// again later, so what it sets is not known).
-fn step(known: &mut Known, info: &mut InstructionInfoFactory, i: &Instruction, uncertain: bool) {
+/// What `i` does to the registers whose values are known.
+fn step(known: &mut Known, info: &mut InstructionInfoFactory, i: &Instruction) {
     if matches!(
         i.flow_control(),
         FlowControl::Call | FlowControl::IndirectCall
@@ -290,7 +345,7 @@ fn step(known: &mut Known, info: &mut InstructionInfoFactory, i: &Instruction, u
     }
     if let Some((dst, value)) = simple_move(i, known) {
         match value {
-            Some(v) if !uncertain => known.insert(dst, v),
+            Some(v) => known.insert(dst, v),
             _ => known.remove(&dst),
         };
         return;
@@ -522,8 +577,9 @@ mod tests {
             address: 0x2000,
             bytes: &bytes,
         };
+        // Its second pass finds rsi and rdx clobbered by the call.
         let e = audit_worker(f, &layout()).unwrap_err();
-        assert!(e.contains("in a loop"), "{e}");
+        assert!(e.contains("does not hold"), "{e}");
     }
 
     #[test]
