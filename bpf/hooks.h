@@ -11,7 +11,26 @@
  * pointer at the entry; the return program ends it at the return whose stack pointer is the
  * one just above (the return address popped), found when the call returned a module, as the
  * done marker's `mod != NULL`. Other calls' returns see another stack pointer.
- * Included by pyusdt.bpf.c only (one object, one skeleton). */
+ *
+ * GC (3.11, 3.12): gc_collect_main(tstate, generation, ...) does every collection, the
+ * markers' start and done inside it; its entry starts one with the generation of its second
+ * argument, its return ends it with the return value, n + m, the done marker's argument. The
+ * function does not recurse (the `collecting` flag is checked before it is called).
+ *
+ * GC (3.13): gc_collect_main(tstate, generation, reason) is given -1 for "the one due" and
+ * picks it inside, or returns 0 at once when none is due or a collection is running. What it
+ * did is read from the interpreter's GC statistics (generation_stats: per generation
+ * collections, collected, uncollectable), reached from tstate by two offsets in the cookie
+ * (bits 16-31: tstate->interp, bits 32-63: the statistics in the interpreter state, from
+ * _PyRuntime's debug offsets): the entry keeps the three collection counts, the return finds
+ * the generation whose count went up by one (none: no collection, no event) and ends the
+ * collection with the return value, n + m, as the done marker.
+ *
+ * Audit: sys_audit_tstate(tstate, event, format, va) is where every event raised from C goes
+ * (PySys_Audit and _PySys_Audit call it); the marker fires inside it once the arguments are
+ * built. The entry program sends the event's name as the marker's program does, without the
+ * arguments (a format and a va_list, not the tuple) and so with no argument count.
+ * Included by pyusdt.bpf.c only, after audit.h (one object, one skeleton). */
 #ifndef PYUSDT_HOOKS_H
 #define PYUSDT_HOOKS_H
 
@@ -131,6 +150,91 @@ int hook_gc_return(struct pt_regs *ctx)
 	if (!wanted(id >> 32))
 		return 0;
 	gc_end(id, now, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)));
+	return 0;
+}
+
+#define GC_STATS_TSTATE_INTERP(cookie) (((cookie) >> 16) & 0xffff)
+#define GC_STATS_IN_INTERP(cookie) ((cookie) >> 32)
+
+struct gc_generation_stats {
+	__s64 collections;
+	__s64 collected;
+	__s64 uncollectable;
+};
+
+/* Where a thread's collection's statistics are, and their collection counts at its start. */
+struct gc_stats_start {
+	__u64 stats;
+	__s64 collections[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* tid */
+	__type(value, struct gc_stats_start);
+} gc_stats_starts SEC(".maps");
+
+/* The statistics of the interpreter of the thread state `tstate`; 0 when unreadable. */
+static __always_inline __u64 gc_stats_of(__u64 tstate, __u64 cookie)
+{
+	__u64 interp = 0;
+	if (!tstate || bpf_probe_read_user(&interp, sizeof(interp),
+					    (void *)(tstate + GC_STATS_TSTATE_INTERP(cookie))) < 0 ||
+	    !interp)
+		return 0;
+	return interp + GC_STATS_IN_INTERP(cookie);
+}
+
+SEC("uprobe")
+int hook_gc_stats_entry(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct gc_stats_start s = {};
+	s.stats = gc_stats_of(PT_REGS_PARM1(ctx), bpf_get_attach_cookie(ctx));
+	struct gc_generation_stats now[3];
+	if (!s.stats || bpf_probe_read_user(now, sizeof(now), (void *)s.stats) < 0)
+		return 0;
+	for (int i = 0; i < 3; i++)
+		s.collections[i] = now[i].collections;
+	bpf_map_update_elem(&gc_stats_starts, &tid, &s, BPF_ANY);
+	gc_begin(id, -1);
+	return 0;
+}
+
+SEC("uretprobe")
+int hook_gc_stats_return(struct pt_regs *ctx)
+{
+	__u64 now_ns = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct gc_stats_start *s = bpf_map_lookup_elem(&gc_stats_starts, &tid);
+	if (!s)
+		return 0;
+	struct gc_stats_start before = *s;
+	bpf_map_delete_elem(&gc_stats_starts, &tid);
+	struct gc_generation_stats now[3];
+	int generation = -1;
+	if (bpf_probe_read_user(now, sizeof(now), (void *)before.stats) == 0) {
+		for (int i = 0; i < 3; i++)
+			if (now[i].collections == before.collections[i] + 1)
+				generation = i;
+	}
+	struct gc_start *start = bpf_map_lookup_elem(&gc_starts, &tid);
+	if (generation < 0) {
+		/* Nothing collected (none due, or one running): not a collection. */
+		if (start)
+			bpf_map_delete_elem(&gc_starts, &tid);
+		return 0;
+	}
+	if (start)
+		start->generation = generation;
+	gc_end(id, now_ns, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)));
 	return 0;
 }
 

@@ -112,17 +112,23 @@ impl<'obj> Tracer<'obj> {
             }
         }
         if wants(Probe::Gc) {
-            if let Ok(site) = &plan.gc {
+            if let Ok(gc) = &plan.gc {
                 let p = &self.skel.progs;
+                // Read by its arguments, or by its statistics (3.13): bpf/hooks.h.
+                let (entry, ret) = match gc.stats {
+                    None => (&p.hook_gc_entry, &p.hook_gc_return),
+                    Some(_) => (&p.hook_gc_stats_entry, &p.hook_gc_stats_return),
+                };
                 // The return first, as for imports.
-                for (prog, retprobe) in [(&p.hook_gc_return, true), (&p.hook_gc_entry, false)] {
+                for (prog, retprobe) in [(ret, true), (entry, false)] {
                     let opts = UprobeOpts {
                         retprobe,
-                        ..hook_opts(site)
+                        cookie: gc.cookie(),
+                        ..Default::default()
                     };
-                    links.push(attach_function(prog, binary, -1, *site, opts)?);
+                    links.push(attach_function(prog, binary, -1, gc.site, opts)?);
                 }
-                attached.push(site.symbol);
+                attached.push(gc.site.symbol);
             }
         }
         // Per process instead (`attach_process`) when the audit marker would be.

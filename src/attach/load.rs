@@ -78,6 +78,8 @@ impl<'obj> Tracer<'obj> {
         for prog in [
             &mut open.progs.hook_gc_entry,
             &mut open.progs.hook_gc_return,
+            &mut open.progs.hook_gc_stats_entry,
+            &mut open.progs.hook_gc_stats_return,
         ] {
             prog.set_autoload(gc);
         }

@@ -235,7 +235,7 @@ fn traced_through_hooks(binary: &Binary) -> Vec<String> {
     };
     let sites = [
         ("import", plan.imports.as_ref().ok().map(|i| i.site)),
-        ("gc", plan.gc.as_ref().ok().copied()),
+        ("gc", plan.gc.as_ref().ok().map(|g| g.site)),
         ("audit", plan.audit.as_ref().ok().copied()),
     ];
     sites

@@ -204,7 +204,7 @@ fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError>
     let signals = b.hook_plan().map_or_else(Vec::new, |plan| {
         vec![
             SignalReport::of("import", plan.imports.as_ref().map(|i| i.site)),
-            SignalReport::of("gc", plan.gc.as_ref().copied()),
+            SignalReport::of("gc", plan.gc.as_ref().map(|g| g.site)),
             SignalReport::of("audit", plan.audit.as_ref().copied()),
         ]
     });

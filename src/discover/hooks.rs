@@ -106,6 +106,16 @@ pub struct Hook {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DebugOffsets {
     pub version_hex: u64,
+    /// Where the GC statistics are (3.13, validated).
+    pub gc_stats: Option<GcStatsLayout>,
+}
+
+/// How to reach the GC statistics from a thread state: `tstate->interp`, then the
+/// statistics' offset in the interpreter state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcStatsLayout {
+    pub tstate_interp: u64,
+    pub interp_stats: u64,
 }
 
 impl DebugOffsets {
@@ -148,19 +158,19 @@ pub const WANTED: &[(&str, &str)] = &[
     ),
     (
         "gc_collect_main",
-        "GC: each collection, its generation, collected and pause (internal: symbol table, or derived on 3.11-3.12)",
+        "GC: each collection, its generation, collected and pause (internal: symbol table, or derived on 3.11-3.13)",
     ),
     (
         "PyGC_Collect",
-        "GC: gc_collect_main is derived from it through gc_collect_with_callback (3.11-3.12)",
+        "GC: gc_collect_main is derived from its call with generation 2 (through gc_collect_with_callback on 3.11-3.12)",
     ),
     (
         "_Py_HandlePending",
-        "GC: the collector is called from it with generation -1 on 3.13+ (derivation)",
+        "GC: gc_collect_main is called from it with generation -1 on 3.13 (a second derivation)",
     ),
     (
         "_PyRuntime",
-        "runtime state: debug offsets on 3.13+, GC counters",
+        "runtime state: debug offsets on 3.13+, where the GC statistics are",
     ),
 ];
 
@@ -185,15 +195,16 @@ pub fn find(data: &[u8], file: &OpenedFile, version: Option<CPythonVersion>) -> 
         }
     }
     if let Some(runtime) = hooks.found.iter().find(|h| h.name == "_PyRuntime") {
-        hooks.debug_offsets = debug_offsets(&elf, runtime.address, file);
+        hooks.debug_offsets = debug_offsets(&elf, runtime, file);
     }
     derive_missing(&elf, file, version, &mut hooks);
     Some(hooks)
 }
 
 /// The internal functions not found in a symbol table, derived from the exported functions
-/// that call them (src/discover/derive.rs): `sys_audit_tstate` from `PySys_Audit`, and on 3.11
-/// and 3.12 `gc_collect_main` from `PyGC_Collect` through `gc_collect_with_callback`.
+/// that call them (src/discover/derive.rs): `sys_audit_tstate` from `PySys_Audit`; on 3.11
+/// and 3.12 `gc_collect_main` from `PyGC_Collect` through `gc_collect_with_callback`, on 3.13
+/// from both `PyGC_Collect` and `_Py_HandlePending`, which must agree.
 fn derive_missing(
     elf: &ElfFile64<'_, Endianness>,
     file: &OpenedFile,
@@ -201,8 +212,8 @@ fn derive_missing(
     hooks: &mut Hooks,
 ) {
     let has = |hooks: &Hooks, name: &str| hooks.found.iter().any(|h| h.name == name);
-    let wants_gc =
-        version.is_some_and(gc_generation_is_an_argument) && !has(hooks, "gc_collect_main");
+    let gc = version.and_then(gc_way);
+    let wants_gc = gc.is_some() && !has(hooks, "gc_collect_main");
     if has(hooks, "sys_audit_tstate") && !wants_gc {
         return;
     }
@@ -230,7 +241,26 @@ fn derive_missing(
             add_derived(elf, hooks, "sys_audit_tstate", derived);
         }
     }
-    if wants_gc {
+    if wants_gc && gc == Some(GcWay::Statistics) {
+        // 3.13: PyGC_Collect and _Py_HandlePending both call gc_collect_main, with generation
+        // 2 and -1: two derivations that must agree.
+        let from = |hooks: &Hooks, name: &str, f| {
+            let (address, size) = wrapper(hooks, name).ok_or(format!("{name} not found"))?;
+            derive_from(elf, file, &layout, address, size, f)
+                .map_err(|why| format!("from {name}: {why}"))
+        };
+        let manual = from(hooks, "PyGC_Collect", derive::gc_with_callback);
+        let auto = from(hooks, "_Py_HandlePending", derive::gc_auto);
+        let derived = match (manual, auto) {
+            (Ok(a), Ok(b)) if a == b => Ok(a),
+            (Ok(a), Ok(b)) => Err(format!(
+                "PyGC_Collect calls {:#x}, _Py_HandlePending {:#x}: not one collector",
+                a.address, b.address
+            )),
+            (Err(why), _) | (_, Err(why)) => Err(why),
+        };
+        add_derived(elf, hooks, "gc_collect_main", derived);
+    } else if wants_gc {
         if let Some((address, size)) = wrapper(hooks, "PyGC_Collect") {
             let derived = derive_from(elf, file, &layout, address, size, derive::gc_with_callback)
                 .map_err(|why| format!("from PyGC_Collect: {why}"))
@@ -245,10 +275,23 @@ fn derive_missing(
     }
 }
 
-/// Versions whose `gc_collect_main` is given the generation it collects (3.13 passes -1 for
-/// "the one due" and picks it inside).
-pub fn gc_generation_is_an_argument(v: CPythonVersion) -> bool {
-    matches!((v.major, v.minor), (3, 11..=12))
+/// How a version's collections are read at `gc_collect_main` (bpf/hooks.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcWay {
+    /// 3.11, 3.12: its second argument is the generation, it returns n + m.
+    GenerationArgument,
+    /// 3.13: it is given -1 for "the one due" and picks it inside, or returns at once when
+    /// none is due: the generation is the one whose statistics counted a collection.
+    Statistics,
+}
+
+/// How `gc_collect_main` of CPython `v` is read, if it is known.
+pub fn gc_way(v: CPythonVersion) -> Option<GcWay> {
+    match (v.major, v.minor) {
+        (3, 11..=12) => Some(GcWay::GenerationArgument),
+        (3, 13) => Some(GcWay::Statistics),
+        _ => None,
+    }
 }
 
 /// Records the function `name` derived, or why not.
@@ -426,7 +469,7 @@ impl ImportSite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub imports: Result<ImportSite, String>,
-    pub gc: Result<Site, String>,
+    pub gc: Result<GcSite, String>,
     pub audit: Result<Site, String>,
 }
 
@@ -447,17 +490,44 @@ pub fn plan(hooks: &Hooks, version: Option<CPythonVersion>, free_threaded: bool)
     }
 }
 
-/// GC, at `gc_collect_main`'s entry (its generation argument) and returns (n + m), on the
-/// versions that pass it the generation (bpf/hooks.h).
-fn gc_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<Site, String> {
+/// GC, at `gc_collect_main`'s entry and returns (bpf/hooks.h): on 3.11 and 3.12 with its
+/// generation argument, on 3.13 by its statistics (where `_PyRuntime`'s debug offsets say,
+/// validated).
+fn gc_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<GcSite, String> {
     const SYMBOL: &str = "gc_collect_main";
     let v = version.ok_or("the CPython version is not known")?;
-    if !gc_generation_is_an_argument(v) {
-        return Err(format!(
-            "CPython {v}: gc_collect_main picks the generation inside; not traced through hook points yet"
-        ));
+    let way = gc_way(v).ok_or(format!("CPython {v}: its collector is not known"))?;
+    let site = found_site(hooks, SYMBOL, "PyGC_Collect")?;
+    let stats = match way {
+        GcWay::GenerationArgument => None,
+        GcWay::Statistics => Some(
+            hooks
+                .debug_offsets
+                .and_then(|d| d.gc_stats)
+                .ok_or("_PyRuntime's debug offsets do not say where the GC statistics are")?,
+        ),
+    };
+    Ok(GcSite { site, stats })
+}
+
+/// GC through `gc_collect_main`, and where its statistics are when it is read by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcSite {
+    pub site: Site,
+    pub stats: Option<GcStatsLayout>,
+}
+
+impl GcSite {
+    /// The BPF programs' cookie (bpf/hooks.h): the events' source in bits 8-15; with
+    /// statistics, `tstate->interp`'s offset in bits 16-31 and the statistics' offset in the
+    /// interpreter state in bits 32-63.
+    pub fn cookie(&self) -> u64 {
+        let source = u64::from(self.site.source.signal().byte()) << 8;
+        match self.stats {
+            None => source,
+            Some(s) => source | (s.tstate_interp & 0xffff) << 16 | s.interp_stats << 32,
+        }
     }
-    found_site(hooks, SYMBOL, "PyGC_Collect")
 }
 
 /// The site of `symbol`, or why there is none (`from`: what it is derived from).
@@ -533,28 +603,74 @@ fn import_site(
 /// the debug offsets when they start with the cookie.
 fn debug_offsets(
     elf: &ElfFile64<'_, Endianness>,
-    address: u64,
+    runtime: &Hook,
     file: &OpenedFile,
 ) -> Option<DebugOffsets> {
+    let address = runtime.address;
+    let want = DEBUG_OFFSETS_READ as u64;
     let section = elf.sections().find(|s| {
         let start = s.address();
-        address >= start && address.saturating_add(16) <= start.saturating_add(s.size())
+        address >= start && address.saturating_add(want) <= start.saturating_add(s.size())
     })?;
     let (offset, size) = section.file_range()?;
     let within = address - section.address();
-    if within.saturating_add(16) > size {
+    if within.saturating_add(want) > size {
         return None;
     }
-    let mut head = [0u8; 16];
+    let mut head = [0u8; DEBUG_OFFSETS_READ];
     file.read_exact_at(&mut head, offset.checked_add(within)?)
         .ok()?;
     if &head[..8] != DEBUG_COOKIE {
         return None;
     }
-    let version_hex = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
+    let version_hex = word(8);
     // A plausible 3.x version, or the bytes are not what the cookie promised.
-    ((version_hex >> 24) == 3).then_some(DebugOffsets { version_hex })
+    if (version_hex >> 24) != 3 {
+        return None;
+    }
+    let minor = (version_hex >> 16) & 0xff;
+    Some(DebugOffsets {
+        version_hex,
+        gc_stats: (minor == 13)
+            .then(|| gc_stats_313(word, runtime.size))
+            .flatten(),
+    })
 }
+
+/// Bytes of `_Py_DebugOffsets` read: up to `thread_state.interp` (3.13's layout).
+const DEBUG_OFFSETS_READ: usize = 0xb8;
+
+/// Where 3.13's GC statistics are, from its debug offsets (`word(at)`: the u64 at `at`), when
+/// they are what 3.13.0 to 3.13.5 have (measured on the official-like, matrix and pyenv
+/// builds): `free_threaded` 0, `runtime_state.size` the size of `_PyRuntime` itself, and the
+/// offsets inside the sizes they belong to. `generation_stats` is 0x80 into the GC state (its
+/// layout, which the debug offsets do not give: `gc.get_stats()` equals what is read there).
+fn gc_stats_313(word: impl Fn(usize) -> u64, runtime_size: u64) -> Option<GcStatsLayout> {
+    const MAX_STATE: u64 = 1 << 20;
+    let (free_threaded, runtime_state_size) = (word(0x10), word(0x18));
+    let (interp_size, interp_gc) = (word(0x30), word(0x50));
+    let (tstate_size, tstate_interp) = (word(0x98), word(0xb0));
+    let stats = interp_gc.checked_add(GC_STATS_IN_GC_313)?;
+    let valid = free_threaded == 0
+        && runtime_state_size == runtime_size
+        && interp_size < MAX_STATE
+        && tstate_size < MAX_STATE
+        && stats + GC_STATS_BYTES <= interp_size
+        && tstate_interp + 8 <= tstate_size
+        && stats <= u64::from(u32::MAX)
+        && tstate_interp <= 0xffff;
+    valid.then_some(GcStatsLayout {
+        tstate_interp,
+        interp_stats: stats,
+    })
+}
+
+/// `generation_stats` in 3.13's `struct _gc_runtime_state`: after the trash list, three ints,
+/// three generations (24 bytes each), `generation0` and the permanent generation.
+const GC_STATS_IN_GC_313: u64 = 0x80;
+/// Three generations of {collections, collected, uncollectable}.
+const GC_STATS_BYTES: u64 = 72;
 
 #[cfg(test)]
 mod tests {
@@ -562,6 +678,7 @@ mod tests {
     use crate::discover::image::{self, Parts};
     use crate::discover::safe_open::open_path;
     use proptest::prelude::*;
+    use std::collections::HashMap;
     use std::path::Path;
 
     /// Debian's python3.11 read as a file without markers would be: its tables, for mutating.
@@ -657,7 +774,44 @@ mod tests {
         eprintln!("checked {checked} pyenv builds");
     }
 
-    fn elf_symbols(elf: &ElfFile64<'_, Endianness>) -> std::collections::HashMap<String, u64> {
+    /// 3.13.5's debug offsets (the words read from the official-like build): the GC
+    /// statistics 0x80 into the GC state at 0x1ce8, reached through tstate->interp at 0x10;
+    /// any word changed out of what 3.13 has is refused.
+    #[test]
+    fn gc_statistics_come_from_validated_debug_offsets() {
+        let words: HashMap<usize, u64> = [
+            (0x10, 0),
+            (0x18, 0x452f0),
+            (0x30, 0x2f9a0),
+            (0x50, 0x1ce8),
+            (0x98, 0x130),
+            (0xb0, 0x10),
+        ]
+        .into();
+        let word = |w: &HashMap<usize, u64>| {
+            let w = w.clone();
+            move |at: usize| w.get(&at).copied().unwrap_or(0)
+        };
+        assert_eq!(
+            gc_stats_313(word(&words), 0x452f0),
+            Some(GcStatsLayout {
+                tstate_interp: 0x10,
+                interp_stats: 0x1ce8 + 0x80
+            })
+        );
+        assert_eq!(
+            gc_stats_313(word(&words), 0x452f8),
+            None,
+            "another runtime size"
+        );
+        for (at, bad) in [(0x10, 1), (0x50, 0x2f9a0), (0xb0, 0x130), (0x30, 1 << 40)] {
+            let mut w = words.clone();
+            w.insert(at, bad);
+            assert_eq!(gc_stats_313(word(&w), 0x452f0), None, "{at:#x} = {bad:#x}");
+        }
+    }
+
+    fn elf_symbols(elf: &ElfFile64<'_, Endianness>) -> HashMap<String, u64> {
         elf.symbols()
             .filter_map(|s| Some((s.name().ok()?.to_string(), s.address())))
             .collect()
