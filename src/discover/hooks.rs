@@ -5,12 +5,13 @@
 //! functions), then the exported symbols (`.dynsym`, which every `--enable-shared` build keeps,
 //! the stripped official images included), then internal functions derived from exported
 //! ones' machine code (src/discover/derive.rs, validated or refused). `plan` says which signals
-//! can be traced through what was found, and why not the others: imports and audit are
-//! (bpf/hooks.h), GC not yet.
+//! can be traced through what was found (bpf/hooks.h: imports, GC, audit), and why not the
+//! others.
 //!
 //! The file is someone else's: the tables were read within `image::MAX_READ_BYTES`, names are
 //! compared, never printed from the file, a function's code is read with one bounded `pread`
-//! of at most `derive::MAX_FUNCTION_BYTES`, and so are `_PyRuntime`'s first bytes.
+//! of at most `derive::MAX_FUNCTION_BYTES`, `.eh_frame` with one of at most
+//! `unwind::MAX_EH_FRAME_BYTES`, and `_PyRuntime`'s debug offsets with one of 184 bytes.
 use object::read::elf::ElfFile64;
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
 

@@ -319,8 +319,8 @@ pub const NO_MARKERS_HINT: &str =
     "CPython carries USDT markers only when built with --with-dtrace: \
 Debian/Ubuntu system python3, Fedora/RHEL/UBI have them; Docker Hub python:* images, pyenv, uv \
 (python-build-standalone), conda-forge and manylinux builds do not. Without them, pyusdt traces \
-imports of CPython 3.11-3.14 through its exported functions (`pyusdt list FILE` shows what a \
-file allows). For everything, use the distribution's python3 (e.g. /usr/bin/python3.11) or \
+imports (3.11-3.14), GC (3.11-3.13) and audit events (3.9-3.14) at hook points of x86-64 builds \
+(`pyusdt list FILE` shows what a file allows). For function probes and everything, use the distribution's python3 (e.g. /usr/bin/python3.11) or \
 rebuild with ./configure --with-dtrace.";
 
 fn not_elf_hint(data: &[u8]) -> String {
