@@ -254,16 +254,45 @@ fn hook_points(binary: &Binary) -> Option<crate::discover::hooks::Hooks> {
         .flatten()
 }
 
+/// "a", "a and b", "a, b and c".
+fn listed(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
 /// What to do, for this interpreter.
 fn advice(binary: &Binary, in_container: bool) -> String {
     let minor = binary.version.map(|v| (v.major, v.minor));
     if !binary.has_python_markers() {
         let path = binary.path.to_string_lossy();
-        // Imports come through hook points; GC, audit and calls need the markers.
-        let partly = if binary.hook_plan().is_some_and(|p| p.imports.is_ok()) {
-            "imports are traced through hook points (GC, audit and calls need markers). "
+        // What comes through hook points (the `traced at` line says where), what needs markers.
+        let (mut through, mut not) = (Vec::new(), Vec::new());
+        if let Some(p) = binary.hook_plan() {
+            for (name, ok) in [
+                ("imports", p.imports.is_ok()),
+                ("GC", p.gc.is_ok()),
+                ("audit", p.audit.is_ok()),
+            ] {
+                if ok {
+                    through.push(name)
+                } else {
+                    not.push(name)
+                }
+            }
+        }
+        not.push("calls");
+        let partly = if through.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(
+                "{} {} traced through hook points; {} need markers. ",
+                listed(&through),
+                if through.len() == 1 { "is" } else { "are" },
+                listed(&not)
+            )
         };
         let fix = if path.contains("/.pyenv/") {
             "pyenv build without markers: rebuild with PYTHON_CONFIGURE_OPTS=--with-dtrace, or \
