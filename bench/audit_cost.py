@@ -8,6 +8,14 @@ per event above untraced, and the ratio of that cost to bpftrace's. Needs root, 
 release build; fails loudly otherwise.
 
     python3 bench/audit_cost.py [--runs 7] [--events 1000000]
+    python3 bench/audit_cost.py --hook ~/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0 \
+        --python ~/.pyenv/versions/3.13.0/bin/python3.13
+
+--hook LIB: a build without markers (issue 24), traced at sys_audit_tstate's entry: bpftrace
+probes it by name (`uprobe:LIB:sys_audit_tstate`), so LIB must keep its symbol table (pyenv's
+builds do; bpftrace 0.17 cannot probe an address in a stripped file), and pyusdt runs the same
+BPF program there as at the function it derives in a stripped build. Without markers the
+interpreter builds no argument tuple, so the floor is the trap alone.
 
 bpftrace runs twice: `count()`, which records nothing, and `printf()` of the PID, thread and
 time, its way of sending a record per event (as pyusdt's log records do); its output goes to
@@ -74,8 +82,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--python", default=PYTHON)
+    parser.add_argument("--hook", metavar="LIB",
+                        help="trace sys_audit_tstate in this marker-less libpython")
     args = parser.parse_args()
-    for need in (PYUSDT, BPFTRACE, PYTHON):
+    python = args.python
+    for need in (PYUSDT, BPFTRACE, python, args.hook or python):
         if not os.path.exists(need):
             sys.exit(f"missing {need}: run scripts/setup.sh and cargo build --release")
     with DiscardSink() as sink:
@@ -91,11 +103,12 @@ def main():
              [*run, "--probes", "gc,import,audit", "--metrics-only", "--"]),
         ]
         times = {name: [] for name, _ in configs}
-        program = f"usdt:{PYTHON}:python:audit {{ @c = count(); }}"
-        printf = f'usdt:{PYTHON}:python:audit {{ printf("%d %d %lld\\n", pid, tid, nsecs); }}'
+        probe = f"uprobe:{args.hook}:sys_audit_tstate" if args.hook else f"usdt:{python}:python:audit"
+        program = f"{probe} {{ @c = count(); }}"
+        printf = f'{probe} {{ printf("%d %d %lld\\n", pid, tid, nsecs); }}'
         for _ in range(args.runs):
             for name, prefix in configs:
-                cmd = [PYTHON, WORKLOAD, str(args.events)]
+                cmd = [python, WORKLOAD, str(args.events)]
                 if prefix == "bpftrace":
                     out = under_bpftrace(program, cmd)
                 elif prefix == "bpftrace printf":
@@ -109,7 +122,8 @@ def main():
                 times[name].append(float(seconds))
     base = statistics.median(times["untraced"])
     floor = (statistics.median(times[FLOOR]) - base) / args.events * 1e9
-    print(f"CPython 3.11 ({PYTHON}), {args.events:,} builtins.id audit events, "
+    where = f"at sys_audit_tstate of {args.hook}" if args.hook else "at the audit marker"
+    print(f"{python}, {args.events:,} builtins.id audit events {where}, "
           f"{args.runs} interleaved runs (the workload's CPU time)")
     print(f"{'configuration':<34} {'median s':>9} {'ns/event':>9} {'vs count()':>10}")
     for name, _ in configs:
