@@ -16,12 +16,14 @@
 # source package) and 3.13 (trixie's, the tarball of the marker build above) are configured as
 # the images configure them, --enable-shared --with-lto, made with the slim images' flags
 # (Debian's CFLAGS, frame pointers, -Wl,--strip-all: .dynsym only, no .symtab), into
-# python-<v>-official. Unlike the images: no PGO (--enable-optimizations: too long on 2 cores;
-# its -fno-semantic-interposition is passed instead), no ensurepip, no JIT.
+# python-<v>-official, without PGO (its -fno-semantic-interposition is passed instead). 3.13 is
+# also built with PGO, as the images are (--enable-optimizations: the profile run of the test
+# suite, about an hour here), into python-3.13-official-pgo, to check that PGO's inlining does
+# not defeat the derivations of src/discover/derive.rs. No ensurepip, no JIT.
 # LTO makes these the slow ones (tens of minutes), hence at low priority beside a benchmark:
 #
 #   bash scripts/python-matrix.sh          # build what is missing, print the interpreters
-#   PYUSDT_MATRIX_VERSIONS="3.11-official 3.13-official" nice -n 19 ionice -c3 bash scripts/python-matrix.sh
+#   PYUSDT_MATRIX_VERSIONS="3.11-official 3.13-official 3.13-official-pgo" nice -n 19 ionice -c3 bash scripts/python-matrix.sh
 #   PYUSDT_MATRIX_CACHE=/elsewhere bash scripts/python-matrix.sh
 #
 # Needs root for apt (build dependencies). Versions whose sources cannot be fetched are skipped
@@ -34,10 +36,11 @@ MATRIX=(
   "3.9  bullseye python3.9"
   "3.13 trixie   python3.13"
 )
-# version  suite     source package (marker-less, like the official images: 3.11.2 and 3.13.5)
+# version  suite     source package  variant (marker-less, like the official images: 3.11.2 and 3.13.5)
 OFFICIAL_MATRIX=(
-  "3.11 bookworm python3.11"
-  "3.13 trixie   python3.13"
+  "3.11 bookworm python3.11 official"
+  "3.13 trixie   python3.13 official"
+  "3.13 trixie   python3.13 official-pgo"
 )
 # version  suite  (Debian binaries; forky, not sid: a version reaches forky only after sid's
 # migration checks, so it changes less often, and forky is what the next stable ships;
@@ -58,7 +61,7 @@ log() { echo "python-matrix: $*" >&2; }
 
 interpreter() { echo "$CACHE/python-$1/bin/python$1"; }
 
-official_interpreter() { echo "$CACHE/python-$1-official/bin/python$1"; }
+official_interpreter() { echo "$CACHE/python-$1-${2:-official}/bin/python$1"; }
 
 usable() { # a cached build that runs and carries markers in its libpython
   local v=$1 py
@@ -68,9 +71,9 @@ usable() { # a cached build that runs and carries markers in its libpython
 }
 
 usable_official() { # a cached build that runs, whose libpython has no markers and is stripped
-  local v=$1 py lib sections
-  py=$(official_interpreter "$v")
-  lib=$(find "$CACHE/python-$v-official/lib" -maxdepth 1 -name "libpython$v*.so.*" -type f 2>/dev/null | head -n1)
+  local v=$1 variant=${2:-official} py lib sections
+  py=$(official_interpreter "$v" "$variant")
+  lib=$(find "$CACHE/python-$v-$variant/lib" -maxdepth 1 -name "libpython$v*.so.*" -type f 2>/dev/null | head -n1)
   [ -x "$py" ] && "$py" -c 'import sys' 2>/dev/null && [ -n "$lib" ] || return 1
   sections=$(readelf -SW "$lib" 2>/dev/null) || return 1
   ! readelf -nW "$lib" 2>/dev/null | grep -q stapsdt &&
@@ -100,7 +103,7 @@ install_build_deps() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-build() { # kind: dtrace (markers) or official (none, like the Docker images)
+build() { # kind: dtrace (markers), official or official-pgo (none, like the Docker images)
   local v=$1 suite=$2 pkg=$3 kind=${4:-dtrace} work uri src
   uri=$(archive_uri)
   if [ -z "$uri" ]; then log "no Debian archive in /etc/apt sources: skipping $v"; return 0; fi
@@ -123,17 +126,18 @@ build() { # kind: dtrace (markers) or official (none, like the Docker images)
   local dir prefix name start=$SECONDS
   dir=$(find "$work" -maxdepth 1 -type d -name 'Python-*' | head -n1)
   local configure=(--enable-shared --without-ensurepip) make_args=()
-  if [ "$kind" = official ]; then
-    name="$v-official"
+  if [ "$kind" != dtrace ]; then
+    name="$v-$kind"
     prefix="$CACHE/python-$name"
     configure+=(--with-lto LDFLAGS="-Wl,--strip-all -Wl,-rpath,$prefix/lib")
+    [ "$kind" = official-pgo ] && configure+=(--enable-optimizations)
     # The slim images' make flags: Debian's CFLAGS (-O2 wins over OPT's -O3) with frame
     # pointers, and -fno-semantic-interposition, which their --enable-optimizations brings:
     # exported functions may then be inlined at internal call sites, as in the images.
     make_args=("EXTRA_CFLAGS=$(dpkg-buildflags --get CFLAGS) -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer"
                "CFLAGS_NODIST=-fno-semantic-interposition"
                "LDFLAGS=$(dpkg-buildflags --get LDFLAGS) -Wl,--strip-all -Wl,-rpath,$prefix/lib")
-    log "building $(basename "$dir") without markers, --enable-shared --with-lto, stripped (LTO: tens of minutes)"
+    log "building $(basename "$dir") without markers ($kind), --enable-shared --with-lto, stripped (LTO: tens of minutes; PGO: an hour)"
   else
     name=$v
     prefix="$CACHE/python-$name"
@@ -149,9 +153,9 @@ build() { # kind: dtrace (markers) or official (none, like the Docker images)
     tail -n 20 "$work/build.log" >&2
   fi
   rm -rf "$prefix/lib/python$v/test" "$prefix/lib/python$v/"*/test
-  if [ "$kind" = official ]; then
-    usable_official "$v" || { log "build of $name failed"; rm -rf "$prefix"; return 1; }
-    log "built $(official_interpreter "$v") in $(( (SECONDS - start) / 60 )) min"
+  if [ "$kind" != dtrace ]; then
+    usable_official "$v" "$kind" || { log "build of $name failed"; rm -rf "$prefix"; return 1; }
+    log "built $(official_interpreter "$v" "$kind") in $(( (SECONDS - start) / 60 )) min"
   else
     usable "$v" || { log "build of $name failed"; rm -rf "$prefix"; return 1; }
     log "built $(interpreter "$v") in $(( (SECONDS - start) / 60 )) min"
@@ -222,16 +226,16 @@ for row in "${MATRIX[@]}"; do
   pids+=($!)
 done
 for row in "${OFFICIAL_MATRIX[@]}"; do
-  read -r v suite pkg <<< "$row"
-  if usable_official "$v"; then
-    log "cached: $(official_interpreter "$v")"
+  read -r v suite pkg variant <<< "$row"
+  if usable_official "$v" "$variant"; then
+    log "cached: $(official_interpreter "$v" "$variant")"
     continue
   fi
   # Built only when asked for by name: LTO takes ten minutes or more, and setup.sh runs this.
-  if ! [[ " $ONLY " == *" $v-official "* ]]; then continue; fi
-  [ "$(id -u)" -eq 0 ] || { log "not root: cannot build $v-official"; continue; }
+  if ! [[ " $ONLY " == *" $v-$variant "* ]]; then continue; fi
+  [ "$(id -u)" -eq 0 ] || { log "not root: cannot build $v-$variant"; continue; }
   install_build_deps
-  build "$v" "$suite" "$pkg" official &
+  build "$v" "$suite" "$pkg" "$variant" &
   pids+=($!)
 done
 for row in "${DEB_MATRIX[@]}"; do
@@ -256,7 +260,7 @@ for row in "${DEB_MATRIX[@]}"; do
   usable_deb "$v" && interpreter "$v"
 done
 for row in "${OFFICIAL_MATRIX[@]}"; do
-  read -r v _ <<< "$row"
-  usable_official "$v" && official_interpreter "$v"
+  read -r v _ _ variant <<< "$row"
+  usable_official "$v" "$variant" && official_interpreter "$v" "$variant"
 done
 exit 0
