@@ -13,7 +13,7 @@ use super::location::CodeLocation;
 use super::points::histogram;
 pub use super::points::{counter, double_point, gauge, int_point};
 use super::FastHash;
-use crate::decode::Event;
+use crate::decode::{Event, SignalSource};
 
 /// Function series per process before new functions go to the overflow series.
 pub const MAX_FUNCTION_SERIES: usize = 1000;
@@ -173,6 +173,19 @@ struct ProcessMetrics {
     function_overflow: Option<(u64, Hist)>,
     /// Something changed since the last export (delta: nothing to send otherwise).
     dirty: bool,
+    /// Where collections, imports and audit events were seen: a hook point's source is an
+    /// attribute of their points (`pyusdt.signal.source`), the markers' none.
+    gc_source: SignalSource,
+    import_source: SignalSource,
+    audit_source: SignalSource,
+}
+
+/// The attributes `a`, and the source where it is a hook point's.
+fn sourced(mut a: Vec<KeyValue>, source: SignalSource) -> Vec<KeyValue> {
+    if source != SignalSource::Marker {
+        a.push(attrs::string(attrs::SIGNAL_SOURCE, source.label()));
+    }
+    a
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +335,7 @@ impl MetricsAggregator {
                 ..
             } => {
                 // A collection whose start was not seen has no generation: -1 keeps it counted.
+                p.gc_source = h.source;
                 let s = p.gc.entry(generation.map_or(-1, i64::from)).or_default();
                 s.collections += 1;
                 s.collected += collected;
@@ -330,6 +344,7 @@ impl MetricsAggregator {
                 }
             }
             Event::Import { found, .. } => {
+                p.import_source = h.source;
                 if let Some(ns) = h.duration_ns() {
                     p.import_duration
                         .entry(*found)
@@ -352,7 +367,10 @@ impl MetricsAggregator {
                     s.1.record(ns as f64 / 1e9);
                 }
             }
-            Event::Audit { name, .. } => p.add_audit(name, 1),
+            Event::Audit { name, .. } => {
+                p.audit_source = h.source;
+                p.add_audit(name, 1)
+            }
         }
     }
 
@@ -395,7 +413,7 @@ impl MetricsAggregator {
 }
 
 fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> {
-    let gen = |g: i64| vec![attrs::int(attrs::GC_GENERATION, g)];
+    let gen = |g: i64| sourced(vec![attrs::int(attrs::GC_GENERATION, g)], p.gc_source);
     let mut metrics = Vec::new();
     if !p.gc.is_empty() {
         metrics.push(counter(
@@ -436,11 +454,8 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
             p.import_duration
                 .iter()
                 .map(|(found, h)| {
-                    h.point(
-                        vec![attrs::boolean(attrs::IMPORT_FOUND, *found)],
-                        p.start_ns,
-                        now,
-                    )
+                    let found = vec![attrs::boolean(attrs::IMPORT_FOUND, *found)];
+                    h.point(sourced(found, p.import_source), p.start_ns, now)
                 })
                 .collect(),
         ));
@@ -507,6 +522,7 @@ fn process_metrics(p: &ProcessMetrics, t: Temporality, now: u64) -> Vec<Metric> 
                 .into_iter()
                 .map(|(name, n)| (vec![attrs::string(attrs::AUDIT_EVENT, name)], n))
                 .chain(overflow)
+                .map(|(a, n)| (sourced(a, p.audit_source), n))
                 .map(|(a, n)| int_point(a, n as i64, p.start_ns, now))
                 .collect(),
         ));
@@ -623,6 +639,42 @@ mod tests {
         let points = sum_points(&metrics, "cpython.audit.events");
         assert_eq!(points.len(), MAX_AUDIT_SERIES + 1);
         assert_eq!(overflow_value(points), Some(Value::AsInt(10)));
+    }
+
+    /// Collections seen at a hook point carry its source; the markers' carry none.
+    #[test]
+    fn points_of_hook_points_name_their_source() {
+        for (pid, source, want) in [
+            (1, SignalSource::Derived, Some("derived")),
+            (2, SignalSource::Marker, None),
+        ] {
+            let mut m = MetricsAggregator::new(Temporality::Cumulative);
+            let header = Header {
+                start_ns: Some(0),
+                end_ns: 1_000,
+                pid,
+                tid: pid,
+                depth: 0,
+                source,
+            };
+            let gc = Event::Gc {
+                header,
+                generation: Some(0),
+                collected: 3,
+            };
+            m.record(&gc, 1);
+            let metrics = m.collect(2);
+            let point = &sum_points(&metrics, attrs::CPYTHON_GC_COLLECTIONS)[0];
+            let got = point
+                .attributes
+                .iter()
+                .find(|a| a.key == attrs::SIGNAL_SOURCE)
+                .map(|a| format!("{:?}", a.value));
+            assert_eq!(got.is_some(), want.is_some(), "{:?}", point.attributes);
+            if let (Some(got), Some(want)) = (got, want) {
+                assert!(got.contains(want), "{got}");
+            }
+        }
     }
 
     #[test]
