@@ -425,9 +425,33 @@ fn hook_opts(site: &hooks::Site) -> UprobeOpts {
     }
 }
 
+/// Whether the kernel has uprobe_multi links (Linux 6.6+), which libbpf uses for the markers
+/// there: the hook points are attached the same way (load.rs sets their programs' attach type
+/// to match). A perf-event uprobe for every process (pid -1) is a system-wide perf event, which
+/// the agent, once it runs as an unprivileged user, was refused (EACCES on 6.18, CAP_PERFMON
+/// kept): the links the markers use are not.
+pub(super) fn uprobe_multi() -> bool {
+    static MULTI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MULTI.get_or_init(|| {
+        let release = procfs_release().unwrap_or_default();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        (major, minor) >= (6, 6)
+    })
+}
+
+/// The kernel release (`6.18.44-…`).
+fn procfs_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// Attaches `prog` at a hook point of `binary` (its entry, or its returns with
 /// `opts.retprobe`) for process `pid` (-1: every process mapping the file), through the
-/// examined file's descriptor.
+/// examined file's descriptor: a uprobe_multi link where the kernel has them, else a perf
+/// event.
 fn attach_function(
     prog: &libbpf_rs::ProgramMut<'_>,
     binary: &Binary,
@@ -442,12 +466,22 @@ fn attach_function(
             site.symbol
         ))
     })?;
-    prog.attach_uprobe_with_opts(pid, binary.attach_path(), offset, opts)
-        .map_err(|source| AttachError::Attach {
-            marker: site.symbol,
-            path: binary.path.clone(),
-            source,
-        })
+    let attached = if uprobe_multi() {
+        let multi = libbpf_rs::UprobeMultiOpts {
+            offsets: vec![offset],
+            cookies: vec![opts.cookie],
+            retprobe: opts.retprobe,
+            ..Default::default()
+        };
+        prog.attach_uprobe_multi_with_opts(pid, binary.attach_path(), "", multi)
+    } else {
+        prog.attach_uprobe_with_opts(pid, binary.attach_path(), offset, opts)
+    };
+    attached.map_err(|source| AttachError::Attach {
+        marker: site.symbol,
+        path: binary.path.clone(),
+        source,
+    })
 }
 
 /// A read lease on `binary` while libbpf attaches to it (see `discover::lease`); a refusal

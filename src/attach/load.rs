@@ -85,6 +85,21 @@ impl<'obj> Tracer<'obj> {
         }
         let audit = options.probes.iter().any(|p| p == Probe::Audit);
         open.progs.hook_audit_entry.set_autoload(audit);
+        if super::links::uprobe_multi() {
+            // Attached as uprobe_multi links, as libbpf attaches the markers on such kernels
+            // (src/attach/links.rs: attach_function says why).
+            for prog in [
+                &mut open.progs.hook_import_entry,
+                &mut open.progs.hook_import_return,
+                &mut open.progs.hook_gc_entry,
+                &mut open.progs.hook_gc_return,
+                &mut open.progs.hook_gc_stats_entry,
+                &mut open.progs.hook_gc_stats_return,
+                &mut open.progs.hook_audit_entry,
+            ] {
+                prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+            }
+        }
         open.progs
             .time_return
             .set_autoload(options.count_functions && options.time_functions);
