@@ -10,7 +10,7 @@ use std::ops::Range;
 
 /// `.eh_frame` beyond this is not read (libpython's is about 400 KB).
 pub const MAX_EH_FRAME_BYTES: usize = 8 << 20;
-/// More entries than this are refused (libpython has about 6,000).
+/// More entries (CIEs and FDEs) than this are refused (libpython has about 6,000).
 const MAX_FUNCTIONS: usize = 500_000;
 /// A function longer than this is not one (CPython's evaluation loop is about 100 KB).
 const MAX_FUNCTION_LEN: u64 = 4 << 20;
@@ -38,14 +38,30 @@ impl Functions {
             .set_text(text_address);
         let mut entries = eh.entries(&bases);
         let mut ranges = Vec::new();
+        // Each CIE parsed once: an FDE names its CIE by offset, and a CIE's augmentation string
+        // is walked character by character, so re-parsing a long one for each of many FDEs
+        // would cost the product of the two.
+        let mut cies = std::collections::HashMap::new();
+        let mut seen = 0usize;
         loop {
             let entry = entries.next().map_err(|e| format!(".eh_frame: {e}"))?;
             let Some(entry) = entry else { break };
+            seen += 1;
+            if seen > MAX_FUNCTIONS {
+                return Err(format!(".eh_frame: more than {MAX_FUNCTIONS} entries"));
+            }
             let CieOrFde::Fde(partial) = entry else {
                 continue;
             };
             let fde = partial
-                .parse(|section, bases, offset| section.cie_from_offset(bases, offset))
+                .parse(|section, bases, offset| {
+                    if let Some(cie) = cies.get(&offset) {
+                        return Ok(Clone::clone(cie));
+                    }
+                    let cie = section.cie_from_offset(bases, offset)?;
+                    cies.insert(offset, cie.clone());
+                    Ok(cie)
+                })
                 .map_err(|e| format!(".eh_frame: {e}"))?;
             let (start, len) = (fde.initial_address(), fde.len());
             if len == 0 || len > MAX_FUNCTION_LEN {
@@ -54,9 +70,6 @@ impl Functions {
             let end = start
                 .checked_add(len)
                 .ok_or(".eh_frame: a function past the address space")?;
-            if ranges.len() == MAX_FUNCTIONS {
-                return Err(format!(".eh_frame: more than {MAX_FUNCTIONS} functions"));
-            }
             ranges.push(start..end);
         }
         ranges.sort_by_key(|r| r.start);
