@@ -30,16 +30,19 @@ static __always_inline void gc_begin(__u64 id, int generation)
 }
 
 /* It ends, with `collected` objects (n + m, as the done marker says): its event is sent, or
- * aggregated, as seen from `source` (enum signal_source). */
-static __always_inline void gc_end(__u64 id, __u64 now, long collected, __u8 source)
+ * aggregated, as seen from `source` (enum signal_source). `known` is its generation when the
+ * caller knows it (-1: the start's). */
+static __always_inline void gc_end(__u64 id, __u64 now, long collected, __u8 source,
+				   __s32 known)
 {
 	__u32 tid = (__u32)id;
 	__u64 start = 0;
-	__s32 generation = -1;
+	__s32 generation = known;
 	struct gc_start *s = bpf_map_lookup_elem(&gc_starts, &tid);
 	if (s) {
 		start = s->ts;
-		generation = s->generation;
+		if (known < 0)
+			generation = s->generation;
 		bpf_map_delete_elem(&gc_starts, &tid);
 	}
 	note_process(id, now);
@@ -79,7 +82,7 @@ int BPF_USDT(gc_done, long collected)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	gc_end(id, now, collected, SOURCE_MARKER);
+	gc_end(id, now, collected, SOURCE_MARKER, -1);
 	return 0;
 }
 

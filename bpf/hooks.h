@@ -24,7 +24,10 @@
  * (bits 16-31: tstate->interp, bits 32-63: the statistics in the interpreter state, from
  * _PyRuntime's debug offsets): the entry keeps the three collection counts, the return finds
  * the generation whose count went up by one (none: no collection, no event) and ends the
- * collection with the return value, n + m, as the done marker.
+ * collection with the return value, n + m, as the done marker. It is entered again from
+ * inside a collection (gc.collect() in a gc.callbacks function or a finalizer) and returns
+ * at once then: such a call is counted in `nested` and its return skipped, so that the
+ * outer collection is the one reported.
  *
  * Audit: sys_audit_tstate(tstate, event, format, va) is where every event raised from C goes
  * (PySys_Audit and _PySys_Audit call it); the marker fires inside it once the arguments are
@@ -149,7 +152,7 @@ int hook_gc_return(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id >> 32))
 		return 0;
-	gc_end(id, now, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)));
+	gc_end(id, now, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)), -1);
 	return 0;
 }
 
@@ -162,10 +165,12 @@ struct gc_generation_stats {
 	__s64 uncollectable;
 };
 
-/* Where a thread's collection's statistics are, and their collection counts at its start. */
+/* Where a thread's collection's statistics are, their collection counts at its start, and
+ * the calls entered inside it whose returns are still to come. */
 struct gc_stats_start {
 	__u64 stats;
 	__s64 collections[3];
+	__u64 nested;
 };
 
 struct {
@@ -193,6 +198,12 @@ int hook_gc_stats_entry(struct pt_regs *ctx)
 	if (!wanted(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
+	struct gc_stats_start *outer = bpf_map_lookup_elem(&gc_stats_starts, &tid);
+	if (outer) {
+		/* Inside a collection of this thread: it returns at once (`collecting`). */
+		outer->nested += 1;
+		return 0;
+	}
 	struct gc_stats_start s = {};
 	s.stats = gc_stats_of(PT_REGS_PARM1(ctx), bpf_get_attach_cookie(ctx));
 	struct gc_generation_stats now[3];
@@ -216,6 +227,10 @@ int hook_gc_stats_return(struct pt_regs *ctx)
 	struct gc_stats_start *s = bpf_map_lookup_elem(&gc_stats_starts, &tid);
 	if (!s)
 		return 0;
+	if (s->nested > 0) {
+		s->nested -= 1;
+		return 0;
+	}
 	struct gc_stats_start before = *s;
 	bpf_map_delete_elem(&gc_stats_starts, &tid);
 	struct gc_generation_stats now[3];
@@ -225,16 +240,13 @@ int hook_gc_stats_return(struct pt_regs *ctx)
 			if (now[i].collections == before.collections[i] + 1)
 				generation = i;
 	}
-	struct gc_start *start = bpf_map_lookup_elem(&gc_starts, &tid);
 	if (generation < 0) {
 		/* Nothing collected (none due, or one running): not a collection. */
-		if (start)
-			bpf_map_delete_elem(&gc_starts, &tid);
+		bpf_map_delete_elem(&gc_starts, &tid);
 		return 0;
 	}
-	if (start)
-		start->generation = generation;
-	gc_end(id, now_ns, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)));
+	gc_end(id, now_ns, (long)PT_REGS_RC(ctx), HOOK_SOURCE(bpf_get_attach_cookie(ctx)),
+	       generation);
 	return 0;
 }
 

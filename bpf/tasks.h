@@ -43,6 +43,7 @@ int BPF_PROG(forget_exec, struct task_struct *p, int old_pid, struct linux_binpr
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id, tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
+	bpf_map_delete_elem(&gc_stats_starts, &tid);
 	bpf_map_delete_elem(&seen_tgids, &tgid);
 	__sync_fetch_and_add(&processes_forgotten, 1);
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -74,6 +75,7 @@ int BPF_PROG(forget_exited, struct task_struct *p)
 	__u32 tid = (__u32)id;
 	__u32 tgid = id >> 32;
 	bpf_map_delete_elem(&gc_starts, &tid);
+	bpf_map_delete_elem(&gc_stats_starts, &tid);
 	/* The kernel frees the thread's stack later, with the task. */
 	struct span_stack *st = current_stack(false);
 	if (st)
