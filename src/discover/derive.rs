@@ -117,10 +117,31 @@ impl Layout {
 /// What a register holds, as far as the scan knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value {
-    /// The function's `n`th argument (its low 32 bits at least, after a 32-bit move).
+    /// The function's `n`th argument, all 64 bits.
     Argument(usize),
+    /// The low 32 bits of the `n`th argument (after a 32-bit move): an `int` argument's value.
+    Low32(usize),
     /// A constant.
     Constant(i64),
+}
+
+impl Value {
+    /// Whether a register holding `self` holds what `expected` asks: an `int` argument
+    /// (`Low32`) is held by the whole argument too.
+    fn satisfies(self, expected: Value) -> bool {
+        match (expected, self) {
+            (Value::Low32(n), Value::Argument(m)) => n == m,
+            _ => self == expected,
+        }
+    }
+
+    /// What a 32-bit move of `self` leaves in its destination.
+    fn low32(self) -> Value {
+        match self {
+            Value::Argument(n) | Value::Low32(n) => Value::Low32(n),
+            Value::Constant(c) => Value::Constant(c & 0xffff_ffff),
+        }
+    }
 }
 
 type Known = HashMap<Register, Value>;
@@ -161,6 +182,12 @@ pub fn gc_auto(function: Function<'_>, layout: &Layout) -> Result<Derived, Strin
     )
 }
 
+/// The function `_Py_HandlePending(tstate)` hands its thread state to: `_Py_RunGC` where PGO
+/// kept it apart, which then calls (or jumps to) `gc_collect_main` with -1.
+pub fn tstate_passed_on(function: Function<'_>, layout: &Layout) -> Result<Derived, String> {
+    one_matching_call(function, layout, &[(Register::RDI, Value::Argument(0))])
+}
+
 /// `gc_collect_main`, derived from `gc_collect_with_callback(tstate, generation)`: the local
 /// call given both of its arguments, in the same registers.
 pub fn gc_main(function: Function<'_>, layout: &Layout) -> Result<Derived, String> {
@@ -169,7 +196,7 @@ pub fn gc_main(function: Function<'_>, layout: &Layout) -> Result<Derived, Strin
         layout,
         &[
             (Register::RDI, Value::Argument(0)),
-            (Register::RSI, Value::Argument(1)),
+            (Register::RSI, Value::Low32(1)),
         ],
     )
 }
@@ -182,15 +209,24 @@ pub fn one_matching_call(
     expect: &[(Register, Value)],
 ) -> Result<Derived, String> {
     let code = decode(function)?;
-    let end = function.address + function.bytes.len() as u64;
+    let end = function
+        .address
+        .checked_add(function.bytes.len() as u64)
+        .ok_or("a function past the address space")?;
     let inside = function.address..end;
     let states = states_before(&code, &inside)?;
+    // Calls, and jumps out of the function (tail calls: the PGO builds' _Py_RunGC makes one).
     let local_calls = code.iter().enumerate().filter(|(_, i)| {
-        let direct = i.flow_control() == FlowControl::Call && i.op0_kind() == OpKind::NearBranch64;
+        let transfer = matches!(
+            i.flow_control(),
+            FlowControl::Call | FlowControl::UnconditionalBranch
+        );
+        let direct = transfer && i.op0_kind() == OpKind::NearBranch64;
         let t = i.near_branch64();
         direct && layout.text.contains(&t) && !inside.contains(&t) && !layout.exported_start(t)
     });
     let mut matching = Vec::new();
+    let mut jumps = Vec::new();
     let mut why_not = Vec::new();
     for (at, call) in local_calls {
         let Some(known) = &states[at] else {
@@ -199,14 +235,20 @@ pub fn one_matching_call(
         };
         let wrong = expect
             .iter()
-            .find(|(register, value)| known.get(register) != Some(value));
+            .find(|(register, value)| !known.get(register).is_some_and(|v| v.satisfies(*value)));
         match wrong {
-            None => matching.push(call),
+            None if call.flow_control() == FlowControl::Call => matching.push(call),
+            None => jumps.push(call),
             Some((register, value)) => why_not.push(format!(
                 "at the call {:#x}, {register:?} does not hold {value:?}",
                 call.ip()
             )),
         }
+    }
+    // A jump out is a tail call only where no call matches: it may be the jump to the
+    // function's own cold part, which .eh_frame describes apart too.
+    if matching.is_empty() {
+        matching = jumps;
     }
     let call = match matching.as_slice() {
         [one] => *one,
@@ -236,11 +278,19 @@ fn states_before(code: &[Instruction], inside: &Range<u64>) -> Result<Vec<Option
         let mut next = Vec::new();
         let falls_through = !matches!(
             i.flow_control(),
-            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::Interrupt
+            FlowControl::Return | FlowControl::UnconditionalBranch
         );
+        // What iced cannot describe wholly (the registers xsave/xrstor touch) and transactions
+        // (xbegin's abort path) are not followed: refused.
+        if i.is_save_restore_instruction() {
+            return Err(format!("a save/restore instruction at {:#x}", i.ip()));
+        }
         match i.flow_control() {
             FlowControl::IndirectBranch => {
                 return Err(format!("an indirect jump at {:#x}", i.ip()));
+            }
+            FlowControl::XbeginXabortXend => {
+                return Err(format!("a transaction at {:#x}", i.ip()));
             }
             FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
                 if let Some(target) = branch_target(i).filter(|t| inside.contains(t)) {
@@ -334,9 +384,10 @@ fn branch_target(i: &Instruction) -> Option<u64> {
 
 /// What `i` does to the registers whose values are known.
 fn step(known: &mut Known, info: &mut InstructionInfoFactory, i: &Instruction) {
+    // A call, or an interrupt that comes back (int3, int n): the callee may change them.
     if matches!(
         i.flow_control(),
-        FlowControl::Call | FlowControl::IndirectCall
+        FlowControl::Call | FlowControl::IndirectCall | FlowControl::Interrupt
     ) {
         for r in CALLER_SAVED {
             known.remove(&r);
@@ -369,11 +420,13 @@ fn simple_move(i: &Instruction, known: &Known) -> Option<(Register, Option<Value
         return None;
     }
     let dst = i.op0_register().full_register();
+    let source = || known.get(&i.op1_register().full_register()).copied();
     match i.code() {
-        Code::Mov_r64_rm64 | Code::Mov_rm64_r64 | Code::Mov_r32_rm32 | Code::Mov_rm32_r32
-            if i.op1_kind() == OpKind::Register =>
-        {
-            Some((dst, known.get(&i.op1_register().full_register()).copied()))
+        Code::Mov_r64_rm64 | Code::Mov_rm64_r64 if i.op1_kind() == OpKind::Register => {
+            Some((dst, source()))
+        }
+        Code::Mov_r32_rm32 | Code::Mov_rm32_r32 if i.op1_kind() == OpKind::Register => {
+            Some((dst, source().map(Value::low32)))
         }
         Code::Mov_r32_imm32 => Some((dst, Some(Value::Constant(i64::from(i.immediate32()))))),
         Code::Mov_r64_imm64 => Some((dst, Some(Value::Constant(i.immediate64() as i64)))),
@@ -382,6 +435,10 @@ fn simple_move(i: &Instruction, known: &Known) -> Option<(Register, Option<Value
             if i.op1_kind() == OpKind::Register && i.op1_register() == i.op0_register() =>
         {
             Some((dst, Some(Value::Constant(0))))
+        }
+        // `or $-1, %r32`: all ones whatever was there (compilers' short form of mov $-1).
+        Code::Or_rm32_imm8 if i.immediate8to32() == -1 => {
+            Some((dst, Some(Value::Constant(0xffff_ffff))))
         }
         _ => None,
     }
@@ -457,6 +514,19 @@ mod tests {
             0x2000,
             0x3000,
         );
+        let f = Function {
+            address: 0x2000,
+            bytes: &bytes,
+        };
+        let e = audit_worker(f, &layout()).unwrap_err();
+        assert!(e.contains("RSI does not hold Argument(0)"), "{e}");
+    }
+
+    /// A 32-bit move of a pointer argument keeps its low half only: not the event.
+    #[test]
+    fn a_truncated_pointer_is_not_the_argument() {
+        const MOV_ESI_EDI: [u8; 2] = [0x89, 0xfe]; // mov %edi,%esi
+        let bytes = function(&[&MOV_RDX_RSI, &MOV_ESI_EDI, CALL, &RET], 0x2000, 0x3000);
         let f = Function {
             address: 0x2000,
             bytes: &bytes,
@@ -542,6 +612,38 @@ mod tests {
         };
         // The first call (rsi a string) does not match; the second does.
         assert_eq!(address(gc_main(f, &layout())), Ok(0x3010), "{bytes:x?}");
+    }
+
+    /// PGO's _Py_RunGC: `or $-1,%esi` then a jump to the collector, taken as a tail call
+    /// where no call matches; a jump to the function's cold part while a call matches is not.
+    #[test]
+    fn tail_calls_count_where_no_call_matches() {
+        const OR_ESI_MINUS_1: [u8; 3] = [0x83, 0xce, 0xff]; // or $-1,%esi
+        let jmp = |at: u64, target: u64| {
+            let rel = target.wrapping_sub(at + 5) as i64 as i32;
+            let mut v = vec![0xe9];
+            v.extend_from_slice(&rel.to_le_bytes());
+            v
+        };
+        let mut bytes = OR_ESI_MINUS_1.to_vec();
+        bytes.extend(jmp(0x2003, 0x3010));
+        let f = Function {
+            address: 0x2000,
+            bytes: &bytes,
+        };
+        assert_eq!(address(gc_auto(f, &layout())), Ok(0x3010));
+
+        // tstate passed on by a call, and by a jump to cold code (0x3000) too: the call.
+        let mut bytes = [0x48, 0x89, 0xfb].to_vec(); // mov %rdi,%rbx
+        bytes.extend([0x48, 0x89, 0xdf]); // mov %rbx,%rdi
+        bytes.extend(call(0x2006, 0x3010));
+        bytes.extend([0x48, 0x89, 0xdf]); // mov %rbx,%rdi
+        bytes.extend(jmp(0x200e, 0x3000));
+        let f = Function {
+            address: 0x2000,
+            bytes: &bytes,
+        };
+        assert_eq!(address(tstate_passed_on(f, &layout())), Ok(0x3010));
     }
 
     #[test]

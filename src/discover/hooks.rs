@@ -13,7 +13,7 @@
 //! of at most `derive::MAX_FUNCTION_BYTES`, `.eh_frame` with one of at most
 //! `unwind::MAX_EH_FRAME_BYTES`, and `_PyRuntime`'s debug offsets with one of 184 bytes.
 use object::read::elf::ElfFile64;
-use object::{Endianness, Object, ObjectSection, ObjectSymbol, SymbolKind};
+use object::{Endianness, Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::safe_open::OpenedFile;
 use super::version::CPythonVersion;
@@ -251,7 +251,15 @@ fn derive_missing(
                 .map_err(|why| format!("from {name}: {why}"))
         };
         let manual = from(hooks, "PyGC_Collect", derive::gc_with_callback);
-        let auto = from(hooks, "_Py_HandlePending", derive::gc_auto);
+        // -1 is given in _Py_HandlePending itself, or, where PGO kept _Py_RunGC apart, in the
+        // function it hands its thread state to.
+        let auto = from(hooks, "_Py_HandlePending", derive::gc_auto).or_else(|direct| {
+            let run_gc = from(hooks, "_Py_HandlePending", derive::tstate_passed_on)
+                .map_err(|_| direct.clone())?;
+            let len = run_gc.bounds.end - run_gc.bounds.start;
+            derive_from(elf, file, &layout, run_gc.address, len, derive::gc_auto)
+                .map_err(|why| format!("{direct}; nor through {:#x}: {why}", run_gc.address))
+        });
         let derived = match (manual, auto) {
             (Ok(a), Ok(b)) if a == b => Ok(a),
             (Ok(a), Ok(b)) => Err(format!(
@@ -345,6 +353,7 @@ fn derivation_layout(
         ));
     }
     let text = text_range(elf).ok_or("no .text section")?;
+    text_is_loaded_as_said(elf)?;
     let eh = elf.section_by_name(".eh_frame").ok_or("no .eh_frame")?;
     let (offset, size) = eh.file_range().ok_or(".eh_frame not in the file")?;
     let size = usize::try_from(size)
@@ -390,6 +399,26 @@ fn derive_from(
         },
         layout,
     )
+}
+
+/// Whether the segment the kernel maps `.text` from puts it where its section header says:
+/// code is decoded and uprobes placed by file offset, call targets computed by address, and
+/// the two must agree for what runs to be what was checked.
+fn text_is_loaded_as_said(elf: &ElfFile64<'_, Endianness>) -> Result<(), String> {
+    let text = elf.section_by_name(".text").ok_or("no .text section")?;
+    let (offset, _) = text.file_range().ok_or(".text not in the file")?;
+    let loaded = elf.segments().any(|seg| {
+        let (seg_offset, seg_size) = seg.file_range();
+        let within = offset.wrapping_sub(seg_offset);
+        offset >= seg_offset
+            && within < seg_size
+            && seg.address().checked_add(within) == Some(text.address())
+    });
+    if loaded {
+        Ok(())
+    } else {
+        Err(".text is not loaded where its section header says".into())
+    }
 }
 
 /// The addresses of the `.text` section.
@@ -657,9 +686,9 @@ fn gc_stats_313(word: impl Fn(usize) -> u64, runtime_size: u64) -> Option<GcStat
         && runtime_state_size == runtime_size
         && interp_size < MAX_STATE
         && tstate_size < MAX_STATE
-        && stats + GC_STATS_BYTES <= interp_size
-        && tstate_interp + 8 <= tstate_size
-        && stats <= u64::from(u32::MAX)
+        && stats.checked_add(GC_STATS_BYTES)? <= interp_size
+        && tstate_interp.checked_add(8)? <= tstate_size
+        // The cookie's widths (GcSite::cookie): 16 bits, and 32 (below MAX_STATE anyway).
         && tstate_interp <= 0xffff;
     valid.then_some(GcStatsLayout {
         tstate_interp,
