@@ -33,22 +33,30 @@ fn nm(path: &Path, exported: bool) -> HashMap<String, u64> {
         .collect()
 }
 
-/// The target of the one direct call from the function at `address` to another function of
-/// `.text`, as binutils' `objdump` disassembles it (calls through the PLT print `@plt`).
-fn objdump_local_call(path: &Path, address: u64) -> Option<u64> {
+/// The target of the one direct call from the function at `address` (`size` bytes) to another
+/// function of `.text` that follows a line containing `after` (within three instructions; ""
+/// for any), as binutils' `objdump` disassembles it (calls through the PLT print `@plt`, calls
+/// through a register no address).
+fn objdump_local_call(path: &Path, address: u64, size: u64, after: &str) -> Option<u64> {
     let out = Command::new("objdump")
         .args(["-d", "--no-show-raw-insn"])
         .arg(format!("--start-address={address:#x}"))
-        .arg(format!("--stop-address={:#x}", address + 0x100))
+        .arg(format!("--stop-address={:#x}", address + size))
         .arg(path)
         .output()
         .expect("objdump (binutils) is installed by scripts/setup.sh");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    // Up to the function's return: the next function may follow within the range.
-    let body = text.split("\tret").next()?;
-    let calls: Vec<u64> = body
-        .lines()
-        .filter(|l| l.contains("\tcall ") && !l.contains("@plt"))
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = body.lines().collect();
+    let calls: Vec<u64> = lines
+        .iter()
+        .enumerate()
+        .filter(|(n, l)| {
+            let preceded = lines[n.saturating_sub(3)..*n]
+                .iter()
+                .any(|p| p.contains(after));
+            l.contains("\tcall ") && !l.contains("@plt") && preceded
+        })
+        .map(|(_, l)| l)
         .filter_map(|l| {
             let target = l.split("call").nth(1)?.split_whitespace().next()?;
             u64::from_str_radix(target, 16).ok()
@@ -102,18 +110,24 @@ fn libpython(prefix: &Path, minor: u32) -> PathBuf {
     prefix.join(format!("lib/libpython3.{minor}.so.1.0"))
 }
 
-/// Built like the official images: no markers, stripped to `.dynsym`. Every hook point found
-/// is exported, at nm's address; the internal functions are not there; the debug offsets say
-/// the interpreter's version on 3.13 and are absent on 3.11, which has none.
+/// The 3.13.5 built like the images with PGO (scripts/python-matrix.sh).
+fn pgo_python() -> PathBuf {
+    matrix_cache().join("python-3.13-official-pgo/bin/python3.13")
+}
+
+/// Built like the official images: no markers, stripped to `.dynsym` (3.11, 3.13, and 3.13
+/// with PGO as the images have it). Every hook point found is exported, at nm's address; the
+/// internal functions are derived where objdump shows the wrappers call them; the debug offsets
+/// say the interpreter's version on 3.13 and are absent on 3.11, which has none.
 #[test]
 fn stripped_builds_show_their_exported_hook_points() {
     let mut checked = 0;
-    for minor in [11u32, 13] {
-        let prefix = matrix_cache().join(format!("python-3.{minor}-official"));
+    for (minor, variant) in [(11u32, "official"), (13, "official"), (13, "official-pgo")] {
+        let prefix = matrix_cache().join(format!("python-3.{minor}-{variant}"));
         let python = prefix.join(format!("bin/python3.{minor}"));
         if !python.exists() {
             let why = format!(
-                "{} missing: PYUSDT_MATRIX_VERSIONS=3.{minor}-official bash \
+                "{} missing: PYUSDT_MATRIX_VERSIONS=3.{minor}-{variant} bash \
                  scripts/python-matrix.sh builds it (scripts/setup.sh --deps-only does)",
                 python.display()
             );
@@ -155,14 +169,27 @@ fn stripped_builds_show_their_exported_hook_points() {
             assert_eq!(source, "exported", "3.{minor}: {name}");
             assert_eq!(Some(address), exported.get(*name), "3.{minor}: {name}");
         }
-        // sys_audit_tstate, derived from PySys_Audit's code: where objdump shows its call.
-        let (derived, source) = &hooks["sys_audit_tstate"];
-        assert_eq!(source, "derived", "3.{minor}");
-        assert_eq!(
-            Some(*derived),
-            objdump_local_call(&lib, exported["PySys_Audit"]),
-            "3.{minor}"
-        );
+        // sys_audit_tstate, derived from PySys_Audit's code: where objdump shows its call;
+        // on 3.13 gc_collect_main too, from PyGC_Collect's (3.11 derives it in two steps).
+        let size = |name: &str| {
+            report["hooks"]["found"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["name"] == name)
+                .and_then(|h| h["size"].as_u64())
+                .unwrap()
+        };
+        let mut derived = vec![("sys_audit_tstate", "PySys_Audit", "")];
+        if minor == 13 {
+            derived.push(("gc_collect_main", "PyGC_Collect", "$0x2,%esi"));
+        }
+        for (name, from, after) in derived {
+            let (address, source) = &hooks[name];
+            assert_eq!(source, "derived", "3.{minor} {variant}: {name}");
+            let call = objdump_local_call(&lib, exported[from], size(from), after);
+            assert_eq!(Some(*address), call, "3.{minor} {variant}: {name}");
+        }
         assert_eq!(hooks.len(), want.len() + 2, "3.{minor}: {report}");
         assert_eq!(hooks["gc_collect_main"].1, "derived");
         // 3.11 does not export _Py_HandlePending; nothing else is missing.
@@ -334,6 +361,10 @@ fn imports_without_markers_equal_the_markers_of_the_same_source() {
             matrix_cache().join("python-3.13/bin/python3.13"),
             matrix_cache().join("python-3.13-official/bin/python3.13"),
         ),
+        (
+            matrix_cache().join("python-3.13/bin/python3.13"),
+            pgo_python(),
+        ),
     ];
     let mut checked = 0;
     for (with, without) in &pairs {
@@ -446,6 +477,7 @@ fn audit_without_markers_equals_cpythons_own_events() {
             matrix_cache().join("python-3.13-official/bin/python3.13"),
             "derived",
         ),
+        (pgo_python(), "derived"),
         (PathBuf::from(SYSTEM_PYTHON), "usdt"),
         (
             matrix_cache().join("python-3.11-official/bin/python3.11"),
@@ -455,6 +487,7 @@ fn audit_without_markers_equals_cpythons_own_events() {
             home.join(".pyenv/versions/3.13.0/bin/python3.13"),
             "symbol_table",
         ),
+        (pgo_python(), "derived"),
     ];
     let mut seen = HashMap::new();
     for (python, source) in &builds {
@@ -509,9 +542,10 @@ fn audit_without_markers_equals_cpythons_own_events() {
         );
         seen.insert(python.clone(), names);
     }
-    let (with, without) = (&builds[0].0, &builds[1].0);
-    if let (Some(a), Some(b)) = (seen.get(with), seen.get(without)) {
-        assert_eq!(a, b, "3.13.5 with and without markers");
+    for without in [&builds[1].0, &builds[2].0] {
+        if let (Some(a), Some(b)) = (seen.get(&builds[0].0), seen.get(without)) {
+            assert_eq!(a, b, "3.13.5 with markers and {}", without.display());
+        }
     }
 }
 
@@ -608,6 +642,7 @@ fn gc_without_markers_equals_the_markers_and_gc_callbacks() {
             home.join(".pyenv/versions/3.13.0/bin/python3.13"),
             "symbol_table",
         ),
+        (pgo_python(), "derived"),
     ];
     let mut seen = HashMap::new();
     for (python, source) in &builds {
@@ -658,8 +693,9 @@ fn gc_without_markers_equals_the_markers_and_gc_callbacks() {
         );
         seen.insert(python.clone(), pairs);
     }
-    for pair in [0, 2] {
-        let (with, without) = (&builds[pair].0, &builds[pair + 1].0);
+    // With and without markers: 3.11.2, 3.13.5, 3.13.5 with PGO.
+    for (with, without) in [(0, 1), (2, 3), (2, 7)] {
+        let (with, without) = (&builds[with].0, &builds[without].0);
         if let (Some(a), Some(b)) = (seen.get(with), seen.get(without)) {
             assert_eq!(a, b, "{} and {}", with.display(), without.display());
         }
@@ -697,4 +733,76 @@ fn gc_of(python: &Path, app: &Path, truth: &Path, dir: &Path) -> Vec<(i64, i64, 
             )
         })
         .collect()
+}
+
+/// `pyusdt agent` (an unprivileged user once attached) traces a process of the official-like
+/// 3.13.5 started after it: its imports, collections and audit events, each seen at the hook
+/// point its source names. The program imports and collects after a pause, once the agent has
+/// had the time to attach to its interpreter file.
+#[test]
+fn agent_traces_builds_without_markers() {
+    if !require_bpf("agent_traces_builds_without_markers") {
+        return;
+    }
+    let python = matrix_cache().join("python-3.13-official/bin/python3.13");
+    if !python.exists() {
+        let why = format!("{} missing: scripts/setup.sh builds it", python.display());
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("NOTE: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("agent.jsonl");
+    let out = out_file.to_str().unwrap();
+    let (mut agent, log) = start_agent(&["--probes", "gc,import,audit", "-o", out]);
+    wait_for_line(&log, "tracing ");
+    let status = Command::new(&python)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import time; time.sleep(1); import json, fractions, gc; gc.collect(); id(1)",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let stopped = stop(
+        &mut agent.0,
+        libc::SIGTERM,
+        std::time::Duration::from_secs(10),
+    );
+    assert!(stopped.success());
+    let records = read_jsonl(&out_file);
+    let seen = |kind: &str, source: &str| {
+        records
+            .iter()
+            .filter(|r| r["type"] == kind && r["source"] == source)
+            .count()
+    };
+    let summary = format!(
+        "import {} gc {} audit {}",
+        seen("import", "exported_symbol"),
+        seen("gc", "derived"),
+        seen("audit", "derived")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "import" && r["module"] == "fractions"),
+        "{summary}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "gc" && r["generation"] == 2 && r["source"] == "derived"),
+        "{summary}"
+    );
+    assert!(
+        records.iter().any(|r| r["type"] == "audit"
+            && r["name"] == "builtins.id"
+            && r["source"] == "derived"),
+        "{summary}"
+    );
+    eprintln!("agent on 3.13.5 official-like: {summary}");
 }
