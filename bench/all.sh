@@ -13,7 +13,11 @@ write=1
 [ "${1:-}" = "--no-write" ] && write=0
 PY39=/var/cache/pyusdt-test/python-3.9/bin/python3.9
 PY315=/var/cache/pyusdt-test/python-3.15/bin/python3.15
-for p in "$PY39" "$PY315"; do
+# Built like the official images, with PGO (scripts/python-matrix.sh); pyenv's 3.13.0 keeps its
+# symbol table, which bpftrace needs to probe sys_audit_tstate by name.
+PY313PGO=/var/cache/pyusdt-test/python-3.13-official-pgo/bin/python3.13
+PYENV313=$HOME/.pyenv/versions/3.13.0
+for p in "$PY39" "$PY315" "$PY313PGO"; do
   [ -x "$p" ] || { echo "bench: $p missing: run scripts/setup.sh" >&2; exit 1; }
 done
 cargo build --release --locked -q
@@ -27,6 +31,14 @@ python3 bench/overhead.py --runs 7
 echo
 echo "== the audit marker, cost per event: bench/audit_cost.py"
 python3 bench/audit_cost.py --runs 7
+echo
+echo "== builds without markers: default probes (bench/overhead.py) and audit per event at the hook point"
+python3 bench/overhead.py --runs 7 --without-markers "$PY313PGO"
+if [ -x "$PYENV313/bin/python3.13" ]; then
+  python3 bench/audit_cost.py --runs 7 --hook "$PYENV313/lib/libpython3.13.so.1.0" --python "$PYENV313/bin/python3.13"
+else
+  echo "audit at the hook point: not measured (no pyenv 3.13.0 here: bpftrace needs a symbol table)"
+fi
 echo
 echo "== function probes, cost per call: bench/function_cost.py (3.9, 3.15, then Debian's 3.11)"
 python3 bench/function_cost.py --runs 5 --python "$PY39"
