@@ -262,6 +262,100 @@ fn symbol_tables_give_the_internal_functions() {
     eprintln!("checked {checked} pyenv builds");
 }
 
+/// The audit hook's entry probe goes at the first instruction the kernel emulates (a push, a
+/// one-byte nop, a direct jump or call), never single-stepped, as binutils' objdump reads the
+/// function: at the entry where it is one (the images' builds, with frame pointers: `push
+/// %rbp`); after `test %rdi,%rdi` at the `je` on pyenv's builds. Checked on every build here
+/// without markers.
+#[test]
+fn audit_probes_go_where_the_kernel_emulates() {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let mut libs: Vec<PathBuf> = [
+        "3.11.7/lib/libpython3.11.so.1.0",
+        "3.12.1/lib/libpython3.12.so.1.0",
+        "3.13.0/lib/libpython3.13.so.1.0",
+    ]
+    .iter()
+    .map(|l| home.join(".pyenv/versions").join(l))
+    .collect();
+    for (minor, variant) in [(11u32, "official"), (13, "official"), (13, "official-pgo")] {
+        let prefix = matrix_cache().join(format!("python-3.{minor}-{variant}"));
+        libs.push(libpython(&prefix, minor));
+    }
+    let mut moved = 0;
+    let mut checked = 0;
+    for lib in libs.iter().filter(|l| l.exists()) {
+        let (report, code, stderr) = list(lib);
+        assert_eq!(code, 0, "{stderr}");
+        let hook = report["hooks"]["found"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == "sys_audit_tstate"))
+            .unwrap_or_else(|| panic!("{}: no sys_audit_tstate: {report}", lib.display()))
+            .clone();
+        let address = hook["address"].as_u64().unwrap();
+        let code = objdump_instructions(lib, address, 32);
+        let emulated = |mnemonic: &str| {
+            mnemonic == "push"
+                || mnemonic == "nop"
+                || mnemonic == "call"
+                || mnemonic.starts_with('j')
+        };
+        let first = code
+            .iter()
+            .position(|(_, m)| emulated(m))
+            .unwrap_or_else(|| panic!("{}: {code:?}", lib.display()));
+        // The straight line up to it: no branch before it.
+        assert!(code[..first]
+            .iter()
+            .all(|(_, m)| !m.starts_with('j') && m != "ret"));
+        let probe = &hook["entry_probe"];
+        if first == 0 {
+            assert!(probe.is_null(), "{}: {hook}", lib.display());
+        } else {
+            assert_eq!(
+                probe["address"].as_u64(),
+                Some(code[first].0),
+                "{}",
+                lib.display()
+            );
+            assert_eq!(probe["instruction"].as_str(), Some(code[first].1.as_str()));
+            moved += 1;
+        }
+        checked += 1;
+    }
+    eprintln!("checked {checked} builds, the probe moved on {moved}");
+    let pyenv_builds = libs[..3].iter().filter(|l| l.exists()).count();
+    assert!(
+        moved >= pyenv_builds,
+        "pyenv's builds start with test %rdi,%rdi"
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            checked >= 3,
+            "the matrix's builds are made by scripts/setup.sh"
+        );
+    }
+}
+
+/// The instructions from `address` (`len` bytes) as objdump decodes them: address, mnemonic.
+fn objdump_instructions(path: &Path, address: u64, len: u64) -> Vec<(u64, String)> {
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--start-address={address:#x}"))
+        .arg(format!("--stop-address={:#x}", address + len))
+        .arg(path)
+        .output()
+        .expect("objdump (binutils) is installed by scripts/setup.sh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (at, rest) = l.trim().split_once(":\t")?;
+            let at = u64::from_str_radix(at, 16).ok()?;
+            Some((at, rest.split_whitespace().next()?.to_string()))
+        })
+        .collect()
+}
+
 /// A build with markers is listed by its markers alone.
 #[test]
 fn builds_with_markers_have_no_hook_section() {

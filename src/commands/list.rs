@@ -81,6 +81,16 @@ struct HookReport {
     size: u64,
     source: &'static str,
     gives: &'static str,
+    /// Where its entry probe goes when not at its first byte, and the instruction there
+    /// (src/discover/entry_probe.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_probe: Option<EntryProbeReport>,
+}
+
+#[derive(Serialize)]
+struct EntryProbeReport {
+    address: u64,
+    instruction: String,
 }
 
 #[derive(Serialize)]
@@ -250,6 +260,10 @@ fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError>
                     size: f.size,
                     source: f.source.label(),
                     gives: f.gives,
+                    entry_probe: f.entry_probe.as_ref().map(|p| EntryProbeReport {
+                        address: p.at.address,
+                        instruction: p.at.instruction.clone(),
+                    }),
                 })
                 .collect(),
             debug_offsets: h.debug_offsets.map(|d| d.version()),
@@ -383,6 +397,18 @@ fn write_hooks(out: &mut impl Write, h: &HooksReport) -> std::io::Result<()> {
             "  {:<27} {:<13} {:#018x} {:>6}  {}",
             f.name, f.source, f.address, size, f.gives
         )?;
+    }
+    for f in &h.found {
+        if let Some(p) = &f.entry_probe {
+            writeln!(
+                out,
+                "  note: {}'s probe goes at +{:#x} ({}), which the kernel emulates: its first \
+                 instruction would be single-stepped",
+                f.name,
+                p.address - f.address,
+                p.instruction
+            )?;
+        }
     }
     if let Some(v) = &h.debug_offsets {
         writeln!(

@@ -47,7 +47,7 @@ use super::unwind::Functions;
 pub const MAX_FUNCTION_BYTES: usize = 4096;
 
 /// The argument registers of the System V x86-64 ABI, in order.
-const ARGUMENTS: [Register; 6] = [
+pub(super) const ARGUMENTS: [Register; 6] = [
     Register::RDI,
     Register::RSI,
     Register::RDX,
@@ -144,7 +144,7 @@ impl Value {
     }
 }
 
-type Known = HashMap<Register, Value>;
+pub(super) type Known = HashMap<Register, Value>;
 
 /// A derived function: its address and bounds (from `.eh_frame`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +271,10 @@ pub fn one_matching_call(
 /// values at a join those that every path into it agrees on, iterated until nothing changes
 /// (a loop's second pass can only forget). Fails on what makes the paths unknown: a jump
 /// through a register, or into the middle of an instruction.
-fn states_before(code: &[Instruction], inside: &Range<u64>) -> Result<Vec<Option<Known>>, String> {
+pub(super) fn states_before(
+    code: &[Instruction],
+    inside: &Range<u64>,
+) -> Result<Vec<Option<Known>>, String> {
     let index: HashMap<u64, usize> = code.iter().enumerate().map(|(n, i)| (i.ip(), n)).collect();
     let mut successors = Vec::with_capacity(code.len());
     for (n, i) in code.iter().enumerate() {
@@ -349,7 +352,7 @@ fn states_before(code: &[Instruction], inside: &Range<u64>) -> Result<Vec<Option
 }
 
 /// Decodes every instruction of `function`, or says why it is not code.
-fn decode(function: Function<'_>) -> Result<Vec<Instruction>, String> {
+pub(super) fn decode(function: Function<'_>) -> Result<Vec<Instruction>, String> {
     if function.bytes.is_empty() || function.bytes.len() > MAX_FUNCTION_BYTES {
         return Err(format!(
             "{} bytes: not a function of at most {MAX_FUNCTION_BYTES}",

@@ -17,7 +17,7 @@ use object::{Endianness, Object, ObjectSection, ObjectSegment, ObjectSymbol, Sym
 
 use super::safe_open::OpenedFile;
 use super::version::CPythonVersion;
-use super::{derive, unwind};
+use super::{derive, entry_probe, unwind};
 
 /// Where an event was seen (`enum signal_source` of bpf/pyusdt.h): a CPython marker, or a
 /// hook point of a build without markers (src/discover/hooks.rs) and where that was found.
@@ -100,6 +100,16 @@ pub struct Hook {
     /// Where its first byte is in the file, for a function whose code the file holds: where
     /// a uprobe is attached.
     pub file_offset: Option<u64>,
+    /// Where an entry probe goes instead, when the kernel would single-step the entry and a
+    /// later instruction is exactly as good (src/discover/entry_probe.rs): the audit hook's.
+    pub entry_probe: Option<EntryProbe>,
+}
+
+/// An entry probe placed after the entry, and where it is in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryProbe {
+    pub at: entry_probe::EntryProbe,
+    pub file_offset: u64,
 }
 
 /// The debug offsets at the start of `_PyRuntime` (CPython 3.13+, `_Py_DebugOffsets`): the
@@ -199,7 +209,81 @@ pub fn find(data: &[u8], file: &OpenedFile, version: Option<CPythonVersion>) -> 
         hooks.debug_offsets = debug_offsets(&elf, runtime, file);
     }
     derive_missing(&elf, file, version, &mut hooks);
+    // The audit program reads the thread state and the event: arguments 0 and 1.
+    place_entry_probe(&elf, file, &mut hooks, "sys_audit_tstate", &[0, 1]);
     Some(hooks)
+}
+
+/// Code beyond this is not read to check an entry probe's place (libpython's is 2-4 MB).
+const MAX_CODE_BYTES: u64 = 64 << 20;
+
+/// Moves the entry probe of the function `name` off an instruction the kernel single-steps,
+/// where a later one is exactly as good for a probe reading the arguments `reads`
+/// (src/discover/entry_probe.rs). Anything not read or not clear leaves it at the entry.
+fn place_entry_probe(
+    elf: &ElfFile64<'_, Endianness>,
+    file: &OpenedFile,
+    hooks: &mut Hooks,
+    name: &str,
+    reads: &[usize],
+) {
+    let Some(hook) = hooks.found.iter_mut().find(|h| h.name == name) else {
+        return;
+    };
+    let Some(offset) = hook.file_offset else {
+        return;
+    };
+    let Some(len) = usize::try_from(hook.size)
+        .ok()
+        .filter(|n| (1..=derive::MAX_FUNCTION_BYTES).contains(n))
+    else {
+        return;
+    };
+    let mut bytes = vec![0u8; len];
+    if file.read_exact_at(&mut bytes, offset).is_err() {
+        return;
+    }
+    let function = derive::Function {
+        address: hook.address,
+        bytes: &bytes,
+    };
+    let Ok(Some(at)) = entry_probe::cheaper_entry(function, reads) else {
+        return;
+    };
+    let Ok(layout) = derivation_layout(elf, file) else {
+        return;
+    };
+    let Some(code) = read_code(elf, file) else {
+        return;
+    };
+    if entry_probe::lands_in(
+        &layout.functions,
+        &code,
+        &(hook.address + 1..at.address + 1),
+    ) {
+        return;
+    }
+    hook.entry_probe = Some(EntryProbe {
+        file_offset: offset + (at.address - hook.address),
+        at,
+    });
+}
+
+/// The executable sections' addresses and bytes, in bounded reads (`MAX_CODE_BYTES` in all).
+fn read_code(elf: &ElfFile64<'_, Endianness>, file: &OpenedFile) -> Option<Vec<(u64, Vec<u8>)>> {
+    let mut total = 0u64;
+    let mut code = Vec::new();
+    for section in elf.sections() {
+        if section.kind() != object::SectionKind::Text {
+            continue;
+        }
+        let (offset, size) = section.file_range()?;
+        total = total.checked_add(size).filter(|t| *t <= MAX_CODE_BYTES)?;
+        let mut bytes = vec![0u8; usize::try_from(size).ok()?];
+        file.read_exact_at(&mut bytes, offset).ok()?;
+        code.push((section.address(), bytes));
+    }
+    Some(code)
 }
 
 /// The internal functions not found in a symbol table, derived from the exported functions
@@ -330,6 +414,7 @@ fn add_derived(
         size: d.bounds.end - d.bounds.start,
         source: Source::Derived,
         file_offset: Some(file_offset),
+        entry_probe: None,
     };
     // Keep WANTED's order.
     let i = hooks
@@ -453,6 +538,7 @@ where
             size: s.size(),
             source,
             file_offset: None,
+            entry_probe: None,
         })
 }
 
@@ -578,8 +664,9 @@ fn found_site(hooks: &Hooks, symbol: &'static str, from: &str) -> Result<Site, S
     })
 }
 
-/// Audit events, at `sys_audit_tstate(tstate, event, format, va)`'s entry (bpf/hooks.h): the
-/// function every event raised from C passes through, 3.9 to 3.14 (3.8's `PySys_Audit` did the
+/// Audit events, at `sys_audit_tstate(tstate, event, format, va)`'s entry (bpf/hooks.h), or
+/// where it is as good and cheaper (src/discover/entry_probe.rs): the function every event
+/// raised from C passes through, 3.9 to 3.14 (3.8's `PySys_Audit` did the
 /// work itself). It reads a `char *` only: no object layout, free-threaded builds included.
 fn audit_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<Site, String> {
     const SYMBOL: &str = "sys_audit_tstate";
@@ -587,7 +674,13 @@ fn audit_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<Site, St
     if !matches!((v.major, v.minor), (3, 9..=14)) {
         return Err(format!("CPython {v}: its audit function is not known"));
     }
-    found_site(hooks, SYMBOL, "PySys_Audit")
+    let mut site = found_site(hooks, SYMBOL, "PySys_Audit")?;
+    // An entry probe only: it may go where the kernel need not single-step.
+    let placed = hooks.found.iter().find(|h| h.name == SYMBOL);
+    if let Some(p) = placed.and_then(|h| h.entry_probe.as_ref()) {
+        site.file_offset = p.file_offset;
+    }
+    Ok(site)
 }
 
 fn import_site(

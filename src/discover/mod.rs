@@ -1,5 +1,6 @@
 //! Discovery: which files carry CPython's USDT markers, which markers can fire, and where they are.
 pub mod derive;
+pub mod entry_probe;
 pub mod hooks;
 pub mod image;
 pub mod interpreters;

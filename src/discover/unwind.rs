@@ -88,6 +88,11 @@ impl Functions {
         let i = self.ranges.partition_point(|r| r.start < address);
         self.ranges.get(i).filter(|r| r.start == address).cloned()
     }
+
+    /// Every function's range, by start.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
 }
 
 #[cfg(test)]
