@@ -11,11 +11,15 @@ release build; fails loudly otherwise.
     python3 bench/audit_cost.py --hook ~/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0 \
         --python ~/.pyenv/versions/3.13.0/bin/python3.13
 
---hook LIB: a build without markers (issue 24), traced at sys_audit_tstate's entry: bpftrace
-probes it by name (`uprobe:LIB:sys_audit_tstate`), so LIB must keep its symbol table (pyenv's
+--hook LIB: a build without markers (issue 24), traced at sys_audit_tstate: bpftrace probes
+its entry by name (`uprobe:LIB:sys_audit_tstate`), so LIB must keep its symbol table (pyenv's
 builds do; bpftrace 0.17 cannot probe an address in a stripped file), and pyusdt runs the same
 BPF program there as at the function it derives in a stripped build. Without markers the
-interpreter builds no argument tuple, so the floor is the trap alone.
+interpreter builds no argument tuple, so the floor is the trap alone. Where the kernel would
+single-step the entry's instruction, pyusdt probes the first one it emulates instead
+(src/discover/entry_probe.rs; `pyusdt list` says where), which bpftrace 0.17 cannot do (built
+without libbfd, it refuses an address inside a function): the ratios are then against what a
+bpftrace one-liner on the function costs, and the heading says where pyusdt's probe is.
 
 bpftrace runs twice: `count()`, which records nothing, and `printf()` of the PID, thread and
 time, its way of sending a record per event (as pyusdt's log records do); its output goes to
@@ -28,6 +32,7 @@ raises about 600,000 events a second, a log record each: more than the default e
 queue and batches are made larger, as they would be for such a source.
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -46,6 +51,17 @@ BPFTRACE = "/usr/bin/bpftrace"
 FLOOR = "bpftrace count() on audit"
 RECORDS = "bpftrace printf() per event"
 EXPORT_ENV = {**os.environ, "OTEL_BSP_MAX_QUEUE_SIZE": "262144", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "8192"}
+
+
+def placed_at(lib):
+    """Where pyusdt's audit probe goes in LIB, from sys_audit_tstate's start (`pyusdt list`)."""
+    out = subprocess.run([PYUSDT, "list", "--json", lib], capture_output=True, text=True,
+                         check=True)
+    found = json.loads(out.stdout)["files"][0]["hooks"]["found"]
+    hook = next((h for h in found if h["name"] == "sys_audit_tstate"), None)
+    if hook is None:
+        sys.exit(f"{lib}: pyusdt finds no sys_audit_tstate")
+    return (hook.get("entry_probe") or hook)["address"] - hook["address"]
 
 
 def under_bpftrace_printf(program, cmd, events):
@@ -122,7 +138,9 @@ def main():
                 times[name].append(float(seconds))
     base = statistics.median(times["untraced"])
     floor = (statistics.median(times[FLOOR]) - base) / args.events * 1e9
-    where = f"at sys_audit_tstate of {args.hook}" if args.hook else "at the audit marker"
+    where = "at the audit marker"
+    if args.hook:
+        where = f"at sys_audit_tstate of {args.hook} (pyusdt at +{placed_at(args.hook):#x})"
     print(f"{python}, {args.events:,} builtins.id audit events {where}, "
           f"{args.runs} interleaved runs (the workload's CPU time)")
     print(f"{'configuration':<34} {'median s':>9} {'ns/event':>9} {'vs count()':>10}")
