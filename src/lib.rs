@@ -10,6 +10,7 @@ mod attach;
 mod audit_names;
 pub mod bpf;
 mod budget;
+mod budget_memory;
 pub mod cli;
 pub mod commands;
 pub mod decode;

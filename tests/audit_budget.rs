@@ -130,43 +130,7 @@ fn short_processes_of_a_known_kind_are_sampled_from_their_start() {
     if !require_bpf("short_processes_of_a_known_kind_are_sampled_from_their_start") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let jsonl = dir.path().join("out.jsonl");
-    let pids = dir.path().join("pids");
-    let code = "import os, sys\n\
-                open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n\
-                for i in range(6000000): id(i)\n";
-    let lp = format!(
-        "for i in 1 2 3 4 5 6 7; do {SYSTEM_PYTHON} -c \"$0\" {}; done",
-        pids.display()
-    );
-    let out = pyusdt()
-        .args(["run", "--quiet", "--probes", "audit", "--max-overhead", "5"])
-        .args(["--ring-buffer-size", "64M", "-o"])
-        .arg(&jsonl)
-        .args(["--", "sh", "-c", &lp, code])
-        .output()
-        .unwrap();
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "{err}");
-    let started: Vec<u64> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(started.len(), 7);
-    let records = read_jsonl(&jsonl);
-    let processes = summary(&records)["processes"].as_array().unwrap().clone();
-    // The share of its time each process had its marker attached (none: never attached, no
-    // event, not in the summary).
-    let observed = |pid: u64| {
-        processes
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid))
-            .and_then(|p| p["audit_marker"]["observed_share"].as_f64())
-            .unwrap_or(0.0)
-    };
-    let shares: Vec<f64> = started.iter().map(|&p| observed(p)).collect();
+    let (shares, err) = short_processes(7, None);
     // The first of the kind runs traced until its budget acts (100 ms or more of its ~0.5 s).
     assert!(shares[0] > 0.1, "first: {shares:?}\n{err}");
     // The last five start detached and take turns: a window when their kind's account (the
@@ -180,4 +144,81 @@ fn short_processes_of_a_known_kind_are_sampled_from_their_start() {
         mean < 0.3,
         "observed shares {shares:?}, mean of the last five {mean:.3}\n{err}"
     );
+}
+
+/// Issue 22: what one `pyusdt run` learned of a kind is kept (`PYUSDT_STATE_DIR`,
+/// src/budget_memory.rs), so that the next run's first process of that kind starts sampled
+/// too, where it used to run traced until its budget acted.
+#[test]
+fn a_kind_learned_in_one_run_starts_sampled_in_the_next() {
+    if !require_bpf("a_kind_learned_in_one_run_starts_sampled_in_the_next") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("pyusdt");
+    let (first_run, err) = short_processes(2, Some(&dir));
+    assert!(first_run[0] > 0.1, "first run: {first_run:?}\n{err}");
+    let file = dir.join("budget-kinds");
+    let meta = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{e}\n{err}"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let (second_run, err) = short_processes(2, Some(&dir));
+    eprintln!("observed shares: first run {first_run:?}, second run {second_run:?}");
+    assert!(
+        err.contains("kinds of process remembered from"),
+        "second run's log: {err}"
+    );
+    // Its first process starts detached: attached for windows only, as the later processes
+    // of one run are.
+    assert!(
+        second_run[0] < 0.3 && second_run[0] < first_run[0],
+        "first run {first_run:?}, second run {second_run:?}\n{err}"
+    );
+}
+
+/// `n` processes of one kind (`id()` in a loop, ~0.3-0.5 s each) one after the other under one
+/// `pyusdt run --probes audit --max-overhead 5`, keeping its memory in `state` (none when
+/// `None`): the share of its time each had its marker attached, and pyusdt's log.
+fn short_processes(n: usize, state: Option<&std::path::Path>) -> (Vec<f64>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("out.jsonl");
+    let pids = dir.path().join("pids");
+    let code = "import os, sys\n\
+                open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n\
+                for i in range(6000000): id(i)\n";
+    let lp = format!(
+        "for i in $(seq {n}); do {SYSTEM_PYTHON} -c \"$0\" {}; done",
+        pids.display()
+    );
+    let mut cmd = pyusdt();
+    if let Some(state) = state {
+        cmd.env("PYUSDT_STATE_DIR", state);
+    }
+    let out = cmd
+        .args(["run", "--quiet", "--probes", "audit", "--max-overhead", "5"])
+        .args(["--ring-buffer-size", "64M", "-o"])
+        .arg(&jsonl)
+        .args(["--", "sh", "-c", &lp, code])
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let started: Vec<u64> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(started.len(), n);
+    let records = read_jsonl(&jsonl);
+    let processes = summary(&records)["processes"].as_array().unwrap().clone();
+    // The share of its time each process had its marker attached (none: never attached, no
+    // event, not in the summary).
+    let observed = |pid: u64| {
+        processes
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .and_then(|p| p["audit_marker"]["observed_share"].as_f64())
+            .unwrap_or(0.0)
+    };
+    (started.iter().map(|&p| observed(p)).collect(), err)
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::attach::{FunctionHits, FunctionPlan, ProcessPlan, Tracer};
 use crate::budget::{self, ProcessBudget, Switch};
+use crate::budget_memory::{BudgetMemory, Remembered};
 use crate::discover::{process, Binary, Firing};
 use crate::model::sampling::{FunctionMarkers, Sampling, SamplingTable};
 
@@ -20,6 +21,8 @@ const MAX_TABLE: usize = 4096;
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Returns seen without a single entry before concluding that entries do not fire.
 const ENTRY_EVIDENCE: u64 = 1000;
+/// How often what was learned of kinds is written, at most (and when the run ends).
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Followed {
     /// PID as this process sees it (for attaching).
@@ -68,6 +71,11 @@ pub struct ProcessProbes {
     /// Executables looked at by `file_at_start` (by device and inode): the added file they
     /// run or link, if any. Bounded (`MAX_TABLE`).
     executables: HashMap<(u64, u64), Option<(u64, u64)>>,
+    /// Where what was learned is kept between runs (`remember_kinds`), whether it changed
+    /// since it was last saved, and when that was.
+    memory: Option<BudgetMemory>,
+    memory_unsaved: bool,
+    saved_at: Option<Instant>,
     next_epoch: u32,
     /// Nanoseconds per clock tick of /proc/PID/stat.
     ns_per_tick: u64,
@@ -96,6 +104,9 @@ impl ProcessProbes {
             ignored: HashSet::new(),
             executables: HashMap::new(),
             learned: HashMap::new(),
+            memory: None,
+            memory_unsaved: false,
+            saved_at: None,
             next_epoch: 1,
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
             last_look: None,
@@ -530,36 +541,16 @@ impl ProcessProbes {
                 }
             }
         }
-        let mut table = self.table.borrow_mut();
         for pid in exited {
             let _ = tracer.detach_process_soon(pid);
             if let Some(mut f) = self.followed.remove(&pid) {
-                let Some(kind) = f.kind else { continue };
-                let balance = f.budget.settle(now);
-                let known = self.learned.get(&kind).copied();
-                let share = match (known, f.known_share) {
-                    (_, Some(s)) if f.first_of_kind => s,
-                    // Half the last one, half what was known: a kind's processes vary.
-                    (Some(k), Some(s)) => (k.share + s) / 2.0,
-                    (None, Some(s)) => s,
-                    (Some(k), None) => k.share,
-                    (None, None) => continue,
-                };
-                if known.is_none() && self.learned.len() >= MAX_TABLE {
-                    self.learned.clear();
-                }
-                let entry = self.learned.entry(kind).or_insert(KindCost {
-                    share,
-                    balance_ns: 0.0,
-                });
-                entry.share = share;
-                entry.balance_ns = budget::carried(entry.balance_ns + balance, share);
-                tracing::debug!(
-                    "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its account",
-                    entry.balance_ns / 1e6
-                );
+                self.learn_from(pid, &mut f, now);
             }
         }
+        if self.memory_unsaved && self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            self.save_kinds();
+        }
+        let mut table = self.table.borrow_mut();
         // Exited processes stay in the table for the summary; an agent seeing thousands come
         // and go keeps only those it still follows.
         if table.len() > MAX_TABLE {
@@ -577,6 +568,110 @@ impl ProcessProbes {
                     audit: f.audit,
                 },
             );
+        }
+    }
+}
+
+impl ProcessProbes {
+    /// What process `pid` (exited, or no longer followed) tells about its kind: what its
+    /// probes cost, and its balance, carried to the kind's next process.
+    fn learn_from(&mut self, pid: u32, f: &mut Followed, now: Instant) {
+        let Some(kind) = f.kind else { return };
+        let balance = f.budget.settle(now);
+        let known = self.learned.get(&kind).copied();
+        let share = match (known, f.known_share) {
+            (_, Some(s)) if f.first_of_kind => s,
+            // Half the last one, half what was known: a kind's processes vary.
+            (Some(k), Some(s)) => (k.share + s) / 2.0,
+            (None, Some(s)) => s,
+            (Some(k), None) => k.share,
+            (None, None) => return,
+        };
+        if known.is_none() && self.learned.len() >= MAX_TABLE {
+            self.learned.clear();
+        }
+        let entry = self.learned.entry(kind).or_insert(KindCost {
+            share,
+            balance_ns: 0.0,
+        });
+        entry.share = share;
+        entry.balance_ns = budget::carried(entry.balance_ns + balance, share);
+        tracing::debug!(
+            "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its account",
+            entry.balance_ns / 1e6
+        );
+        self.memory_unsaved = self.memory.is_some();
+    }
+
+    /// Keeps what was learned of kinds between runs (`run`; src/budget_memory.rs): the kinds
+    /// remembered from earlier runs are known from now on.
+    pub fn remember_kinds(&mut self, memory: BudgetMemory) {
+        if self.max_share.is_none() {
+            return;
+        }
+        let remembered = memory.load();
+        for (kind, r) in &remembered {
+            self.learned.insert(
+                *kind,
+                KindCost {
+                    share: r.share,
+                    balance_ns: budget::carried(r.balance_ns, r.share),
+                },
+            );
+        }
+        if !remembered.is_empty() {
+            tracing::info!(
+                "{} kinds of process remembered from {} (what their probes cost)",
+                remembered.len(),
+                memory.dir().display()
+            );
+        }
+        self.memory = Some(memory);
+    }
+
+    /// This set of probes, for the memory: kinds cost differently under each.
+    pub fn probe_set(&self) -> u64 {
+        u64::from(self.functions)
+            | u64::from(self.line_mode) << 1
+            | u64::from(self.audit) << 2
+            | u64::from(self.counter) << 3
+    }
+
+    fn save_kinds(&mut self) {
+        let Some(memory) = &self.memory else { return };
+        let kinds = self
+            .learned
+            .iter()
+            .map(|(k, c)| {
+                let r = Remembered {
+                    share: c.share,
+                    balance_ns: c.balance_ns,
+                };
+                (*k, r)
+            })
+            .collect();
+        if let Err(e) = memory.save(&kinds) {
+            tracing::warn!("what the budget learned is not kept: {e}");
+            // Not tried again in this run.
+            self.memory = None;
+        }
+        self.memory_unsaved = false;
+        self.saved_at = Some(Instant::now());
+    }
+}
+
+impl Drop for ProcessProbes {
+    /// The processes still followed end with this run: what they tell is kept too.
+    fn drop(&mut self) {
+        if self.memory.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        for (pid, mut f) in std::mem::take(&mut self.followed) {
+            self.learn_from(pid, &mut f, now);
+        }
+        if self.memory_unsaved {
+            self.save_kinds();
         }
     }
 }

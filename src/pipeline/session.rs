@@ -12,6 +12,7 @@ use super::flags::{self, Checked};
 use super::probes::ProcessProbes;
 use super::Terminal;
 use crate::attach::{Tracer, TracerOptions};
+use crate::budget_memory::BudgetMemory;
 use crate::cli::TraceArgs;
 use crate::exit::{CliError, CliResult, Exit};
 use crate::export::config::ExporterKind;
@@ -134,7 +135,20 @@ impl<'obj> Session<'obj> {
         let per_process_functions = (function_probes || audit_per_process)
             .then(|| {
                 let max = args.max_overhead.map_or(default_max_overhead, |m| m.0);
-                process_probes_with_budget(function_probes, args.line_mode, audit_per_process, max)
+                let mut p = process_probes_with_budget(
+                    function_probes,
+                    args.line_mode,
+                    audit_per_process,
+                    max,
+                );
+                // `run` keeps what its budget learns between runs; `agent`, unprivileged
+                // once attached, does not (src/budget_memory.rs).
+                if privileges.is_none() {
+                    if let Some(memory) = BudgetMemory::from_env(p.probe_set()) {
+                        p.remember_kinds(memory);
+                    }
+                }
+                p
             })
             .map(RefCell::new);
         let versions: Rc<RefCell<HashMap<(u64, u64), String>>> = Rc::default();

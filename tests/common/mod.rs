@@ -23,9 +23,12 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pyusdt")))
 }
 
+/// The binary, logging at info, keeping no budget memory between runs (src/budget_memory.rs):
+/// each test's processes are learned from nothing, whatever ran before. Tests of the memory
+/// set `PYUSDT_STATE_DIR` themselves.
 pub fn pyusdt() -> Command {
     let mut c = Command::new(binary());
-    c.env("PYUSDT_LOG", "info");
+    c.env("PYUSDT_LOG", "info").env("PYUSDT_STATE_DIR", "");
     c
 }
 
@@ -53,7 +56,8 @@ pub fn pyusdt_on_fresh_host() -> Command {
         "sh",
     ])
     .arg(binary())
-    .env("PYUSDT_LOG", "info");
+    .env("PYUSDT_LOG", "info")
+    .env("PYUSDT_STATE_DIR", "");
     c
 }
 
