@@ -31,7 +31,9 @@
 //! 5–17 ms, against a 100 ms window. Neither belongs to a phase: the probes are measured from
 //! the end of an attach to the decision to detach, the process's own kernel time from the end of
 //! a detach to the decision to attach (`switched` reports the ends), and what a switch cost the
-//! process is charged to the account.
+//! process is charged to the account: an attach at its measured share, a detach at no less
+//! than the process's known share for its whole length (the breakpoints of links not yet
+//! released stay in, which its system time does not show whole).
 //!
 //! System time comes in clock ticks of 10 ms, charged whole to what the process was doing when
 //! the tick came, so a 100 ms window's share is off by tens of percent either way. The account
@@ -317,9 +319,18 @@ impl ProcessBudget {
     /// the phase it began is measured from here, and what the process spent in the kernel
     /// during the switch, above its own share, is charged to the account.
     pub fn switched(&mut self, now: Instant, cost_ns: u64) {
-        if self.switching.take().is_some() {
+        if let Some(switch) = self.switching.take() {
             let elapsed = now.duration_since(self.phase_start);
-            let share = self.share_over(elapsed, cost_ns);
+            let mut share = self.share_over(elapsed, cost_ns);
+            if switch == Switch::Detach {
+                // Until the kernel is done, the probes are on as far as the account knows: a
+                // detach releases its links one after the other, each waiting for grace
+                // periods, and their breakpoints stay until then, which the system time of
+                // the detach does not show whole (short processes paid 140-190 ms for a
+                // 100 ms window and its 100 ms detach, where its system time said 110).
+                let known = self.smoothed_share.or(self.prior_share).unwrap_or(0.0);
+                share = share.max(known);
+            }
             self.spent_ns += share * elapsed.as_nanos() as f64;
             self.start_phase(self.on, now, cost_ns);
         }
