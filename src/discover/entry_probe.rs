@@ -72,7 +72,10 @@ pub fn cheaper_entry(
     if emulated(bytes_of(first)) {
         return Ok(None);
     }
-    let end = function.address + function.bytes.len() as u64;
+    let end = function
+        .address
+        .checked_add(function.bytes.len() as u64)
+        .ok_or("a function past the address space")?;
     let states = states_before(&code, &(function.address..end))?;
     let targets: HashSet<u64> = code
         .iter()
@@ -107,9 +110,16 @@ pub fn cheaper_entry(
 /// `code`: the file's executable sections (`.text`, and `.init`, `.plt`, `.fini` whose code
 /// `.eh_frame` describes too), each as its address and bytes. Each function is decoded from
 /// its start; bytes that do not decode are stepped over. A function not wholly inside one of
-/// them counts as landing there: unknown is not clear.
+/// them counts as landing there: unknown is not clear. So do functions that overlap so much
+/// that decoding them all would take more than twice the code's bytes (a file's own claim:
+/// bounded, since 500,000 ranges of 4 MB would be decoded for hours).
 pub fn lands_in(functions: &Functions, code: &[(u64, Vec<u8>)], skipped: &Range<u64>) -> bool {
     let mut i = Instruction::default();
+    let mut budget = code
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum::<usize>()
+        .saturating_mul(2);
     for range in functions.ranges() {
         let within = code.iter().find_map(|(start, bytes)| {
             let a = usize::try_from(range.start.checked_sub(*start)?).ok()?;
@@ -119,6 +129,10 @@ pub fn lands_in(functions: &Functions, code: &[(u64, Vec<u8>)], skipped: &Range<
         let Some(bytes) = within else {
             return true;
         };
+        let Some(left) = budget.checked_sub(bytes.len()) else {
+            return true;
+        };
+        budget = left;
         let mut decoder = Decoder::with_ip(64, bytes, range.start, DecoderOptions::NONE);
         while decoder.can_decode() {
             decoder.decode_out(&mut i);
@@ -220,6 +234,11 @@ mod tests {
         // A function outside the bytes read: unknown, so landing.
         let f = Functions::from_ranges(vec![0x1000..0x1080, 0x10f0..0x1200]);
         assert!(lands_in(&f, &code, &(0x1006..0x1008)));
+        // Ranges overlapping beyond twice the code's bytes: not decoded, so landing.
+        let f = Functions::from_ranges(vec![0x1000..0x1100; 3]);
+        assert!(lands_in(&f, &code, &(0x1006..0x1008)));
+        let f = Functions::from_ranges(vec![0x1000..0x1080; 2]);
+        assert!(!lands_in(&f, &code, &(0x1006..0x1008)));
     }
 
     proptest! {
