@@ -7,17 +7,20 @@
 //!
 //! The file is pyusdt's own state, but a file system is shared: it lives in a directory of its
 //! own (`$PYUSDT_STATE_DIR`, else /var/lib/pyusdt as root), which must be a real directory
-//! owned by this user and writable by nobody else (created 0700 if absent), and the file is
-//! opened without following links, must be a regular file owned by this user, is read up to
-//! `MAX_FILE_BYTES`, and each line is checked (counts bounded, numbers finite and in range);
-//! anything else is ignored with a warning. It is written whole to a new file and renamed.
+//! owned by this user and writable by nobody else (created 0700 if absent); the file is opened
+//! as traced processes' files are (`safe_open`: not through a link, a regular file only), must
+//! be owned by this user, is read up to `MAX_FILE_BYTES`, and each line is checked (counts
+//! bounded, numbers finite and in range); anything else is ignored with a warning. It is
+//! written whole to a new file and renamed.
 //! `agent` keeps none: it runs as an unprivileged user once attached, and a directory that
 //! user may write is one other processes of that user could write too.
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::discover::safe_open::{self, OpenError};
 
 /// The environment variable naming the directory; set empty, nothing is kept.
 pub const STATE_DIR_ENV: &str = "PYUSDT_STATE_DIR";
@@ -56,8 +59,7 @@ impl BudgetMemory {
         let dir = match std::env::var_os(STATE_DIR_ENV) {
             Some(d) if d.is_empty() => return None,
             Some(d) => PathBuf::from(d),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            None if unsafe { libc::geteuid() } == 0 => PathBuf::from(DEFAULT_DIR),
+            None if euid() == 0 => PathBuf::from(DEFAULT_DIR),
             None => return None,
         };
         Some(BudgetMemory { dir, probe_set })
@@ -124,7 +126,9 @@ impl BudgetMemory {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
-            .and_then(|mut f| f.write_all(out.as_bytes()).and_then(|_| f.sync_all()))
+            // No fsync: this runs in the event loop, and a file cut by a crash is refused whole
+            // (no header) or line by line, and learned again.
+            .and_then(|mut f| f.write_all(out.as_bytes()))
             .and_then(|_| fs::rename(&tmp, self.file()));
         written.map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -147,35 +151,28 @@ impl BudgetMemory {
     }
 
     /// The file's text. `Err(None)`: there is none; `Err(Some(why))`: it is not to be used.
+    /// Opened as traced processes' files are (src/discover/safe_open.rs: `O_PATH` first, a
+    /// regular file only, not through a link, nothing that blocks), then bounded and read.
     fn read(&self) -> Result<String, Option<String>> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
             _ => check_dir(&self.dir).map_err(Some)?,
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(self.file());
-        let file = match file {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+        let file = match safe_open::open_path(&self.file(), false) {
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
             Err(e) => return Err(Some(e.to_string())),
             Ok(f) => f,
         };
-        let meta = file.metadata().map_err(|e| Some(e.to_string()))?;
-        if !meta.file_type().is_file() {
-            return Err(Some("not a regular file".into()));
-        }
-        if meta.uid() != euid() || meta.mode() & 0o022 != 0 {
+        if file.uid != euid() || file.mode & 0o022 != 0 {
             return Err(Some("not owned by this user, or writable by others".into()));
         }
-        if meta.len() > MAX_FILE_BYTES {
+        if file.size > MAX_FILE_BYTES {
             return Err(Some(format!("larger than {MAX_FILE_BYTES} bytes")));
         }
-        let mut text = String::new();
-        File::take(file, MAX_FILE_BYTES)
-            .read_to_string(&mut text)
+        let mut bytes = vec![0u8; file.size as usize];
+        file.read_exact_at(&mut bytes, 0)
             .map_err(|e| Some(e.to_string()))?;
-        Ok(text)
+        String::from_utf8(bytes).map_err(|_| Some("not UTF-8".into()))
     }
 }
 

@@ -12,14 +12,12 @@ use std::path::{Path, PathBuf};
 /// import it (a utility).
 const MODULES: &[(&str, u8, bool)] = &[
     // The skeleton's types and the BPF ABI (abi.rs: its values as user space reads them), the human formatting of counts and untrusted
-    // strings, the marker names, the overhead budget's arithmetic and its memory between runs,
-    // the privilege drop.
+    // strings, the marker names, the overhead budget's arithmetic, the privilege drop.
     ("bpf", 0, true),
     ("abi", 0, true),
     ("text", 0, true),
     ("probes", 0, true),
     ("budget", 0, true),
-    ("budget_memory", 0, true),
     ("privileges", 0, true),
     ("globs", 0, true),
     // Which files carry markers; Kubernetes pod metadata (read like /proc: a source).
@@ -28,6 +26,8 @@ const MODULES: &[(&str, u8, bool)] = &[
     // BPF loaded and attached; the audit names read from the attached files for it.
     ("attach", 2, false),
     ("audit_names", 2, false),
+    // The budget's memory between runs: its file is opened as discover opens files.
+    ("budget_memory", 2, false),
     // The command line's types and errors: they name attach's and discover's errors and
     // limits, and every layer above may return them.
     ("exit", 2, true),
