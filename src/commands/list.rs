@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::cli::ListArgs;
+use crate::discover::entry_probe::EntryProbe;
 use crate::discover::process;
 use crate::discover::stapsdt::ObjectKind;
 use crate::discover::{hooks, Binary, DiscoverError, NO_MARKERS_HINT};
@@ -84,13 +85,7 @@ struct HookReport {
     /// Where its entry probe goes when not at its first byte, and the instruction there
     /// (src/discover/entry_probe.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
-    entry_probe: Option<EntryProbeReport>,
-}
-
-#[derive(Serialize)]
-struct EntryProbeReport {
-    address: u64,
-    instruction: String,
+    entry_probe: Option<EntryProbe>,
 }
 
 #[derive(Serialize)]
@@ -260,10 +255,7 @@ fn report(b: &Binary, pid: Option<i32>) -> Result<FileReport<'_>, DiscoverError>
                     size: f.size,
                     source: f.source.label(),
                     gives: f.gives,
-                    entry_probe: f.entry_probe.as_ref().map(|p| EntryProbeReport {
-                        address: p.at.address,
-                        instruction: p.at.instruction.clone(),
-                    }),
+                    entry_probe: f.entry_probe.clone(),
                 })
                 .collect(),
             debug_offsets: h.debug_offsets.map(|d| d.version()),

@@ -23,6 +23,7 @@
 //! Otherwise the probe stays at the entry. Return probes always stay there: the kernel finds
 //! the return address at the stack pointer of the instruction probed.
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
+use serde::Serialize;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -46,8 +47,8 @@ fn emulated(bytes: &[u8]) -> bool {
     )
 }
 
-/// A place for an entry probe after the entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A place for an entry probe after the entry (`list --json` shows it as it is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EntryProbe {
     pub address: u64,
     /// The instruction there (its mnemonic, lower case), for `list`.

@@ -102,14 +102,19 @@ pub struct Hook {
     pub file_offset: Option<u64>,
     /// Where an entry probe goes instead, when the kernel would single-step the entry and a
     /// later instruction is exactly as good (src/discover/entry_probe.rs): the audit hook's.
-    pub entry_probe: Option<EntryProbe>,
+    pub entry_probe: Option<entry_probe::EntryProbe>,
 }
 
-/// An entry probe placed after the entry, and where it is in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryProbe {
-    pub at: entry_probe::EntryProbe,
-    pub file_offset: u64,
+impl Hook {
+    /// Where in the file an entry probe is attached: at `entry_probe` when placed, else at
+    /// the first byte.
+    pub fn entry_probe_offset(&self) -> Option<u64> {
+        let start = self.file_offset?;
+        Some(match &self.entry_probe {
+            Some(p) => start + (p.address - self.address),
+            None => start,
+        })
+    }
 }
 
 /// The debug offsets at the start of `_PyRuntime` (CPython 3.13+, `_Py_DebugOffsets`): the
@@ -263,10 +268,7 @@ fn place_entry_probe(
     ) {
         return;
     }
-    hook.entry_probe = Some(EntryProbe {
-        file_offset: offset + (at.address - hook.address),
-        at,
-    });
+    hook.entry_probe = Some(at);
 }
 
 /// The executable sections' addresses and bytes, in bounded reads (`MAX_CODE_BYTES` in all).
@@ -676,9 +678,9 @@ fn audit_site(hooks: &Hooks, version: Option<CPythonVersion>) -> Result<Site, St
     }
     let mut site = found_site(hooks, SYMBOL, "PySys_Audit")?;
     // An entry probe only: it may go where the kernel need not single-step.
-    let placed = hooks.found.iter().find(|h| h.name == SYMBOL);
-    if let Some(p) = placed.and_then(|h| h.entry_probe.as_ref()) {
-        site.file_offset = p.file_offset;
+    let hook = hooks.found.iter().find(|h| h.name == SYMBOL);
+    if let Some(offset) = hook.and_then(Hook::entry_probe_offset) {
+        site.file_offset = offset;
     }
     Ok(site)
 }
