@@ -33,19 +33,24 @@ fn nm(path: &Path, exported: bool) -> HashMap<String, u64> {
         .collect()
 }
 
+/// binutils' `objdump -d` of `len` bytes from `address` in `path`, without raw bytes.
+fn objdump(path: &Path, address: u64, len: u64) -> String {
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--start-address={address:#x}"))
+        .arg(format!("--stop-address={:#x}", address + len))
+        .arg(path)
+        .output()
+        .expect("objdump (binutils) is installed by scripts/setup.sh");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The target of the one direct call from the function at `address` (`size` bytes) to another
 /// function of `.text` that follows a line containing `after` (within three instructions; ""
 /// for any), as binutils' `objdump` disassembles it (calls through the PLT print `@plt`, calls
 /// through a register no address).
 fn objdump_local_call(path: &Path, address: u64, size: u64, after: &str) -> Option<u64> {
-    let out = Command::new("objdump")
-        .args(["-d", "--no-show-raw-insn"])
-        .arg(format!("--start-address={address:#x}"))
-        .arg(format!("--stop-address={:#x}", address + size))
-        .arg(path)
-        .output()
-        .expect("objdump (binutils) is installed by scripts/setup.sh");
-    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    let body = objdump(path, address, size);
     let lines: Vec<&str> = body.lines().collect();
     let calls: Vec<u64> = lines
         .iter()
@@ -339,14 +344,7 @@ fn audit_probes_go_where_the_kernel_emulates() {
 
 /// The instructions from `address` (`len` bytes) as objdump decodes them: address, mnemonic.
 fn objdump_instructions(path: &Path, address: u64, len: u64) -> Vec<(u64, String)> {
-    let out = Command::new("objdump")
-        .args(["-d", "--no-show-raw-insn"])
-        .arg(format!("--start-address={address:#x}"))
-        .arg(format!("--stop-address={:#x}", address + len))
-        .arg(path)
-        .output()
-        .expect("objdump (binutils) is installed by scripts/setup.sh");
-    String::from_utf8_lossy(&out.stdout)
+    objdump(path, address, len)
         .lines()
         .filter_map(|l| {
             let (at, rest) = l.trim().split_once(":\t")?;
