@@ -3,11 +3,12 @@
 //! A uprobe replaces an instruction with `int3`. For a few instructions the kernel then does
 //! what the instruction does itself (arch/x86/kernel/uprobes.c: `branch_setup_xol_ops` and
 //! `push_setup_xol_ops`, the latter since Linux 4.16); any other is copied out of line and
-//! single-stepped, a second exception per event. Measured here (a tracefs uprobe on pyenv's
-//! 3.13.0 `sys_audit_tstate`, 200,000 `id()` calls): 20.4 µs per event at its first
-//! instruction, `test %rdi,%rdi`, against 0.61 µs at the `je` that follows it. A build without
-//! frame pointers (pyenv's, and others compiled like them) starts many functions that way;
-//! the official images' builds start with `push %rbp`, emulated already.
+//! single-stepped, a second exception per event. Measured here on pyenv's 3.13.0
+//! `sys_audit_tstate` (`bench/audit_cost.py --hook`): bpftrace's `count()` at its first
+//! instruction, `test %rdi,%rdi`, 21,938 ns per event; pyusdt at the `je` that follows it, a
+//! log record each, 799 ns. A build without frame pointers (pyenv's, and others compiled like
+//! them) starts many functions that way; the official images' builds start with `push %rbp`,
+//! emulated already.
 //!
 //! So an entry probe that reads only argument registers may move forward to the first
 //! instruction of the entry's straight line (up to and including its first jump, call or
