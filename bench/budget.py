@@ -15,16 +15,17 @@ and a light child process raise a rare audit event (`bench.rare`); the table say
 each arrived: all of the light process's, and about the observed share of the sampled one's.
 
 short: processes of 0.2, 0.5 and 1 s (bench/short_work.py: fib(15) calls on the 3.9 build, id()
-audit events on python3.11), twenty in a row under one `pyusdt run --max-overhead 5` as a test
-runner starts them, interleaved with batches run untraced: each process's own wall time. What
-one batch's pyusdt learns of the kind is kept for the next batches (PYUSDT_STATE_DIR, a
-directory of the bench's own, empty at its start): the first process of the first batch is the
-only one of a kind never seen; the other parts keep no memory.
+audit events on python3.11), started one after the other under one `pyusdt run --max-overhead 5`
+per length as a test runner starts them, each paired with an untraced process of the same work
+run just before or after it: each process's own wall time, the traced total against the
+untraced. What pyusdt learns of the kind is kept from one length to the next (PYUSDT_STATE_DIR,
+a directory of the bench's own, empty at its start): the very first traced process is the only
+one of a kind never seen; the other parts keep no memory.
 
 Prints the median throughput of each mode and its ratio to untraced, and what pyusdt's summary
 says of the sampling. Needs root and a release build; fails loudly otherwise.
 
-    python3 bench/budget.py [--only function|top|audit|short] [--runs 3] [--seconds 10]
+    python3 bench/budget.py [--only function|top|audit|short] [--runs 3] [--seconds 10] [--short-seconds 60]
         [--python /var/cache/pyusdt-test/python-3.9/bin/python3.9] [--audit-python /usr/bin/python3.11]
 
 Function spans need function__entry: a 3.8-3.10 interpreter (the default, built by
@@ -190,57 +191,106 @@ def libpython(python):
     return None
 
 
-def batch(prefix, python, kind, n, count):
-    """`count` short processes one after the other, under `prefix` (a pyusdt run, or nothing):
-    the wall time each measured of itself."""
-    loop = f'for i in $(seq {count}); do {python} {SHORT_WORK} {kind} {n}; done'
-    out = run(prefix + ["sh", "-c", loop]).stdout
-    return [float(x) for x in out.split()]
+def short_runner(prefix, python, kind, log=None):
+    """A shell, under `prefix` (a pyusdt run, or nothing), that starts one short process per
+    line it reads (the work, N), as a test runner or a cron job starts them, and prints the
+    process's whole wall time, from before its fork to after its exit (start-up and, under
+    pyusdt, the start gate included), and the time it measured of its own work. Both sides
+    of a pair go through such a shell. pyusdt's summary goes to `log`."""
+    loop = (f'while read -r n; do s=$EPOCHREALTIME; w=$({python} {SHORT_WORK} {kind} "$n" '
+            f'</dev/null); e=$EPOCHREALTIME; echo "$s $e $w"; done')
+    return subprocess.Popen(prefix + ["bash", "-c", loop], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+
+
+def short_process(runner, n):
+    """One short process started by `runner`: its whole wall time and its work's, in s."""
+    runner.stdin.write(f"{n}\n")
+    runner.stdin.flush()
+    line = runner.stdout.readline()
+    if not line:
+        sys.exit(f"a short-process runner ended early (exit {runner.wait()})")
+    start, end, work = (float(x) for x in line.split())
+    return end - start, work
+
+
+def ratio(traced, untraced):
+    """The traced total against the untraced, and two standard errors of that ratio from the
+    pairs' differences (the machine's speed moves by tens of percent between processes)."""
+    diffs = [t - u for t, u in zip(traced, untraced)]
+    spread = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 / statistics.mean(untraced)
+    return sum(traced) / sum(untraced), spread
 
 
 def short_budget(args):
-    """Processes of 0.2, 0.5 and 1 s, many in a row under one `pyusdt run --max-overhead 5`
-    (as a test runner or a shell loop starts them), interleaved with batches run untraced: each
-    process's own wall time, traced against untraced. The first process of a kind is not known
-    yet and pays until its budget converges; the next ones are sampled from their start."""
+    """Processes of 0.2, 0.5 and 1 s, started one after the other under one `pyusdt run
+    --max-overhead 5` per length (as a test runner or a shell loop starts them), each paired
+    with an untraced process of the same work run just before or just after it (alternately):
+    the machine's speed drifts by tens of percent over minutes here, and a pair sees the same
+    machine. The ratio is the traced processes' total time against the untraced ones'."""
+    # bash for $EPOCHREALTIME: the runners time their processes without forking a clock.
     cases = [("function", args.python), ("audit", args.audit_python)]
     state = tempfile.TemporaryDirectory(prefix="pyusdt-bench-state-")
     os.environ["PYUSDT_STATE_DIR"] = os.path.join(state.name, "pyusdt")
     for kind, python in cases:
         lib = libpython(python)
         probe = ["--probes", kind] + (["--python", lib] if lib else [])
-        traced = [PYUSDT, "run", "--quiet", "--max-overhead", "5"] + probe + ["--"]
-        # Work per process for each length, from one untraced process of known work.
+        # Work per process for each length, from untraced processes of known work.
         unit = 200 if kind == "function" else 1_000_000
-        per_unit = statistics.median(batch([], python, kind, unit * 5, 3)) / (unit * 5)
+        plain = short_runner([], python, kind)
+        per_unit = statistics.median(
+            short_process(plain, unit * 5)[1] for _ in range(3)) / (unit * 5)
         minor = run([python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
         print(f"{kind} ({'fib(15) calls' if kind == 'function' else 'id() audit events'}), "
-              f"CPython 3.{minor}, --max-overhead 5: {args.short_count} processes per batch, "
-              f"{args.runs} interleaved batches each")
-        print(f"{'length':<8} {'untraced s':>11} {'traced s':>9} {'median':>8} {'mean':>7} "
-              f"{'first':>7}")
+              f"CPython 3.{minor}, --max-overhead 5: {args.short_seconds:g} s of work per length, "
+              f"in pairs of processes, each traced one beside an untraced one")
+        print(f"{'length':<7} {'pairs':>5} {'untraced s':>10} {'traced s':>9} {'total':>7} {'+-':>6} "
+              f"{'work':>7} {'+-':>6} {'attached':>9}")
         never_seen = None
         for length in (0.2, 0.5, 1.0):
             n = max(1, int(length / per_unit))
-            untraced, under, first = [], [], []
-            for _ in range(args.runs):
-                untraced += batch([], python, kind, n, args.short_count)
-                times = batch(traced, python, kind, n, args.short_count)
-                if never_seen is None:
-                    never_seen = (length, times[0])
-                first.append(times[0])
-                under += times
-            base = statistics.median(untraced)
-            print(f"{length:<8g} {base:>11.3f} {statistics.median(under):>9.3f} "
-                  f"{statistics.median(under) / base:>7.3f}x "
-                  f"{statistics.mean(under) / statistics.mean(untraced):>6.3f}x "
-                  f"{statistics.median(first) / base:>6.2f}x")
-        print(f"the first process of the kind, never seen before ({never_seen[0]:g} s): "
-              f"{never_seen[1]:.3f} s")
-    print("(median: the traced processes' median against the untraced one; mean: their mean "
-          "against the untraced mean, i.e. the batches' total time, first processes included; "
-          "first: the first process of each batch, whose kind the batch's pyusdt had not seen "
-          "itself but remembered from the batches before, except the very first)")
+            pairs = max(10, round(args.short_seconds / length))
+            with tempfile.TemporaryDirectory() as tmp, \
+                    open(os.path.join(tmp, "stderr"), "w+") as log:
+                out = os.path.join(tmp, "out.jsonl")
+                traced = [PYUSDT, "run", "--quiet", "--max-overhead", "5", "-o", out] + probe
+                runner = short_runner(traced + ["--"], python, kind, log)
+                untraced, under = [], []
+                for i in range(pairs):
+                    if i % 2 == 0:
+                        untraced.append(short_process(plain, n))
+                        under.append(short_process(runner, n))
+                    else:
+                        under.append(short_process(runner, n))
+                        untraced.append(short_process(plain, n))
+                runner.stdin.close()
+                if runner.wait() != 0:
+                    log.seek(0)
+                    sys.exit(f"pyusdt run failed ({runner.returncode}):\n{log.read()}")
+                runner.stdout.close()
+                # Seconds the probes were attached, of processes that had a window (the
+                # others are not in the summary: they were never attached).
+                field = "function_probes" if kind == "function" else "audit_marker"
+                on = sum(p[field]["observed_seconds"] for p in summary(out)["processes"]
+                         if p.get(field))
+            if never_seen is None:
+                never_seen = (length, under[0][0], untraced[0][0])
+            whole = ratio([t[0] for t in under], [u[0] for u in untraced])
+            work = ratio([t[1] for t in under], [u[1] for u in untraced])
+            attached = on / sum(t[0] for t in under) * 100
+            print(f"{length:<7g} {pairs:>5} {statistics.median(u[0] for u in untraced):>10.3f} "
+                  f"{statistics.median(t[0] for t in under):>9.3f} {whole[0]:>6.3f}x "
+                  f"{whole[1]:>6.3f} {work[0]:>6.3f}x {work[1]:>6.3f} {attached:>8.1f}%")
+        plain.stdin.close()
+        plain.wait()
+        print(f"the first process of the kind, never seen before ({never_seen[0]:g} s of work): "
+              f"{never_seen[1]:.3f} s traced, {never_seen[2]:.3f} s untraced beside it")
+    print("(untraced s, traced s: the medians of the processes' whole time, fork to exit; "
+          "total: the traced processes' whole time, summed, against the untraced ones', the "
+          "first process of a kind never seen included; work: the same of the time each "
+          "process measured of its own work; +-: two standard errors of the ratio before it, "
+          "from the pairs' differences; attached: the share of the traced processes' time "
+          "their probes were attached, from pyusdt's summary)")
     state.cleanup()
     os.environ["PYUSDT_STATE_DIR"] = ""
 
@@ -248,8 +298,9 @@ def short_budget(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["function", "top", "audit", "short"])
-    parser.add_argument("--short-count", type=int, default=20,
-                        help="short processes per batch (--only short)")
+    parser.add_argument("--short-seconds", type=float, default=60.0,
+                        help="work per length, in s: that many pairs of short processes, "
+                        "divided by the length (--only short)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--python", default="/var/cache/pyusdt-test/python-3.9/bin/python3.9")
