@@ -357,6 +357,17 @@ impl ProcessBudget {
         carried(self.balance_ns(now), share)
     }
 
+    /// Adds to the account the balance an earlier process of the kind left when it exited after
+    /// this one started (its exit noticed late): the kind keeps one account.
+    pub fn inherit(&mut self, balance_ns: f64) {
+        self.carried_ns = (self.carried_ns + balance_ns).max(-MAX_CARRIED_DEBT_NS);
+    }
+
+    /// When the process began to be followed.
+    pub fn followed_since(&self) -> Instant {
+        self.followed_since
+    }
+
     /// The probes' share of the process's time over `elapsed` until `cost_ns`: its kernel
     /// time above its own baseline, scaled for their user-space part.
     fn share_over(&self, elapsed: Duration, cost_ns: u64) -> f64 {
@@ -633,11 +644,22 @@ mod tests {
     /// The share of their time that 40 processes of `ms` of a kind in a row lose to probes
     /// costing 97 % of it while on (`simulate_process`'s `own`: their own kernel time).
     fn short_run_loss(ms: u64, own: (f64, Duration)) -> f64 {
+        short_run_loss_noticed(ms, own, false)
+    }
+
+    /// `short_run_loss`; `late`: each exit is noticed after the next process started, which
+    /// then inherits the balance (`inherit`) instead of being given it at its start.
+    fn short_run_loss_noticed(ms: u64, own: (f64, Duration), late: bool) -> f64 {
         let t0 = Instant::now();
         let (mut lost, mut total, mut carried) = (0.0, 0.0, None::<f64>);
         for i in 0..40u64 {
             let b = match carried {
                 None => ProcessBudget::new(Some(0.05), 1.0, t0, 0),
+                Some(c) if late => {
+                    let mut b = ProcessBudget::learned(0.05, 1.0, t0, 0, 0.97, 0.0);
+                    b.inherit(c);
+                    b
+                }
                 Some(c) => ProcessBudget::learned(0.05, 1.0, t0, 0, 0.97, c),
             };
             let detach = Duration::from_millis(40);
@@ -647,6 +669,26 @@ mod tests {
             carried = Some(b.settle(t0 + Duration::from_millis(ms)));
         }
         lost / total
+    }
+
+    #[test]
+    fn an_exit_noticed_late_leaves_its_balance_to_the_next_process() {
+        // A shell loop's next process starts before the last one's exit is seen: it inherits
+        // the balance then, and the kind pays the budget as when it was carried at the start.
+        for ms in [200u64, 500, 1000] {
+            let late = short_run_loss_noticed(ms, (0.0, Duration::ZERO), true);
+            let carried = short_run_loss(ms, (0.0, Duration::ZERO));
+            assert!(
+                late < 0.052 && late > 0.02,
+                "{ms} ms processes: lost {late}"
+            );
+            assert!((late - carried).abs() < 0.002, "{late} vs {carried}");
+        }
+        // A debt inherited is bounded as one carried.
+        let t0 = Instant::now();
+        let mut b = ProcessBudget::learned(0.05, 1.0, t0, 0, 0.97, 0.0);
+        b.inherit(-5e9);
+        assert_eq!(b.balance_ns(t0), -MAX_CARRIED_DEBT_NS);
     }
 
     #[test]

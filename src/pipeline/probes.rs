@@ -590,16 +590,38 @@ impl ProcessProbes {
         if known.is_none() && self.learned.len() >= MAX_TABLE {
             self.learned.clear();
         }
+        // A process of the kind that started before this exit was noticed took the kind's
+        // balance without this one's (a loop's next process starts within the 25 ms between
+        // looks): the balance goes to the newest such process, so that the kind keeps one
+        // account. Carried back to the kind instead, it made two, alternating between
+        // processes, one in credit taking windows while the other was in debt.
+        let heir = self
+            .followed
+            .iter_mut()
+            .filter(|(_, g)| g.kind == Some(kind))
+            .max_by_key(|(_, g)| g.budget.followed_since());
         let entry = self.learned.entry(kind).or_insert(KindCost {
             share,
             balance_ns: 0.0,
         });
         entry.share = share;
-        entry.balance_ns = budget::carried(entry.balance_ns + balance, share);
-        tracing::debug!(
-            "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its account",
-            entry.balance_ns / 1e6
-        );
+        match heir {
+            Some((heir_pid, heir)) => {
+                heir.budget.inherit(balance);
+                tracing::debug!(
+                    "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its \
+                     account, left to PID {heir_pid}",
+                    balance / 1e6
+                );
+            }
+            None => {
+                entry.balance_ns = budget::carried(entry.balance_ns + balance, share);
+                tracing::debug!(
+                    "PID {pid} exited: its kind's probes cost {share:.3}, {:.1} ms on its account",
+                    entry.balance_ns / 1e6
+                );
+            }
+        }
         self.memory_unsaved = self.memory.is_some();
     }
 
